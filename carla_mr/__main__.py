@@ -1,0 +1,3 @@
+from carla_mr.cli import main
+
+main()

@@ -1,0 +1,290 @@
+"""Scenario files: YAML validated by a strict schema, with ``extends`` and ``--set`` overrides.
+
+A scenario names the map, the backend, the seed, the tick length, the duration, the vehicles,
+the RSUs and signs, and one section per later stage (twin, market, genai, recorder,
+perception) that may be left empty. Every problem is reported before anything runs as an
+:class:`~carla_mr.errors.InputError` naming the file, the key path and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from carla_mr.dataset.config import PerceptionConfig, RecorderConfig
+from carla_mr.errors import InputError
+from carla_mr.genai.config import GenaiConfig
+from carla_mr.market.config import MarketConfig
+from carla_mr.schema import StrictModel
+from carla_mr.twin.config import TwinConfig
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+#: Directories searched for a map given by bare name (after the scenario's own directory).
+MAP_SEARCH_ENV = "CARLA_MR_MAPS"
+
+
+class VehiclesConfig(StrictModel):
+    avs: int = Field(10, ge=0, le=5000, description="Autonomous vehicles (they stream trajectories and bid).")
+    background: int = Field(20, ge=0, le=20000, description="Background traffic vehicles.")
+
+
+class RsuSpec(StrictModel):
+    x: float
+    y: float
+    z: float = 5.0
+    range_m: Optional[float] = Field(None, gt=0)
+
+
+class RsusConfig(StrictModel):
+    """RSUs: ``mode: auto`` places them along roads; ``mode: explicit`` uses ``positions``.
+
+    Resources default to the paper's: 20 MHz up/down, 3.6 GHz CPU, 19 GHz GPU.
+    """
+
+    mode: Literal["auto", "explicit"] = "auto"
+    count: Optional[int] = Field(None, ge=1, le=1000, description="auto: how many (default: by spacing).")
+    spacing_m: float = Field(200.0, gt=0, description="auto: distance between RSUs along roads, metres.")
+    range_m: float = Field(250.0, gt=0, description="Radio range, metres.")
+    height_m: float = Field(5.0, ge=0)
+    bandwidth_up_hz: float = Field(20e6, gt=0)
+    bandwidth_down_hz: float = Field(20e6, gt=0)
+    cpu_hz: float = Field(3.6e9, gt=0)
+    gpu_hz: float = Field(19e9, gt=0)
+    positions: list[RsuSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _explicit_needs_positions(self):
+        if self.mode == "explicit" and not self.positions:
+            raise ValueError("mode 'explicit' needs a non-empty 'positions' list of {x, y[, z, range_m]}")
+        return self
+
+
+class SignSpec(StrictModel):
+    """A static sign to inject into the map as an OpenDRIVE <signal> (see carla_mr.world.maps)."""
+
+    kind: Literal["stop", "yield", "speed_limit", "no_entry", "priority_road", "parking", "warning",
+                  "mandatory_arrow"]
+    value: Optional[float] = Field(None, description="km/h for speed_limit.")
+    road_id: Optional[int] = Field(None, description="OpenDRIVE road id; default: chosen by the seed.")
+    s: Optional[float] = Field(None, ge=0, description="Distance along the road, metres.")
+
+
+class SignsConfig(StrictModel):
+    inject: list[SignSpec] = Field(default_factory=list)
+    random_count: int = Field(0, ge=0, le=10000, description="Extra random signs injected on non-junction roads.")
+
+
+class CarlaConfig(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(2000, ge=1, le=65535)
+    tm_port: int = Field(8000, ge=1, le=65535)
+    timeout_s: float = Field(20.0, gt=0)
+    role_name_prefix: str = "carla_mr"
+    cosim_sumo: bool = Field(False, description="Mirror SUMO background traffic into CARLA.")
+
+
+class Scenario(StrictModel):
+    name: str = "scenario"
+    backend: Literal["embedded", "carla"] = "embedded"
+    map: str = Field(..., description="Path to an .xodr file, or a CARLA town name for the carla backend.")
+    seed: int = 0
+    tick_s: float = Field(0.05, gt=0, le=1.0, description="Fixed step, seconds.")
+    duration_s: float = Field(60.0, gt=0, description="Simulated seconds to run.")
+    vehicles: VehiclesConfig = Field(default_factory=VehiclesConfig)
+    rsus: RsusConfig = Field(default_factory=RsusConfig)
+    signs: SignsConfig = Field(default_factory=SignsConfig)
+    carla: CarlaConfig = Field(default_factory=CarlaConfig)
+    twin: TwinConfig = Field(default_factory=TwinConfig)
+    market: MarketConfig = Field(default_factory=MarketConfig)
+    genai: GenaiConfig = Field(default_factory=GenaiConfig)
+    recorder: RecorderConfig = Field(default_factory=RecorderConfig)
+    perception: PerceptionConfig = Field(default_factory=PerceptionConfig)
+
+    #: Where the scenario came from (set by load_scenario; not a YAML key).
+    source_path: Optional[str] = Field(None, exclude=True)
+
+    @field_validator("map")
+    @classmethod
+    def _map_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name an .xodr file or a CARLA town")
+        return v
+
+    @property
+    def ticks(self) -> int:
+        return max(1, int(round(self.duration_s / self.tick_s)))
+
+    def resolved_map_path(self) -> Optional[Path]:
+        """The .xodr file for this scenario, or None for a town name on the carla backend."""
+        return resolve_map(self.map, self.source_path, required=self.backend == "embedded")
+
+
+def map_search_dirs(scenario_path: str | os.PathLike | None = None) -> list[Path]:
+    dirs: list[Path] = []
+    if scenario_path:
+        dirs.append(Path(scenario_path).resolve().parent)
+    dirs.append(Path.cwd())
+    dirs.append(Path.cwd() / "maps")
+    for extra in os.environ.get(MAP_SEARCH_ENV, "").split(os.pathsep):
+        if extra:
+            dirs.append(Path(extra))
+    dirs.append(PACKAGE_DIR / "maps")
+    repo_maps = PACKAGE_DIR.parent / "maps"
+    dirs.append(repo_maps)
+    shared = PACKAGE_DIR.parent.parent / "shared" / "maps"
+    dirs.append(shared)
+    seen, out = set(), []
+    for d in dirs:
+        if d not in seen:
+            seen.add(d)
+            out.append(d)
+    return out
+
+
+def resolve_map(name: str, scenario_path: str | os.PathLike | None = None, *, required: bool = True) -> Optional[Path]:
+    """Find the .xodr for ``name``: a path (relative to the scenario, then cwd) or a bare name
+    looked up as ``<name>.xodr`` in the map search directories (scenario dir, cwd, ./maps,
+    $CARLA_MR_MAPS, the package's and the repository's maps/, ../shared/maps)."""
+    p = Path(name).expanduser()
+    candidates: list[Path] = []
+    if p.is_absolute():
+        candidates.append(p)
+    else:
+        for d in map_search_dirs(scenario_path):
+            candidates.append(d / p)
+            if p.suffix != ".xodr":
+                candidates.append(d / f"{name}.xodr")
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    if not required:
+        return None
+    where = ", ".join(str(d) for d in map_search_dirs(scenario_path)[:4])
+    raise InputError(f"map '{name}' not found (looked for it as a path and as <name>.xodr in {where}, ...); "
+                     f"give a path to an .xodr file, run 'carla-mr maps build', or set {MAP_SEARCH_ENV}",
+                     field="map", source=str(scenario_path) if scenario_path else None)
+
+
+# -- loading ------------------------------------------------------------------------------
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    if path in chain:
+        raise InputError(f"'extends' forms a cycle: {' -> '.join(map(str, chain + (path,)))}", field="extends",
+                         source=str(path))
+    if not path.is_file():
+        raise InputError("file not found" if not path.exists() else "not a file", source=str(path))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InputError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", source=str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise InputError("not a UTF-8 text file", source=str(path)) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError(f"the top level must be a mapping of keys, got {type(data).__name__}", source=str(path))
+    parent = data.pop("extends", None)
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise InputError("must be a path to a base scenario file", field="extends", source=str(path))
+        base = _read_yaml((path.parent / parent).resolve(), chain + (path,))
+        data = _deep_merge(base, data)
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a","b","c"], YAML-parsed value)."""
+    if "=" not in text:
+        raise InputError(f"override '{text}' must look like key.path=value", field="--set")
+    key, _, raw = text.partition("=")
+    if not key.strip():
+        raise InputError(f"override '{text}' has an empty key", field="--set")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    data = dict(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            nxt = node.get(k)
+            if not isinstance(nxt, dict):
+                nxt = {}
+            node[k] = dict(nxt)
+            node = node[k]
+        node[keys[-1]] = value
+    return data
+
+
+def format_validation_error(exc: ValidationError, source: str | None) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown key (check the spelling; see docs/scenarios.md for the keys)"
+        elif err.get("type") == "missing":
+            msg = "required key is missing"
+        inp = err.get("input")
+        got = "" if err.get("type") in ("missing", "extra_forbidden") else f" (got {inp!r})"
+        lines.append(f"  {loc}: {msg}{got}")
+    head = f"{source}: invalid scenario" if source else "invalid scenario"
+    return head + "\n" + "\n".join(lines)
+
+
+class ScenarioError(InputError):
+    def __init__(self, text: str):
+        ValueError.__init__(self, text)
+        self.field = None
+        self.source = None
+
+
+def scenario_from_dict(data: dict, source: str | None = None) -> Scenario:
+    try:
+        sc = Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(format_validation_error(exc, source)) from None
+    if source:
+        sc.source_path = str(source)
+    return sc
+
+
+def load_scenario(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (), *,
+                  check_files: bool = True) -> Scenario:
+    """Read, merge (``extends``), override (``key.path=value``) and validate a scenario file.
+
+    With ``check_files`` (the default) the map and every other file the scenario names are
+    checked to exist, so a run never starts on a missing file.
+    """
+    path = Path(path)
+    data = _read_yaml(path.resolve())
+    data = apply_overrides(data, list(overrides))
+    sc = scenario_from_dict(data, str(path))
+    if check_files:
+        sc.resolved_map_path()
+    return sc
+
+
+def dump_scenario(sc: Scenario) -> str:
+    return yaml.safe_dump(sc.model_dump(mode="json"), sort_keys=False)

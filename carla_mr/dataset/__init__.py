@@ -1,0 +1,1 @@
+"""Cameras, labeled dataset recording and perception-in-the-loop evaluation."""

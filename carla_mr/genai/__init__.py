@@ -1,0 +1,1 @@
+"""TSDreamBooth: sign data, text-to-image diffusion, DreamBooth, validator and scores."""

@@ -1,0 +1,1 @@
+"""The GPU-time market: system model, mechanisms, auction over ZeroMQ, ledger, schedule."""

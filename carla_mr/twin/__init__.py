@@ -1,0 +1,1 @@
+"""Digital-twin trajectory prediction: buffers, predictors, metrics."""

@@ -1,0 +1,177 @@
+"""The world interface every backend implements, and the arrays it returns.
+
+Frames and units (both backends agree, so everything downstream is backend-agnostic):
+
+- Positions are metres in CARLA's world frame, which is left-handed: x forward/east,
+  y to the right (south on a map drawn north-up), z up.
+- Yaw is degrees in CARLA's convention (clockwise seen from above, 0 along +x).
+- Speed is metres per second; time is seconds of simulation time.
+
+A backend is a small gymnasium-like core: ``reset()`` then ``tick()`` repeatedly, and one
+idempotent ``close()`` reached from every exit path (context manager included).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+ROLE_BACKGROUND = 0
+ROLE_AV = 1
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The state of every vehicle at one tick, as parallel numpy arrays of length N.
+
+    ``rsu`` is the index into :attr:`World.rsus` of the RSU serving the vehicle (nearest RSU
+    whose radio range covers it), or -1 when none does.
+    """
+
+    frame: int
+    time: float  # seconds of simulation time
+    ids: np.ndarray  # (N,) int64, stable across ticks for one vehicle
+    role: np.ndarray  # (N,) uint8, ROLE_AV or ROLE_BACKGROUND
+    x: np.ndarray  # (N,) float64 metres, CARLA frame
+    y: np.ndarray  # (N,) float64 metres, CARLA frame
+    z: np.ndarray  # (N,) float64 metres
+    yaw: np.ndarray  # (N,) float64 degrees, CARLA convention
+    speed: np.ndarray  # (N,) float64 m/s
+    rsu: np.ndarray  # (N,) int32, serving RSU index or -1
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def av_mask(self) -> np.ndarray:
+        return self.role == ROLE_AV
+
+    def select(self, mask: np.ndarray) -> "Snapshot":
+        """A Snapshot of the vehicles where ``mask`` is true (same frame and time)."""
+        return Snapshot(self.frame, self.time, self.ids[mask], self.role[mask], self.x[mask], self.y[mask],
+                        self.z[mask], self.yaw[mask], self.speed[mask], self.rsu[mask])
+
+    @staticmethod
+    def empty(frame: int = 0, time: float = 0.0) -> "Snapshot":
+        f = np.zeros(0, dtype=np.float64)
+        return Snapshot(frame, time, np.zeros(0, np.int64), np.zeros(0, np.uint8), f, f.copy(), f.copy(),
+                        f.copy(), f.copy(), np.zeros(0, np.int32))
+
+
+@dataclass(frozen=True)
+class RsuTable:
+    """Roadside units: positions (metres, CARLA frame), radio range and compute resources.
+
+    Defaults follow the paper: 20 MHz up/down bandwidth, 3.6 GHz CPU, 19 GHz GPU.
+    """
+
+    x: np.ndarray  # (J,) metres
+    y: np.ndarray  # (J,) metres
+    z: np.ndarray  # (J,) metres
+    range_m: np.ndarray  # (J,) metres
+    bandwidth_up_hz: np.ndarray  # (J,) Hz
+    bandwidth_down_hz: np.ndarray  # (J,) Hz
+    cpu_hz: np.ndarray  # (J,) cycles/s
+    gpu_hz: np.ndarray  # (J,) cycles/s
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def to_records(self) -> list[dict[str, float]]:
+        return [
+            {"index": j, "x": float(self.x[j]), "y": float(self.y[j]), "z": float(self.z[j]),
+             "range_m": float(self.range_m[j]), "bandwidth_up_hz": float(self.bandwidth_up_hz[j]),
+             "bandwidth_down_hz": float(self.bandwidth_down_hz[j]), "cpu_hz": float(self.cpu_hz[j]),
+             "gpu_hz": float(self.gpu_hz[j])}
+            for j in range(len(self))
+        ]
+
+
+@dataclass(frozen=True)
+class SignTable:
+    """Static traffic signs and signals from the map's landmarks (OpenDRIVE ``<signal>``).
+
+    ``kind`` is a short class name (``stop``, ``yield``, ``speed_limit``, ``traffic_light``,
+    ...); ``value`` the numeric value where one applies (km/h for speed limits, else NaN);
+    ``yaw`` the direction the sign face points to (degrees, CARLA convention); ``width`` and
+    ``height`` the face size in metres; ``z`` the height of the face centre above ground.
+    """
+
+    ids: np.ndarray  # (S,) str, the OpenDRIVE signal id
+    kind: np.ndarray  # (S,) str
+    value: np.ndarray  # (S,) float64
+    odr_type: np.ndarray  # (S,) str, OpenDRIVE type code (e.g. "206", "274", "1000001")
+    x: np.ndarray  # (S,) metres
+    y: np.ndarray  # (S,) metres
+    z: np.ndarray  # (S,) metres
+    yaw: np.ndarray  # (S,) degrees
+    width: np.ndarray  # (S,) metres
+    height: np.ndarray  # (S,) metres
+    road_id: np.ndarray  # (S,) int64
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def counts_by_kind(self) -> dict[str, int]:
+        kinds, counts = np.unique(self.kind.astype(str), return_counts=True)
+        return {str(k): int(c) for k, c in zip(kinds, counts)}
+
+    @staticmethod
+    def empty() -> "SignTable":
+        s = np.zeros(0, dtype=object)
+        f = np.zeros(0, dtype=np.float64)
+        return SignTable(s, s.copy(), f, s.copy(), f.copy(), f.copy(), f.copy(), f.copy(), f.copy(), f.copy(),
+                         np.zeros(0, np.int64))
+
+
+@dataclass
+class SignTexture:
+    """What one sign shows: ``source`` is "original" or "generated"; ``ref`` names the image."""
+
+    source: str = "original"
+    ref: str | None = None
+    image: Any = field(default=None, repr=False)  # (H, W, 3|4) uint8 RGB(A), None for the original
+
+
+class World(abc.ABC):
+    """A world backend. Subclasses: EmbeddedWorld (default) and CarlaWorld.
+
+    Lifecycle: ``reset()`` spawns actors and returns the first Snapshot; ``tick()`` advances
+    one fixed step (``tick_s`` seconds); ``close()`` is idempotent and restores whatever the
+    backend changed. Use as a context manager so close() runs on every exit path.
+    """
+
+    tick_s: float
+    rsus: RsuTable
+    signs: SignTable
+
+    @abc.abstractmethod
+    def reset(self) -> Snapshot: ...
+
+    @abc.abstractmethod
+    def tick(self) -> Snapshot: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # -- signs ------------------------------------------------------------------------------
+    def apply_sign_textures(self, textures: Mapping[str, Any]) -> None:
+        """Show ``textures[sign_id]`` (an RGB uint8 image, or a SignTexture) on each named sign."""
+        raise NotImplementedError(f"{type(self).__name__} does not support sign textures")
+
+    def sign_textures(self) -> dict[str, SignTexture]:
+        """What each sign shows now (original, or which generated image)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support sign textures")
+
+    # -- metadata ---------------------------------------------------------------------------
+    def landmark_summary(self) -> dict[str, Any]:
+        return {"total": len(self.signs), "by_type": self.signs.counts_by_kind()}
+
+    def __enter__(self) -> "World":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
