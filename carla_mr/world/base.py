@@ -159,12 +159,40 @@ class World(abc.ABC):
 
     # -- signs ------------------------------------------------------------------------------
     def apply_sign_textures(self, textures: Mapping[str, Any]) -> None:
-        """Show ``textures[sign_id]`` (an RGB uint8 image, or a SignTexture) on each named sign."""
-        raise NotImplementedError(f"{type(self).__name__} does not support sign textures")
+        """Show ``textures[sign_id]`` on each named sign.
+
+        A value is an RGB(A) uint8 image (H, W, 3|4), a :class:`SignTexture`, or None to restore
+        the original face. Unknown sign ids raise ``KeyError`` naming them; nothing is applied
+        then. Backends that must push pixels somewhere (the CARLA server) override
+        :meth:`_push_textures` and call this.
+        """
+        known = set(map(str, self.signs.ids))
+        unknown = [k for k in textures if str(k) not in known]
+        if unknown:
+            raise KeyError(f"unknown sign id(s) {unknown[:5]}; known ids come from world.signs.ids")
+        staged: dict[str, SignTexture] = {}
+        for sid, tex in textures.items():
+            if tex is None:
+                staged[str(sid)] = SignTexture()
+            elif isinstance(tex, SignTexture):
+                staged[str(sid)] = tex
+            else:
+                img = np.asarray(tex)
+                if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] not in (3, 4):
+                    raise ValueError(f"sign {sid}: texture must be a uint8 (H, W, 3|4) image, got "
+                                     f"{img.dtype} {img.shape}")
+                staged[str(sid)] = SignTexture(source="generated", ref=None, image=img)
+        self._push_textures(staged)
+        store = self.__dict__.setdefault("_sign_textures", {})
+        store.update(staged)
+
+    def _push_textures(self, textures: Mapping[str, SignTexture]) -> None:
+        """Backend hook: make ``textures`` visible in the simulator (no-op for in-process renderers)."""
 
     def sign_textures(self) -> dict[str, SignTexture]:
-        """What each sign shows now (original, or which generated image)."""
-        raise NotImplementedError(f"{type(self).__name__} does not support sign textures")
+        """What each sign shows now (original, or which generated image), for every sign."""
+        store = self.__dict__.get("_sign_textures", {})
+        return {str(sid): store.get(str(sid), SignTexture()) for sid in self.signs.ids}
 
     # -- metadata ---------------------------------------------------------------------------
     def landmark_summary(self) -> dict[str, Any]:
