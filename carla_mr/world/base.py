@@ -136,6 +136,25 @@ class SignTexture:
     image: Any = field(default=None, repr=False)  # (H, W, 3|4) uint8 RGB(A), None for the original
 
 
+@dataclass
+class CameraFrame:
+    """One camera image matched to a tick, with exact labels for every sign in view.
+
+    ``labels`` holds one dict per visible sign: ``id`` (str), ``kind`` (str), ``value``
+    (float or None), ``box`` [x0, y0, x1, y1] pixels clipped to the image, ``visible`` (share
+    of the sign's face not occluded, 0..1), ``distance`` (metres, camera to sign centre),
+    ``source`` ("original" | "generated") and ``ref`` (which generated image, or None).
+    """
+
+    frame: int
+    time: float
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    intrinsics: np.ndarray  # (3, 3) pixels, CARLA convention
+    cam_to_world: np.ndarray  # (4, 4) camera pose in CARLA's world frame (x fwd, y right, z up axes)
+    ego: tuple[float, float, float, float]  # vehicle x, y, z (m) and yaw (deg)
+    labels: list[dict] = field(default_factory=list)
+
+
 class World(abc.ABC):
     """A world backend. Subclasses: EmbeddedWorld (default) and CarlaWorld.
 
@@ -193,6 +212,15 @@ class World(abc.ABC):
         """What each sign shows now (original, or which generated image), for every sign."""
         store = self.__dict__.get("_sign_textures", {})
         return {str(sid): store.get(str(sid), SignTexture()) for sid in self.signs.ids}
+
+    # -- cameras ----------------------------------------------------------------------------
+    def attach_camera(self, name: str, spec: Any, vehicle_id: int) -> None:
+        """Attach an RGB camera (a :class:`~carla_mr.world.camera_spec.CameraSpec`) to a vehicle."""
+        raise NotImplementedError(f"{type(self).__name__} has no cameras")
+
+    def read_camera(self, name: str) -> CameraFrame:
+        """The named camera's image for the latest tick, with sign labels."""
+        raise NotImplementedError(f"{type(self).__name__} has no cameras")
 
     # -- metadata ---------------------------------------------------------------------------
     def landmark_summary(self) -> dict[str, Any]:
