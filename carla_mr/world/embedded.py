@@ -1,0 +1,317 @@
+"""The embedded world: a real OpenDRIVE map (libcarla, offline) with real SUMO traffic (libsumo).
+
+No server and no GPU. The scenario's map is parsed by ``carla.Map`` (waypoints, topology,
+landmarks -> :attr:`signs`), signs from the scenario are injected first, netconvert turns the
+.xodr into a SUMO net (cached), and libsumo steps the traffic with fixed ``tick_s`` steps.
+
+- Vehicles: ``vehicles.avs`` AVs (role 1) and ``vehicles.background`` vehicles (role 0) on
+  random valid routes. Before a vehicle reaches the end of its route the route is extended to
+  a new random destination, so ids stay stable; a vehicle that still leaves the network (a
+  dead end, a teleport that fails) is replaced by a new one of the same role, so the
+  population stays constant.
+- Traffic lights are the net's (netconvert imports the map's signals) and run in SUMO.
+- Each vehicle's serving RSU is the nearest one whose range covers it (vectorised).
+- Snapshots come from libsumo subscriptions (position 3D, angle, speed), converted to
+  CARLA's frame with the net offset; no per-vehicle objects beyond libsumo's result dicts.
+- Deterministic for a seed (SUMO's ``--seed`` and a numpy Generator for routes).
+
+libsumo runs one simulation per process: a second live EmbeddedWorld raises RunError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+
+from carla_mr.errors import InputError, RunError
+from carla_mr.world.base import ROLE_AV, ROLE_BACKGROUND, Snapshot, World
+from carla_mr.world.coords import sumo_angle_to_carla_yaw
+from carla_mr.world.maps import landmark_counts, landmarks_to_signs, map_from_text, signs_for_scenario
+from carla_mr.world.rsu import RsuAssociator, make_rsus
+from carla_mr.world.sumo_net import build_net, cache_dir
+
+if TYPE_CHECKING:  # pragma: no cover
+    from carla_mr.config import Scenario
+
+_LIVE: Optional["EmbeddedWorld"] = None
+_LIBSUMO = None
+
+#: How often (simulated seconds) routes about to end are extended.
+ROUTE_CHECK_S = 1.0
+
+
+def import_libsumo():
+    """Import libsumo without its import-time notes reaching stdout (``--json`` owns stdout)."""
+    global _LIBSUMO
+    if _LIBSUMO is None:
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            import libsumo
+        _LIBSUMO = libsumo
+    return _LIBSUMO
+
+
+def live_world() -> Optional["EmbeddedWorld"]:
+    """The EmbeddedWorld that holds this process's libsumo simulation, if any."""
+    return _LIVE
+
+
+class EmbeddedWorld(World):
+    """SUMO traffic on an OpenDRIVE map, no server. See the module docstring.
+
+    Attributes: ``map`` (carla.Map), ``xodr_path`` (the .xodr used, with injected signs),
+    ``tick_s`` (s), ``rsus`` (RsuTable), ``signs`` (SignTable), ``net_offset`` ((x, y) m),
+    ``net_path``, ``seed``, ``sumo`` (the libsumo module, for read-only inspection),
+    ``last`` (the latest Snapshot or None).
+    """
+
+    def __init__(self, scenario: "Scenario", *, seed: Optional[int] = None):
+        if _LIVE is not None:
+            raise RunError("another EmbeddedWorld is live in this process (libsumo runs one simulation per "
+                           "process); close() it first")
+        self.scenario = scenario
+        self.seed = int(scenario.seed if seed is None else seed)
+        self.tick_s = float(scenario.tick_s)
+        src = scenario.resolved_map_path()
+        if src is None:
+            raise InputError("the embedded backend needs an .xodr map", field="map", source=scenario.source_path)
+        try:
+            text = Path(src).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError("not a UTF-8 OpenDRIVE text file", field="map", source=str(src)) from exc
+        new_text, self.injected_sign_ids = signs_for_scenario(text, scenario.signs, self.seed, name=Path(src).stem)
+        if self.injected_sign_ids:
+            key = hashlib.sha256(new_text.encode()).hexdigest()[:16]
+            out = cache_dir() / "maps" / f"{Path(src).stem}-{key}.xodr"
+            if not out.is_file():
+                from carla_mr.io import atomic_write_text
+
+                atomic_write_text(out, new_text)
+            self.xodr_path = out
+        else:
+            self.xodr_path = Path(src)
+        self.source_map_path = Path(src)
+        self.map = map_from_text(Path(src).stem, new_text)
+        self.signs = landmarks_to_signs(self.map)
+        self._landmarks = landmark_counts(self.map)
+        net = build_net(self.xodr_path)
+        self.net_path = net.path
+        self.net_offset = net.net_offset
+        self.rsus = make_rsus(scenario.rsus, self.map)
+        self._assoc = RsuAssociator(self.rsus)
+        self.n_avs = int(scenario.vehicles.avs)
+        self.n_background = int(scenario.vehicles.background)
+        self.sumo = None
+        self.last: Optional[Snapshot] = None
+        self._closed = False
+        self._started = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def _start(self) -> None:
+        global _LIVE
+        if _LIVE is not None and _LIVE is not self:
+            raise RunError("another EmbeddedWorld is live in this process (libsumo runs one simulation per "
+                           "process); close() it first")
+        ls = import_libsumo()
+        if ls.simulation.isLoaded():
+            raise RunError("a libsumo simulation is already running in this process; close it first")
+        cmd = ["sumo", "-n", str(self.net_path), "--step-length", repr(self.tick_s), "--seed",
+               str(self.seed % (2 ** 31)), "--begin", "0", "--no-step-log", "true", "--no-warnings", "true",
+               "--duration-log.disable", "true", "--time-to-teleport", "120", "--ignore-route-errors", "true",
+               "--collision.action", "warn", "--collision.check-junctions", "false"]
+        try:
+            ls.start(cmd)
+        except Exception as exc:  # libsumo raises its own exception types
+            raise RunError(f"SUMO could not start on {self.net_path}: {exc}") from exc
+        _LIVE = self
+        self.sumo = ls
+        self._started = True
+        self._closed = False
+        tc = ls.constants
+        self._vars = (tc.VAR_POSITION3D, tc.VAR_ANGLE, tc.VAR_SPEED)
+        self._rng = np.random.default_rng(self.seed)
+        self._next_id = 0
+        self._next_route = 0
+        self._role_by_id = np.zeros(max(16, 2 * (self.n_avs + self.n_background)), dtype=np.uint8)
+        self._route_len: dict[str, int] = {}
+        self._last_keys: list[str] = []
+        self._ids = np.zeros(0, np.int64)
+        self._role = np.zeros(0, np.uint8)
+        self._frame = -1
+        self._check_every = max(1, int(round(ROUTE_CHECK_S / self.tick_s)))
+        ls.vehicletype.copy("DEFAULT_VEHTYPE", "cmr_av")
+        ls.vehicletype.copy("DEFAULT_VEHTYPE", "cmr_bg")
+        ls.vehicletype.setColor("cmr_av", (255, 60, 60, 255))
+        self._edges = self._eligible_edges()
+        if not self._edges:
+            raise InputError("the SUMO net made from the map has no edge passenger cars may use", field="map",
+                             source=str(self.xodr_path))
+        self._edge_arr = np.array(self._edges, dtype=object)
+        for _ in range(self.n_avs):
+            self._spawn(ROLE_AV)
+        for _ in range(self.n_background):
+            self._spawn(ROLE_BACKGROUND)
+
+    def _eligible_edges(self) -> list[str]:
+        ls = self.sumo
+        out = []
+        for e in sorted(ls.edge.getIDList()):
+            if e.startswith(":"):
+                continue
+            n = ls.edge.getLaneNumber(e)
+            ok = False
+            for i in range(n):
+                lane = f"{e}_{i}"
+                allowed = ls.lane.getAllowed(lane)
+                disallowed = ls.lane.getDisallowed(lane)
+                if (not allowed or "passenger" in allowed) and "passenger" not in disallowed:
+                    ok = True
+                    break
+            if ok and ls.lane.getLength(f"{e}_0") > 8.0:
+                out.append(e)
+        return out
+
+    def _random_route(self, origin: Optional[str] = None) -> Optional[tuple[str, ...]]:
+        ls = self.sumo
+        for _ in range(30):
+            o = origin or self._edge_arr[int(self._rng.integers(len(self._edge_arr)))]
+            d = self._edge_arr[int(self._rng.integers(len(self._edge_arr)))]
+            if d == o:
+                continue
+            r = ls.simulation.findRoute(o, d, vType="cmr_bg")
+            if r.edges and len(r.edges) >= 2:
+                return tuple(r.edges)
+        return None
+
+    def _spawn(self, role: int) -> None:
+        ls = self.sumo
+        edges = self._random_route()
+        if edges is None:
+            raise RunError("could not find any route in the SUMO net (is the map connected?)")
+        vid_num = self._next_id
+        self._next_id += 1
+        if vid_num >= len(self._role_by_id):
+            self._role_by_id = np.concatenate([self._role_by_id, np.zeros(len(self._role_by_id), np.uint8)])
+        self._role_by_id[vid_num] = role
+        rid = f"r{self._next_route}"
+        self._next_route += 1
+        ls.route.add(rid, list(edges))
+        vid = str(vid_num)
+        ls.vehicle.add(vid, rid, typeID="cmr_av" if role == ROLE_AV else "cmr_bg", depart="now",
+                       departLane="best", departPos="random_free", departSpeed="0")
+        self._route_len[vid] = len(edges)
+
+    def reset(self) -> Snapshot:
+        """(Re)start the simulation, spawn the vehicles, step once and return frame 0."""
+        if self._started and not self._closed:
+            self._shutdown()
+        self._start()
+        return self._step()
+
+    def tick(self) -> Snapshot:
+        """Advance one ``tick_s`` step and return the new Snapshot."""
+        if not self._started or self._closed:
+            raise RunError("EmbeddedWorld.tick() before reset() (or after close())")
+        return self._step()
+
+    # -- the hot path -------------------------------------------------------------------------
+    def _step(self) -> Snapshot:
+        ls = self.sumo
+        ls.simulationStep()
+        self._frame += 1
+        veh = ls.vehicle
+        for vid in ls.simulation.getDepartedIDList():
+            veh.subscribe(vid, self._vars)
+        arrived = ls.simulation.getArrivedIDList()
+        if arrived:
+            for vid in arrived:
+                self._route_len.pop(vid, None)
+                self._spawn(int(self._role_by_id[int(vid)]))
+        if self._frame % self._check_every == 0:
+            self._extend_routes()
+        res = veh.getAllSubscriptionResults()
+        keys = list(res)
+        if keys != self._last_keys:
+            self._last_keys = keys
+            self._ids = np.array(keys, dtype=np.int64) if keys else np.zeros(0, np.int64)
+            self._role = self._role_by_id[self._ids]
+        n = len(keys)
+        p_var, a_var, s_var = self._vars
+        vals = list(res.values())
+        pos = np.array([v[p_var] for v in vals], dtype=np.float64).reshape(n, 3)
+        ang = np.fromiter((v[a_var] for v in vals), dtype=np.float64, count=n)
+        spd = np.fromiter((v[s_var] for v in vals), dtype=np.float64, count=n)
+        ox, oy = self.net_offset
+        x = pos[:, 0] - ox
+        y = oy - pos[:, 1]
+        snap = Snapshot(frame=self._frame, time=float(ls.simulation.getTime()), ids=self._ids, role=self._role,
+                        x=x, y=y, z=pos[:, 2].copy(), yaw=sumo_angle_to_carla_yaw(ang), speed=spd,
+                        rsu=self._assoc.assign(x, y))
+        self.last = snap
+        return snap
+
+    def _extend_routes(self) -> None:
+        """Give every vehicle close to its route's end a continuation to a new random edge."""
+        ls = self.sumo
+        veh = ls.vehicle
+        for vid in self._last_keys:
+            total = self._route_len.get(vid)
+            if total is None:
+                continue
+            try:
+                idx = veh.getRouteIndex(vid)
+            except ls.TraCIException:
+                continue
+            if idx < total - 2:
+                continue
+            route = veh.getRoute(vid)
+            tail = list(route[max(idx, 0):])
+            nxt = self._random_route(origin=tail[-1])
+            if nxt is None:
+                continue
+            new = tail + list(nxt[1:])
+            try:
+                veh.setRoute(vid, new)
+            except ls.TraCIException:
+                continue
+            self._route_len[vid] = len(new)  # the index restarts at 0 on the new route
+
+    # -- metadata -------------------------------------------------------------------------------
+    def landmark_summary(self) -> dict[str, Any]:
+        """The map's landmarks as libcarla lists them: total, by_type, unique_signs."""
+        return dict(self._landmarks)
+
+    def traffic_light_ids(self) -> list[str]:
+        """SUMO ids of the running traffic lights (empty before reset)."""
+        return list(self.sumo.trafficlight.getIDList()) if self._started and not self._closed else []
+
+    # -- shutdown -------------------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        global _LIVE
+        try:
+            if self.sumo is not None and self.sumo.simulation.isLoaded():
+                self.sumo.close()
+        finally:
+            if _LIVE is self:
+                _LIVE = None
+            self._closed = True
+
+    def close(self) -> None:
+        """Close the SUMO simulation (idempotent); another EmbeddedWorld may start afterwards."""
+        if self._closed or not self._started:
+            self._closed = True
+            return
+        self._shutdown()
+
+    def __del__(self):  # a forgotten world must not block the next one
+        try:
+            if _LIVE is self:
+                self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
