@@ -1,0 +1,442 @@
+"""The embedded camera: a small CPU rasteriser (numpy + OpenCV) with exact sign labels.
+
+What it draws, back to front: a sky gradient, the ground plane, the map's road surfaces and
+lane markings (:mod:`carla_mr.world.scene`), then every object (vehicles as shaded boxes,
+signs as textured quads on posts) in painter's order by distance from the camera. Polygons
+are clipped in camera space against the near plane (and a wide guard band, so no projected
+coordinate overflows the rasteriser), then projected with CARLA's pinhole model:
+``u = cx + f * Y / X``, ``v = cy - f * Z / X`` with camera axes x forward, y right, z up and
+``f = w / (2 tan(fov / 2))``.
+
+Labels are exact with respect to the pixels: every primitive is drawn into the RGB image and
+into an integer ID buffer with the same polygon, and a sign's face is the set of pixels where
+its texture's alpha is opaque. A label's ``box`` is the bounding box of the face's pixels in
+the image (as if nothing occluded it; clipped to the image; x1/y1 exclusive), ``visible`` is
+the share of those pixels that survive in the ID buffer after everything nearer is drawn,
+and ``visible_box`` bounds the surviving pixels.
+
+Limits: the ground is drawn as the bottom layer (hills never hide objects); painter's order
+per object is exact for the scene's non-interpenetrating convex objects but not a general
+depth buffer; no lighting beyond per-face shading.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import cv2
+import numpy as np
+
+from carla_mr.errors import InputError, RunError
+from carla_mr.world.base import CameraFrame, SignTexture, Snapshot
+from carla_mr.world.camera_spec import CameraSpec
+from carla_mr.world.scene import (FACE_SHADE, GRASS, POST, SIGN_BACK, SKY_HORIZON, SKY_TOP, BOX_FACES, RoadScene,
+                                  build_road_scene, ground_height_under, vehicle_boxes, vehicle_colour, CAR_SIZE)
+from carla_mr.world.sign_geometry import SignGeometry, build_sign_geometry, class_name, fit_to_shape, original_face
+
+NEAR_M = 0.1
+GUARD_PX = 4000.0
+_SHIFT = 2
+_SCALE = 1 << _SHIFT
+
+
+def carla_matrix(x: float, y: float, z: float, pitch: float = 0.0, yaw: float = 0.0, roll: float = 0.0) -> np.ndarray:
+    """4x4 local-to-world matrix of a CARLA transform (same as ``carla.Transform.get_matrix()``)."""
+    cy, sy = math.cos(math.radians(yaw)), math.sin(math.radians(yaw))
+    cr, sr = math.cos(math.radians(roll)), math.sin(math.radians(roll))
+    cp, sp = math.cos(math.radians(pitch)), math.sin(math.radians(pitch))
+    return np.array([
+        [cp * cy, cy * sp * sr - sy * cr, -cy * sp * cr - sy * sr, x],
+        [cp * sy, sy * sp * sr + cy * cr, -sy * sp * cr + cy * sr, y],
+        [sp, -cp * sr, cp * cr, z],
+        [0.0, 0.0, 0.0, 1.0],
+    ])
+
+
+def camera_pose(spec: CameraSpec, x: float, y: float, z: float, yaw: float) -> np.ndarray:
+    """Camera-to-world 4x4 of a camera mounted by ``spec`` on a vehicle at (x, y, z, yaw)."""
+    return carla_matrix(x, y, z, 0.0, yaw, 0.0) @ carla_matrix(spec.x, spec.y, spec.z, spec.pitch, spec.yaw, spec.roll)
+
+
+@dataclass
+class _View:
+    """Per-frame camera constants."""
+
+    w: int
+    h: int
+    f: float
+    cx: float
+    cy: float
+    rot: np.ndarray  # (3, 3) world -> camera
+    t: np.ndarray  # (3,) world -> camera
+    pos: np.ndarray  # (3,) camera position (world)
+    planes: np.ndarray  # (5, 3) inside iff planes @ p >= offsets (camera coordinates)
+    offsets: np.ndarray  # (5,)
+
+    def to_cam(self, pts: np.ndarray) -> np.ndarray:
+        return pts @ self.rot.T + self.t
+
+    def project(self, cam: np.ndarray) -> np.ndarray:
+        """Continuous pixel coordinates (pixel i spans [i, i+1)) of camera-frame points."""
+        x = cam[..., 0]
+        return np.stack([self.cx + self.f * cam[..., 1] / x, self.cy - self.f * cam[..., 2] / x], -1)
+
+
+def _make_view(spec: CameraSpec, cam_to_world: np.ndarray) -> _View:
+    w, h = spec.width, spec.height
+    f = spec.focal_px
+    rot = cam_to_world[:3, :3].T
+    t = -rot @ cam_to_world[:3, 3]
+    gu = (w / 2.0 + GUARD_PX) / f
+    gv = (h / 2.0 + GUARD_PX) / f
+    planes = np.array([[1.0, 0, 0], [gu, -1.0, 0], [gu, 1.0, 0], [gv, 0, -1.0], [gv, 0, 1.0]])
+    offsets = np.array([NEAR_M, 0, 0, 0, 0])
+    return _View(w, h, f, w / 2.0, h / 2.0, rot, t, cam_to_world[:3, 3].copy(), planes, offsets)
+
+
+def clip_polygon(poly: np.ndarray, planes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Sutherland-Hodgman clip of a convex polygon (k, 3) to ``planes @ p >= offsets``."""
+    out = poly
+    for n, d in zip(planes, offsets):
+        if len(out) == 0:
+            break
+        dist = out @ n - d
+        if (dist >= 0).all():
+            continue
+        res = []
+        k = len(out)
+        for i in range(k):
+            a, b = out[i], out[(i + 1) % k]
+            da, db = dist[i], dist[(i + 1) % k]
+            if da >= 0:
+                res.append(a)
+            if (da >= 0) != (db >= 0):
+                res.append(a + (b - a) * (da / (da - db)))
+        out = np.asarray(res).reshape(-1, 3)
+    return out
+
+
+def _pts(uv: np.ndarray) -> np.ndarray:
+    """Fixed-point vertices for cv2 (pixel centres at integer + 0.5)."""
+    return np.round((uv - 0.5) * _SCALE).astype(np.int32)
+
+
+class _Pyramid:
+    """A texture and its halvings, to pick a level near the projected size (less aliasing)."""
+
+    def __init__(self, rgba: np.ndarray):
+        self.levels = [rgba]
+        cur = rgba
+        while cur.shape[0] > 8:
+            cur = cv2.resize(cur, (cur.shape[1] // 2, cur.shape[0] // 2), interpolation=cv2.INTER_AREA)
+            self.levels.append(cur)
+
+    def pick(self, px: float) -> np.ndarray:
+        for lvl in reversed(self.levels):
+            if lvl.shape[0] >= px:
+                return lvl
+        return self.levels[0]
+
+
+class SceneRenderer:
+    """Renders a map's roads, vehicles and signs from any camera pose.
+
+    ``scene`` comes from :func:`~carla_mr.world.scene.build_road_scene` and ``geom`` from
+    :func:`~carla_mr.world.sign_geometry.build_sign_geometry`; both are computed once.
+    ``sign_range_m`` culls signs farther than that; ``draw_distance_m`` culls road quads.
+    """
+
+    def __init__(self, scene: RoadScene, geom: SignGeometry, *, face_size: int = 128, sign_range_m: float = 150.0,
+                 draw_distance_m: float = 350.0, vehicle_size: tuple[float, float, float] = CAR_SIZE):
+        self.scene = scene
+        self.geom = geom
+        self.face_size = int(face_size)
+        self.sign_range_m = float(sign_range_m)
+        self.draw_distance_m = float(draw_distance_m)
+        self.vehicle_size = vehicle_size
+        self.ground_z = scene.ground_z
+        self._road_centre = scene.road.mean(axis=1) if len(scene.road) else np.zeros((0, 3))
+        self._mark_centre = scene.marks.mean(axis=1) if len(scene.marks) else np.zeros((0, 3))
+        self._road_col = [tuple(int(c) for c in col) for col in scene.road_color]
+        self._mark_col = [tuple(int(c) for c in col) for col in scene.mark_color]
+        self._sky: dict[tuple[int, int], np.ndarray] = {}
+        self._originals: dict[tuple[str, float], _Pyramid] = {}
+        self._generated: dict[str, tuple[Any, _Pyramid]] = {}
+
+    # -- textures -----------------------------------------------------------------------
+    def _face(self, i: int, tex: SignTexture | None) -> _Pyramid:
+        kind = str(self.geom.kind[i])
+        if tex is not None and tex.image is not None:
+            sid = str(self.geom.ids[i])
+            hit = self._generated.get(sid)
+            if hit is not None and hit[0] is tex.image:
+                return hit[1]
+            pyr = _Pyramid(fit_to_shape(np.asarray(tex.image), kind, self.face_size))
+            self._generated[sid] = (tex.image, pyr)
+            return pyr
+        v = float(self.geom.value[i])
+        key = (kind, v if math.isfinite(v) else float("nan"))
+        pyr = self._originals.get(key) if math.isfinite(v) else self._originals.get((kind, -1.0))
+        if pyr is None:
+            pyr = _Pyramid(original_face(kind, v if math.isfinite(v) else None, self.face_size))
+            self._originals[key if math.isfinite(v) else (kind, -1.0)] = pyr
+        return pyr
+
+    def _sky_image(self, w: int, h: int) -> np.ndarray:
+        sky = self._sky.get((w, h))
+        if sky is None:
+            t = np.linspace(0.0, 1.0, h)[:, None]
+            col = (1 - t) * np.array(SKY_TOP) + t * np.array(SKY_HORIZON)
+            sky = np.ascontiguousarray(np.broadcast_to(col[:, None, :], (h, w, 3)).astype(np.uint8))
+            self._sky[(w, h)] = sky
+        return sky
+
+    # -- drawing helpers ----------------------------------------------------------------
+    def _fill_world_polys(self, img: np.ndarray, view: _View, quads: np.ndarray, centres: np.ndarray,
+                          colours: list[tuple[int, int, int]]) -> None:
+        """Fill world-space convex quads (N, 4, 3) (ground layer: no ID buffer)."""
+        if len(quads) == 0:
+            return
+        near = np.einsum("nk,nk->n", centres[:, :2] - view.pos[None, :2], centres[:, :2] - view.pos[None, :2])
+        keep = np.nonzero(near <= self.draw_distance_m ** 2)[0]
+        if len(keep) == 0:
+            return
+        cam = view.to_cam(quads[keep])  # (K, 4, 3)
+        inside = np.einsum("pj,nkj->nkp", view.planes, cam) >= view.offsets  # (K, 4, 5)
+        # Culled when all vertices are outside one plane.
+        culled = (~inside).all(axis=1).any(axis=1)
+        full = inside.all(axis=(1, 2)) & ~culled
+        partial = ~full & ~culled
+        fi = np.nonzero(full)[0]
+        if len(fi):
+            pts = _pts(view.project(cam[fi]))
+            for j, p in zip(fi, pts):
+                cv2.fillConvexPoly(img, p, colours[keep[j]], cv2.LINE_8, _SHIFT)
+        for j in np.nonzero(partial)[0]:
+            poly = clip_polygon(cam[j], view.planes, view.offsets)
+            if len(poly) >= 3:
+                cv2.fillConvexPoly(img, _pts(view.project(poly)), colours[keep[j]], cv2.LINE_8, _SHIFT)
+
+    @staticmethod
+    def _fill(img, ids, view: _View, cam_poly: np.ndarray, colour, idval: int) -> None:
+        poly = clip_polygon(cam_poly, view.planes, view.offsets)
+        if len(poly) < 3:
+            return
+        p = _pts(view.project(poly))
+        cv2.fillConvexPoly(img, p, colour, cv2.LINE_8, _SHIFT)
+        cv2.fillConvexPoly(ids, p, idval, cv2.LINE_8, _SHIFT)
+
+    def _draw_face(self, img, ids, view: _View, i: int, cam_corners: np.ndarray, tex: SignTexture | None,
+                   idval: int) -> tuple[int, tuple[int, int, int, int] | None]:
+        """Texture sign ``i``'s face; returns (face pixel count, box) in the image."""
+        poly = clip_polygon(cam_corners, view.planes, view.offsets)
+        if len(poly) < 3:
+            return 0, None
+        uv = view.project(poly)
+        x0 = max(0, int(math.floor(uv[:, 0].min())))
+        y0 = max(0, int(math.floor(uv[:, 1].min())))
+        x1 = min(view.w, int(math.ceil(uv[:, 0].max())) + 1)
+        y1 = min(view.h, int(math.ceil(uv[:, 1].max())) + 1)
+        if x1 <= x0 or y1 <= y0:
+            return 0, None
+        rw, rh = x1 - x0, y1 - y0
+        polymask = np.zeros((rh, rw), np.uint8)
+        cv2.fillConvexPoly(polymask, _pts(uv - (x0, y0)), 1, cv2.LINE_8, _SHIFT)
+        # Projected size of the full face, to pick a texture level.
+        pyr = self._face(i, tex)
+        dist = float(np.linalg.norm(cam_corners.mean(axis=0)))
+        px = view.f * max(float(self.geom.width[i]), float(self.geom.height[i])) / max(dist, NEAR_M)
+        tex_img = pyr.pick(px)
+        th, tw = tex_img.shape[:2]
+        # Analytic plane-to-image homography (valid even when corners lie behind the camera).
+        tl, tr, bl = cam_corners[0], cam_corners[1], cam_corners[3]
+        a = (tr - tl) / tw
+        b = (bl - tl) / th
+        c = tl + 0.5 * a + 0.5 * b
+
+        def m(v):
+            return np.array([v[1], -v[2], v[0]])
+
+        K = np.array([[view.f, 0, view.cx - 0.5 - x0], [0, view.f, view.cy - 0.5 - y0], [0, 0, 1.0]])
+        H = K @ np.stack([m(a), m(b), m(c)], axis=1)
+        # Replicated borders: edge pixels take the texture's own edge colour (the quad's outline
+        # comes from the polygon mask, its silhouette from the alpha channel).
+        warped = cv2.warpPerspective(tex_img, H, (rw, rh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        mask = (warped[:, :, 3] >= 128) & (polymask > 0)
+        n = int(mask.sum())
+        if n == 0:
+            return 0, None
+        roi = img[y0:y1, x0:x1]
+        roi[mask] = warped[:, :, :3][mask]
+        ids[y0:y1, x0:x1][mask] = idval
+        rows = np.nonzero(mask.any(axis=1))[0]
+        cols = np.nonzero(mask.any(axis=0))[0]
+        return n, (x0 + int(cols[0]), y0 + int(rows[0]), x0 + int(cols[-1]) + 1, y0 + int(rows[-1]) + 1)
+
+    # -- the frame ----------------------------------------------------------------------
+    def render(self, spec: CameraSpec, cam_to_world: np.ndarray, vehicles: Snapshot | None = None,
+               textures: Mapping[str, SignTexture] | None = None, *, exclude_id: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+        """Render one frame. Returns (RGB uint8 (H, W, 3), ID buffer int32 (H, W), labels).
+
+        The ID buffer holds ``sign index + 1`` where a sign face is visible, else 0.
+        ``exclude_id`` is a vehicle not drawn (the ego vehicle carrying the camera).
+        """
+        view = _make_view(spec, np.asarray(cam_to_world, np.float64))
+        img = self._sky_image(view.w, view.h).copy()
+        ids = np.zeros((view.h, view.w), np.int32)
+        textures = textures or {}
+        gz = self.ground_z
+        # Ground plane: a big square around the camera.
+        px, py = view.pos[0], view.pos[1]
+        big = 2000.0
+        ground = np.array([[px - big, py - big, gz], [px + big, py - big, gz], [px + big, py + big, gz],
+                           [px - big, py + big, gz]])
+        poly = clip_polygon(view.to_cam(ground), view.planes, view.offsets)
+        if len(poly) >= 3:
+            cv2.fillConvexPoly(img, _pts(view.project(poly)), GRASS, cv2.LINE_8, _SHIFT)
+        self._fill_world_polys(img, view, self.scene.road, self._road_centre, self._road_col)
+        self._fill_world_polys(img, view, self.scene.marks, self._mark_centre, self._mark_col)
+
+        objects: list[tuple[float, int, int]] = []  # (distance, type 0=vehicle 1=sign, index)
+        vbox = vnorm = None
+        if vehicles is not None and len(vehicles):
+            d2 = (vehicles.x - px) ** 2 + (vehicles.y - py) ** 2
+            sel = d2 <= self.draw_distance_m ** 2
+            if exclude_id is not None:
+                sel &= vehicles.ids != exclude_id
+            vidx = np.nonzero(sel)[0]
+            if len(vidx):
+                vbox, vnorm = vehicle_boxes(vehicles.x[vidx], vehicles.y[vidx], vehicles.z[vidx], vehicles.yaw[vidx],
+                                            self.vehicle_size)
+                centres = vbox.mean(axis=1)
+                camc = view.to_cam(centres)
+                radius = 0.5 * math.hypot(*self.vehicle_size)
+                for k in np.nonzero(camc[:, 0] > -radius)[0]:
+                    objects.append((float(np.linalg.norm(centres[k] - view.pos)), 0, int(k)))
+        geom = self.geom
+        if len(geom):
+            dc = geom.center - view.pos
+            dist = np.sqrt((dc ** 2).sum(axis=1))
+            camc = view.to_cam(geom.center)
+            for i in np.nonzero((dist <= self.sign_range_m) & (camc[:, 0] > -2.0))[0]:
+                objects.append((float(dist[i]), 1, int(i)))
+        objects.sort(key=lambda o: -o[0])
+
+        faces: dict[int, tuple[int, tuple[int, int, int, int], float]] = {}
+        for dist_o, typ, k in objects:
+            if typ == 0:
+                corners_cam = view.to_cam(vbox[k])
+                col = np.array(vehicle_colour(int(vehicles.ids[vidx[k]]), bool(vehicles.role[vidx[k]] == 1)))
+                centre = vbox[k].mean(axis=0)
+                for fi, face in enumerate(BOX_FACES):
+                    fc = vbox[k][face].mean(axis=0)
+                    if float(np.dot(vnorm[k, fi], view.pos - fc)) <= 0:
+                        continue  # back face
+                    shade = tuple(int(c) for c in np.clip(col * FACE_SHADE[fi], 0, 255))
+                    self._fill(img, ids, view, corners_cam[face], shade, 0)
+                del centre
+            else:
+                front = float(np.dot(geom.normal[k], view.pos - geom.center[k])) > 0
+                post = self._post_quad(view, k)
+                cam_corners = view.to_cam(geom.corners[k])
+                if front:
+                    if post is not None:
+                        self._fill(img, ids, view, post, POST, 0)
+                    n, box = self._draw_face(img, ids, view, k, cam_corners, textures.get(str(geom.ids[k])), k + 1)
+                    if n:
+                        faces[k] = (n, box, dist_o)
+                else:
+                    self._fill(img, ids, view, cam_corners, SIGN_BACK, 0)
+                    if post is not None:
+                        self._fill(img, ids, view, post, POST, 0)
+
+        labels: list[dict] = []
+        if faces:
+            counts = np.bincount(ids.ravel(), minlength=len(geom) + 1)
+            for k in sorted(faces, key=lambda j: faces[j][2]):
+                n, box, dist_o = faces[k]
+                vis = int(counts[k + 1])
+                if vis == 0:
+                    continue
+                x0, y0, x1, y1 = box
+                sub = ids[y0:y1, x0:x1] == k + 1
+                rows = np.nonzero(sub.any(axis=1))[0]
+                cols = np.nonzero(sub.any(axis=0))[0]
+                tex = textures.get(str(geom.ids[k])) or SignTexture()
+                v = float(geom.value[k])
+                value = v if math.isfinite(v) else None
+                labels.append({
+                    "id": str(geom.ids[k]), "kind": str(geom.kind[k]), "class": class_name(str(geom.kind[k]), value),
+                    "value": value, "box": [x0, y0, x1, y1], "visible": vis / n, "distance": dist_o,
+                    "source": tex.source, "ref": tex.ref, "pixels": vis, "face_pixels": n,
+                    "visible_box": [x0 + int(cols[0]), y0 + int(rows[0]), x0 + int(cols[-1]) + 1,
+                                    y0 + int(rows[-1]) + 1],
+                })
+        return img, ids, labels
+
+    def _post_quad(self, view: _View, k: int) -> np.ndarray | None:
+        """A camera-facing quad for sign ``k``'s post (camera coordinates), or None."""
+        base, top = self.geom.post_base[k], self.geom.post_top[k]
+        top = top.copy()
+        top[2] = min(top[2], self.geom.center[k, 2])
+        if top[2] - base[2] <= 0.05:
+            return None
+        d = base[:2] - view.pos[:2]
+        nd = math.hypot(d[0], d[1])
+        if nd < 1e-6:
+            return None
+        side = np.array([-d[1] / nd, d[0] / nd, 0.0]) * (0.5 * 0.08)
+        quad = np.stack([top - side, top + side, base + side, base - side])
+        return view.to_cam(quad)
+
+
+class EmbeddedCameraRig:
+    """Cameras attached to vehicles of an embedded world.
+
+    ``carla_map`` is the world's ``carla.Map`` (its lanes give the road geometry, computed
+    once here); ``signs`` the world's SignTable. ``render(name, snapshot, textures)`` gives
+    the :class:`~carla_mr.world.base.CameraFrame` for one tick.
+    """
+
+    def __init__(self, carla_map, signs, *, scene: RoadScene | None = None, face_size: int = 128,
+                 sign_range_m: float = 150.0, draw_distance_m: float = 350.0):
+        self.scene = scene if scene is not None else build_road_scene(carla_map)
+        gz = ground_height_under(carla_map, np.asarray(signs.x, float), np.asarray(signs.y, float)) \
+            if (carla_map is not None and len(signs)) else None
+        self.geom = build_sign_geometry(signs, gz)
+        self.renderer = SceneRenderer(self.scene, self.geom, face_size=face_size, sign_range_m=sign_range_m,
+                                      draw_distance_m=draw_distance_m)
+        self.cameras: dict[str, tuple[CameraSpec, int]] = {}
+
+    def attach(self, name: str, spec: CameraSpec | Mapping[str, Any] | None, vehicle_id: int) -> None:
+        if not isinstance(name, str) or not name:
+            raise InputError("camera name must be a non-empty string", field="name")
+        if spec is None:
+            spec = CameraSpec()
+        elif not isinstance(spec, CameraSpec):
+            try:
+                spec = CameraSpec.model_validate(dict(spec))
+            except Exception as exc:  # pydantic ValidationError
+                raise InputError(f"invalid camera spec: {exc}", field="camera") from None
+        self.cameras[name] = (spec, int(vehicle_id))
+
+    def detach(self, name: str) -> None:
+        self.cameras.pop(name, None)
+
+    def render(self, name: str, snapshot: Snapshot, textures: Mapping[str, SignTexture] | None = None) -> CameraFrame:
+        if name not in self.cameras:
+            raise KeyError(f"no camera named {name!r}; attached: {sorted(self.cameras)}")
+        spec, vid = self.cameras[name]
+        hit = np.nonzero(snapshot.ids == vid)[0]
+        if len(hit) == 0:
+            raise RunError(f"camera {name!r}: vehicle {vid} is not in the world at frame {snapshot.frame} "
+                           f"(it left the simulation); attach the camera to another vehicle")
+        j = int(hit[0])
+        ego = (float(snapshot.x[j]), float(snapshot.y[j]), float(snapshot.z[j]), float(snapshot.yaw[j]))
+        pose = camera_pose(spec, *ego)
+        img, _ids, labels = self.renderer.render(spec, pose, snapshot, textures, exclude_id=vid)
+        return CameraFrame(frame=int(snapshot.frame), time=float(snapshot.time), image=img,
+                           intrinsics=spec.intrinsics(), cam_to_world=pose, ego=ego, labels=labels)

@@ -1,0 +1,177 @@
+"""Static scene geometry for the embedded renderer, computed once per map.
+
+Road surfaces are quads between consecutive waypoints of every driving lane (left and right
+lane edges at half the lane width); lane markings are thin quads along the lane edges whose
+OpenDRIVE road mark is solid or broken (broken marks drawn 3 m on, 3 m off). All arrays are
+metres in CARLA's world frame.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: RGB colours of the scene.
+ASPHALT = (70, 70, 74)
+JUNCTION_ASPHALT = (78, 78, 82)
+GRASS = (84, 112, 60)
+MARK_WHITE = (235, 235, 235)
+MARK_YELLOW = (235, 190, 40)
+SKY_TOP = (95, 145, 215)
+SKY_HORIZON = (190, 215, 240)
+POST = (120, 120, 125)
+SIGN_BACK = (150, 150, 155)
+
+_BROKEN_ON_M = 3.0
+
+
+@dataclass(frozen=True)
+class RoadScene:
+    """Road quads (N, 4, 3) with per-quad RGB colours (N, 3) uint8, marking quads (M, 4, 3)
+    with colours (M, 3), and the map's extent (xmin, ymin, xmax, ymax) in metres."""
+
+    road: np.ndarray
+    road_color: np.ndarray
+    marks: np.ndarray
+    mark_color: np.ndarray
+    extent: tuple[float, float, float, float]
+    lane_lines: list[np.ndarray]  # centre polylines (K, 2) per lane piece, for the bird's-eye viewer
+
+    @property
+    def ground_z(self) -> float:
+        return float(np.median(self.road[:, :, 2])) if len(self.road) else 0.0
+
+
+def _mark_kind(marking) -> tuple[str, tuple[int, int, int], float]:
+    """('solid'|'broken'|'none', colour, width m) of a carla.LaneMarking."""
+    name = str(getattr(marking.type, "name", marking.type))
+    width = float(getattr(marking, "width", 0.0) or 0.0)
+    width = width if 0.05 <= width <= 0.5 else 0.15
+    col_name = str(getattr(marking.color, "name", marking.color))
+    colour = MARK_YELLOW if col_name == "Yellow" else MARK_WHITE
+    if name in ("Solid", "SolidSolid", "SolidBroken", "BrokenSolid", "Curb"):
+        return ("solid" if name != "Curb" else "none"), colour, width
+    if name in ("Broken", "BrokenBroken", "BottsDots"):
+        return "broken", colour, width
+    return "none", colour, width
+
+
+def build_road_scene(carla_map, step_m: float = 2.0) -> RoadScene:
+    """Precompute road and marking quads from a ``carla.Map`` (done once per map)."""
+    wps = carla_map.generate_waypoints(step_m)
+    road, road_col, marks, mark_col = [], [], [], []
+    pieces: dict[tuple[int, int, int], list[tuple[float, float, float]]] = {}
+    for wp in wps:
+        tf = wp.transform
+        loc = tf.location
+        rv = tf.get_right_vector()
+        r = np.array([rv.x, rv.y, 0.0])
+        nr = math.hypot(r[0], r[1]) or 1.0
+        r /= nr
+        p0 = np.array([loc.x, loc.y, loc.z])
+        hw0 = wp.lane_width / 2.0
+        pieces.setdefault((wp.road_id, wp.section_id, wp.lane_id), []).append((wp.s, loc.x, loc.y))
+        for nxt in wp.next(step_m):
+            ntf = nxt.transform
+            nl = ntf.location
+            nrv = ntf.get_right_vector()
+            r1 = np.array([nrv.x, nrv.y, 0.0])
+            r1 /= (math.hypot(r1[0], r1[1]) or 1.0)
+            p1 = np.array([nl.x, nl.y, nl.z])
+            if np.linalg.norm(p1 - p0) > 3.0 * step_m:
+                continue
+            hw1 = nxt.lane_width / 2.0
+            road.append([p0 - r * hw0, p1 - r1 * hw1, p1 + r1 * hw1, p0 + r * hw0])
+            road_col.append(JUNCTION_ASPHALT if wp.is_junction else ASPHALT)
+            if wp.is_junction:
+                continue
+            for side, marking in ((-1.0, wp.left_lane_marking), (1.0, wp.right_lane_marking)):
+                kind, colour, mw = _mark_kind(marking)
+                if kind == "none":
+                    continue
+                if kind == "broken":
+                    s_mid = wp.s + step_m / 2.0 if wp.lane_id < 0 else wp.s - step_m / 2.0
+                    if int(math.floor(s_mid / _BROKEN_ON_M)) % 2:
+                        continue
+                e0 = p0 + side * r * hw0
+                e1 = p1 + side * r1 * hw1
+                marks.append([e0 - r * mw / 2, e1 - r1 * mw / 2, e1 + r1 * mw / 2, e0 + r * mw / 2])
+                mark_col.append(colour)
+    road_a = np.asarray(road, np.float64).reshape(-1, 4, 3)
+    marks_a = np.asarray(marks, np.float64).reshape(-1, 4, 3)
+    if len(road_a):
+        xy = road_a[:, :, :2].reshape(-1, 2)
+        extent = (float(xy[:, 0].min()), float(xy[:, 1].min()), float(xy[:, 0].max()), float(xy[:, 1].max()))
+    else:
+        extent = (-100.0, -100.0, 100.0, 100.0)
+    lines = []
+    for pts in pieces.values():
+        pts.sort()
+        a = np.asarray([(x, y) for _, x, y in pts], np.float64)
+        if len(a) >= 2:
+            lines.append(a)
+    return RoadScene(road_a, np.asarray(road_col, np.uint8).reshape(-1, 3), marks_a,
+                     np.asarray(mark_col, np.uint8).reshape(-1, 3), extent, lines)
+
+
+def ground_height_under(carla_map, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Road height (metres) at the nearest lane to each (x, y); 0 where the map has none."""
+    import carla
+
+    out = np.zeros(len(x))
+    for i in range(len(x)):
+        try:
+            wp = carla_map.get_waypoint(carla.Location(x=float(x[i]), y=float(y[i]), z=0.0), project_to_road=True)
+            out[i] = wp.transform.location.z if wp is not None else 0.0
+        except RuntimeError:  # pragma: no cover - libcarla raises on degenerate maps
+            out[i] = 0.0
+    return out
+
+
+# -- vehicles -----------------------------------------------------------------------------
+
+#: Default box of a car: length, width, height (metres).
+CAR_SIZE = (4.6, 1.9, 1.5)
+
+# Corner index layout of a box: bottom 0..3 (front-left, front-right, rear-right, rear-left), top 4..7.
+BOX_FACES = np.array([
+    [4, 5, 6, 7],  # top
+    [0, 1, 5, 4],  # front (+x)
+    [2, 3, 7, 6],  # rear (-x)
+    [1, 2, 6, 5],  # right (+y)
+    [3, 0, 4, 7],  # left (-y)
+], np.int64)
+BOX_NORMALS = np.array([[0, 0, 1], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0]], np.float64)
+FACE_SHADE = np.array([1.0, 0.85, 0.7, 0.78, 0.62])
+
+
+def vehicle_boxes(x, y, z, yaw, size=CAR_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """World corners (N, 8, 3) and world face normals (N, 5, 3) of vehicle boxes whose
+    origin is the centre of the bottom face, heading ``yaw`` degrees."""
+    length, width, height = size
+    hl, hw = length / 2.0, width / 2.0
+    # x forward, y right (CARLA): bottom fl, fr... chosen so BOX_FACES match BOX_NORMALS.
+    local = np.array([[hl, -hw, 0], [hl, hw, 0], [-hl, hw, 0], [-hl, -hw, 0],
+                      [hl, -hw, height], [hl, hw, height], [-hl, hw, height], [-hl, -hw, height]], np.float64)
+    t = np.deg2rad(np.asarray(yaw, np.float64))
+    c, s = np.cos(t), np.sin(t)
+    rot = np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)  # (N, 2, 2)
+    xy = np.einsum("nij,kj->nki", rot, local[:, :2])
+    corners = np.empty((len(t), 8, 3))
+    corners[:, :, 0] = xy[:, :, 0] + np.asarray(x)[:, None]
+    corners[:, :, 1] = xy[:, :, 1] + np.asarray(y)[:, None]
+    corners[:, :, 2] = local[None, :, 2] + np.asarray(z)[:, None]
+    normals = np.zeros((len(t), 5, 3))
+    normals[:, :, :2] = np.einsum("nij,kj->nki", rot, BOX_NORMALS[:, :2])
+    normals[:, :, 2] = BOX_NORMALS[None, :, 2]
+    return corners, normals
+
+
+def vehicle_colour(vid: int, av: bool) -> tuple[int, int, int]:
+    """A stable colour per vehicle id; AVs are a saturated orange family."""
+    h = (int(vid) * 2654435761) & 0xFFFFFFFF
+    if av:
+        return (230, 120 + (h & 0x3F), 20 + ((h >> 8) & 0x1F))
+    return (60 + (h & 0x7F), 60 + ((h >> 8) & 0x7F), 70 + ((h >> 16) & 0x7F))
