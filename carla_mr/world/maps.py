@@ -219,3 +219,185 @@ def signs_for_scenario(text: str, spec, seed: int, *, name: str = "map") -> tupl
     if spec.random_count:
         placements += random_placements(tree, spec.random_count, rng)
     return inject_text(text, placements, name=name)
+
+
+# -- the project's own maps ---------------------------------------------------------------------
+#
+# Built from plain SUMO node/edge descriptions with netconvert, exported to OpenDRIVE with
+# ``--opendrive-output`` (traffic lights become dynamic <signal>s), then static signs are
+# injected: stop signs on minor approaches to unsignalised junctions, yield signs on others,
+# speed limits near the start of roads. Everything is deterministic (no randomness).
+
+GEO_REFERENCE = "+proj=tmerc +lat_0=0 +lon_0=0 +k=1 +x_0=0 +y_0=0 +datum=WGS84 +units=m +no_defs"
+
+
+def _town_layout(n: int = 5, spacing: float = 120.0) -> dict:
+    """An n x n town grid: one lane each way at 50 km/h, traffic lights at the inner
+    junctions, priority junctions on the border with stop/yield signs on the side streets."""
+    nodes, edges = [], []
+    tls, minor_stop, minor_yield = set(), set(), set()
+    for i in range(n):
+        for j in range(n):
+            nid = f"n{i}_{j}"
+            inner = 0 < i < n - 1 and 0 < j < n - 1
+            nodes.append({"id": nid, "x": i * spacing, "y": j * spacing,
+                          "type": "traffic_light" if inner else "priority"})
+            if inner:
+                tls.add(nid)
+    for i in range(n):
+        for j in range(n):
+            for di, dj in ((1, 0), (0, 1)):
+                a, b = (i, j), (i + di, j + dj)
+                if b[0] >= n or b[1] >= n:
+                    continue
+                border_road = (dj == 0 and j in (0, n - 1)) or (di == 0 and i in (0, n - 1))
+                for u, v in ((a, b), (b, a)):
+                    edges.append({"id": f"e{u[0]}_{u[1]}to{v[0]}_{v[1]}", "from": f"n{u[0]}_{u[1]}",
+                                  "to": f"n{v[0]}_{v[1]}", "numLanes": 1, "speed": 13.89,
+                                  "priority": 3 if border_road else 2})
+    # side streets entering a border T-junction: alternate stop and yield
+    for e in edges:
+        to = e["to"]
+        i, j = (int(t) for t in to[1:].split("_"))
+        on_border = i in (0, n - 1) or j in (0, n - 1)
+        corner = i in (0, n - 1) and j in (0, n - 1)
+        if on_border and not corner and e["priority"] == 2:
+            (minor_stop if (i + j) % 2 == 0 else minor_yield).add(e["id"])
+    return {"nodes": nodes, "edges": edges, "tls": tls, "stop": minor_stop, "yield": minor_yield}
+
+
+def _arterial_layout(columns: int = 7, spacing: float = 200.0, offset: float = 150.0) -> dict:
+    """A 2+2-lane arterial (60 km/h) with signalised junctions every ``spacing`` m, cross
+    streets to parallel local streets (1 lane, 40 km/h), stop signs where cross streets meet
+    the local streets (yield at every other one)."""
+    nodes, edges = [], []
+    tls, minor_stop, minor_yield = set(), set(), set()
+    rows = {0: -offset, 1: 0.0, 2: offset}
+    for c in range(columns):
+        for r, y in rows.items():
+            nid = f"a{c}_{r}"
+            nodes.append({"id": nid, "x": c * spacing, "y": y, "type": "traffic_light" if r == 1 else "priority"})
+            if r == 1:
+                tls.add(nid)
+
+    def both(u, v, lanes, speed, prio):
+        for a, b in ((u, v), (v, u)):
+            edges.append({"id": f"{a}to{b}", "from": a, "to": b, "numLanes": lanes, "speed": speed,
+                          "priority": prio})
+
+    for c in range(columns - 1):
+        both(f"a{c}_1", f"a{c + 1}_1", 2, 16.67, 5)
+        both(f"a{c}_0", f"a{c + 1}_0", 1, 11.11, 3)
+        both(f"a{c}_2", f"a{c + 1}_2", 1, 11.11, 3)
+    for c in range(columns):
+        both(f"a{c}_1", f"a{c}_0", 1, 11.11, 2)
+        both(f"a{c}_1", f"a{c}_2", 1, 11.11, 2)
+    for e in edges:
+        if e["priority"] == 2 and e["to"].endswith(("_0", "_2")):
+            c = int(e["to"][1:].split("_")[0])
+            if 0 < c < columns - 1:
+                (minor_stop if c % 2 else minor_yield).add(e["id"])
+    return {"nodes": nodes, "edges": edges, "tls": tls, "stop": minor_stop, "yield": minor_yield}
+
+
+PROJECT_MAPS = {
+    "mr_town": {"layout": _town_layout, "speed_kmh": 50, "doc": "5x5 town grid, 120 m blocks, 9 signalised junctions"},
+    "mr_arterial": {"layout": _arterial_layout, "speed_kmh": 60,
+                    "doc": "1.2 km 2+2-lane arterial, 7 signalised junctions, local streets"},
+}
+
+
+def _xml_nodes_edges(layout: dict) -> tuple[str, str]:
+    from xml.sax.saxutils import quoteattr
+
+    def row(tag, d):
+        return f"  <{tag} " + " ".join(f"{k}={quoteattr(str(v))}" for k, v in d.items()) + "/>"
+
+    nod = "<nodes>\n" + "\n".join(row("node", n) for n in layout["nodes"]) + "\n</nodes>\n"
+    edg = "<edges>\n" + "\n".join(row("edge", e) for e in layout["edges"]) + "\n</edges>\n"
+    return nod, edg
+
+
+def build_project_map(name: str, out_dir: str | Path) -> dict:
+    """Build one of :data:`PROJECT_MAPS` into ``out_dir/<name>.xodr``; returns its landmark counts.
+
+    netconvert (nodes/edges -> SUMO net -> OpenDRIVE), then signs injected and the result
+    verified by re-loading with libcarla.
+    """
+    import subprocess
+    import tempfile
+    import xml.etree.ElementTree as ET
+
+    from carla_mr.io import atomic_write_text
+    from carla_mr.world.sumo_net import sumo_binary
+
+    if name not in PROJECT_MAPS:
+        raise InputError(f"unknown project map '{name}'; expected one of {sorted(PROJECT_MAPS)}", field="name")
+    spec = PROJECT_MAPS[name]
+    layout = spec["layout"]()
+    nod, edg = _xml_nodes_edges(layout)
+    with tempfile.TemporaryDirectory(prefix="carla_mr_map_") as tmp:
+        t = Path(tmp)
+        (t / "m.nod.xml").write_text(nod)
+        (t / "m.edg.xml").write_text(edg)
+        cmd = [sumo_binary("netconvert"), "-n", str(t / "m.nod.xml"), "-e", str(t / "m.edg.xml"),
+               "-o", str(t / "m.net.xml"), "--opendrive-output", str(t / "m.xodr"), "--no-turnarounds", "true",
+               "--offset.disable-normalization", "true", "--junctions.corner-detail", "5",
+               "--default.junctions.radius", "8", "--no-warnings", "true"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            from carla_mr.errors import RunError
+
+            raise RunError(f"netconvert failed for {name}: {proc.stderr.strip()[-500:]}")
+        text = (t / "m.xodr").read_text(encoding="utf-8")
+    tree = parse_xodr(text, source=name)
+    root = tree.getroot()
+    header = root.find("header")
+    if header is not None:
+        header.set("name", name)
+        header.set("vendor", "carla_mr")
+        header.set("date", "")
+        if header.find("geoReference") is None:
+            ET.SubElement(header, "geoReference").text = GEO_REFERENCE
+    # road -> the SUMO node it ends at (junction name = SUMO node id)
+    junction_name = {j.get("id"): j.get("name") for j in root.findall("junction")}
+    edge_of: dict[str, tuple[str, str]] = {}  # road id -> (from node, to node) of its SUMO edge
+    by_nodes = {(e["from"], e["to"]): e["id"] for e in layout["edges"]}
+    placements: list[SignPlacement] = []
+    from carla_mr.world.opendrive import roads
+
+    speed = float(spec["speed_kmh"])
+    for r in roads(tree):
+        if r.in_junction:
+            continue
+        link = r.element.find("link")
+        pre = link.find("predecessor") if link is not None else None
+        suc = link.find("successor") if link is not None else None
+        if pre is None or suc is None:
+            continue
+        a = junction_name.get(pre.get("elementId"))
+        b = junction_name.get(suc.get("elementId"))
+        eid = by_nodes.get((a, b))
+        if eid is None:
+            continue
+        edge_of[r.id] = (a, b)
+        lanes = r.right if r.right else r.left
+        o = "+" if r.right else "-"
+        if not lanes or r.length < 20:
+            continue
+        end_s = r.length - 3.0 if o == "+" else 3.0
+        start_s = 6.0 if o == "+" else r.length - 6.0
+        if eid in layout["stop"]:
+            placements.append(SignPlacement("stop", r.id, end_s, o))
+        elif eid in layout["yield"]:
+            placements.append(SignPlacement("yield", r.id, end_s, o))
+        edge = next(e for e in layout["edges"] if e["id"] == eid)
+        kmh = float(round(edge["speed"] * 3.6 / 10.0) * 10)
+        placements.append(SignPlacement("speed_limit", r.id, start_s, o, value=kmh))
+    base_text = to_text(tree)
+    out_text, ids = inject_text(base_text, placements, name=name)
+    out = Path(out_dir) / f"{name}.xodr"
+    atomic_write_text(out, out_text)
+    counts = landmark_counts(map_from_text(name, out_text))
+    return {"name": name, "path": str(out), "injected": len(ids), "landmarks": counts,
+            "traffic_lights": len(layout["tls"]), "doc": spec["doc"]}
