@@ -28,10 +28,13 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], *, binary: bool = True) -> Path:
+def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], *, binary: bool = True,
+                 fsync: bool = True) -> Path:
     """Call ``writer(fileobj)`` on a temp file next to ``path`` and rename it into place.
 
-    On any error the temp file is removed and the target is left as it was.
+    On any error the temp file is removed and the target is left as it was. ``fsync=False``
+    skips the flush to disk (still atomic for readers and for a killed process; the caller
+    then makes it durable in batches, e.g. the dataset recorder's checkpoints).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,7 +43,8 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], *, bina
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
             writer(fh)
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -48,7 +52,8 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], *, bina
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(path.parent)
+    if fsync:
+        _fsync_dir(path.parent)
     return path
 
 
