@@ -1,0 +1,329 @@
+"""The tick loop: one world, a list of stages, a run directory.
+
+``Runner(scenario, run_dir, stages, seed).run()`` makes the world for the scenario's backend,
+starts every stage with a :class:`~carla_mr.stages.RunContext`, resets the world and hands
+each Snapshot to every stage in order for ``scenario.ticks`` ticks (the reset's Snapshot is
+tick 1). Stages and the world are closed (stages in reverse order, then the world) on every
+exit path: normal end, exception, Ctrl-C and SIGTERM. The run directory gets:
+
+- ``config.yaml``: the resolved scenario (seed included), written before the first tick;
+- ``summary.json``: ticks, avs, vehicles, mean_speed (m/s), distance_driven_m,
+  rsu_coverage_share, wall_time_s, ticks_per_s, landmarks {total, by_type, ...}, seed,
+  status ("completed" | "interrupted" | "failed"), and one entry per stage under ``stages``;
+- whatever the stages write, e.g. ``trajectories.parquet`` from :class:`TrajectoryStage`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+import numpy as np
+
+from carla_mr.errors import RunError
+from carla_mr.io import atomic_write_json, atomic_write_text
+from carla_mr.stages import RunContext, Stage
+from carla_mr.world.base import ROLE_AV, Snapshot
+
+if TYPE_CHECKING:  # pragma: no cover
+    from carla_mr.config import Scenario
+    from carla_mr.world.base import World
+
+
+class RunTerminated(RunError):
+    """The run got SIGTERM; the world and stages were closed."""
+
+    exit_code = 143
+
+
+# -- the trajectory stage --------------------------------------------------------------------
+
+TRAJECTORY_COLUMNS = (("frame", "int64"), ("time", "float64"), ("id", "int64"), ("role", "uint8"),
+                      ("x", "float64"), ("y", "float64"), ("z", "float64"), ("yaw", "float64"),
+                      ("speed", "float64"), ("rsu", "int32"))
+
+
+class TrajectoryStage:
+    """Streams every vehicle's state at every tick to ``run_dir/trajectories.parquet``.
+
+    Columns: frame int64, time float64 (s), id int64, role uint8 (1 = AV), x, y, z (m, CARLA
+    frame), yaw (deg), speed (m/s) float64, rsu int32 (-1 = none). Rows are buffered and written
+    as row groups of about ``rows_per_group`` rows; the file is written under a temporary name
+    and renamed into place when the stage closes, so readers never see a partial file (a run
+    that crashes still leaves the rows written so far under ``trajectories.parquet``).
+    """
+
+    name = "trajectories"
+
+    def __init__(self, rows_per_group: int = 200_000, avs_only: bool = False):
+        self.rows_per_group = int(rows_per_group)
+        self.avs_only = avs_only
+        self._writer = None
+        self._buf: list[Snapshot] = []
+        self._buffered = 0
+        self.rows = 0
+        self.row_groups = 0
+        self.path: Optional[Path] = None
+        self._tmp: Optional[Path] = None
+        self._closed = False
+
+    def start(self, ctx: RunContext) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.path = Path(ctx.run_dir) / "trajectories.parquet"
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self._schema = pa.schema([(n, getattr(pa, t)()) for n, t in TRAJECTORY_COLUMNS])
+        self._writer = pq.ParquetWriter(str(self._tmp), self._schema, compression="zstd")
+
+    def on_tick(self, snapshot: Snapshot, ctx: RunContext) -> None:
+        s = snapshot.select(snapshot.av_mask) if self.avs_only else snapshot
+        if len(s) == 0:
+            return
+        self._buf.append(s)
+        self._buffered += len(s)
+        if self._buffered >= self.rows_per_group:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buf or self._writer is None:
+            return
+        import pyarrow as pa
+
+        b = self._buf
+        counts = [len(s) for s in b]
+        cols = {
+            "frame": np.repeat(np.array([s.frame for s in b], dtype=np.int64), counts),
+            "time": np.repeat(np.array([s.time for s in b], dtype=np.float64), counts),
+            "id": np.concatenate([s.ids for s in b]).astype(np.int64, copy=False),
+            "role": np.concatenate([s.role for s in b]).astype(np.uint8, copy=False),
+        }
+        for name in ("x", "y", "z", "yaw", "speed"):
+            cols[name] = np.concatenate([getattr(s, name) for s in b]).astype(np.float64, copy=False)
+        cols["rsu"] = np.concatenate([s.rsu for s in b]).astype(np.int32, copy=False)
+        table = pa.Table.from_arrays([pa.array(cols[n]) for n, _ in TRAJECTORY_COLUMNS], schema=self._schema)
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+        self.row_groups += 1
+        self._buf = []
+        self._buffered = 0
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is None:
+            return
+        try:
+            self._flush()
+        finally:
+            self._writer.close()
+            self._writer = None
+            os.replace(self._tmp, self.path)
+
+    def summary(self) -> dict[str, Any]:
+        return {"path": str(self.path) if self.path else None, "rows": self.rows, "row_groups": self.row_groups}
+
+
+def build_stages(scenario: "Scenario") -> list[Stage]:
+    """The stages a scenario asks for, in tick order (world -> twin -> market -> genai -> recorder).
+
+    Today: the trajectory stream. The later stages append themselves here when their section
+    is ``enabled``.
+    """
+    stages: list[Stage] = [TrajectoryStage()]
+    return stages
+
+
+# -- the runner -----------------------------------------------------------------------------
+
+class _Stats:
+    """Running totals over all ticks (vectorised per tick)."""
+
+    def __init__(self, tick_s: float):
+        self.tick_s = tick_s
+        self.ticks = 0
+        self.vehicle_ticks = 0
+        self.speed_sum = 0.0
+        self.distance = 0.0
+        self.av_distance = 0.0
+        self.av_ticks = 0
+        self.av_covered = 0
+        self.ids: set[int] = set()
+        self.av_ids: set[int] = set()
+        self.max_vehicles = 0
+
+    def add(self, s: Snapshot) -> None:
+        self.ticks += 1
+        n = len(s)
+        self.vehicle_ticks += n
+        self.max_vehicles = max(self.max_vehicles, n)
+        if n == 0:
+            return
+        self.speed_sum += float(s.speed.sum())
+        self.distance += float(s.speed.sum()) * self.tick_s
+        av = s.role == ROLE_AV
+        self.av_ticks += int(av.sum())
+        self.av_covered += int((s.rsu[av] >= 0).sum())
+        self.av_distance += float(s.speed[av].sum()) * self.tick_s
+        if self.ticks % 20 == 1:  # ids change rarely; sample them
+            self.ids.update(s.ids.tolist())
+            self.av_ids.update(s.ids[av].tolist())
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ticks": self.ticks,
+            "avs": len(self.av_ids),
+            "vehicles": len(self.ids),
+            "max_vehicles_at_once": self.max_vehicles,
+            "mean_speed": self.speed_sum / self.vehicle_ticks if self.vehicle_ticks else 0.0,
+            "distance_driven_m": self.distance,
+            "av_distance_driven_m": self.av_distance,
+            "rsu_coverage_share": self.av_covered / self.av_ticks if self.av_ticks else 0.0,
+        }
+
+
+class Runner:
+    """Run a scenario: ``Runner(scenario, run_dir, stages, seed).run() -> summary dict``.
+
+    ``stages`` defaults to :func:`build_stages`; ``seed`` to the scenario's; ``world`` may be
+    given (already constructed, not reset) to reuse one, else :func:`make_world` builds it.
+    ``ticks`` overrides the scenario's duration. ``progress`` shows a bar on stderr.
+    """
+
+    def __init__(self, scenario: "Scenario", run_dir: str | os.PathLike, stages: Optional[Sequence[Stage]] = None,
+                 seed: Optional[int] = None, *, progress: bool = True, world: "Optional[World]" = None,
+                 ticks: Optional[int] = None):
+        self.scenario = scenario
+        self.run_dir = Path(run_dir)
+        self.stages = list(build_stages(scenario) if stages is None else stages)
+        self.seed = int(scenario.seed if seed is None else seed)
+        self.progress = progress
+        self.world = world
+        self.ticks = int(ticks if ticks is not None else scenario.ticks)
+        self.summary: dict[str, Any] = {}
+
+    def _write_config(self) -> None:
+        from carla_mr.config import dump_scenario
+
+        update: dict[str, Any] = {"seed": self.seed}
+        try:  # the map as an absolute path, so the copy loads from anywhere
+            resolved = self.scenario.resolved_map_path()
+            if resolved is not None:
+                update["map"] = str(resolved)
+        except Exception:  # noqa: BLE001 - the world reports a missing map itself
+            pass
+        sc = self.scenario.model_copy(update=update)
+        atomic_write_text(self.run_dir / "config.yaml", dump_scenario(sc))
+
+    def run(self) -> dict[str, Any]:
+        from carla_mr.cli_common import progress as progress_bar
+        from carla_mr.world.factory import make_world
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        stats = _Stats(self.scenario.tick_s)
+        started: list[Stage] = []
+        status = "failed"
+        error: Optional[str] = None
+        world = self.world
+        t0 = time.perf_counter()
+        t_loop = t0
+        old_handler = None
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main:
+            def _on_term(signum, frame):
+                raise RunTerminated("terminated by SIGTERM; world and stages closed")
+
+            old_handler = signal.signal(signal.SIGTERM, _on_term)
+        try:
+            if world is None:
+                world = make_world(self.scenario, seed=self.seed)
+            self.world = world
+            ctx = RunContext(scenario=self.scenario, world=world, run_dir=self.run_dir, seed=self.seed)
+            self.ctx = ctx
+            for st in self.stages:
+                st.start(ctx)
+                started.append(st)
+            snap = world.reset()
+            t_loop = time.perf_counter()
+            with progress_bar(self.ticks, f"run {self.scenario.name}", enabled=self.progress) as advance:
+                pending = 0
+                for k in range(self.ticks):
+                    if k:
+                        snap = world.tick()
+                    stats.add(snap)
+                    for st in self.stages:
+                        st.on_tick(snap, ctx)
+                    pending += 1
+                    if pending >= 10:
+                        advance(pending)
+                        pending = 0
+                advance(pending)
+            status = "completed"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            error = "interrupted (Ctrl-C)"
+            raise
+        except RunTerminated as exc:
+            status = "interrupted"
+            error = str(exc)
+            raise
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            wall = time.perf_counter() - t0
+            loop = time.perf_counter() - t_loop
+            close_errors = []
+            for st in reversed(started):
+                try:
+                    st.close()
+                except Exception as exc:  # noqa: BLE001 - keep closing the rest
+                    close_errors.append(f"{getattr(st, 'name', type(st).__name__)}: {exc}")
+            if world is not None:
+                try:
+                    world.close()
+                except Exception as exc:  # noqa: BLE001
+                    close_errors.append(f"world: {exc}")
+            if in_main and old_handler is not None:
+                signal.signal(signal.SIGTERM, old_handler)
+            self.summary = self._summary(stats, world, started, status, error, close_errors, wall, loop)
+            try:
+                atomic_write_json(self.run_dir / "summary.json", self.summary)
+            except OSError:
+                pass
+        if close_errors:
+            raise RunError("closing failed: " + "; ".join(close_errors))
+        return self.summary
+
+    def _summary(self, stats: _Stats, world, started, status, error, close_errors, wall, loop) -> dict[str, Any]:
+        out: dict[str, Any] = {"scenario": self.scenario.name, "backend": self.scenario.backend,
+                               "map": self.scenario.map, "status": status}
+        if error:
+            out["error"] = error
+        if close_errors:
+            out["close_errors"] = close_errors
+        out.update(stats.summary())
+        out["sim_time_s"] = stats.ticks * self.scenario.tick_s
+        out["wall_time_s"] = wall
+        out["ticks_per_s"] = stats.ticks / loop if loop > 0 else 0.0
+        try:
+            out["landmarks"] = world.landmark_summary() if world is not None else {"total": 0, "by_type": {}}
+        except Exception:  # noqa: BLE001 - a world that failed half-way
+            out["landmarks"] = {"total": 0, "by_type": {}}
+        out["rsus"] = len(world.rsus) if world is not None and hasattr(world, "rsus") else 0
+        out["seed"] = self.seed
+        out["stages"] = {}
+        for st in started:
+            name = getattr(st, "name", type(st).__name__)
+            try:
+                out["stages"][name] = st.summary()
+            except Exception as exc:  # noqa: BLE001
+                out["stages"][name] = {"error": f"{type(exc).__name__}: {exc}"}
+        out["run_dir"] = str(self.run_dir)
+        return out
