@@ -1,0 +1,241 @@
+"""The adapter between the auction's wire data and the market's pure clearing function.
+
+The auctioneer stores, per round, the *public* data as named numpy arrays (``make_public``
+checks them): ``rate_up``, ``rate_down``, ``C`` (I,); ``s_sim``, ``e_sim`` (I, K+1); ``G`` and
+``theta`` broadcastable to (I, N, K+1) with a leading axis of 1 or I; ``r_acc`` scalar or
+(I,); and the scalars ``gamma``, ``beta0``, ``genai``, ``size_unit``, ``f_c_ghz``, ``f_g_ghz``.
+The AVs' task data (size MB, cycles Gcycles/MB, deadline s) come with their bids.
+
+``clear_round`` turns the bids into arrays (micro-units -> units), keeps the AVs that bid
+(absent AVs take no part; the outcome's AV indices refer to ``participants``), gives absent
+traffic simulators zero bids, calls :func:`carla_mr.market.mechanisms.clear` and wraps its
+``Outcome.to_dict()`` with the ids and integer payments. The driving simulator's contract is
+standing: its ``contract: true`` bid confirms it for the round, and windows it wins are
+scheduled to it whether or not it confirmed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from carla_mr.errors import InputError
+from carla_mr.market import protocol as P
+from carla_mr.market.schedule import Schedule, build_schedule
+
+PER_AV = ("rate_up", "rate_down", "C")
+PER_AV_SIM = ("s_sim", "e_sim")
+BROADCAST = ("G", "theta")
+SCALARS = ("gamma", "beta0", "genai", "size_unit", "f_c_ghz", "f_g_ghz")
+CLEAR_PARAMS = {"epvisa_windows": ("first", "all"), "dt_weight": ("unit", "r_acc")}
+
+
+def make_public(*, rate_up, rate_down, s_sim, e_sim, C, G, theta: Any = 0.53, r_acc: Any = 0.5,
+                gamma: float = 1.0, beta0: float = 1.0, genai: bool = True, size_unit: float = 1.0,
+                f_c_ghz: float = 3.6, f_g_ghz: float = 19.0) -> dict[str, np.ndarray]:
+    """Check and normalise a round's public data (units: see carla_mr.market.model).
+
+    G may be (I, K+1) (one score per AV and simulator, as sampled) or anything broadcastable
+    to (I, N, K+1) with a leading axis of 1 or I.
+    """
+    I = int(np.asarray(rate_up).reshape(-1).shape[0])
+    pub = {"rate_up": np.asarray(rate_up, float), "rate_down": np.asarray(rate_down, float),
+           "C": np.asarray(C, float), "s_sim": np.asarray(s_sim, float), "e_sim": np.asarray(e_sim, float),
+           "G": np.asarray(G, float), "theta": np.asarray(theta, float), "r_acc": np.asarray(r_acc, float),
+           "gamma": np.asarray(float(gamma)), "beta0": np.asarray(float(beta0)), "genai": np.asarray(bool(genai)),
+           "size_unit": np.asarray(float(size_unit)), "f_c_ghz": np.asarray(float(f_c_ghz)),
+           "f_g_ghz": np.asarray(float(f_g_ghz))}
+    K1 = pub["s_sim"].shape[-1] if pub["s_sim"].ndim else 0
+    for name in PER_AV_SIM:
+        if pub[name].ndim == 1:
+            pub[name] = np.broadcast_to(pub[name], (I, pub[name].shape[0])).copy()
+    if pub["G"].ndim == 2:
+        pub["G"] = pub["G"][:, None, :]
+    for name in BROADCAST:
+        a = pub[name]
+        if a.ndim not in (0, 3) or (a.ndim == 3 and a.shape[0] not in (1, I)):
+            raise InputError(f"must be a scalar or (1|I, 1|N, 1|K+1) with I = {I}, got shape {a.shape}",
+                             field=f"market.public.{name}")
+    if pub["r_acc"].ndim not in (0, 1) or (pub["r_acc"].ndim == 1 and pub["r_acc"].shape[0] != I):
+        raise InputError(f"must be a scalar or ({I},), got {pub['r_acc'].shape}", field="market.public.r_acc")
+    _public_market(pub, np.zeros((I, 1)), np.zeros((I, 1)), np.ones((I, 1)))  # raises InputError on bad data
+    if K1 < 3:  # pragma: no cover - public_market already refuses it
+        raise InputError("needs at least 3 simulators", field="market.public.s_sim")
+    return pub
+
+
+def _public_market(pub: dict, s_dt, e_dt, d):
+    from carla_mr.market.model import public_market
+
+    return public_market(rate_up=pub["rate_up"], rate_down=pub["rate_down"], s_dt=s_dt, e_dt=e_dt, d=d,
+                         s_sim=pub["s_sim"], e_sim=pub["e_sim"], C=pub["C"], G=pub["G"], theta=pub["theta"],
+                         gamma=float(pub["gamma"]), beta0=float(pub["beta0"]), genai=bool(pub["genai"]),
+                         size_unit=float(pub["size_unit"]), f_c_ghz=float(pub["f_c_ghz"]),
+                         f_g_ghz=float(pub["f_g_ghz"]))
+
+
+def _rows(pub: dict, idx: np.ndarray) -> dict:
+    """The public data restricted to the AV rows ``idx``."""
+    I = pub["rate_up"].shape[0]
+    out = dict(pub)
+    for name in PER_AV + PER_AV_SIM:
+        out[name] = pub[name][idx]
+    for name in BROADCAST:
+        if pub[name].ndim == 3 and pub[name].shape[0] == I:
+            out[name] = pub[name][idx]
+    if pub["r_acc"].ndim == 1:
+        out["r_acc"] = pub["r_acc"][idx]
+    return out
+
+
+def check_params(params: dict) -> dict:
+    out = {}
+    for k, v in params.items():
+        if k == "model":
+            continue
+        if k not in CLEAR_PARAMS or v not in CLEAR_PARAMS[k]:
+            raise InputError(f"unknown clearing parameter {k}={v!r}; allowed: {CLEAR_PARAMS}", field="market.params")
+        out[k] = v
+    return out
+
+
+def bids_to_arrays(av_ids: list[str], sim_ids: list[str], n_tasks: int, bids: dict[str, tuple[str, dict]]):
+    """Participants (AVs that bid, in round order), their rows, and the bid arrays in units.
+
+    Returns (participants, idx, b (I',), s_dt, e_dt, d (I', N), U (I', N, K+1)).
+    """
+    participants = [a for a in av_ids if a in bids and bids[a][0] == P.BID_AV]
+    pos = {a: j for j, a in enumerate(participants)}
+    row = {a: i for i, a in enumerate(av_ids)}
+    idx = np.array([row[a] for a in participants], dtype=np.int64)
+    I, N, K1 = len(participants), n_tasks, len(sim_ids)
+    b = np.array([bids[a][1]["price"] for a in participants], dtype=np.float64) / P.MICRO
+    tasks = [bids[a][1]["tasks"] for a in participants]
+    s_dt = np.array([[t["size"] for t in ts] for ts in tasks], dtype=np.float64).reshape(I, N)
+    e_dt = np.array([[t["cycles"] for t in ts] for ts in tasks], dtype=np.float64).reshape(I, N)
+    d = np.array([[t["deadline"] for t in ts] for ts in tasks], dtype=np.float64).reshape(I, N)
+    U = np.zeros((I, N, K1), dtype=np.float64)
+    for k, sim in enumerate(sim_ids):
+        if k == 0 or sim not in bids or "values" not in bids[sim][1]:
+            continue
+        for av, row in bids[sim][1]["values"].items():
+            j = pos.get(av)
+            if j is not None:
+                U[j, :, k] = np.asarray(row, dtype=np.float64) / P.MICRO
+    return participants, idx, b, s_dt, e_dt, d, U
+
+
+def pure_outcome(*, mechanism: str, scoring: str, public: dict, params: dict, av_ids: list[str],
+                 sim_ids: list[str], n_tasks: int, bids: dict[str, tuple[str, dict]]):
+    """The market's pure function on these bids: (participants, mechanisms.Outcome or None)."""
+    from carla_mr.market.mechanisms import clear
+
+    participants, idx, b, s_dt, e_dt, d, U = bids_to_arrays(av_ids, sim_ids, n_tasks, bids)
+    if not participants:
+        return participants, None
+    pub = _rows(public, idx)
+    pm = _public_market(pub, s_dt, e_dt, d)
+    kw = check_params(params)
+    return participants, clear(pm, b, U, mechanism=mechanism, scoring=scoring, r_acc=pub["r_acc"], **kw)
+
+
+def micro_floor(x: float) -> int:
+    """Units -> integer micro-units, rounded down (a payment never exceeds the real-valued one)."""
+    if not math.isfinite(x):
+        return 0
+    return int(math.floor(x * P.MICRO + 1e-6))
+
+
+def clear_round(*, round_id: int, mechanism: str, scoring: str, public: dict, params: dict, av_ids: list[str],
+                sim_ids: list[str], n_tasks: int, bids: dict[str, tuple[str, dict]],
+                layout: str = "serial") -> tuple[dict, Schedule]:
+    """Clear one round: (outcome dict, GPU-time schedule). Deterministic in its inputs."""
+    participants, out = pure_outcome(mechanism=mechanism, scoring=scoring, public=public, params=params,
+                                     av_ids=av_ids, sim_ids=sim_ids, n_tasks=n_tasks, bids=bids)
+    result = {"round_id": int(round_id), "mechanism": mechanism, "scoring": scoring,
+              "participants": participants, "sim_ids": list(sim_ids),
+              "sim_bidders": [s for s in sim_ids if s in bids], "winner_id": None, "payment_micro": 0,
+              "core": None}
+    if out is None:
+        return result, Schedule.empty(round_id, layout)
+    core = out.to_dict()
+    result["core"] = core
+    if out.winner >= 0:
+        result["winner_id"] = participants[out.winner]
+        result["payment_micro"] = micro_floor(out.payment)
+    sched = build_schedule(round_id, winner=out.winner if out.winner >= 0 else None, av_ids=participants,
+                           sim_ids=sim_ids, window_sim=out.offline_winner,
+                           durations=np.where(out.served, out.T, 0.0), price_per_s=out.offline_price,
+                           layout=layout)
+    return result, sched
+
+
+def decode_bid_body(kind: str, canon: bytes) -> dict:
+    """A stored canonical bid body back to the validated dict (re-validated)."""
+    from carla_mr.market.codec import decode_body
+
+    return decode_body(kind, bytes(canon))
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def model_params(n_avs: int, n_sims: int, n_tasks: int, params: dict | None = None):
+    from carla_mr.market.model import MarketParams
+
+    overrides = dict((params or {}).get("model", {}))
+    try:
+        return MarketParams(n_avs=n_avs, n_traffic=n_sims - 1, n_tasks=n_tasks, **overrides).validate()
+    except TypeError as exc:
+        fields = [f.name for f in dataclasses.fields(MarketParams)]
+        raise InputError(f"unknown model parameter in {sorted(overrides)}; known: {fields}",
+                         field="market.params.model") from exc
+
+
+def _seedseq(seed) -> np.random.SeedSequence:
+    if isinstance(seed, tuple):
+        return np.random.SeedSequence(int(seed[0]), spawn_key=tuple(int(s) for s in seed[1:]))
+    return np.random.SeedSequence(int(seed))
+
+
+def sample_round(n_avs: int, n_sims: int, n_tasks: int, *, seed, params: dict | None = None):
+    """Sample a market: (public dict, private dict) for simulated bidders.
+
+    private: ``v`` (I,) AV values, ``U`` (I, N, K+1) simulator values per unit time,
+    ``s_dt``, ``e_dt``, ``d`` (I, N) the AVs' tasks. ``seed`` is an int or (base, round_id).
+    """
+    from carla_mr.market.model import sample_market
+
+    mp = model_params(n_avs, n_sims, n_tasks, params)
+    m = sample_market(mp, _seedseq(seed))
+    pub = m.public
+    public = make_public(rate_up=pub.rate_up, rate_down=pub.rate_down, s_sim=pub.s_sim, e_sim=pub.e_sim, C=pub.C,
+                         G=m.G, theta=mp.theta, r_acc=mp.r_acc, gamma=mp.gamma, beta0=mp.beta0, genai=mp.genai,
+                         size_unit=mp.size_unit, f_c_ghz=mp.f_c_ghz, f_g_ghz=mp.f_g_ghz)
+    private = {"v": m.v, "U": m.U, "s_dt": pub.s_dt, "e_dt": pub.e_dt, "d": pub.d}
+    return public, private
+
+
+def sample_public(n_avs: int, n_sims: int, n_tasks: int, *, seed, params: dict | None = None) -> dict:
+    return sample_round(n_avs, n_sims, n_tasks, seed=seed, params=params)[0]
+
+
+def truthful_bids(private: dict, av_ids: list[str], sim_ids: list[str]) -> dict[str, tuple[str, dict]]:
+    """Truthful bid bodies (micro-units, rounded to nearest) for every AV and simulator."""
+    v, U = private["v"], private["U"]
+    pos = {a: i for i, a in enumerate(av_ids)}
+    out: dict[str, tuple[str, dict]] = {}
+    for i, a in enumerate(av_ids):
+        out[a] = (P.BID_AV, {"price": int(round(float(v[i]) * P.MICRO)),
+                             "tasks": [{"size": float(private["s_dt"][i, n]), "cycles": float(private["e_dt"][i, n]),
+                                        "deadline": float(private["d"][i, n])} for n in range(U.shape[1])]})
+    for k, s in enumerate(sim_ids):
+        if k == 0:
+            out[s] = (P.BID_SIM, {"contract": True})
+        else:
+            out[s] = (P.BID_SIM, {"values": {a: [int(round(float(x) * P.MICRO)) for x in U[pos[a], :, k]]
+                                             for a in sorted(av_ids)}})
+    return out

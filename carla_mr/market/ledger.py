@@ -1,0 +1,313 @@
+"""The auction ledger: SQLite (WAL, synchronous=FULL) with a hash-chained event log.
+
+Tables: ``rounds`` (one row per round, its state, public data and deadline), ``bids`` (one
+row per accepted bid, never updated), ``outcomes`` (the cleared outcome and schedule per
+round), and ``events``, an append-only log in which every row carries
+``hash = sha256(prev_hash, kind, round_id, at_ns, payload)``. Triggers refuse UPDATE and
+DELETE on ``events`` and ``bids``. Every write is one transaction; the auctioneer
+acknowledges a bid only after :meth:`Ledger.add_bids` has returned (the commit is durable).
+
+A bid's receipt is the hash of its ``bid`` event: it proves the bid sits in the chain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from carla_mr.errors import InputError, RunError
+from carla_mr.market import protocol as P
+from carla_mr.market.codec import canonical_bytes, digest
+
+SCHEMA_VERSION = 1
+GENESIS = "0" * 64
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    round_id INTEGER NOT NULL,
+    at_ns INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    round_id INTEGER PRIMARY KEY,
+    state TEXT NOT NULL,
+    mechanism TEXT NOT NULL,
+    scoring TEXT NOT NULL,
+    n_tasks INTEGER NOT NULL,
+    av_ids TEXT NOT NULL,
+    sim_ids TEXT NOT NULL,
+    public BLOB NOT NULL,
+    public_digest TEXT NOT NULL,
+    params TEXT NOT NULL,
+    opened_at_ns INTEGER NOT NULL,
+    deadline_ns INTEGER NOT NULL,
+    closed_at_ns INTEGER
+);
+CREATE TABLE IF NOT EXISTS bids (
+    round_id INTEGER NOT NULL,
+    bidder_id TEXT NOT NULL,
+    bid_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    body BLOB NOT NULL,
+    receipt TEXT NOT NULL,
+    at_ns INTEGER NOT NULL,
+    PRIMARY KEY (round_id, bidder_id)
+);
+CREATE TABLE IF NOT EXISTS outcomes (
+    round_id INTEGER PRIMARY KEY,
+    outcome TEXT NOT NULL,
+    schedule TEXT NOT NULL,
+    digest TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS bids_no_update BEFORE UPDATE ON bids
+    BEGIN SELECT RAISE(ABORT, 'bids are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS bids_no_delete BEFORE DELETE ON bids
+    BEGIN SELECT RAISE(ABORT, 'bids are append-only'); END;
+"""
+
+
+@dataclass(frozen=True)
+class RoundRow:
+    round_id: int
+    state: str
+    mechanism: str
+    scoring: str
+    n_tasks: int
+    av_ids: list[str]
+    sim_ids: list[str]
+    public: bytes
+    public_digest: str
+    params: dict
+    opened_at_ns: int
+    deadline_ns: int
+    closed_at_ns: int | None
+
+
+@dataclass(frozen=True)
+class BidRow:
+    round_id: int
+    bidder_id: str
+    bid_id: str
+    kind: str
+    body: bytes  # canonical msgpack of the validated body
+    receipt: str
+    at_ns: int
+
+
+def outcome_text(outcome: dict) -> str:
+    """Canonical JSON of an outcome (sorted keys, repr floats): equal outcomes give equal text."""
+    from carla_mr.io import to_jsonable
+
+    return json.dumps(to_jsonable(outcome), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+class Ledger:
+    """One SQLite file. Not thread-safe: use it from the thread that opened it."""
+
+    def __init__(self, path: str | os.PathLike, *, create: bool = True):
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise InputError(f"ledger {self.path} does not exist", field="LEDGER")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.executescript(_SCHEMA)
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise InputError(f"ledger schema {row[0]} is not {SCHEMA_VERSION}", field="LEDGER")
+        except sqlite3.DatabaseError as exc:
+            raise InputError(f"{self.path} is not a usable SQLite ledger: {exc}", field="LEDGER") from exc
+        r = self.db.execute("SELECT hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        self._head = r[0] if r else GENESIS
+
+    # ------------------------------------------------------------------ internals
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None  # type: ignore[assignment]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def head(self) -> str:
+        return self._head
+
+    def _event(self, kind: str, round_id: int, payload: Any, at_ns: int | None = None) -> str:
+        at_ns = time.time_ns() if at_ns is None else at_ns
+        blob = payload if isinstance(payload, bytes) else canonical_bytes(payload)
+        h = digest(self._head.encode(), kind.encode(), str(round_id).encode(), str(at_ns).encode(), blob)
+        self.db.execute("INSERT INTO events (kind, round_id, at_ns, payload, prev_hash, hash) VALUES (?,?,?,?,?,?)",
+                        (kind, round_id, at_ns, blob, self._head, h))
+        self._head = h
+        return h
+
+    def _tx(self):
+        return _Tx(self)
+
+    # ------------------------------------------------------------------ writes
+    def open_round(self, *, round_id: int, mechanism: str, scoring: str, n_tasks: int, av_ids: list[str],
+                   sim_ids: list[str], public: bytes, public_digest: str, params: dict, deadline_ns: int) -> str:
+        now = time.time_ns()
+        with self._tx():
+            self.db.execute("INSERT INTO rounds VALUES (?,?,?,?,?,?,?,?,?,?,?,?,NULL)",
+                            (round_id, P.OPEN, mechanism, scoring, n_tasks, json.dumps(av_ids),
+                             json.dumps(sim_ids), public, public_digest, json.dumps(params, sort_keys=True),
+                             now, deadline_ns))
+            return self._event("round_open", round_id, {
+                "mechanism": mechanism, "scoring": scoring, "n_tasks": n_tasks, "av_ids": av_ids,
+                "sim_ids": sim_ids, "public_digest": public_digest, "params": json.dumps(params, sort_keys=True),
+                "deadline_ns": deadline_ns}, now)
+
+    def add_bids(self, bids: list[tuple[int, str, str, str, bytes]]) -> list[str]:
+        """Commit ``(round_id, bidder_id, bid_id, kind, canonical_body)`` rows in ONE transaction.
+
+        Returns the receipts (event hashes) in order. Only after this returns may bids be acked.
+        """
+        receipts = []
+        with self._tx():
+            for round_id, bidder_id, bid_id, kind, body in bids:
+                now = time.time_ns()
+                h = self._event("bid", round_id, {"bidder_id": bidder_id, "bid_id": bid_id, "kind": kind,
+                                                  "body": body}, now)
+                self.db.execute("INSERT INTO bids VALUES (?,?,?,?,?,?,?)",
+                                (round_id, bidder_id, bid_id, kind, body, h, now))
+                receipts.append(h)
+        return receipts
+
+    def set_state(self, round_id: int, state: str, info: dict | None = None, *, kind: str | None = None) -> str:
+        now = time.time_ns()
+        with self._tx():
+            if state == P.CLOSED:
+                self.db.execute("UPDATE rounds SET state=?, closed_at_ns=? WHERE round_id=?", (state, now, round_id))
+            else:
+                self.db.execute("UPDATE rounds SET state=? WHERE round_id=?", (state, round_id))
+            return self._event(kind or "round_" + state.lower(), round_id, {"state": state, **(info or {})}, now)
+
+    def save_outcome(self, round_id: int, outcome: dict, schedule: dict) -> str:
+        """Store the outcome and schedule and move the round to CLEARED, in one transaction."""
+        text = outcome_text(outcome)
+        sched = json.dumps(schedule, sort_keys=True, separators=(",", ":"))
+        d = digest(text.encode(), sched.encode())
+        with self._tx():
+            self.db.execute("INSERT INTO outcomes VALUES (?,?,?,?)", (round_id, text, sched, d))
+            self.db.execute("UPDATE rounds SET state=? WHERE round_id=?", (P.CLEARED, round_id))
+            return self._event("round_cleared", round_id, {"state": P.CLEARED, "outcome_digest": d})
+
+    # ------------------------------------------------------------------ reads
+    def round(self, round_id: int) -> RoundRow | None:
+        r = self.db.execute("SELECT * FROM rounds WHERE round_id=?", (round_id,)).fetchone()
+        return _round_row(r) if r else None
+
+    def rounds(self, states: tuple[str, ...] | None = None) -> list[RoundRow]:
+        rows = self.db.execute("SELECT * FROM rounds ORDER BY round_id").fetchall()
+        out = [_round_row(r) for r in rows]
+        return [r for r in out if states is None or r.state in states]
+
+    def last_round_id(self) -> int:
+        r = self.db.execute("SELECT MAX(round_id) FROM rounds").fetchone()
+        return int(r[0]) if r and r[0] is not None else 0
+
+    def bids(self, round_id: int | None = None) -> list[BidRow]:
+        if round_id is None:
+            rows = self.db.execute("SELECT * FROM bids ORDER BY round_id, at_ns, bidder_id").fetchall()
+        else:
+            rows = self.db.execute("SELECT * FROM bids WHERE round_id=? ORDER BY at_ns, bidder_id",
+                                   (round_id,)).fetchall()
+        return [BidRow(*r) for r in rows]
+
+    def bid(self, round_id: int, bidder_id: str) -> BidRow | None:
+        r = self.db.execute("SELECT * FROM bids WHERE round_id=? AND bidder_id=?", (round_id, bidder_id)).fetchone()
+        return BidRow(*r) if r else None
+
+    def outcome(self, round_id: int) -> tuple[dict, dict, str] | None:
+        r = self.db.execute("SELECT outcome, schedule, digest FROM outcomes WHERE round_id=?", (round_id,)).fetchone()
+        return (json.loads(r[0]), json.loads(r[1]), r[2]) if r else None
+
+    def outcome_text(self, round_id: int) -> str | None:
+        r = self.db.execute("SELECT outcome FROM outcomes WHERE round_id=?", (round_id,)).fetchone()
+        return r[0] if r else None
+
+    def events(self) -> Iterator[tuple]:
+        yield from self.db.execute("SELECT seq, kind, round_id, at_ns, payload, prev_hash, hash FROM events ORDER BY seq")
+
+    def count(self, table: str) -> int:
+        assert table in ("events", "rounds", "bids", "outcomes")
+        return int(self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+    def verify_chain(self) -> dict:
+        """Recompute every event hash. Returns {"ok", "events", "head", "first_bad_seq", "problems"}."""
+        prev = GENESIS
+        n = 0
+        problems: list[str] = []
+        first_bad = None
+        bid_events: dict[tuple[int, str], str] = {}
+        for seq, kind, rid, at_ns, payload, prev_hash, h in self.events():
+            n += 1
+            expect = digest(prev.encode(), kind.encode(), str(rid).encode(), str(at_ns).encode(), bytes(payload))
+            if prev_hash != prev or h != expect:
+                problems.append(f"event {seq} ({kind}, round {rid}): hash chain broken")
+                first_bad = first_bad if first_bad is not None else seq
+            if kind == "bid":
+                import msgpack
+
+                p = msgpack.unpackb(bytes(payload), raw=False)
+                bid_events[(rid, p["bidder_id"])] = h
+            prev = h
+        for b in self.bids():
+            if bid_events.get((b.round_id, b.bidder_id)) != b.receipt:
+                problems.append(f"bid of {b.bidder_id} in round {b.round_id} has no matching event")
+        if len(bid_events) != self.count("bids"):
+            problems.append(f"{len(bid_events)} bid events but {self.count('bids')} bid rows")
+        return {"ok": not problems, "events": n, "head": prev, "first_bad_seq": first_bad, "problems": problems}
+
+
+class _Tx:
+    def __init__(self, ledger: Ledger):
+        self.db = ledger.db
+        self.ledger = ledger
+
+    def __enter__(self):
+        self._head = self.ledger._head
+        self.db.execute("BEGIN IMMEDIATE")
+        return self
+
+    def __exit__(self, et, ev, tb):
+        if et is None:
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self.db.execute("ROLLBACK")
+                self.ledger._head = self._head
+                raise RunError(f"ledger commit failed: {exc}") from exc
+        else:
+            self.db.execute("ROLLBACK")
+            self.ledger._head = self._head
+        return False
+
+
+def _round_row(r) -> RoundRow:
+    return RoundRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6]), bytes(r[7]), r[8],
+                    json.loads(r[9]), r[10], r[11], r[12])
