@@ -1,9 +1,43 @@
-"""The scenario's ``twin`` section."""
+"""The scenario's ``twin`` section: online trajectory prediction at the RSUs.
+
+Example::
+
+    twin:
+      enabled: true
+      model: models/twin-lstm        # a directory saved by `carla-mr twin train`, or a baseline
+      vehicles: av                   # predict the AVs (default) or all vehicles
+
+``past``, ``future`` and ``sample_hz`` apply to the baselines; a trained model carries its own
+(they must match what it was trained with). ``sample_hz`` must divide the world's tick rate
+(20 Hz ticks: 1, 2, 4, 5, 10 or 20 Hz).
+"""
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
+
 from carla_mr.schema import StrictModel
+
+DEFAULT_SAMPLE_HZ = 2.0
+DEFAULT_PAST = 60
+DEFAULT_FUTURE = 5
 
 
 class TwinConfig(StrictModel):
     enabled: bool = False
+    model: str = Field("constant_velocity",
+                       description="A model directory from `carla-mr twin train` (relative paths: to the scenario "
+                                   "file, then the working directory), or 'constant_velocity' / 'zero_motion'.")
+    past: int = Field(DEFAULT_PAST, ge=2, le=10000, description="Past samples per prediction (baselines).")
+    future: int = Field(DEFAULT_FUTURE, ge=1, le=1000, description="Predicted samples (baselines).")
+    sample_hz: float = Field(DEFAULT_SAMPLE_HZ, gt=0, le=1000, description="Prediction rate, Hz (baselines).")
+    vehicles: Literal["av", "all"] = Field("av", description="Predict the AVs only, or every vehicle.")
+    hit_radius_m: float = Field(2.0, gt=0, description="A prediction 'hits' when its final error is within this, m.")
+    accuracy_window: int = Field(20, ge=1, le=100000,
+                                 description="Rolling accuracy: exact mean over the first N evaluated predictions, "
+                                             "then an exponential average with weight 1/N.")
+    prior: float = Field(0.5, ge=0, le=1, description="R of an AV before any of its predictions was evaluated "
+                                                     "(the market's constant R_acc).")
+    write_predictions: bool = Field(True, description="Write RUN_DIR/predictions.parquet.")

@@ -1,0 +1,417 @@
+"""Trajectory data for the twin: load tracks (a run directory, parquet or CSV), resample them to
+a fixed rate, cut them into (past, future) windows, and split them by vehicle.
+
+Inputs
+------
+- A run directory (``RUN_DIR/trajectories.parquet`` written by ``carla-mr run``), a ``.parquet``
+  file or a ``.csv`` file with one row per (vehicle, time).
+- Columns are recognised by common names, case-insensitively (override any with the
+  ``columns`` mapping, the CLI's ``--id-col`` ... flags):
+
+  ===========  ==============================================================
+  id           id, track_id, vehicle_id, trackid, vehicleid, vehicle, agent_id, object_id
+  time         t, time, timestamp, time_s, ts, datetime
+  x / y        x, y (metres) -- or, when absent --
+  lon / lat    lon, lng, longitude / lat, latitude (degrees WGS84)
+  ===========  ==============================================================
+
+- Time is seconds (numeric; ``time_unit="ms"`` for milliseconds) or ISO-8601 timestamps.
+- lon/lat are projected to a local metric frame: equirectangular about the data's mean point,
+  x east and y SOUTH in metres (CARLA's left-handed convention, so models trained on simulator
+  runs see the same handedness). Good to ~0.1% within a few tens of kilometres.
+
+Every track is resampled onto the grid ``k * dt`` (seconds from the data's first time) by linear
+interpolation. Problems are never silent: rows with NaN/inf are dropped, duplicate times are
+dropped, tracks whose rows were out of time order are sorted, tracks are split at gaps longer
+than ``max_gap_s``, and segments shorter than ``min_samples`` are skipped -- each counted in
+:attr:`Tracks.report`. Unknown columns, bad coordinates or no usable track raise
+:class:`~carla_mr.errors.InputError` naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from carla_mr.errors import InputError
+
+EARTH_RADIUS_M = 6371008.8
+
+ID_NAMES = ("id", "track_id", "vehicle_id", "trackid", "vehicleid", "vehicle", "agent_id", "object_id")
+TIME_NAMES = ("t", "time", "timestamp", "time_s", "ts", "datetime")
+X_NAMES = ("x",)
+Y_NAMES = ("y",)
+LON_NAMES = ("lon", "lng", "longitude")
+LAT_NAMES = ("lat", "latitude")
+ROLES = ("all", "av", "background")
+
+
+@dataclass(frozen=True)
+class Tracks:
+    """Fixed-rate tracks, concatenated: track ``k`` is ``xy[offsets[k]:offsets[k+1]]``.
+
+    ``vehicle[k]`` groups the segments of one vehicle (dense int, unique across sources) so a
+    train/test split keeps a vehicle on one side; ``t`` is seconds; ``xy`` metres; ``dt`` the
+    sample interval in seconds. ``report`` counts everything dropped, sorted or split.
+    """
+
+    dt: float
+    vehicle: np.ndarray  # (K,) int64
+    offsets: np.ndarray  # (K+1,) int64
+    xy: np.ndarray  # (N, 2) float64 metres
+    t: np.ndarray  # (N,) float64 seconds
+    report: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_tracks(self) -> int:
+        return int(self.vehicle.shape[0])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def track(self, k: int) -> np.ndarray:
+        return self.xy[self.offsets[k]:self.offsets[k + 1]]
+
+    def subset(self, mask: np.ndarray) -> "Tracks":
+        """The tracks where ``mask`` (K,) is true."""
+        mask = np.asarray(mask, bool)
+        lens = self.lengths[mask]
+        rows = _ranges(self.offsets[:-1][mask], lens)
+        offs = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        return Tracks(self.dt, self.vehicle[mask], offs, self.xy[rows], self.t[rows], dict(self.report))
+
+
+def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, s + n)`` for each (s, n), vectorised."""
+    lens = np.asarray(lens, np.int64)
+    total = int(lens.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    rep = np.repeat(np.asarray(starts, np.int64) - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
+    return rep + np.arange(total, dtype=np.int64)
+
+
+def concat(parts: list[Tracks]) -> Tracks:
+    """Concatenate tracks of several sources (same ``dt``); vehicle ids stay distinct."""
+    if not parts:
+        raise InputError("no trajectory data given", field="DATA")
+    dts = {round(p.dt, 9) for p in parts}
+    if len(dts) != 1:
+        raise InputError(f"sources have different sample intervals {sorted(dts)}", field="sample_hz")
+    veh, offs, xy, t, rep = [], [0], [], [], {}
+    base, row = 0, 0
+    for p in parts:
+        veh.append(p.vehicle + base)
+        base += int(p.vehicle.max()) + 1 if p.n_tracks else 0
+        offs.extend((p.offsets[1:] + row).tolist())
+        row += int(p.offsets[-1])
+        xy.append(p.xy)
+        t.append(p.t)
+        for k, v in p.report.items():
+            rep[k] = rep.get(k, 0) + v
+    return Tracks(parts[0].dt, np.concatenate(veh).astype(np.int64), np.asarray(offs, np.int64),
+                  np.concatenate(xy), np.concatenate(t), rep)
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+def _read_table(path: Path):
+    import pyarrow as pa
+
+    try:
+        if path.suffix.lower() == ".csv":
+            import pyarrow.csv as pcsv
+
+            return pcsv.read_csv(str(path))
+        import pyarrow.parquet as pq
+
+        return pq.read_table(str(path))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"cannot read it as {path.suffix.lstrip('.') or 'a table'}: {exc}",
+                         source=str(path)) from exc
+
+
+def resolve_source(path: str | os.PathLike) -> Path:
+    """A run directory -> its trajectories.parquet; a .csv/.parquet file as is."""
+    p = Path(path)
+    if p.is_dir():
+        f = p / "trajectories.parquet"
+        if not f.is_file():
+            raise InputError("the directory has no trajectories.parquet; give a run directory written by "
+                             "'carla-mr run', a .parquet or a .csv file", source=str(p))
+        return f
+    if not p.is_file():
+        raise InputError("not found; give a run directory, a .parquet or a .csv file", source=str(p))
+    if p.suffix.lower() not in (".csv", ".parquet"):
+        raise InputError(f"unknown file type '{p.suffix}'; give a .csv or .parquet file", source=str(p))
+    return p
+
+
+def _pick(names: list[str], wanted: tuple[str, ...], override: str | None, role: str, source: str) -> str | None:
+    lower = {n.lower(): n for n in names}
+    if override:
+        if override in names:
+            return override
+        if override.lower() in lower:
+            return lower[override.lower()]
+        raise InputError(f"column '{override}' is not in the file (columns: {', '.join(names)})",
+                         field=f"--{role}-col", source=source)
+    for w in wanted:
+        if w in lower:
+            return lower[w]
+    return None
+
+
+def _times_seconds(col, unit: str, source: str, name: str) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    typ = col.type
+    if pa.types.is_timestamp(typ) or pa.types.is_date(typ):
+        ns = pc.cast(pc.cast(col, pa.timestamp("ns")), pa.int64()).to_numpy(zero_copy_only=False)
+        return ns.astype(np.float64) / 1e9
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        try:
+            return np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)) * _unit(unit, source)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+        try:
+            ts = pc.cast(col, pa.timestamp("ns", tz="UTC"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            try:
+                ts = pc.cast(col, pa.timestamp("ns"))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise InputError("times must be numbers (seconds) or ISO-8601 timestamps "
+                                 "(e.g. 2024-05-01T12:00:00.5Z)", field=name, source=source) from exc
+        ns = pc.cast(ts, pa.int64()).to_numpy(zero_copy_only=False)
+        return ns.astype(np.float64) / 1e9
+    if pa.types.is_integer(typ) or pa.types.is_floating(typ):
+        return np.asarray(col.to_numpy(zero_copy_only=False), np.float64) * _unit(unit, source)
+    raise InputError(f"times must be numbers or ISO-8601 timestamps, got type {typ}", field=name, source=source)
+
+
+def _unit(unit: str, source: str) -> float:
+    table = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+    if unit not in table:
+        raise InputError(f"unknown time unit '{unit}'; use one of {sorted(table)}", field="--time-unit",
+                         source=source)
+    return table[unit]
+
+
+def _numeric(col, name: str, source: str) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        arr = pc.cast(col, pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise InputError(f"column must be numeric, got {col.type}", field=name, source=source) from exc
+    return np.asarray(arr.to_numpy(zero_copy_only=False), np.float64)  # nulls -> NaN
+
+
+def project_lonlat(lon: np.ndarray, lat: np.ndarray, origin: tuple[float, float] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """Degrees WGS84 -> metres, equirectangular about ``origin`` (lon0, lat0; default the mean).
+
+    Returns (x east, y SOUTH, origin): CARLA's left-handed convention.
+    """
+    lon = np.asarray(lon, np.float64)
+    lat = np.asarray(lat, np.float64)
+    if origin is None:
+        origin = (float(np.nanmean(lon)), float(np.nanmean(lat)))
+    lon0, lat0 = origin
+    x = EARTH_RADIUS_M * math.cos(math.radians(lat0)) * np.radians(lon - lon0)
+    y = -EARTH_RADIUS_M * np.radians(lat - lat0)
+    return x, y, origin
+
+
+def read_rows(path: str | os.PathLike, *, columns: Mapping[str, str | None] | None = None, time_unit: str = "s",
+              role: str = "all") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Read (ids, t seconds, x metres, y metres, info) from a run directory, parquet or CSV."""
+    src = resolve_source(path)
+    source = str(src)
+    columns = dict(columns or {})
+    bad = set(columns) - {"id", "time", "x", "y", "lon", "lat"}
+    if bad:
+        raise InputError(f"unknown column role(s) {sorted(bad)}; use id, time, x, y, lon, lat", field="columns")
+    if role not in ROLES:
+        raise InputError(f"unknown role '{role}'; use one of {ROLES}", field="--role")
+    table = _read_table(src)
+    names = list(table.column_names)
+    hint = ("name it with --id-col/--time-col/--x-col/--y-col (or --lon-col/--lat-col)")
+    id_c = _pick(names, ID_NAMES, columns.get("id"), "id", source)
+    t_c = _pick(names, TIME_NAMES, columns.get("time"), "time", source)
+    x_c = _pick(names, X_NAMES, columns.get("x"), "x", source)
+    y_c = _pick(names, Y_NAMES, columns.get("y"), "y", source)
+    lon_c = _pick(names, LON_NAMES, columns.get("lon"), "lon", source)
+    lat_c = _pick(names, LAT_NAMES, columns.get("lat"), "lat", source)
+    if id_c is None:
+        raise InputError(f"no vehicle id column among {names}; expected one of {ID_NAMES}; {hint}", field="id",
+                         source=source)
+    if t_c is None:
+        raise InputError(f"no time column among {names}; expected one of {TIME_NAMES}; {hint}", field="time",
+                         source=source)
+    info: dict = {"source": source, "id_col": id_c, "time_col": t_c}
+    if x_c is not None and y_c is not None and not (columns.get("lon") or columns.get("lat")):
+        x = _numeric(table.column(x_c), x_c, source)
+        y = _numeric(table.column(y_c), y_c, source)
+        info.update(x_col=x_c, y_col=y_c, coords="metres")
+    elif lon_c is not None and lat_c is not None:
+        lon = _numeric(table.column(lon_c), lon_c, source)
+        lat = _numeric(table.column(lat_c), lat_c, source)
+        fin = np.isfinite(lon) & np.isfinite(lat)
+        if np.any(np.abs(lat[fin]) > 90) or np.any(np.abs(lon[fin]) > 180):
+            raise InputError("latitudes must lie in [-90, 90] and longitudes in [-180, 180] degrees; are these "
+                             "metres? then name them with --x-col/--y-col", field=f"{lon_c}/{lat_c}", source=source)
+        x, y, origin = project_lonlat(lon, lat)
+        info.update(lon_col=lon_c, lat_col=lat_c, coords="lonlat", origin_lonlat=list(origin))
+    else:
+        raise InputError(f"no position columns among {names}; expected x/y (metres) or lon/lat (degrees); {hint}",
+                         field="x/y", source=source)
+    t = _times_seconds(table.column(t_c), time_unit, source, t_c)
+    id_col = table.column(id_c)
+    import pyarrow as pa
+
+    if pa.types.is_integer(id_col.type):
+        raw_ids = np.asarray(id_col.to_numpy(zero_copy_only=False))
+    else:
+        raw_ids = np.asarray(id_col.cast(pa.string()).to_numpy(zero_copy_only=False)).astype(str)
+    if role != "all":
+        if "role" not in names:
+            raise InputError("the data has no 'role' column; use --role all", field="--role", source=source)
+        r = np.asarray(table.column("role").to_numpy(zero_copy_only=False))
+        keep = (r == 1) if role == "av" else (r != 1)
+        raw_ids, t, x, y = raw_ids[keep], t[keep], x[keep], y[keep]
+    _, ids = np.unique(raw_ids, return_inverse=True)
+    return ids.astype(np.int64).reshape(-1), t, x, y, info
+
+
+# -- resampling ---------------------------------------------------------------------------------
+
+def resample(ids: np.ndarray, t: np.ndarray, x: np.ndarray, y: np.ndarray, *, sample_hz: float,
+             max_gap_s: float | None = None, min_samples: int = 2, t0: float | None = None) -> Tracks:
+    """Rows (any order) -> fixed-rate tracks on the grid ``t0 + k / sample_hz``.
+
+    ``max_gap_s`` (default ``max(1 s, 2.5 / sample_hz)``): a track is split where two raw
+    samples are further apart. Segments with fewer than ``min_samples`` samples are skipped.
+    ``t0`` defaults to the earliest time in the data.
+    """
+    if not (sample_hz and sample_hz > 0 and math.isfinite(sample_hz)):
+        raise InputError(f"sample rate must be a positive number of Hz, got {sample_hz}", field="sample_hz")
+    dt = 1.0 / float(sample_hz)
+    max_gap = float(max_gap_s) if max_gap_s is not None else max(1.0, 2.5 * dt)
+    ids = np.asarray(ids, np.int64)
+    t = np.asarray(t, np.float64)
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    report = {"rows_in": int(ids.shape[0]), "nan_rows": 0, "duplicate_time_rows": 0, "unsorted_tracks": 0,
+              "gap_splits": 0, "short_segments": 0}
+    ok = np.isfinite(t) & np.isfinite(x) & np.isfinite(y)
+    report["nan_rows"] = int((~ok).sum())
+    ids, t, x, y = ids[ok], t[ok], x[ok], y[ok]
+    if ids.size == 0:
+        raise InputError("no rows with finite time and position", field="DATA")
+    # tracks whose rows were not in time order in the file: counted, then sorted
+    order_file = np.argsort(ids, kind="stable")
+    ti, tt = ids[order_file], t[order_file]
+    back = (ti[1:] == ti[:-1]) & (tt[1:] < tt[:-1])
+    report["unsorted_tracks"] = int(np.unique(ti[1:][back]).size)
+    order = np.lexsort((t, ids))
+    ids, t, x, y = ids[order], t[order], x[order], y[order]
+    dup = np.concatenate([[False], (ids[1:] == ids[:-1]) & (t[1:] == t[:-1])])
+    report["duplicate_time_rows"] = int(dup.sum())
+    ids, t, x, y = ids[~dup], t[~dup], x[~dup], y[~dup]
+    base = float(t.min()) if t0 is None else float(t0)
+    # segment boundaries: new vehicle or a gap
+    new_veh = np.concatenate([[True], ids[1:] != ids[:-1]])
+    gap = np.concatenate([[False], (~new_veh[1:]) & (np.diff(t) > max_gap)])
+    report["gap_splits"] = int(gap.sum())
+    starts = np.flatnonzero(new_veh | gap)
+    ends = np.concatenate([starts[1:], [ids.size]])
+    veh_out, xy_out, t_out, lens = [], [], [], []
+    eps = 1e-6
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        ts = t[s:e]
+        k0 = math.ceil((ts[0] - base) / dt - eps)
+        k1 = math.floor((ts[-1] - base) / dt + eps)
+        n = k1 - k0 + 1
+        if n < max(min_samples, 1):
+            report["short_segments"] += 1
+            continue
+        grid = base + dt * np.arange(k0, k1 + 1)
+        gx = np.interp(grid, ts, x[s:e])
+        gy = np.interp(grid, ts, y[s:e])
+        veh_out.append(ids[s])
+        xy_out.append(np.stack([gx, gy], axis=1))
+        t_out.append(grid)
+        lens.append(n)
+    report["tracks"] = len(lens)
+    report["samples"] = int(sum(lens))
+    if not lens:
+        raise InputError(f"no track has {min_samples} samples at {sample_hz:g} Hz "
+                         f"({report['short_segments']} too-short segments skipped); give longer tracks, a lower "
+                         f"past/future length or a higher --sample-hz", field="DATA")
+    offs = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    _, veh_dense = np.unique(np.asarray(veh_out, np.int64), return_inverse=True)
+    return Tracks(dt, veh_dense.astype(np.int64).reshape(-1), offs, np.concatenate(xy_out), np.concatenate(t_out),
+                  report)
+
+
+def load_tracks(path: str | os.PathLike, *, sample_hz: float, min_samples: int = 2,
+                columns: Mapping[str, str | None] | None = None, time_unit: str = "s", role: str = "all",
+                max_gap_s: float | None = None) -> tuple[Tracks, dict]:
+    """Read and resample one source; returns (tracks, info about columns and coordinates)."""
+    ids, t, x, y, info = read_rows(path, columns=columns, time_unit=time_unit, role=role)
+    try:
+        tr = resample(ids, t, x, y, sample_hz=sample_hz, max_gap_s=max_gap_s, min_samples=min_samples)
+    except InputError as exc:
+        raise InputError(str(exc), source=info["source"]) from None
+    return tr, info
+
+
+# -- windows and splits ---------------------------------------------------------------------------
+
+def window_starts(tracks: Tracks, past: int, future: int, step: int = 1) -> np.ndarray:
+    """Row index of the first past sample of every (past + future) window, every ``step`` samples."""
+    if past < 2 or future < 1 or step < 1:
+        raise InputError(f"need past >= 2, future >= 1, step >= 1 (got {past}, {future}, {step})", field="past")
+    span = past + future
+    n_per = np.maximum(0, (tracks.lengths - span) // step + 1)
+    local = _ranges(np.zeros_like(n_per), n_per) * step
+    return np.repeat(tracks.offsets[:-1], n_per) + local
+
+
+def windows(tracks: Tracks, past: int, future: int, *, step: int = 1, max_windows: int | None = None,
+            seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut tracks into windows: (past (W, P, 2), future (W, F, 2), vehicle (W,)), metres.
+
+    ``max_windows`` keeps a random subset (seeded) when there are more.
+    """
+    starts = window_starts(tracks, past, future, step)
+    if max_windows is not None and starts.size > max_windows:
+        rng = np.random.default_rng(seed)
+        starts = np.sort(rng.choice(starts, size=int(max_windows), replace=False))
+    idx = starts[:, None] + np.arange(past + future)
+    seg = tracks.xy[idx]
+    track_of_row = np.repeat(np.arange(tracks.n_tracks), tracks.lengths)
+    return seg[:, :past], seg[:, past:], tracks.vehicle[track_of_row[starts]]
+
+
+def split_by_vehicle(tracks: Tracks, test_fraction: float = 0.2, seed: int = 0) -> tuple[Tracks, Tracks]:
+    """Split tracks into (train, test) by vehicle: all segments of a vehicle land on one side."""
+    if not 0.0 < test_fraction < 1.0:
+        raise InputError(f"test fraction must lie in (0, 1), got {test_fraction}", field="--test-fraction")
+    veh = np.unique(tracks.vehicle)
+    if veh.size < 2:
+        raise InputError("need at least two vehicles to hold some apart for testing", field="DATA")
+    rng = np.random.default_rng(seed)
+    n_test = min(veh.size - 1, max(1, int(round(test_fraction * veh.size))))
+    test_veh = rng.permutation(veh)[:n_test]
+    is_test = np.isin(tracks.vehicle, test_veh)
+    return tracks.subset(~is_test), tracks.subset(is_test)

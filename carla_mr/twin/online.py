@@ -1,0 +1,275 @@
+"""The twin as a run stage: predict every AV online, write the predictions, publish accuracy.
+
+Every ``stride`` world ticks (stride = tick rate / the predictor's ``sample_hz``) the stage:
+
+1. pushes the positions of the predicted vehicles (AVs by default) into a :class:`TrackBuffer`;
+2. scores the predictions made ``future`` samples ago against what happened (vehicles that
+   left or lost their serving history in between are counted as ``lost``, not scored) and
+   folds each final error into the per-(AV, RSU) rolling accuracy R (see
+   :mod:`carla_mr.twin.accuracy` for the definition);
+3. predicts the next ``future`` samples for every vehicle with ``past`` samples of history;
+4. publishes ``ctx.shared["twin_accuracy"]``: a :class:`~carla_mr.twin.accuracy.TwinAccuracy`
+   (per-AV R in [0, 1] keyed by vehicle id, at the RSU serving it), the market's R_acc.
+
+Files (written atomically when the stage closes):
+
+- ``RUN_DIR/predictions.parquet``: frame, time (when the prediction was made), id, rsu (the RSU
+  that made it), step (1..F), target_frame, target_time, x, y (metres, CARLA frame). Join it
+  with ``trajectories.parquet`` on (frame = target_frame, id).
+- ``RUN_DIR/twin_eval.parquet``: one row per scored prediction: frame (when scored), id, rsu,
+  ade, fde (m), hit, r (R of that (AV, RSU) after the update).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from carla_mr.errors import InputError
+from carla_mr.twin.accuracy import RollingAccuracy, TwinAccuracy
+from carla_mr.twin.buffers import TrackBuffer
+from carla_mr.twin.config import TwinConfig
+from carla_mr.twin.predictors import BASELINES, Predictor, load_predictor
+
+SHARED_KEY = "twin_accuracy"
+
+
+def resolve_model(model: str, scenario_path: str | os.PathLike | None = None) -> str:
+    """A baseline name as is; a relative model path against the scenario's folder, then the cwd."""
+    if model in BASELINES:
+        return model
+    p = Path(model).expanduser()
+    cands = [p] if p.is_absolute() else ([Path(scenario_path).resolve().parent / p] if scenario_path else []) + [p]
+    for c in cands:
+        if (c / "config.json").is_file():
+            return str(c)
+    raise InputError(f"model '{model}' not found (looked in {', '.join(map(str, cands))}); give a directory saved "
+                     f"by 'carla-mr twin train' or one of {BASELINES}", field="twin.model")
+
+
+def stride_for(sample_hz: float, tick_s: float) -> int:
+    """World ticks per twin sample; the sample rate must divide the tick rate."""
+    s = 1.0 / (sample_hz * tick_s)
+    k = int(round(s))
+    if k < 1 or abs(s - k) > 1e-6 * max(1.0, s):
+        raise InputError(f"sample rate {sample_hz:g} Hz does not divide the tick rate {1 / tick_s:g} Hz; pick a "
+                         f"rate whose period is a whole number of ticks", field="twin.sample_hz")
+    return k
+
+
+@dataclass
+class _Pending:
+    k: int
+    frame: int
+    ids: np.ndarray
+    rsu: np.ndarray
+    pred: np.ndarray
+
+
+class _ParquetSink:
+    """Streams row groups to a temp file; ``close`` renames it into place (readers never see half)."""
+
+    def __init__(self, path: Path, schema, flush_rows: int = 100_000):
+        self.path = path
+        self.schema = schema
+        self.flush_rows = flush_rows
+        self._parts: list[dict[str, np.ndarray]] = []
+        self._rows = 0
+        self._writer = None
+        self._tmp = path.with_name(f".{path.name}.tmp")
+        self.closed = False
+
+    def add(self, cols: dict[str, np.ndarray]) -> None:
+        self._parts.append(cols)
+        self._rows += len(next(iter(cols.values())))
+        if self._rows >= self.flush_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(str(self._tmp), self.schema)
+        if self._parts:
+            cols = {f.name: np.concatenate([p[f.name] for p in self._parts]) for f in self.schema}
+            self._writer.write_table(pa.table({k: pa.array(v, type=self.schema.field(k).type) for k, v in cols.items()},
+                                              schema=self.schema))
+        self._parts, self._rows = [], 0
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._flush()
+        self._writer.close()
+        with open(self._tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self._tmp, self.path)
+
+
+def _pred_schema():
+    import pyarrow as pa
+
+    return pa.schema([("frame", pa.int64()), ("time", pa.float64()), ("id", pa.int64()), ("rsu", pa.int32()),
+                      ("step", pa.int16()), ("target_frame", pa.int64()), ("target_time", pa.float64()),
+                      ("x", pa.float64()), ("y", pa.float64())])
+
+
+def _eval_schema():
+    import pyarrow as pa
+
+    return pa.schema([("frame", pa.int64()), ("id", pa.int64()), ("rsu", pa.int32()), ("ade", pa.float64()),
+                      ("fde", pa.float64()), ("hit", pa.bool_()), ("r", pa.float64())])
+
+
+class TwinStage:
+    """The ``twin`` stage (see the module docstring). ``predictor`` overrides ``config.model``."""
+
+    name = "twin"
+
+    def __init__(self, config: TwinConfig | None = None, *, predictor: Predictor | None = None):
+        self.config = config or TwinConfig(enabled=True)
+        self.predictor = predictor
+        self.stride = 1
+        self.buffer: TrackBuffer | None = None
+        self.accuracy: RollingAccuracy | None = None
+        self.latest: TwinAccuracy | None = None
+        self._pending: deque[_Pending] = deque()
+        self._ticks = 0
+        self._tick_s = 0.05
+        self._sinks: list[_ParquetSink] = []
+        self._pred_sink = self._eval_sink = None
+        self._closed = False
+        self._stats = {"samples": 0, "predictions": 0, "scored": 0, "lost": 0, "ade_sum": 0.0, "fde_sum": 0.0,
+                       "misses": 0}
+        self._step_ms: list[float] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self, ctx) -> None:
+        cfg = self.config
+        self._tick_s = float(getattr(ctx.world, "tick_s", None) or ctx.scenario.tick_s)
+        if self.predictor is None:
+            src = getattr(ctx.scenario, "source_path", None)
+            self.predictor = load_predictor(resolve_model(cfg.model, src), past=cfg.past, future=cfg.future,
+                                            sample_hz=cfg.sample_hz)
+        p = self.predictor
+        self.stride = stride_for(p.sample_hz, self._tick_s)
+        self.buffer = TrackBuffer(capacity=p.past + p.future)
+        self.accuracy = RollingAccuracy(cfg.accuracy_window, cfg.hit_radius_m, cfg.prior)
+        if cfg.write_predictions:
+            run_dir = Path(ctx.run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self._pred_sink = _ParquetSink(run_dir / "predictions.parquet", _pred_schema())
+            self._eval_sink = _ParquetSink(run_dir / "twin_eval.parquet", _eval_schema())
+            self._sinks = [self._pred_sink, self._eval_sink]
+        ctx.shared[SHARED_KEY] = self._publish(-1, 0.0, np.zeros(0, np.int64), np.zeros(0, np.int32))
+
+    def on_tick(self, snapshot, ctx) -> None:
+        self._ticks += 1
+        if (self._ticks - 1) % self.stride:
+            return
+        t0 = time.perf_counter()
+        snap = snapshot.select(snapshot.av_mask) if self.config.vehicles == "av" else snapshot
+        p = self.predictor
+        buf = self.buffer
+        buf.push(snap.ids, snap.x, snap.y, float(snap.time))
+        k = buf.k - 1
+        self._stats["samples"] += 1
+        self._score(k, snap.frame)
+        ids, past = buf.last(p.past)
+        # the serving RSU of each predicted vehicle (buffer ids are sorted; the snapshot's are not)
+        order = np.argsort(snap.ids, kind="stable")
+        rsu = np.asarray(snap.rsu, np.int32)[order][np.searchsorted(snap.ids[order], ids)] if ids.size else \
+            np.zeros(0, np.int32)
+        if ids.size:
+            pred = np.asarray(p.predict(past), np.float64)
+            self._pending.append(_Pending(k, int(snap.frame), ids, rsu, pred))
+            self._stats["predictions"] += int(ids.size)
+            if self._pred_sink is not None:
+                self._write_predictions(snap, ids, rsu, pred)
+        all_ids = buf.ids
+        all_rsu = np.asarray(snap.rsu, np.int32)[order][np.searchsorted(snap.ids[order], all_ids)] if all_ids.size \
+            else np.zeros(0, np.int32)
+        ctx.shared[SHARED_KEY] = self._publish(int(snap.frame), float(snap.time), all_ids, all_rsu)
+        self._step_ms.append((time.perf_counter() - t0) * 1e3)
+
+    def _score(self, k: int, frame: int) -> None:
+        f = self.predictor.future
+        while self._pending and self._pending[0].k <= k - f:
+            item = self._pending.popleft()
+            if item.k != k - f:
+                continue
+            mask, hist = self.buffer.get(item.ids, f + 1)
+            self._stats["lost"] += int((~mask).sum())
+            if not mask.any():
+                continue
+            err = np.linalg.norm(item.pred[mask] - hist[:, 1:], axis=-1)
+            ade, fde = err.mean(1), err[:, -1]
+            ids, rsu = item.ids[mask], item.rsu[mask]
+            self.accuracy.update(ids, rsu, fde)
+            hit = fde <= self.accuracy.hit_radius_m
+            s = self._stats
+            s["scored"] += int(ids.size)
+            s["ade_sum"] += float(ade.sum())
+            s["fde_sum"] += float(fde.sum())
+            s["misses"] += int((~hit).sum())
+            if self._eval_sink is not None:
+                r, _ = self.accuracy.lookup(ids, rsu)
+                self._eval_sink.add({"frame": np.full(ids.size, frame, np.int64), "id": ids, "rsu": rsu,
+                                     "ade": ade, "fde": fde, "hit": hit, "r": r})
+
+    def _write_predictions(self, snap, ids, rsu, pred) -> None:
+        m, f = pred.shape[:2]
+        step = np.tile(np.arange(1, f + 1, dtype=np.int16), m)
+        self._pred_sink.add({
+            "frame": np.full(m * f, snap.frame, np.int64), "time": np.full(m * f, snap.time, np.float64),
+            "id": np.repeat(ids, f), "rsu": np.repeat(rsu, f), "step": step,
+            "target_frame": snap.frame + step.astype(np.int64) * self.stride,
+            "target_time": snap.time + step * (self.stride * self._tick_s),
+            "x": pred[..., 0].reshape(-1), "y": pred[..., 1].reshape(-1)})
+
+    def _publish(self, frame: int, t: float, ids: np.ndarray, rsu: np.ndarray) -> TwinAccuracy:
+        r, n = self.accuracy.lookup(ids, rsu)
+        self.latest = TwinAccuracy(frame, t, ids.copy(), rsu.astype(np.int32), r, n, self.accuracy.prior,
+                                   self.accuracy.hit_radius_m, self.accuracy.window)
+        return self.latest
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for s in self._sinks:
+            s.close()
+
+    def summary(self) -> dict[str, Any]:
+        s = self._stats
+        p = self.predictor
+        ms = np.asarray(self._step_ms) if self._step_ms else np.zeros(1)
+        out: dict[str, Any] = {
+            "model": getattr(p, "kind", None), "model_source": self.config.model,
+            "past": getattr(p, "past", None), "future": getattr(p, "future", None),
+            "sample_hz": getattr(p, "sample_hz", None), "stride_ticks": self.stride, "vehicles": self.config.vehicles,
+            "samples": s["samples"], "predictions": s["predictions"], "scored": s["scored"],
+            "lost_before_truth": s["lost"],
+            "online": {"ade_m": s["ade_sum"] / s["scored"] if s["scored"] else None,
+                       "fde_m": s["fde_sum"] / s["scored"] if s["scored"] else None,
+                       "miss_rate": s["misses"] / s["scored"] if s["scored"] else None},
+            "step_ms": {"mean": float(ms.mean()), "p95": float(np.percentile(ms, 95)), "max": float(ms.max())},
+            "files": [str(x.path.name) for x in self._sinks],
+        }
+        if self.latest is not None:
+            out["accuracy_per_rsu"] = self.latest.per_rsu()
+        return out
+
+
+def build_stage(scenario) -> TwinStage | None:
+    """The runner's entry point: a TwinStage when ``scenario.twin.enabled``, else None."""
+    cfg = scenario.twin
+    return TwinStage(cfg) if cfg.enabled else None
