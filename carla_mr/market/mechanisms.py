@@ -206,7 +206,7 @@ def clear(market: Market | PublicMarket, av_bids: Any = None, sim_bids: Any = No
 
     if mechanism == "pvisa":
         scores = np.where(eligible, b, -np.inf)
-        winner, payment = _online_winner(scores, np.ones(I), np.zeros(I))
+        winner, payment = score_auction(scores, np.ones(I), np.zeros(I))
         served = np.ones(N, bool)
         alpha_w = np.ones(N)
         if winner >= 0:
@@ -236,7 +236,7 @@ def clear(market: Market | PublicMarket, av_bids: Any = None, sim_bids: Any = No
             a = base + (T_S * pub.C[:, None] * kappa_S).sum(axis=1)
             c = np.zeros(I)
         scores = np.where(eligible, a * b + c, -np.inf)
-        winner, payment = _online_winner(scores, a, c)
+        winner, payment = score_auction(scores, a, c)
         served = np.ones(N, bool)
         if first_only and epvisa_windows == "first":
             served[1:] = False
@@ -270,8 +270,10 @@ def clear(market: Market | PublicMarket, av_bids: Any = None, sim_bids: Any = No
                    n_infeasible=n_inf, scores=scores)
 
 
-def _online_winner(scores: np.ndarray, a: np.ndarray, c: np.ndarray) -> tuple[int, float]:
-    """argmax of Phi = a b + c (lowest index on ties) and the critical bid
+def score_auction(scores: np.ndarray, a: np.ndarray, c: np.ndarray) -> tuple[int, float]:
+    """The online stage. scores (I,) = a b + c (-inf: ineligible); a, c (I,).
+
+    argmax of Phi = a b + c (lowest index on ties) and the critical bid
     p = max(0, (max_{i != w} Phi_i - c_w) / a_w); (-1, 0) when nobody is eligible."""
     w = int(np.argmax(scores))
     if not np.isfinite(scores[w]):

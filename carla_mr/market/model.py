@@ -379,12 +379,25 @@ class Market:
     def with_genai(self, genai: bool, *, theta: Any | None = None, G: Any | None = None) -> "Market":
         """The same draw re-derived with/without generative AI (or another theta / G):
         common random numbers across those treatments."""
-        G_new = self.G if G is None else np.broadcast_to(np.asarray(G, float), self.G.shape)
         params = dataclasses.replace(self.params, genai=bool(genai),
                                      theta=self.params.theta if theta is None else float(theta))
-        return _assemble(params, self.g, self.p_av, self.p_rsu, self.s2_rsu, self.s2_av,
-                         self.public.s_dt, self.public.e_dt, self.public.d, self.public.s_sim[0],
-                         self.public.e_sim[0], self.v, self.public.C, self.u, np.asarray(G_new, float))
+        params.validate()
+        return self.rederive(params=params, G=G)
+
+    def rederive(self, *, params: MarketParams | None = None, **primitives: Any) -> "Market":
+        """The same draw with some primitives replaced (``g, p_av, p_rsu, s2_rsu, s2_av, s_dt,
+        e_dt, d, s_sim, e_sim, v, C, u, G``; shapes as sampled) and everything re-derived."""
+        cur = dict(g=self.g, p_av=self.p_av, p_rsu=self.p_rsu, s2_rsu=self.s2_rsu, s2_av=self.s2_av,
+                   s_dt=self.public.s_dt, e_dt=self.public.e_dt, d=self.public.d,
+                   s_sim=self.public.s_sim[0], e_sim=self.public.e_sim[0], v=self.v, C=self.public.C,
+                   u=self.u, G=self.G)
+        for k, val in primitives.items():
+            if k not in cur:
+                raise InputError(f"unknown primitive; known: {sorted(cur)}", field=k)
+            if val is not None:
+                cur[k] = (float(val) if k == "p_rsu"
+                          else np.array(np.broadcast_to(np.asarray(val, float), np.shape(cur[k]))))
+        return _assemble(params or self.params, **cur)
 
 
 def _as_seedseq(seed: Any) -> np.random.SeedSequence:
@@ -432,6 +445,7 @@ def sample_market(params: MarketParams | None = None, seed: Any = 0) -> Market:
 
 
 def _assemble(params, g, p_av, p_rsu, s2_rsu, s2_av, s_dt, e_dt, d, s_sim, e_sim, v, C, u, G) -> Market:
+    """Derive the public market and the private values from the primitives."""
     I, N = s_dt.shape
     K1 = s_sim.shape[-1]
     r_u, r_d = rates(g, p_av, p_rsu, s2_rsu, s2_av, bandwidth_up_mhz=params.bandwidth_up_mhz,
