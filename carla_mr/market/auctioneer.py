@@ -147,7 +147,7 @@ class Auctioneer:
         self._ready = threading.Event()
         self._stopped = threading.Event()
         self._stop = False
-        self._error: BaseException | None = None
+        self._exc: BaseException | None = None
         self.endpoint: str | None = None
         self.rounds: dict[int, _Round] = {}
         self.routes: dict[str, bytes] = {}     # bidder_id -> last ROUTER identity
@@ -165,15 +165,16 @@ class Auctioneer:
         self._thread.start()
         if not self._ready.wait(timeout):
             raise RunError("the auctioneer did not start within %.0f s" % timeout)
-        if self._error is not None:
-            raise self._error
+        if self._exc is not None:
+            raise self._exc
         return self.endpoint  # type: ignore[return-value]
 
     def _run_guarded(self):
         try:
             self.run()
         except BaseException as exc:  # noqa: BLE001 - reported to the controlling thread
-            self._error = exc
+            self._exc = exc
+            self._log(f"auctioneer stopped on an error: {type(exc).__name__}: {exc}")
             self._ready.set()
 
     def submit(self, op: str, **kwargs) -> Future:
@@ -219,7 +220,7 @@ class Auctioneer:
             if s.curve:
                 auth = _AllowListAuthenticator(ctx, s.allow)
                 auth.start()
-                auth.configure_curve_callback(domain="*", credentials_provider=auth)
+                auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=auth)
                 sock.zap_domain = ZAP_DOMAIN.encode()
                 sock.curve_server = True
                 sock.curve_publickey = s.server_key.public
@@ -505,8 +506,11 @@ class Auctioneer:
             self.stats["messages"] += 1
             try:
                 self._handle(frames)
-            except ProtocolError as exc:  # pragma: no cover - _handle answers its own errors
-                self._error(frames[0].bytes, exc.code, exc.message, None)
+            except (RunError, OSError):
+                raise  # the ledger failed: stop rather than ack without durability
+            except Exception as exc:  # noqa: BLE001 - one bad message never stops the service
+                self._log(f"internal error on a message: {type(exc).__name__}: {exc}")
+                self._error(frames[0].bytes, P.E_INTERNAL, f"{type(exc).__name__}", None)
         if self._pending:
             self._commit_pending()
 

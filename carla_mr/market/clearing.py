@@ -119,13 +119,20 @@ def bids_to_arrays(av_ids: list[str], sim_ids: list[str], n_tasks: int, bids: di
     e_dt = np.array([[t["cycles"] for t in ts] for ts in tasks], dtype=np.float64).reshape(I, N)
     d = np.array([[t["deadline"] for t in ts] for ts in tasks], dtype=np.float64).reshape(I, N)
     U = np.zeros((I, N, K1), dtype=np.float64)
+    rows_j: list[int] = []
+    rows_k: list[int] = []
+    rows_v: list[list[int]] = []
     for k, sim in enumerate(sim_ids):
         if k == 0 or sim not in bids or "values" not in bids[sim][1]:
             continue
         for av, row in bids[sim][1]["values"].items():
             j = pos.get(av)
             if j is not None:
-                U[j, :, k] = np.asarray(row, dtype=np.float64) / P.MICRO
+                rows_j.append(j)
+                rows_k.append(k)
+                rows_v.append(row)
+    if rows_j:
+        U[np.asarray(rows_j), :, np.asarray(rows_k)] = np.asarray(rows_v, dtype=np.float64).reshape(-1, N) / P.MICRO
     return participants, idx, b, s_dt, e_dt, d, U
 
 
