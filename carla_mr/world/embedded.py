@@ -31,7 +31,6 @@ import numpy as np
 
 from carla_mr.errors import InputError, RunError
 from carla_mr.world.base import ROLE_AV, ROLE_BACKGROUND, Snapshot, World
-from carla_mr.world.coords import sumo_angle_to_carla_yaw
 from carla_mr.world.maps import landmark_counts, landmarks_to_signs, map_from_text, signs_for_scenario
 from carla_mr.world.rsu import RsuAssociator, make_rsus
 from carla_mr.world.sumo_net import build_net, cache_dir
@@ -60,6 +59,13 @@ def import_libsumo():
 def live_world() -> Optional["EmbeddedWorld"]:
     """The EmbeddedWorld that holds this process's libsumo simulation, if any."""
     return _LIVE
+
+
+def _new_snapshot(frame, time, ids, role, x, y, z, yaw, speed, rsu) -> Snapshot:
+    """A Snapshot without the frozen dataclass's per-field ``object.__setattr__`` (hot path)."""
+    snap = Snapshot.__new__(Snapshot)
+    snap.__dict__.update(frame=frame, time=time, ids=ids, role=role, x=x, y=y, z=z, yaw=yaw, speed=speed, rsu=rsu)
+    return snap
 
 
 class EmbeddedWorld(World):
@@ -241,18 +247,26 @@ class EmbeddedWorld(World):
             self._last_keys = keys
             self._ids = np.array(keys, dtype=np.int64) if keys else np.zeros(0, np.int64)
             self._role = self._role_by_id[self._ids]
+            self._ids.flags.writeable = False  # shared by every Snapshot until the set changes
+            self._role.flags.writeable = False
         n = len(keys)
         p_var, a_var, s_var = self._vars
-        vals = list(res.values())
-        pos = np.array([v[p_var] for v in vals], dtype=np.float64).reshape(n, 3)
-        ang = np.fromiter((v[a_var] for v in vals), dtype=np.float64, count=n)
-        spd = np.fromiter((v[s_var] for v in vals), dtype=np.float64, count=n)
+        # one pass over libsumo's result dicts -> (5, n): x, y, z, angle, speed (contiguous rows)
+        cols = np.array([v[p_var] + (v[a_var], v[s_var]) for v in res.values()], dtype=np.float64)
+        cols = np.ascontiguousarray(cols.reshape(n, 5).T)
         ox, oy = self.net_offset
-        x = pos[:, 0] - ox
-        y = oy - pos[:, 1]
-        snap = Snapshot(frame=self._frame, time=float(ls.simulation.getTime()), ids=self._ids, role=self._role,
-                        x=x, y=y, z=pos[:, 2].copy(), yaw=sumo_angle_to_carla_yaw(ang), speed=spd,
-                        rsu=self._assoc.assign(x, y))
+        x, y = cols[0], cols[1]
+        if ox:
+            x -= ox
+        if oy:
+            y -= oy
+        np.negative(y, out=y)  # SUMO (right-handed) -> CARLA (left-handed)
+        yaw = cols[3]  # SUMO angle (cw from north) -> CARLA yaw (cw from +x) in [-180, 180)
+        yaw += 90.0
+        np.remainder(yaw, 360.0, out=yaw)
+        yaw -= 180.0
+        snap = _new_snapshot(self._frame, round((self._frame + 1) * self.tick_s, 9), self._ids, self._role, x, y,
+                             cols[2], yaw, cols[4], self._assoc.assign(x, y))
         self.last = snap
         return snap
 
@@ -286,6 +300,23 @@ class EmbeddedWorld(World):
     def landmark_summary(self) -> dict[str, Any]:
         """The map's landmarks as libcarla lists them: total, by_type, unique_signs."""
         return dict(self._landmarks)
+
+    # -- cameras (rendered by carla_mr.world.render; the rig is built on first attach) ------------
+    def attach_camera(self, name: str, spec: Any, vehicle_id: int) -> None:
+        """Attach an RGB camera (CameraSpec) to a vehicle; see EmbeddedCameraRig."""
+        rig = self.__dict__.get("_camera_rig")
+        if rig is None:
+            from carla_mr.world.render import EmbeddedCameraRig
+
+            rig = self.__dict__["_camera_rig"] = EmbeddedCameraRig(self.map, self.signs)
+        rig.attach(name, spec, vehicle_id)
+
+    def read_camera(self, name: str):
+        """The named camera's CameraFrame for the latest tick (rendered now, with sign labels)."""
+        rig = self.__dict__.get("_camera_rig")
+        if rig is None or self.last is None:
+            raise RunError(f"read_camera({name!r}) needs attach_camera() and reset() first")
+        return rig.render(name, self.last, self.sign_textures())
 
     def traffic_light_ids(self) -> list[str]:
         """SUMO ids of the running traffic lights (empty before reset)."""

@@ -90,21 +90,33 @@ class RsuAssociator:
         self.ry = np.asarray(rsus.y, dtype=np.float64)
         self.r2 = np.asarray(rsus.range_m, dtype=np.float64) ** 2
         self.chunk = chunk
+        # with one common range, the nearest RSU covers the vehicle iff any RSU does
+        self.uniform = bool(len(self.r2) == 0 or np.all(self.r2 == self.r2[0]))
+
+    def _assign_block(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        dx = np.subtract.outer(x, self.rx)
+        dy = np.subtract.outer(y, self.ry)
+        d2 = dx * dx
+        d2 += dy * dy
+        if self.uniform:
+            best = d2.argmin(axis=1)
+            ok = d2.min(axis=1) <= self.r2[0]
+        else:
+            d2[d2 > self.r2] = np.inf
+            best = d2.argmin(axis=1)
+            ok = np.isfinite(d2.min(axis=1))
+        return np.where(ok, best, -1).astype(np.int32)
 
     def assign(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         n = len(x)
-        out = np.full(n, -1, dtype=np.int32)
         if n == 0 or len(self.rx) == 0:
-            return out
+            return np.full(n, -1, dtype=np.int32)
+        if n <= self.chunk:
+            return self._assign_block(x, y)
+        out = np.empty(n, dtype=np.int32)
         for a in range(0, n, self.chunk):
             b = min(n, a + self.chunk)
-            dx = x[a:b, None] - self.rx[None, :]
-            dy = y[a:b, None] - self.ry[None, :]
-            d2 = dx * dx + dy * dy
-            d2[d2 > self.r2[None, :]] = np.inf
-            best = np.argmin(d2, axis=1)
-            ok = np.isfinite(d2[np.arange(b - a), best])
-            out[a:b] = np.where(ok, best, -1).astype(np.int32)
+            out[a:b] = self._assign_block(x[a:b], y[a:b])
         return out
 
 

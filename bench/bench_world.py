@@ -1,0 +1,141 @@
+"""Ticks per second of EmbeddedWorld vs bare libsumo stepping with subscriptions (same net, same run).
+
+For each population (50, 200, 1000 vehicles; quick: 50, 200) on the project's arterial map:
+
+- ``embedded``: ``EmbeddedWorld.tick()`` (step, subscriptions -> numpy Snapshot in CARLA's
+  frame, RSU association, route extension, constant population);
+- ``bare``: the same SUMO net and vehicle count, ``libsumo.simulationStep()`` plus subscribing
+  departures, re-adding arrivals on a ready route, and ``getAllSubscriptionResults()``.
+
+Both run after a warm-up so the network is filled. The ratio is embedded time per tick over
+bare time per tick (target <= 1.5). Run: ``python bench/bench_world.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+MAP = REPO / "maps" / "mr_arterial.xodr"
+
+
+def _scenario(n: int):
+    from carla_mr.config import scenario_from_dict
+
+    avs = max(1, n // 10)
+    return scenario_from_dict({"name": f"bench{n}", "map": str(MAP), "tick_s": 0.05, "duration_s": 10.0,
+                               "vehicles": {"avs": avs, "background": n - avs}})
+
+
+WINDOW = 20  # ticks per timing window
+
+
+def _timed(step, ticks: int) -> float:
+    """Seconds per tick: the 25th percentile over windows of WINDOW ticks (robust to a shared CPU)."""
+    import numpy as np
+
+    times = []
+    for _ in range(max(1, ticks // WINDOW)):
+        t = time.perf_counter()
+        for _ in range(WINDOW):
+            step()
+        times.append((time.perf_counter() - t) / WINDOW)
+    return float(np.percentile(times, 25))
+
+
+def _embedded(n: int, warm: int, ticks: int) -> tuple[float, int, object]:
+    from carla_mr.world.embedded import EmbeddedWorld
+
+    w = EmbeddedWorld(_scenario(n), seed=1)
+    try:
+        w.reset()
+        for _ in range(warm):
+            w.tick()
+        per_tick = _timed(w.tick, ticks)
+        return per_tick, len(w.last), (w.net_path, w._edges)
+    finally:
+        w.close()
+
+
+def _bare(n: int, warm: int, ticks: int, net_path, edges) -> tuple[float, int]:
+    import numpy as np
+
+    from carla_mr.world.embedded import import_libsumo
+
+    ls = import_libsumo()
+    ls.start(["sumo", "-n", str(net_path), "--step-length", "0.05", "--seed", "1", "--no-step-log", "true",
+              "--no-warnings", "true", "--duration-log.disable", "true", "--time-to-teleport", "120",
+              "--collision.action", "warn", "--collision.check-junctions", "false"])
+    try:
+        tc = ls.constants
+        vars_ = (tc.VAR_POSITION3D, tc.VAR_ANGLE, tc.VAR_SPEED)
+        rng = np.random.default_rng(1)
+        routes = []
+        while len(routes) < 2 * n:
+            o, d = edges[int(rng.integers(len(edges)))], edges[int(rng.integers(len(edges)))]
+            r = ls.simulation.findRoute(o, d)
+            if len(r.edges) >= 2:
+                rid = f"r{len(routes)}"
+                ls.route.add(rid, list(r.edges))
+                routes.append(rid)
+        nxt = 0
+
+        def add():
+            nonlocal nxt
+            ls.vehicle.add(str(nxt), routes[nxt % len(routes)], depart="now", departLane="best",
+                           departPos="random_free", departSpeed="0")
+            nxt += 1
+
+        for _ in range(n):
+            add()
+
+        def step():
+            ls.simulationStep()
+            for vid in ls.simulation.getDepartedIDList():
+                ls.vehicle.subscribe(vid, vars_)
+            for _ in ls.simulation.getArrivedIDList():
+                add()
+            return ls.vehicle.getAllSubscriptionResults()
+
+        for _ in range(warm):
+            step()
+        per_tick = _timed(step, ticks)
+        return per_tick, len(ls.vehicle.getAllSubscriptionResults())
+    finally:
+        ls.close()
+
+
+def run(quick: bool) -> list[dict]:
+    """Rows {name, value, unit, baseline, ratio, target}: ticks/s embedded vs bare libsumo."""
+    sizes = (50, 200) if quick else (50, 200, 1000)
+    rows = []
+    for n in sizes:
+        warm = 100 if quick else 300
+        ticks = 200 if quick else (400 if n < 1000 else 200)
+        t_emb = t_bare = float("inf")
+        for _ in range(1 if quick else 2):  # alternate, keep the best of each
+            te, n_emb, (net_path, edges) = _embedded(n, warm, ticks)
+            tb, n_bare = _bare(n, warm, ticks, net_path, edges)
+            t_emb, t_bare = min(t_emb, te), min(t_bare, tb)
+        rows.append({"name": f"world.embedded_ticks_per_s.{n}veh", "value": 1.0 / t_emb, "unit": "ticks/s",
+                     "baseline": 1.0 / t_bare, "ratio": t_emb / t_bare, "target": "ratio <= 1.5 (time per tick)",
+                     "vehicles_embedded": n_emb, "vehicles_bare": n_bare})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    quick = "--quick" in argv
+    for r in run(quick):
+        print(f"{r['name']:40s} {r['value']:9.1f} {r['unit']}  bare {r['baseline']:9.1f}  "
+              f"time ratio {r['ratio']:.2f}  (target {r['target']}; vehicles {r['vehicles_embedded']} "
+              f"vs {r['vehicles_bare']})")
+
+
+if __name__ == "__main__":
+    main()
