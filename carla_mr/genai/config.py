@@ -2,8 +2,53 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field, field_validator
+
 from carla_mr.schema import StrictModel
+
+
+class PreferencesConfig(StrictModel):
+    """An AV's preference cache: the signs, background colours and contexts it asks for."""
+
+    signs: list[str] = Field(default_factory=lambda: ["stop", "yield", "speed_limit", "no_entry", "priority_road",
+                                                      "parking", "warning", "mandatory_arrow"],
+                             description="Sign classes (carla_mr.genai.signs.SIGN_CLASSES).")
+    colours: list[str] = Field(default_factory=lambda: ["red", "yellow", "green", "blue", "purple", "white",
+                                                        "black", "gray"],
+                               description="Background colours (carla_mr.genai.prompts.COLOURS).")
+    contexts: list[str] = Field(default_factory=list, description="Re-contextualisation phrases ('a snowy road').")
+
+    @field_validator("signs")
+    @classmethod
+    def _signs(cls, v):
+        from carla_mr.genai.signs import SIGN_CLASSES
+
+        bad = [s for s in v if s not in SIGN_CLASSES]
+        if bad:
+            raise ValueError(f"unknown sign classes {bad}; known: {', '.join(SIGN_CLASSES)}")
+        return v
+
+    @field_validator("colours")
+    @classmethod
+    def _colours(cls, v):
+        from carla_mr.genai.prompts import COLOURS
+
+        bad = [c for c in v if c not in COLOURS]
+        if bad:
+            raise ValueError(f"unknown colours {bad}; known: {', '.join(COLOURS)}")
+        return v
 
 
 class GenaiConfig(StrictModel):
     enabled: bool = False
+    checkpoint: str | None = Field(None, description="Model directory (None: the committed CPU base model).")
+    validator: str | None = Field(None, description="Validator directory (None: the committed small CNN).")
+    token: str | None = Field(None, description="DreamBooth identifier of a fine-tuned checkpoint ('sks').")
+    steps: int = Field(20, ge=1, le=1000, description="Sampling steps.")
+    guidance: float = Field(3.0, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
+    sampler: Literal["dpm", "ddim"] = "dpm"
+    per_prompt: int = Field(1, ge=1, le=64, description="Images per prompt.")
+    theta: bool = Field(False, description="Also compute theta (fine-tunes validator copies; slower).")
+    preferences: PreferencesConfig = Field(default_factory=PreferencesConfig)

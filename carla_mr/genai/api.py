@@ -1,0 +1,78 @@
+"""Runner-facing API of the genai stage (numpy in, numpy out).
+
+    model = load_default_generator()                    # the committed CPU base model
+    images = generate(model, ["a stop sign on a blue background"], seed=0)   # (B, 32, 32, 3) uint8
+    validator = load_default_validator()
+    s = score(validator, images, ["stop"])             # {"G", "mean_confidence", ...}
+    market_parameters("runs/genai-generate-...")        # {"G", "theta", ...} for the market
+    faces = sign_images(["stop", "yield"], seed=0)     # (B, 32, 32, 3) uint8, for sign textures
+
+Every function is deterministic for its seed. torch is imported lazily (extra ``genai``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from carla_mr.errors import InputError
+from carla_mr.genai.market_link import market_parameters  # noqa: F401  (re-exported)
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "genai"
+DEFAULT_MODEL = DATA_DIR / "base"
+DEFAULT_VALIDATOR = DATA_DIR / "validator"
+
+
+def default_model_path() -> Path:
+    return DEFAULT_MODEL
+
+
+def default_validator_path() -> Path:
+    return DEFAULT_VALIDATOR
+
+
+def load_default_generator(path: str | os.PathLike | None = None, device: str = "cpu"):
+    """The text-to-image model (the committed base model unless ``path`` names another
+    checkpoint directory). Returns a :class:`~carla_mr.genai.model.TextToImage`."""
+    from carla_mr.genai.model import load_model
+
+    return load_model(path or DEFAULT_MODEL, device=device)
+
+
+def generate(model, prompts: Sequence[str], seed: int = 0, *, steps: int = 20, guidance: float = 3.0,
+             sampler: str = "dpm") -> np.ndarray:
+    """(B, H, W, 3) uint8 RGB, one image per prompt; image i uses seed ``seed + i``."""
+    from carla_mr.genai.sample import sample
+
+    return sample(model, list(prompts), seed=seed, steps=steps, guidance=guidance, sampler=sampler)
+
+
+def load_default_validator(path: str | os.PathLike | None = None):
+    """The sign classifier (the committed small CNN unless ``path`` names another)."""
+    from carla_mr.genai.validator import load_validator
+
+    return load_validator(path or DEFAULT_VALIDATOR)
+
+
+def score(validator, images: np.ndarray, kinds: Sequence[str]) -> dict:
+    """Generative score of images against their prompted classes: {"G", "mean_confidence",
+    "n", "predicted", "confidence", "recognised"}."""
+    from carla_mr.genai.scores import generative_score
+
+    return generative_score(validator, images, kinds)
+
+
+def sign_images(kinds: Sequence[str], seed: int = 0, *, colours: Sequence[str] | None = None, model=None,
+                steps: int = 20, guidance: float = 3.0) -> np.ndarray:
+    """Generated images of the given sign kinds (background colour per item, default white),
+    for swapping onto in-world signs: (B, H, W, 3) uint8."""
+    from carla_mr.genai.prompts import prompt_for
+
+    cols = list(colours) if colours is not None else ["white"] * len(kinds)
+    if len(cols) != len(kinds):
+        raise InputError("one colour per sign kind is needed", field="colours")
+    m = model or load_default_generator()
+    return generate(m, [prompt_for(k, c) for k, c in zip(kinds, cols)], seed, steps=steps, guidance=guidance)

@@ -1,0 +1,112 @@
+"""Generation runs: preferences -> prompts -> images + manifest + scores.
+
+A run directory::
+
+    images/00000.png ...   the generated images (RGB PNG)
+    manifest.json          {"model", "validator", "seed", "steps", "guidance", "sampler",
+                            "items": [{"file", "prompt", "seed", "class", "colour", "context",
+                                       "subset", "verdict": {"predicted", "confidence",
+                                       "recognised"}}]}
+    scores.json            G, mean confidence, colour match, per-subset G, [theta, Frechet]
+
+``scores.json`` is what :func:`carla_mr.genai.market_link.market_parameters` reads.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from carla_mr.errors import InputError
+from carla_mr.genai.prompts import PromptSpec, Preferences, parse_prompt, preference_prompts
+
+
+def specs_from_prompts(prompts: Sequence[str]) -> list[PromptSpec]:
+    """Free-text prompts -> PromptSpecs (InputError if a prompt names no known sign class)."""
+    out = []
+    for p in prompts:
+        pp = parse_prompt(p)
+        out.append(PromptSpec(p, pp.kind, pp.colour, pp.context, "context" if pp.context else "background"))
+    return out
+
+
+def generate_run(out: str | os.PathLike, specs: Sequence[PromptSpec], *, model, model_ref: str, validator=None,
+                 validator_ref: str | None = None, seed: int = 0, per_prompt: int = 1, steps: int = 20,
+                 guidance: float = 3.0, sampler: str = "dpm", theta: bool = False, theta_epochs: int = 3,
+                 test_per_class: int = 50, progress=None, log=None) -> dict:
+    """Generate ``per_prompt`` images per spec, validate them, write the run directory; returns
+    the scores dict (also written to ``scores.json``)."""
+    import cv2
+
+    from carla_mr.genai.sample import sample
+    from carla_mr.genai.scores import colour_match, frechet_distance, generative_score, relative_accuracy
+    from carla_mr.io import atomic_write_bytes, atomic_write_json
+
+    if not specs:
+        raise InputError("nothing to generate: no prompts", field="prompts")
+    if per_prompt < 1:
+        raise InputError(f"per_prompt must be >= 1, got {per_prompt}", field="--per-prompt")
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    items = [s for s in specs for _ in range(per_prompt)]
+    seeds = [int(seed) + i for i in range(len(items))]
+    images = sample(model, [s.prompt for s in items], seeds=seeds, steps=steps, guidance=guidance, sampler=sampler,
+                    progress=progress)
+    gen_s = time.time() - t0
+    kinds = [s.kind for s in items]
+    verdict = generative_score(validator, images, kinds) if validator is not None else None
+    manifest_items = []
+    for i, (s, im) in enumerate(zip(items, images)):
+        name = f"images/{i:05d}.png"
+        atomic_write_bytes(out / name, cv2.imencode(".png", cv2.cvtColor(im, cv2.COLOR_RGB2BGR))[1].tobytes())
+        v = None
+        if verdict is not None:
+            v = {"predicted": verdict["predicted"][i], "confidence": round(float(verdict["confidence"][i]), 5),
+                 "recognised": bool(verdict["recognised"][i])}
+        manifest_items.append({"file": name, "prompt": s.prompt, "seed": seeds[i], "class": s.kind,
+                               "colour": s.colour, "context": s.context, "subset": s.subset, "verdict": v})
+    manifest = {"model": model_ref, "validator": validator_ref, "seed": int(seed), "steps": int(steps),
+                "guidance": float(guidance), "sampler": sampler, "per_prompt": int(per_prompt),
+                "image_size": int(images.shape[1]), "items": manifest_items}
+    atomic_write_json(out / "manifest.json", manifest)
+    scores: dict = {"n": len(items), "generate_s": round(gen_s, 2),
+                    "images_per_s": round(len(items) / max(gen_s, 1e-9), 3)}
+    scores.update({k: v for k, v in colour_match(images, [s.colour for s in items]).items() if k != "n"})
+    if verdict is not None:
+        scores["G"] = verdict["G"]
+        scores["mean_confidence"] = verdict["mean_confidence"]
+        subsets = sorted({s.subset for s in items})
+        for sub in subsets:
+            idx = [i for i, s in enumerate(items) if s.subset == sub]
+            scores[f"G_{sub}"] = float(np.mean([verdict["recognised"][i] for i in idx]))
+        per_class = {}
+        for k in sorted(set(kinds)):
+            idx = [i for i, kk in enumerate(kinds) if kk == k]
+            per_class[k] = float(np.mean([verdict["recognised"][i] for i in idx]))
+        scores["G_per_class"] = per_class
+        if theta:
+            from carla_mr.genai.procedural import split_arrays
+
+            if log:
+                log("computing theta: fine-tuning copies of the validator on the generated images")
+            xte, yte = split_arrays("test", per_class=test_per_class, seed=10_007, out_size=validator.input_size,
+                                    kinds=tuple(validator.class_names))
+            th = {"all": relative_accuracy(validator, images, kinds, xte, yte, epochs=theta_epochs, seed=seed)}
+            for sub in subsets:
+                idx = [i for i, s in enumerate(items) if s.subset == sub]
+                th[sub] = relative_accuracy(validator, images[idx], [kinds[i] for i in idx], xte, yte,
+                                            epochs=theta_epochs, seed=seed)
+            scores["theta"] = th["all"]["theta"]
+            for sub in subsets:
+                scores[f"theta_{sub}"] = th[sub]["theta"]
+            scores["theta_detail"] = th
+            if len(images) >= 2:
+                scores["frechet"] = frechet_distance(validator.features(images), validator.features(xte))
+    scores["elapsed_s"] = round(time.time() - t0, 2)
+    atomic_write_json(out / "scores.json", scores)
+    return scores

@@ -1,0 +1,192 @@
+"""Training the CPU default: a pixel-space text-to-image model from scratch on procedural signs.
+
+Each step draws a fresh batch of procedural "sign on a colour background" images
+(:func:`~carla_mr.genai.procedural.base_batch`) with prompts
+"a {sign} sign on a {colour} background" (10% empty prompts, for classifier-free guidance),
+adds DDPM noise at uniform timesteps and regresses the noise (MSE). The UNet and the text
+encoder are trained jointly (AdamW, linear warm-up, cosine decay); an EMA of the weights is
+what gets saved. The batch of step ``k`` depends only on (seed, k), so a resumed run sees the
+same data as an uninterrupted one.
+
+Run directory::
+
+    model/            the EMA model, StableDiffusionPipeline layout (written at every checkpoint)
+    checkpoint.pt     training state (weights, EMA, optimiser, step) for --resume (torch.save,
+                      loaded with weights_only=True)
+    train_log.csv     step, loss, loss_ema, lr, elapsed_s
+    train.json        the configuration and final figures
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from carla_mr.errors import InputError, require
+from carla_mr.genai.prompts import COLOURS, prompt_for
+from carla_mr.genai.signs import SIGN_CLASSES
+
+
+@dataclass
+class BaseTrainConfig:
+    steps: int = 4000
+    batch_size: int = 32
+    lr: float = 5e-4
+    warmup: int = 200
+    weight_decay: float = 1e-2
+    ema_decay: float = 0.999
+    cfg_drop: float = 0.1
+    image_size: int = 32
+    save_every: int = 250
+    log_every: int = 10
+    seed: int = 0
+    threads: int = 2
+    half_save: bool = True  # float16 weights on disk (the committed checkpoint is <= 20 MB)
+
+
+def _lr_at(step: int, cfg: BaseTrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def images_to_tensor(imgs: np.ndarray):
+    torch = require("torch", extra="genai", feature="training")
+    return torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+class Ema:
+    """Exponential moving average of a list of parameters (with the usual warm-up)."""
+
+    def __init__(self, params, decay: float):
+        self.decay = float(decay)
+        self.shadow = [p.detach().clone() for p in params]
+        self.n = 0
+
+    def update(self, params):
+        torch = require("torch", extra="genai", feature="training")
+        self.n += 1
+        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        with torch.no_grad():
+            for s, p in zip(self.shadow, params):
+                s.lerp_(p.detach(), 1 - d)
+
+    def copy_to(self, params):
+        torch = require("torch", extra="genai", feature="training")
+        with torch.no_grad():
+            for s, p in zip(self.shadow, params):
+                p.copy_(s)
+
+
+def train_base(out: str | os.PathLike, cfg: BaseTrainConfig | None = None, *, resume: bool = False,
+               progress=None, log=None, model=None) -> dict:
+    """Train (or resume) the base model into the run directory ``out``; returns a summary."""
+    torch = require("torch", extra="genai", feature="training the base model")
+    diffusers = require("diffusers", extra="genai", feature="training the base model")
+    from carla_mr.genai.model import build_tiny, save_model
+    from carla_mr.genai.procedural import base_batch
+    from carla_mr.io import atomic_write, atomic_write_json, atomic_write_text
+
+    cfg = cfg or BaseTrainConfig()
+    if cfg.steps < 1 or cfg.batch_size < 1:
+        raise InputError("steps and batch_size must be >= 1", field="steps")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    ckpt_path = out / "checkpoint.pt"
+    model = model or build_tiny(image_size=cfg.image_size, seed=cfg.seed)
+    params = list(model.unet.parameters()) + list(model.text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = Ema(params, cfg.ema_decay)
+    start = 0
+    log_rows: list[str] = []
+    if resume:
+        if not ckpt_path.is_file():
+            raise InputError(f"--resume given but {ckpt_path} does not exist; drop --resume or point --out at the "
+                             "run to resume", field="--resume")
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.unet.load_state_dict(state["unet"])
+        model.text_encoder.load_state_dict(state["text_encoder"])
+        opt.load_state_dict(state["opt"])
+        for s, v in zip(ema.shadow, state["ema"]):
+            s.copy_(v)
+        ema.n = int(state["ema_n"])
+        start = int(state["step"])
+        if (out / "train_log.csv").is_file():
+            log_rows = (out / "train_log.csv").read_text().splitlines()[1:]
+            log_rows = [r for r in log_rows if int(r.split(",")[0]) <= start]
+        if log:
+            log(f"resumed from step {start}")
+    sched = diffusers.DDPMScheduler.from_config(model.scheduler_config)
+    T = int(sched.config.num_train_timesteps)
+    kinds, colours = SIGN_CLASSES, tuple(COLOURS)
+    model.unet.train(), model.text_encoder.train()
+    t0 = time.time()
+    elapsed0 = float(log_rows[-1].split(",")[4]) if log_rows else 0.0
+    loss_ema = float(log_rows[-1].split(",")[2]) if log_rows else None
+
+    def save(step):
+        # EMA weights into the model dir; raw weights + optimiser into checkpoint.pt
+        raw = [p.detach().clone() for p in params]
+        ema.copy_to(params)
+        save_model(model, out / "model.partial", half=cfg.half_save,
+                   extra={"trained_steps": step, "kind": "carla_mr-base", "classes": list(kinds),
+                          "colours": list(colours), "prompt": "a {sign} sign on a {colour} background",
+                          "config": asdict(cfg)})
+        with torch.no_grad():
+            for p, r in zip(params, raw):
+                p.copy_(r)
+        if (out / "model").exists():
+            shutil.rmtree(out / "model")
+        os.replace(out / "model.partial", out / "model")
+        state = {"unet": model.unet.state_dict(), "text_encoder": model.text_encoder.state_dict(),
+                 "opt": opt.state_dict(), "ema": ema.shadow, "ema_n": ema.n, "step": step}
+        atomic_write(ckpt_path, lambda fh: torch.save(state, fh))
+        atomic_write_text(out / "train_log.csv", "step,loss,loss_ema,lr,elapsed_s\n" + "".join(r + "\n" for r in log_rows))
+
+    step = start
+    for step in range(start, cfg.steps):
+        rng = np.random.default_rng([int(cfg.seed), step])
+        imgs, ks, cs = base_batch(rng, cfg.batch_size, size=cfg.image_size, kinds=kinds, colours=colours)
+        prompts = [prompt_for(k, c) if rng.random() >= cfg.cfg_drop else "" for k, c in zip(ks, cs)]
+        g = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + step)
+        x0 = model.encode(images_to_tensor(imgs))
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, T, (x0.shape[0],), generator=g)
+        xt = sched.add_noise(x0, noise, t)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        hs = model.encode_prompts(prompts)
+        pred = model.unet(xt, t, encoder_hidden_states=hs).sample
+        loss = torch.nn.functional.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update(params)
+        lv = float(loss.detach())
+        loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            log_rows.append(f"{step + 1},{lv:.5f},{loss_ema:.5f},{_lr_at(step, cfg):.6g},"
+                            f"{elapsed0 + time.time() - t0:.1f}")
+        if progress:
+            progress(1)
+        if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            save(step + 1)
+    final = max(cfg.steps, start)
+    save(final)
+    elapsed = elapsed0 + time.time() - t0
+    summary = {"model": str(out / "model"), "steps": final, "resumed_from": start if resume else None,
+               "loss_ema": loss_ema, "elapsed_s": round(elapsed, 1),
+               "steps_per_s": round((final - start) / max(time.time() - t0, 1e-9), 4),
+               "params": model.n_params(), "config": asdict(cfg)}
+    atomic_write_json(out / "train.json", summary)
+    return summary
