@@ -136,6 +136,10 @@ def build_stages(scenario: "Scenario") -> list[Stage]:
     is ``enabled``.
     """
     stages: list[Stage] = [TrajectoryStage()]
+    if scenario.twin.enabled:
+        from carla_mr.twin.online import TwinStage
+
+        stages.append(TwinStage(scenario.twin))
     return stages
 
 
