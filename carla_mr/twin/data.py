@@ -234,6 +234,8 @@ def project_lonlat(lon: np.ndarray, lat: np.ndarray, origin: tuple[float, float]
 def read_rows(path: str | os.PathLike, *, columns: Mapping[str, str | None] | None = None, time_unit: str = "s",
               role: str = "all") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
     """Read (ids, t seconds, x metres, y metres, info) from a run directory, parquet or CSV."""
+    import pyarrow as pa
+
     src = resolve_source(path)
     source = str(src)
     columns = dict(columns or {})
@@ -275,9 +277,13 @@ def read_rows(path: str | os.PathLike, *, columns: Mapping[str, str | None] | No
         raise InputError(f"no position columns among {names}; expected x/y (metres) or lon/lat (degrees); {hint}",
                          field="x/y", source=source)
     t = _times_seconds(table.column(t_c), time_unit, source, t_c)
+    if not (pa.types.is_integer(table.column(t_c).type) or pa.types.is_floating(table.column(t_c).type)):
+        # absolute timestamps: count seconds from the first one (keeps float64 precision)
+        fin = np.isfinite(t)
+        origin = float(t[fin].min()) if fin.any() else 0.0
+        t = t - origin
+        info["time_origin_unix_s"] = origin
     id_col = table.column(id_c)
-    import pyarrow as pa
-
     if pa.types.is_integer(id_col.type):
         raw_ids = np.asarray(id_col.to_numpy(zero_copy_only=False))
     else:
