@@ -88,6 +88,7 @@ class AuctioneerSettings:
     deadline_s: float = 0.5
     early_close: bool = True
     layout: str = "serial"
+    publish_first: bool = False  # send results before the outcome's fsync (see _clear_and_publish)
     # Autonomous rounds (``carla-mr market serve``): open the next round ``period_s`` after the
     # previous one was published, with public data sampled from (seed, round_id).
     auto_rounds: bool = False
@@ -401,24 +402,35 @@ class Auctioneer:
             self._commit_pending()
         r.state = P.CLOSED
         r.closed_at_ns = time.time_ns()
-        self.ledger.set_state(r.round_id, P.CLOSED, {"n_bids": len(r.bids)})
-        self._clear_and_publish(r, t_close)
+        # CLOSED is committed together with the outcome (one fsync); a crash before that
+        # commit leaves the round OPEN past its deadline, which the restart rule closes with
+        # exactly the same committed bids.
+        self._clear_and_publish(r, t_close, close_info={"n_bids": len(r.bids)})
 
-    def _clear_and_publish(self, r: _Round, t_close: float) -> None:
+    def _clear_and_publish(self, r: _Round, t_close: float, close_info: dict | None = None) -> None:
         bids = {b: (x.kind, x.body) for b, x in r.bids.items()}
         outcome, schedule = self._clear(round_id=r.round_id, mechanism=r.mechanism, scoring=r.scoring,
                                         public=r.public, params=r.params, av_ids=r.av_ids, sim_ids=r.sim_ids,
                                         n_tasks=r.n_tasks, bids=bids, layout=self.s.layout)
         t_cleared = time.monotonic()
         sched = schedule.to_dict()
-        chain = self.ledger.save_outcome(r.round_id, outcome, sched)
-        r.state = P.CLEARED
-        self._publish(r, outcome, sched, chain)
+        chain = self.ledger.bids_head(r.round_id)  # covers every bid the outcome was computed from
+        if self.s.publish_first:
+            # Results go out before the outcome's commit: clearing is a pure function of the
+            # committed bids, so a crash here re-derives the same outcome on restart.
+            r.closed_at_ns = r.closed_at_ns or time.time_ns()
+            self._send_result(r, outcome, sched, chain)
+            self.ledger.save_outcome(r.round_id, outcome, sched, close_info=close_info, closed_at_ns=r.closed_at_ns)
+        else:
+            self.ledger.save_outcome(r.round_id, outcome, sched, close_info=close_info, closed_at_ns=r.closed_at_ns)
+            r.state = P.CLEARED
+            self._send_result(r, outcome, sched, chain)
         t_pub = time.monotonic()
         self.round_times[r.round_id] = {"clear_s": t_cleared - t_close, "publish_s": t_pub - t_close,
                                         "n_bids": len(r.bids)}
+        self._mark_published(r)
 
-    def _publish(self, r: _Round, outcome: dict, sched: dict, chain: str) -> None:
+    def _send_result(self, r: _Round, outcome: dict, sched: dict, chain: str) -> None:
         from carla_mr.io import to_jsonable
 
         body = {"round_id": r.round_id, "state": P.PUBLISHED, "outcome": to_jsonable(outcome), "schedule": sched,
@@ -430,6 +442,8 @@ class Auctioneer:
             ident = self.routes.get(b)
             if ident is not None:
                 self._send(ident, header, r.result_body)
+
+    def _mark_published(self, r: _Round) -> None:
         r.state = P.PUBLISHED
         self.ledger.set_state(r.round_id, P.PUBLISHED, {"recipients": sum(b in self.routes for b in r.eligible)})
         self.stats["published"] += 1
@@ -480,7 +494,8 @@ class Auctioneer:
             else:
                 out = self.ledger.outcome(r.round_id)
                 assert out is not None
-                self._publish(r, out[0], out[1], self.ledger.head)
+                self._send_result(r, out[0], out[1], self.ledger.bids_head(r.round_id))
+                self._mark_published(r)
 
     # ------------------------------------------------------------------ messages
     def _send(self, ident: bytes, header: bytes, body: bytes) -> None:

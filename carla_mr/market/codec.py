@@ -267,7 +267,9 @@ def pack_arrays(arrays: dict[str, Any]) -> bytes:
 
     out = {}
     for name in sorted(arrays):
-        a = np.ascontiguousarray(np.asarray(arrays[name]))
+        a = np.asarray(arrays[name])
+        if not a.flags.c_contiguous:  # (np.ascontiguousarray would turn 0-d into 1-d)
+            a = a.copy(order="C")
         if a.dtype.kind == "f":
             a = a.astype("<f8", copy=False)
         elif a.dtype.kind in "iu":

@@ -206,12 +206,21 @@ class Ledger:
                 self.db.execute("UPDATE rounds SET state=? WHERE round_id=?", (state, round_id))
             return self._event(kind or "round_" + state.lower(), round_id, {"state": state, **(info or {})}, now)
 
-    def save_outcome(self, round_id: int, outcome: dict, schedule: dict) -> str:
-        """Store the outcome and schedule and move the round to CLEARED, in one transaction."""
+    def save_outcome(self, round_id: int, outcome: dict, schedule: dict, *, close_info: dict | None = None,
+                     closed_at_ns: int | None = None) -> str:
+        """Store the outcome and schedule and move the round to CLEARED, in one transaction.
+
+        With ``close_info`` the round's CLOSED transition is written in the same transaction
+        (one fsync on the close -> publish path instead of two).
+        """
         text = outcome_text(outcome)
         sched = json.dumps(schedule, sort_keys=True, separators=(",", ":"))
         d = digest(text.encode(), sched.encode())
         with self._tx():
+            if close_info is not None:
+                now = closed_at_ns or time.time_ns()
+                self.db.execute("UPDATE rounds SET closed_at_ns=? WHERE round_id=?", (now, round_id))
+                self._event("round_closed", round_id, {"state": P.CLOSED, **close_info}, now)
             self.db.execute("INSERT INTO outcomes VALUES (?,?,?,?)", (round_id, text, sched, d))
             self.db.execute("UPDATE rounds SET state=? WHERE round_id=?", (P.CLEARED, round_id))
             return self._event("round_cleared", round_id, {"state": P.CLEARED, "outcome_digest": d})
@@ -241,6 +250,12 @@ class Ledger:
     def bid(self, round_id: int, bidder_id: str) -> BidRow | None:
         r = self.db.execute("SELECT * FROM bids WHERE round_id=? AND bidder_id=?", (round_id, bidder_id)).fetchone()
         return BidRow(*r) if r else None
+
+    def bids_head(self, round_id: int) -> str:
+        """Hash of the round's last bid event (or its open event): it covers every bid of the round."""
+        r = self.db.execute("SELECT hash FROM events WHERE round_id=? AND kind IN ('round_open', 'bid') "
+                            "ORDER BY seq DESC LIMIT 1", (round_id,)).fetchone()
+        return r[0] if r else GENESIS
 
     def outcome(self, round_id: int) -> tuple[dict, dict, str] | None:
         r = self.db.execute("SELECT outcome, schedule, digest FROM outcomes WHERE round_id=?", (round_id,)).fetchone()
@@ -311,3 +326,56 @@ class _Tx:
 def _round_row(r) -> RoundRow:
     return RoundRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6]), bytes(r[7]), r[8],
                     json.loads(r[9]), r[10], r[11], r[12])
+
+
+def replay(path: str | os.PathLike, clear_fn=None, layout: str | None = None) -> dict:
+    """Verify the hash chain and recompute every stored outcome from the stored bids.
+
+    Returns {"ok", "rounds", "recomputed", "mismatches": [round ids], "chain": verify_chain(),
+    "problems": [...]}; ``ok`` is False on any chain break or outcome mismatch.
+    """
+    import msgpack
+
+    from carla_mr.market.codec import unpack_arrays
+
+    if clear_fn is None:
+        from carla_mr.market.clearing import clear_round as clear_fn
+    from carla_mr.market.clearing import decode_bid_body
+
+    with Ledger(path, create=False) as led:
+        chain = led.verify_chain()
+        problems = list(chain["problems"])
+        mismatches: list[int] = []
+        opens = {}
+        for seq, kind, rid, at_ns, payload, prev_hash, h in led.events():
+            if kind == "round_open":
+                opens[rid] = msgpack.unpackb(bytes(payload), raw=False)
+        recomputed = 0
+        rounds = led.rounds()
+        for row in rounds:
+            if digest(row.public) != row.public_digest or opens.get(row.round_id, {}).get("public_digest") != row.public_digest:
+                problems.append(f"round {row.round_id}: public data does not match its digest")
+                mismatches.append(row.round_id)
+                continue
+            stored = led.outcome(row.round_id)
+            if stored is None:
+                if row.state in (P.CLEARED, P.PUBLISHED):
+                    problems.append(f"round {row.round_id} is {row.state} but has no stored outcome")
+                    mismatches.append(row.round_id)
+                continue
+            bids = {b.bidder_id: (b.kind, decode_bid_body(b.kind, b.body)) for b in led.bids(row.round_id)}
+            out, sched = clear_fn(round_id=row.round_id, mechanism=row.mechanism, scoring=row.scoring,
+                                  public=unpack_arrays(row.public), params=row.params, av_ids=row.av_ids,
+                                  sim_ids=row.sim_ids, n_tasks=row.n_tasks, bids=bids,
+                                  layout=layout or stored[1].get("layout", "serial"))
+            recomputed += 1
+            same_out = outcome_text(out) == led.outcome_text(row.round_id)
+            same_sched = json.dumps(sched.to_dict(), sort_keys=True, separators=(",", ":")) == \
+                json.dumps(stored[1], sort_keys=True, separators=(",", ":"))
+            if not (same_out and same_sched):
+                mismatches.append(row.round_id)
+                problems.append(f"round {row.round_id}: recomputed {'outcome' if not same_out else 'schedule'} "
+                                "differs from the stored one")
+        return {"ok": not problems, "ledger": str(path), "rounds": len(rounds), "recomputed": recomputed,
+                "bids": led.count("bids"), "events": chain["events"], "head": chain["head"],
+                "mismatches": mismatches, "problems": problems}
