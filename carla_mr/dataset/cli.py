@@ -1,0 +1,96 @@
+"""``carla-mr dataset``: record labeled camera datasets; evaluate perception in the loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from carla_mr.cli_common import common_options, emit, guarded, log, make_run_dir, progress
+
+
+@click.group(name="dataset")
+def dataset_group():
+    """Record labeled sensor datasets; evaluate perception in the loop."""
+
+
+def _load(scenario_path, overrides):
+    from carla_mr.config import load_scenario
+
+    return load_scenario(scenario_path, list(overrides))
+
+
+@dataset_group.command("record")
+@click.argument("scenario", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key (repeatable).")
+@click.option("--frames", type=click.IntRange(min=1), default=None, help="Record this many ticks (recorder.max_frames).")
+@click.option("--every-k", type=click.IntRange(min=1), default=None, help="Record every k-th tick.")
+@click.option("--min-box", type=click.IntRange(min=0), default=None, help="Minimum exported box side, pixels.")
+@click.option("--swap-share", type=click.FloatRange(0, 1), default=None,
+              help="Share of signs shown with generated textures.")
+@click.option("--texture-dir", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Folder of generated sign images (default: procedural variants).")
+@click.option("--image-format", type=click.Choice(["png", "jpg"]), default=None)
+@common_options
+@guarded
+def record_cmd(scenario, overrides, frames, every_k, min_box, swap_share, texture_dir, image_format, out, seed,
+               as_json):
+    """Record SCENARIO's AV cameras into --out: frames, COCO + YOLO labels, poses, manifest.
+
+    Running the same command on the same --out resumes an interrupted recording.
+    """
+    from carla_mr.dataset.recorder import record
+
+    sc = _load(scenario, overrides)
+    cfg = sc.recorder
+    upd = {k: v for k, v in {"max_frames": frames, "every_k": every_k, "min_box_px": min_box,
+                             "swap_share": swap_share, "texture_dir": texture_dir,
+                             "image_format": image_format}.items() if v is not None}
+    cfg = cfg.model_validate({**cfg.model_dump(), **upd, "enabled": True})
+    sc = sc.model_copy(update={"recorder": cfg})
+    run_dir = make_run_dir(out, "dataset-record")
+    seed = sc.seed if seed is None else seed
+    total = cfg.max_frames if cfg.max_frames is not None else None
+    log(f"recording {sc.name} ({sc.map}) into {run_dir}")
+    with progress(total, "recording", enabled=not as_json) as advance:
+        summary = record(sc, run_dir, seed=seed, cfg=cfg, on_frame=advance)
+    emit(summary, as_json=as_json, title="dataset record")
+
+
+@dataset_group.command("eval")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--model", default=None, help="'default', 'template', or module:attr (callable or torch module).")
+@click.option("--checkpoint", type=click.Path(exists=True), default=None, help="Weights for --model.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a scenario key (when SOURCE is a scenario).")
+@click.option("--frames", type=click.IntRange(min=1), default=None,
+              help="When SOURCE is a scenario: evaluate this many ticks.")
+@click.option("--no-plots", is_flag=True, default=False, help="Skip the PNG plots.")
+@common_options
+@guarded
+def eval_cmd(source, model, checkpoint, overrides, frames, no_plots, out, seed, as_json):
+    """Run a model under test on the visible signs of SOURCE and report its accuracy.
+
+    SOURCE is a recorded dataset folder (carla-mr dataset record) or a scenario file (the
+    model runs in the loop on freshly rendered frames). Reports accuracy by texture source,
+    distance band and visibility as a table, report.json and plots in --out.
+    """
+    from carla_mr.dataset.perception import evaluate_dataset, evaluate_scenario, write_report
+
+    run_dir = make_run_dir(out, "dataset-eval")
+    if source.is_dir():
+        report = evaluate_dataset(source, model=model, checkpoint=checkpoint)
+    else:
+        sc = _load(source, overrides)
+        report = evaluate_scenario(sc, seed=sc.seed if seed is None else seed, model=model, checkpoint=checkpoint,
+                                   ticks=frames)
+    paths = write_report(report, run_dir, plots=not no_plots)
+    rows = [(r["group"], r["bin"], r["n"], r["accuracy"]) for r in report["table"]]
+    result = {"run_dir": str(run_dir), "model": report["model"], "n": report["overall"]["n"],
+              "accuracy": report["overall"]["accuracy"], "table": report["table"], "files": paths}
+    if as_json:
+        emit(result, as_json=True)
+    else:
+        emit(result, as_json=False, title=f"perception: {report['model']} (overall "
+             f"{report['overall']['accuracy']:.3f} on {report['overall']['n']} crops)",
+             rows=rows, columns=("group", "bin", "n", "accuracy"))

@@ -1,0 +1,217 @@
+"""Models under test for perception in the loop, behind one small interface.
+
+A model under test is any object with ``name`` (str) and ``predict(crops) -> list[str]``,
+where ``crops`` is a list of RGB uint8 images (H, W, 3) of any size and each answer is a
+class name: a sign ``kind`` (``stop``) or a kind with its value (``speed_limit_30``).
+:func:`load_model` builds one from a spec:
+
+- ``"default"``: the genai validator (``carla_mr.genai.validator``) loaded from
+  ``checkpoint`` (a validator directory) or from ``carla_mr.genai.validator.default_validator()``
+  when that exists and finds a trained one; else the :class:`TemplateMatcher`.
+- ``"template"``: the :class:`TemplateMatcher` (no training, no torch).
+- ``"module:attr"`` (or ``module.attr``): a callable taking the crop list and returning
+  class names (or ints indexing its ``class_names``/``classes`` attribute); a class is
+  instantiated without arguments first; a ``torch.nn.Module`` gets (B, 3, S, S) float input
+  in [0, 1] (S = its ``input_size``, default 64) and its argmax indexes ``class_names``.
+  ``checkpoint`` loads a state dict (``.safetensors``, or a torch file with weights only).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from carla_mr.errors import InputError
+from carla_mr.world.sign_geometry import original_face
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+
+    interp = cv2.INTER_AREA if min(img.shape[:2]) > size else cv2.INTER_LINEAR
+    return cv2.resize(img, (size, size), interpolation=interp)
+
+
+DEFAULT_CLASSES = ("stop", "yield", "no_entry", "priority_road", "parking", "warning", "mandatory_arrow",
+                   *(f"speed_limit_{v}" for v in (10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130)))
+
+
+class TemplateMatcher:
+    """Nearest original face by normalised cross-correlation on 24x24 crops.
+
+    Templates are the original faces of ``classes`` composited on grey and cropped with the
+    same margin the evaluation uses, so a clean, unoccluded, near sign scores high and a
+    far, occluded or re-textured one degrades: a transparent, training-free baseline.
+    """
+
+    size = 24
+
+    def __init__(self, classes: Sequence[str] = DEFAULT_CLASSES, margin: float = 0.1):
+        self.classes = list(classes)
+        self.name = "template"
+        temps = []
+        for c in self.classes:
+            kind, value = _split_class(c)
+            face = original_face(kind, value, 96).astype(np.float64)
+            a = face[:, :, 3:4] / 255.0
+            rgb = face[:, :, :3] * a + 110.0 * (1 - a)
+            pad = int(round(96 * margin))
+            canvas = np.full((96 + 2 * pad, 96 + 2 * pad, 3), 110.0)
+            canvas[pad:pad + 96, pad:pad + 96] = rgb
+            temps.append(self._vec(canvas.astype(np.uint8)))
+        self._t = np.stack(temps)  # (C, D)
+
+    def _vec(self, img: np.ndarray) -> np.ndarray:
+        v = _resize(np.asarray(img, np.uint8), self.size).astype(np.float64).ravel()
+        v -= v.mean()
+        return v / (np.linalg.norm(v) + 1e-9)
+
+    def predict(self, crops: list[np.ndarray]) -> list[str]:
+        if not crops:
+            return []
+        x = np.stack([self._vec(c) for c in crops])
+        return [self.classes[i] for i in (x @ self._t.T).argmax(axis=1)]
+
+
+def _split_class(c: str) -> tuple[str, Optional[float]]:
+    head, _, tail = c.rpartition("_")
+    if head and tail.isdigit():
+        return head, float(tail)
+    return c, None
+
+
+class _ValidatorModel:
+    def __init__(self, validator, name: str):
+        self.v = validator
+        self.name = name
+
+    def predict(self, crops):
+        if not crops:
+            return []
+        s = int(self.v.input_size)
+        names, _conf = self.v.predict(np.stack([_resize(c, s) for c in crops]))
+        return list(names)
+
+
+class _CallableModel:
+    def __init__(self, fn: Callable, name: str, classes: Optional[Sequence[str]]):
+        self.fn = fn
+        self.name = name
+        self.classes = list(classes) if classes is not None else None
+
+    def predict(self, crops):
+        if not crops:
+            return []
+        out = self.fn(list(crops))
+        out = list(np.asarray(out).tolist()) if not isinstance(out, list) else out
+        if len(out) != len(crops):
+            raise InputError(f"model {self.name} returned {len(out)} answers for {len(crops)} crops", field="model")
+        res = []
+        for o in out:
+            if isinstance(o, (int, np.integer)) and not isinstance(o, bool):
+                if self.classes is None:
+                    raise InputError(f"model {self.name} returned class indices but has no class_names attribute",
+                                     field="model")
+                res.append(self.classes[int(o)])
+            else:
+                res.append(str(o))
+        return res
+
+
+class _TorchModel:
+    def __init__(self, module, name: str, classes: Sequence[str], input_size: int):
+        self.m = module
+        self.name = name
+        self.classes = list(classes)
+        self.size = int(input_size)
+
+    def predict(self, crops):
+        import torch
+
+        if not crops:
+            return []
+        x = np.stack([_resize(c, self.size) for c in crops]).astype(np.float32) / 255.0
+        self.m.eval()
+        with torch.no_grad():
+            logits = self.m(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous())
+        return [self.classes[i] for i in logits.argmax(1).tolist()]
+
+
+def _load_state(module, checkpoint: str) -> None:
+    p = Path(checkpoint)
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(p))
+    else:
+        import torch
+
+        state = torch.load(str(p), map_location="cpu", weights_only=True)
+    module.load_state_dict(state)
+
+
+def _resolve(spec: str) -> Any:
+    mod, sep, attr = spec.partition(":")
+    if not sep:
+        mod, _, attr = spec.rpartition(".")
+    if not mod or not attr:
+        raise InputError(f"'{spec}' is not 'module:attr'", field="perception.model")
+    try:
+        obj = importlib.import_module(mod)
+    except ImportError as exc:
+        raise InputError(f"cannot import module '{mod}': {exc}", field="perception.model") from exc
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise InputError(f"module '{mod}' has no attribute '{attr}'", field="perception.model")
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_model(spec: str | None = "default", checkpoint: str | None = None, *, classes: Sequence[str] | None = None):
+    """Build the model under test named by ``spec`` (see the module docstring)."""
+    spec = spec or "default"
+    if spec == "template":
+        return TemplateMatcher(classes or DEFAULT_CLASSES)
+    if spec == "default":
+        try:
+            from carla_mr.genai import validator as vmod  # needs torch (extra 'genai')
+        except ImportError:
+            vmod = None
+        if vmod is not None and checkpoint:
+            return _ValidatorModel(vmod.load_validator(checkpoint), f"validator:{Path(checkpoint).name}")
+        finder = getattr(vmod, "default_validator", None) if vmod is not None else None
+        if callable(finder):
+            try:
+                v = finder()
+            except Exception:  # noqa: BLE001 - no trained default: fall back below
+                v = None
+            if v is not None:
+                return _ValidatorModel(v, "validator:default")
+        if checkpoint:
+            raise InputError("a validator checkpoint needs the 'genai' extra (torch)", field="perception.checkpoint")
+        return TemplateMatcher(classes or DEFAULT_CLASSES)
+    obj = _resolve(spec)
+    if isinstance(obj, type):
+        obj = obj()
+    cls_names = getattr(obj, "class_names", None) or getattr(obj, "classes", None)
+    try:
+        import torch
+
+        is_module = isinstance(obj, torch.nn.Module)
+    except ImportError:
+        is_module = False
+    if is_module:
+        if checkpoint:
+            _load_state(obj, checkpoint)
+        if not cls_names:
+            raise InputError(f"torch module {spec} needs a class_names attribute (list of class names)",
+                             field="perception.model")
+        return _TorchModel(obj, spec, cls_names, getattr(obj, "input_size", 64))
+    if hasattr(obj, "predict") and callable(obj.predict):
+        return _CallableModel(obj.predict, spec, cls_names)
+    if callable(obj):
+        return _CallableModel(obj, spec, cls_names)
+    raise InputError(f"{spec} is neither a callable nor a torch module", field="perception.model")

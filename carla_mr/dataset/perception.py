@@ -1,0 +1,280 @@
+"""Perception in the loop: a model under test on the crops of visible signs, scored by
+texture source (original vs generated), distance band and visibility band.
+
+An answer is correct when it equals the sign's class (``speed_limit_30``) or its kind
+(``speed_limit``), so kind-level classifiers (the genai validator) and value-level ones are
+both scored fairly. Traffic lights are skipped unless ``include_traffic_lights``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import numpy as np
+
+from carla_mr.dataset.config import PerceptionConfig
+from carla_mr.dataset.models import load_model
+from carla_mr.errors import InputError
+from carla_mr.io import atomic_write, atomic_write_json, atomic_write_text
+
+
+def crop(image: np.ndarray, box, margin: float) -> np.ndarray:
+    """The box [x0, y0, x1, y1] grown by ``margin`` of its size on each side, clipped to the image."""
+    x0, y0, x1, y1 = box
+    mx, my = (x1 - x0) * margin, (y1 - y0) * margin
+    h, w = image.shape[:2]
+    a, b = max(0, int(math.floor(x0 - mx))), max(0, int(math.floor(y0 - my)))
+    c, d = min(w, int(math.ceil(x1 + mx))), min(h, int(math.ceil(y1 + my)))
+    return np.ascontiguousarray(image[b:d, a:c])
+
+
+def _band(x: float, edges: list[float], unit: str) -> str:
+    lo = 0.0
+    for e in edges:
+        if x < e:
+            return f"{lo:g}-{e:g}{unit}"
+        lo = e
+    return f">={lo:g}{unit}"
+
+
+class Evaluator:
+    """Accumulates per-crop results; ``report()`` aggregates them."""
+
+    def __init__(self, cfg: PerceptionConfig, model):
+        self.cfg = cfg
+        self.model = model
+        self.records: list[dict] = []
+
+    def eligible(self, lab: dict) -> bool:
+        x0, y0, x1, y1 = lab["box"]
+        return (min(x1 - x0, y1 - y0) >= self.cfg.min_box_px and lab["visible"] >= self.cfg.min_visible
+                and (self.cfg.include_traffic_lights or lab["kind"] != "traffic_light"))
+
+    def add_frame(self, image: np.ndarray, labels: Iterable[dict], *, frame: int, camera: str) -> int:
+        labs = [lab for lab in labels if self.eligible(lab)]
+        if not labs:
+            return 0
+        crops = [crop(image, lab["box"], self.cfg.crop_margin) for lab in labs]
+        preds = self.model.predict(crops)
+        for lab, pred in zip(labs, preds):
+            x0, y0, x1, y1 = lab["box"]
+            self.records.append({
+                "frame": int(frame), "camera": camera, "sign_id": lab["id"], "kind": lab["kind"],
+                "class": lab["class"], "source": lab["source"], "ref": lab["ref"],
+                "distance": float(lab["distance"]), "visible": float(lab["visible"]),
+                "box_px": int(min(x1 - x0, y1 - y0)), "pred": str(pred),
+                "correct": bool(pred == lab["class"] or pred == lab["kind"]),
+            })
+        return len(labs)
+
+    def report(self) -> dict[str, Any]:
+        recs = self.records
+        groups: dict[str, dict[str, list[bool]]] = {"source": {}, "distance": {}, "visibility": {}, "kind": {},
+                                                     "source x distance": {}}
+        for r in recs:
+            d = _band(r["distance"], self.cfg.distance_bands_m, " m")
+            v = _band(r["visible"], self.cfg.visibility_bands, "") if r["visible"] < 1.0 else "1 (unoccluded)"
+            for g, key in (("source", r["source"]), ("distance", d), ("visibility", v), ("kind", r["kind"]),
+                           ("source x distance", f"{r['source']} / {d}")):
+                groups[g].setdefault(key, []).append(r["correct"])
+        table = []
+        for g, bins in groups.items():
+            order = sorted(bins, key=lambda k: _sort_key(k))
+            for b in order:
+                xs = bins[b]
+                table.append({"group": g, "bin": b, "n": len(xs), "accuracy": float(np.mean(xs))})
+        n = len(recs)
+        return {"model": getattr(self.model, "name", type(self.model).__name__),
+                "overall": {"n": n, "accuracy": float(np.mean([r["correct"] for r in recs])) if n else float("nan")},
+                "table": table, "config": self.cfg.model_dump(mode="json")}
+
+
+def _sort_key(k: str):
+    import re
+
+    m = re.match(r"^(\D*?)(>=)?([\d.]+)", k.split(" / ")[-1])
+    return (k.split(" / ")[0] if " / " in k else "", float(m.group(3)) if m else math.inf, k)
+
+
+def write_report(report: dict, out: str | Path, *, plots: bool = True, records: Optional[list[dict]] = None
+                 ) -> dict[str, str]:
+    """report.json, table.csv, crops.csv (per-crop results) and accuracy PNG plots."""
+    out = Path(out)
+    recs = records if records is not None else report.get("records")
+    report = {k: v for k, v in report.items() if k != "records"}
+    files = {"report": str(atomic_write_json(out / "report.json", report))}
+    lines = ["group,bin,n,accuracy"] + [f"{r['group']},{r['bin']},{r['n']},{r['accuracy']:.6f}" for r in report["table"]]
+    files["table"] = str(atomic_write_text(out / "table.csv", "\n".join(lines) + "\n"))
+    if recs:
+        keys = list(recs[0])
+        body = [",".join(keys)] + [",".join(json.dumps(r[k]) if isinstance(r[k], str) or r[k] is None else str(r[k])
+                                            for k in keys) for r in recs]
+        files["crops"] = str(atomic_write_text(out / "crops.csv", "\n".join(body) + "\n"))
+    if plots and report["table"]:
+        files["plot"] = str(_plot(report, out / "accuracy.png"))
+    return files
+
+
+def _plot(report: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = ["source", "distance", "visibility", "kind"]
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6))
+    for ax, g in zip(axes, groups):
+        rows = [r for r in report["table"] if r["group"] == g]
+        ax.bar(range(len(rows)), [r["accuracy"] for r in rows], color="#4477aa")
+        ax.set_xticks(range(len(rows)), [f"{r['bin']}\n(n={r['n']})" for r in rows], rotation=30, ha="right",
+                      fontsize=7)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"accuracy by {g}")
+    fig.suptitle(f"model under test: {report['model']}")
+    fig.tight_layout()
+    import io as _io
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return atomic_write(path, lambda fh: fh.write(buf.getvalue()))
+
+
+# -- sources ---------------------------------------------------------------------------------
+
+def evaluate_dataset(root: str | Path, *, model: str | None = None, checkpoint: str | None = None,
+                     cfg: Optional[PerceptionConfig] = None) -> dict:
+    """Evaluate on a recorded dataset folder (its meta/ records and images)."""
+    import cv2
+
+    from carla_mr.dataset.formats import iter_meta
+
+    root = Path(root)
+    if not (root / "manifest.json").is_file():
+        raise InputError(f"{root} is not a recorded dataset (no manifest.json); record one with "
+                         f"'carla-mr dataset record'", field="SOURCE")
+    manifest = json.loads((root / "manifest.json").read_text())
+    if cfg is None:
+        sc = manifest.get("scenario") or {}
+        cfg = PerceptionConfig.model_validate((sc.get("perception") or {}))
+    upd = {k: v for k, v in {"model": model, "checkpoint": checkpoint}.items() if v is not None}
+    cfg = cfg.model_copy(update=upd)
+    ev = Evaluator(cfg, load_model(cfg.model, cfg.checkpoint, classes=_model_classes(manifest.get("classes"))))
+    for rec in iter_meta(root):
+        img = cv2.imread(str(root / rec["image"]), cv2.IMREAD_COLOR)
+        if img is None:
+            raise InputError(f"cannot read {root / rec['image']}", field="SOURCE")
+        ev.add_frame(img[:, :, ::-1], rec["labels"], frame=rec["frame"], camera=rec["camera"])
+    rep = ev.report()
+    rep["source"] = str(root)
+    rep["records"] = ev.records
+    return rep
+
+
+def _model_classes(classes):
+    from carla_mr.dataset.models import DEFAULT_CLASSES
+
+    if not classes:
+        return DEFAULT_CLASSES
+    out = [c for c in classes if c != "traffic_light"]
+    return out or DEFAULT_CLASSES
+
+
+class PerceptionStage:
+    """The runner's perception stage: scores the model under test on every k-th tick.
+
+    Uses the recorder's frames for the tick when ``ctx.shared["camera_frames"]`` has them,
+    else renders its own camera ``perception`` on the lowest-id AV. Writes
+    ``run_dir/perception/{report.json, table.csv, crops.csv, accuracy.png}`` on close.
+    """
+
+    name = "perception"
+
+    def __init__(self, cfg: PerceptionConfig, *, camera=None, subdir: str = "perception"):
+        self.cfg = cfg
+        self.camera = cfg.camera or camera
+        self.subdir = subdir
+        self.evaluator: Optional[Evaluator] = None
+        self._slots = None
+        self._out: Optional[Path] = None
+        self._closed = False
+        self.files: dict[str, str] = {}
+
+    def start(self, ctx) -> None:
+        from carla_mr.dataset.recorder import dataset_classes
+        from carla_mr.dataset.slots import CameraSlots
+        from carla_mr.world.camera_spec import CameraSpec
+
+        classes = _model_classes(dataset_classes(ctx.world.signs))
+        self.evaluator = Evaluator(self.cfg, load_model(self.cfg.model, self.cfg.checkpoint, classes=classes))
+        cam = self.camera
+        if cam is None:
+            rec = getattr(ctx.scenario, "recorder", None)
+            cam = rec.camera if rec is not None else CameraSpec()
+        self._slots = CameraSlots(ctx.world, ["perception"], cam)
+        self._world = ctx.world
+        self._out = Path(ctx.run_dir) / self.subdir
+
+    def on_tick(self, snapshot, ctx) -> None:
+        if int(snapshot.frame) % self.cfg.every_k:
+            return
+        shared = ctx.shared.get("camera_frames")
+        if shared and shared.get("frame") == int(snapshot.frame) and shared.get("frames"):
+            frames = shared["frames"]
+        else:
+            self._slots.update(snapshot)
+            if "perception" not in self._slots.vehicle_of:
+                return
+            frames = {"perception": self._world.read_camera("perception")}
+        for name, fr in frames.items():
+            self.evaluator.add_frame(fr.image, fr.labels, frame=fr.frame, camera=name)
+
+    def close(self) -> None:
+        if self._closed or self.evaluator is None or self._out is None:
+            self._closed = True
+            return
+        self._closed = True
+        self.files = write_report(self.evaluator.report(), self._out, records=self.evaluator.records)
+
+    def summary(self) -> dict[str, Any]:
+        if self.evaluator is None:
+            return {}
+        rep = self.evaluator.report()
+        by_source = {r["bin"]: r["accuracy"] for r in rep["table"] if r["group"] == "source"}
+        return {"model": rep["model"], "n": rep["overall"]["n"], "accuracy": rep["overall"]["accuracy"],
+                "accuracy_by_source": by_source, "files": self.files}
+
+
+def evaluate_scenario(scenario, *, seed: int, model: str | None = None, checkpoint: str | None = None,
+                      ticks: Optional[int] = None, world=None) -> dict:
+    """Run ``scenario``'s world with the perception stage alone (swaps from the recorder section)."""
+    from carla_mr.dataset.textures import choose_swaps
+    from carla_mr.stages import RunContext
+
+    cfg = scenario.perception
+    upd = {k: v for k, v in {"model": model, "checkpoint": checkpoint}.items() if v is not None}
+    cfg = cfg.model_copy(update=upd)
+    if world is None:
+        from carla_mr.world.factory import make_world
+
+        world = make_world(scenario, seed=seed)
+    stage = PerceptionStage(cfg)
+    with world:
+        snap = world.reset()
+        swaps = choose_swaps(world.signs, scenario.recorder.swap_share, seed, scenario.recorder.texture_dir)
+        if swaps:
+            world.apply_sign_textures(swaps)
+        ctx = RunContext(scenario=scenario, world=world, run_dir=Path("."), seed=seed)
+        stage.start(ctx)
+        n = int(ticks if ticks is not None else scenario.ticks)
+        for t in range(n):
+            if t > 0:
+                snap = world.tick()
+            stage.on_tick(snap, ctx)
+    rep = stage.evaluator.report()
+    rep["source"] = f"scenario:{scenario.name}"
+    rep["records"] = stage.evaluator.records
+    return rep

@@ -1,0 +1,390 @@
+"""The dataset recorder: camera frames + exact sign labels, in COCO and YOLO, resumable.
+
+Layout of a dataset directory (one sub-folder per camera slot ``cam0``, ``cam1``, ...)::
+
+    manifest.json              format, seed, scenario, recorder config, classes, cameras, swaps
+    images/cam0/000120.png     the frame (RGB; PNG or JPEG)
+    labels/cam0/000120.txt     YOLO: "class cx cy w h" normalised to the image
+    meta/cam0/000120.json      intrinsics, cam_to_world, extrinsics, ego pose, all labels
+    annotations.json           COCO (images, annotations, categories), rebuilt from meta/
+    data.yaml, classes.txt     YOLO class names
+    progress.json              frames recorded so far, last frame, complete flag
+
+Every file is written atomically (temp + rename). A frame is committed when its meta file
+exists and the image it names has the recorded size; a run stopped at any point (kill,
+Ctrl-C, disk full) resumes with the same command: the world is replayed from the seed
+without rendering up to the first uncommitted frame, and everything from there on is
+written again. The world must be deterministic for a seed (both backends are).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from carla_mr.errors import InputError, RunError
+from carla_mr.io import atomic_write, atomic_write_json, atomic_write_text, to_jsonable
+from carla_mr.world.base import CameraFrame, Snapshot, World
+from carla_mr.world.render import carla_matrix
+from carla_mr.world.sign_geometry import class_name
+
+from carla_mr.dataset.config import RecorderConfig
+from carla_mr.dataset.slots import CameraSlots
+from carla_mr.dataset.textures import choose_swaps
+
+FORMAT = "carla_mr.dataset/1"
+#: errno values that mean "the disk will not take more": stop cleanly, keep what is saved.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG, errno.EIO}
+
+
+def dataset_classes(signs, kinds: Optional[list[str]] = None) -> list[str]:
+    """Sorted label classes (``kind`` or ``kind_value``) of the world's signs, filtered by kind."""
+    out = set()
+    for i in range(len(signs)):
+        k = str(signs.kind[i])
+        if kinds is not None and k not in kinds:
+            continue
+        v = float(signs.value[i])
+        out.add(class_name(k, v if np.isfinite(v) else None))
+    return sorted(out)
+
+
+def _storage_error(exc: OSError, what: str, saved: int) -> RunError:
+    return RunError(f"recording stopped while writing {what}: {exc.strerror or exc} (errno {exc.errno}); "
+                    f"the {saved} frame(s) committed before are intact. Free space / fix permissions and run "
+                    f"the same command again to resume.")
+
+
+class Recorder:
+    """Records the cameras of a world into ``root``. Use ``start(world)``, then
+    ``on_snapshot(snapshot)`` for every tick (in order, from frame 0), then ``close()``.
+    """
+
+    def __init__(self, cfg: RecorderConfig, root: str | os.PathLike, *, seed: int, scenario: Any = None):
+        self.cfg = cfg
+        self.root = Path(root)
+        self.seed = int(seed)
+        self.scenario = scenario
+        self.world: Optional[World] = None
+        self.slots = [f"cam{i}" for i in range(cfg.cameras)]
+        self.vehicle_of: dict[str, int] = {}
+        self.classes: list[str] = []
+        self.frames_recorded = 0
+        self.frames_skipped = 0
+        self.last_frame = -1
+        self.resume_from = 0
+        self.labels_exported = 0
+        self._pending: list[Path] = []
+        self._since_sync = 0
+        self._closed = False
+        self._started = False
+        self._warmup = 0
+        self.done = False
+
+    # -- setup ----------------------------------------------------------------------------
+    def _tick_s(self) -> float:
+        return float(getattr(self.world, "tick_s", 0.05) or 0.05)
+
+    def manifest(self, swaps: Mapping[str, Any]) -> dict:
+        sc = self.scenario
+        return to_jsonable({
+            "format": FORMAT,
+            "seed": self.seed,
+            "scenario": sc.model_dump(mode="json") if hasattr(sc, "model_dump") else sc,
+            "recorder": self.cfg.model_dump(mode="json"),
+            "classes": self.classes,
+            "cameras": {s: self.cfg.camera.model_dump(mode="json") for s in self.slots},
+            "tick_s": self._tick_s(),
+            "swaps": {sid: {"source": t.source, "ref": t.ref} for sid, t in sorted(swaps.items())},
+        })
+
+    def start(self, world: World) -> None:
+        self.world = world
+        self._cams = CameraSlots(world, self.slots, self.cfg.camera)
+        self.vehicle_of = self._cams.vehicle_of
+        self._warmup = int(round(self.cfg.warmup_s / self._tick_s()))
+        self.classes = dataset_classes(world.signs, self.cfg.kinds)
+        swaps = choose_swaps(world.signs, self.cfg.swap_share, self.seed, self.cfg.texture_dir)
+        if swaps:
+            world.apply_sign_textures(swaps)
+        manifest = self.manifest(swaps)
+        mpath = self.root / "manifest.json"
+        try:
+            if mpath.is_file():
+                try:
+                    old = json.loads(mpath.read_text(encoding="utf-8"))
+                except (ValueError, UnicodeDecodeError):
+                    old = None
+                if old != json.loads(json.dumps(manifest)):
+                    raise InputError(f"{self.root} holds a recording made with another scenario, config or seed; "
+                                     f"pick another --out (or the same settings to resume it)", field="--out")
+                self.resume_from = self._first_uncommitted()
+                self._remove_stale_temps()
+            else:
+                self.root.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(mpath, manifest)
+            names = "\n".join(self.classes) + "\n"
+            atomic_write_text(self.root / "classes.txt", names)
+            atomic_write_text(self.root / "data.yaml", "# YOLO dataset (carla_mr)\npath: .\ntrain: images\n"
+                              "val: images\nnames:\n" + "".join(f"  {i}: {json.dumps(c)}\n"
+                                                                 for i, c in enumerate(self.classes)))
+        except OSError as exc:
+            if exc.errno in STORAGE_ERRNOS:
+                raise _storage_error(exc, str(mpath), 0) from exc
+            raise
+        self._started = True
+
+    # -- resume -----------------------------------------------------------------------------
+    def _paths(self, slot: str, frame: int) -> tuple[Path, Path, Path]:
+        ext = "jpg" if self.cfg.image_format == "jpg" else "png"
+        stem = f"{frame:06d}"
+        return (self.root / "images" / slot / f"{stem}.{ext}", self.root / "labels" / slot / f"{stem}.txt",
+                self.root / "meta" / slot / f"{stem}.json")
+
+    def _committed(self, frame: int) -> bool:
+        for slot in self.slots:
+            img, yolo, meta = self._paths(slot, frame)
+            try:
+                m = json.loads(meta.read_text(encoding="utf-8"))
+                if img.stat().st_size != int(m["image_bytes"]) or not yolo.is_file():
+                    return False
+            except (OSError, ValueError, KeyError, TypeError):
+                return False
+        return True
+
+    def _remove_stale_temps(self) -> None:
+        """Delete temp files a killed run left behind (``.<name>.*.tmp``, never renamed)."""
+        for p in self.root.rglob(".*.tmp"):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
+    def _recordable(self, frame: int) -> bool:
+        if frame < self._warmup or (frame - self._warmup) % self.cfg.every_k:
+            return False
+        idx = (frame - self._warmup) // self.cfg.every_k
+        return self.cfg.max_frames is None or idx < self.cfg.max_frames
+
+    def _first_uncommitted(self) -> int:
+        frame = self._warmup
+        while self._committed(frame):
+            frame += self.cfg.every_k
+        return frame
+
+    # -- the tick ---------------------------------------------------------------------------
+    def on_snapshot(self, snap: Snapshot) -> dict[str, CameraFrame]:
+        """Record this tick if it is due; returns the frames rendered (empty when not due)."""
+        if not self._started:
+            raise RunError("Recorder.on_snapshot() before start()")
+        self._cams.update(snap)
+        f = int(snap.frame)
+        if self.cfg.max_frames is not None and f >= self._warmup + (self.cfg.max_frames - 1) * self.cfg.every_k:
+            self.done = True  # this is the last recordable tick (or past it)
+        if not self._recordable(f):
+            return {}
+        if f < self.resume_from:
+            self.frames_skipped += 1
+            return {}
+        frames = {}
+        for slot in self.slots:
+            if slot not in self.vehicle_of:
+                continue
+            fr = self.world.read_camera(slot)
+            self._write(slot, fr)
+            frames[slot] = fr
+        self.frames_recorded += 1
+        self.last_frame = f
+        self._since_sync += 1
+        if self._since_sync >= self.cfg.durable_every:
+            self._sync()
+        return frames
+
+    def _exported(self, lab: dict, w: int, h: int) -> tuple[bool, list[int]]:
+        box = lab["box"] if self.cfg.box == "full" else lab["visible_box"]
+        x0, y0, x1, y1 = box
+        ok = (min(x1 - x0, y1 - y0) >= self.cfg.min_box_px and lab["visible"] >= self.cfg.min_visible
+              and (self.cfg.kinds is None or lab["kind"] in self.cfg.kinds) and lab["class"] in self.classes)
+        return ok, box
+
+    def _write(self, slot: str, fr: CameraFrame) -> None:
+        import cv2
+
+        img_p, yolo_p, meta_p = self._paths(slot, fr.frame)
+        h, w = fr.image.shape[:2]
+        bgr = cv2.cvtColor(fr.image, cv2.COLOR_RGB2BGR)
+        if self.cfg.image_format == "jpg":
+            ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
+        else:
+            ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, self.cfg.png_compression])
+        if not ok:  # pragma: no cover - OpenCV failure
+            raise RunError(f"could not encode frame {fr.frame}")
+        data = buf.tobytes()
+        labels, lines = [], []
+        for lab in fr.labels:
+            ok_lab, box = self._exported(lab, w, h)
+            labels.append(dict(lab, exported=ok_lab))
+            if ok_lab:
+                x0, y0, x1, y1 = box
+                cls = self.classes.index(lab["class"])
+                lines.append(f"{cls} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} {(x1 - x0) / w:.6f} "
+                             f"{(y1 - y0) / h:.6f}\n")
+        spec = self.cfg.camera
+        meta = {
+            "frame": int(fr.frame), "time": float(fr.time), "camera": slot, "vehicle_id": self.vehicle_of[slot],
+            "image": str(img_p.relative_to(self.root)), "image_bytes": len(data), "width": w, "height": h,
+            "intrinsics": fr.intrinsics, "cam_to_world": fr.cam_to_world,
+            "extrinsics": {"x": spec.x, "y": spec.y, "z": spec.z, "pitch": spec.pitch, "yaw": spec.yaw,
+                           "roll": spec.roll,
+                           "cam_to_vehicle": carla_matrix(spec.x, spec.y, spec.z, spec.pitch, spec.yaw, spec.roll)},
+            "ego": dict(zip(("x", "y", "z", "yaw"), fr.ego)),
+            "labels": labels,
+        }
+        what = str(img_p)
+        try:
+            atomic_write(img_p, lambda fh: fh.write(data), fsync=False)
+            what = str(yolo_p)
+            atomic_write(yolo_p, lambda fh: fh.write("".join(lines)), binary=False, fsync=False)
+            what = str(meta_p)
+            text = json.dumps(to_jsonable(meta)) + "\n"
+            atomic_write(meta_p, lambda fh: fh.write(text), binary=False, fsync=False)
+        except OSError as exc:
+            if exc.errno in STORAGE_ERRNOS:
+                raise _storage_error(exc, what, self.frames_recorded + self.frames_skipped) from exc
+            raise
+        self._pending += [img_p, yolo_p, meta_p]
+        self.labels_exported += len(lines)
+
+    def _sync(self) -> None:
+        """Make the files written since the last sync durable (fsync files, then folders)."""
+        dirs = set()
+        for p in self._pending:
+            try:
+                fd = os.open(p, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                dirs.add(p.parent)
+            except OSError:
+                pass
+        for d in dirs:
+            try:
+                fd = os.open(d, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError:  # pragma: no cover
+                pass
+        self._pending = []
+        self._since_sync = 0
+
+    # -- finish -------------------------------------------------------------------------------
+    def close(self, *, complete: bool | None = None) -> None:
+        """Sync, rebuild annotations.json from meta/ and write progress.json (idempotent)."""
+        if self._closed or not self._started:
+            self._closed = True
+            return
+        self._closed = True
+        self._sync()
+        try:
+            from carla_mr.dataset.formats import build_coco
+
+            atomic_write_json(self.root / "annotations.json", build_coco(self.root, self.classes), indent=None)
+            atomic_write_json(self.root / "progress.json", {
+                "frames": self.count_committed(), "last_frame": self.last_committed(),
+                "complete": bool(self.done if complete is None else complete)})
+        except OSError as exc:
+            if exc.errno in STORAGE_ERRNOS:
+                raise _storage_error(exc, "annotations.json", self.count_committed()) from exc
+            raise
+
+    def count_committed(self) -> int:
+        return len(list((self.root / "meta" / self.slots[0]).glob("*.json"))) if (self.root / "meta").is_dir() else 0
+
+    def last_committed(self) -> int:
+        d = self.root / "meta" / self.slots[0]
+        names = sorted(p.stem for p in d.glob("*.json")) if d.is_dir() else []
+        return int(names[-1]) if names else -1
+
+    def summary(self) -> dict[str, Any]:
+        return {"dir": str(self.root), "frames_recorded": self.frames_recorded, "frames_resumed_over":
+                self.frames_skipped, "resume_from_frame": self.resume_from, "labels_exported": self.labels_exported,
+                "classes": len(self.classes), "cameras": len(self.slots), "last_frame": self.last_frame,
+                "complete": self.done}
+
+
+class RecorderStage:
+    """The runner's recorder stage: records ``ctx.run_dir / "dataset"``.
+
+    Publishes the frames it renders as ``ctx.shared["camera_frames"] = {"frame": f,
+    "frames": {slot: CameraFrame}}`` so the perception stage does not render them again.
+    """
+
+    name = "recorder"
+
+    def __init__(self, cfg: RecorderConfig, *, subdir: str = "dataset"):
+        self.cfg = cfg
+        self.subdir = subdir
+        self.recorder: Optional[Recorder] = None
+
+    def start(self, ctx) -> None:
+        self.recorder = Recorder(self.cfg, Path(ctx.run_dir) / self.subdir, seed=ctx.seed, scenario=ctx.scenario)
+        self.recorder.start(ctx.world)
+
+    def on_tick(self, snapshot: Snapshot, ctx) -> None:
+        frames = self.recorder.on_snapshot(snapshot)
+        if frames:
+            ctx.shared["camera_frames"] = {"frame": int(snapshot.frame), "frames": frames}
+
+    def close(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+
+    def summary(self) -> dict[str, Any]:
+        return self.recorder.summary() if self.recorder is not None else {}
+
+
+def record(scenario, out: str | os.PathLike, *, seed: Optional[int] = None, cfg: Optional[RecorderConfig] = None,
+           ticks: Optional[int] = None, world=None, on_frame=None) -> dict[str, Any]:
+    """Record ``scenario`` into ``out`` (resuming what is there). Returns the summary.
+
+    ``world`` defaults to the scenario's backend (``make_world``); ``ticks`` to the
+    scenario's duration (the recording also ends when ``max_frames`` are recorded);
+    ``on_frame(n)`` is called after each recorded tick (progress bars).
+    """
+    cfg = cfg or scenario.recorder
+    seed = int(scenario.seed if seed is None else seed)
+    if world is None:
+        from carla_mr.world.factory import make_world
+
+        world = make_world(scenario, seed=seed)
+    total = int(ticks if ticks is not None else scenario.ticks)
+    rec = Recorder(cfg, out, seed=seed, scenario=scenario)
+    finished = False
+    with world:
+        snap = world.reset()
+        rec.start(world)
+        try:
+            for t in range(total):
+                if t > 0:
+                    snap = world.tick()
+                if rec.on_snapshot(snap) and on_frame is not None:
+                    on_frame(1)
+                if rec.done:
+                    break
+            finished = True
+        finally:
+            rec.done = rec.done or finished
+            try:
+                rec.close(complete=finished)
+            except RunError:
+                if finished:
+                    raise
+    return rec.summary()
