@@ -1,0 +1,171 @@
+"""EmbeddedWorld: libcarla map + libsumo traffic. One simulation per process: every test
+closes its world (context manager) before the next opens one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from carla_mr.config import scenario_from_dict
+from carla_mr.errors import RunError
+from carla_mr.world.base import ROLE_AV, ROLE_BACKGROUND
+from carla_mr.world.coords import sumo_to_carla
+from carla_mr.world.embedded import EmbeddedWorld
+from carla_mr.world.rsu import assign_rsu
+
+REPO = Path(__file__).resolve().parents[2]
+TOWN = str(REPO / "maps" / "mr_town.xodr")
+
+
+def scenario(map_path=TOWN, avs=4, background=16, **kw):
+    return scenario_from_dict({"name": "t", "map": str(map_path), "vehicles": {"avs": avs, "background": background},
+                               **kw})
+
+
+def run(world, ticks):
+    snaps = [world.reset()]
+    for _ in range(ticks - 1):
+        snaps.append(world.tick())
+    return snaps
+
+
+def test_deterministic_for_a_seed():
+    def trace(seed):
+        with EmbeddedWorld(scenario(), seed=seed) as w:
+            return [(s.ids.copy(), s.x.copy(), s.y.copy(), s.speed.copy(), s.rsu.copy()) for s in run(w, 200)]
+
+    a, b, c = trace(7), trace(7), trace(8)
+    assert all(np.array_equal(p, q) for ra, rb in zip(a, b) for p, q in zip(ra, rb))
+    assert not all(np.array_equal(ra[1], rc[1]) and len(ra[1]) == len(rc[1]) for ra, rc in zip(a, c))
+
+
+def test_snapshot_contents_and_frames():
+    with EmbeddedWorld(scenario(avs=3, background=9), seed=1) as w:
+        snaps = run(w, 60)
+        s = snaps[-1]
+        assert [x.frame for x in snaps] == list(range(60))
+        assert np.isclose(s.time, 60 * w.tick_s) and np.isclose(s.time, w.sumo.simulation.getTime())
+        assert s.ids.dtype == np.int64 and s.role.dtype == np.uint8 and s.rsu.dtype == np.int32
+        for arr in (s.x, s.y, s.z, s.yaw, s.speed):
+            assert arr.dtype == np.float64 and arr.shape == (len(s),)
+        assert (s.role == ROLE_AV).sum() == 3 and (s.role == ROLE_BACKGROUND).sum() == 9
+        assert np.all((s.yaw >= -180) & (s.yaw < 180)) and np.all(s.speed >= 0)
+        # positions and yaw equal libsumo's, converted to CARLA's frame
+        for i in range(len(s)):
+            vid = str(s.ids[i])
+            px, py = w.sumo.vehicle.getPosition(vid)
+            cx, cy, yaw = sumo_to_carla(px, py, w.sumo.vehicle.getAngle(vid), w.net_offset)
+            assert np.isclose(s.x[i], cx) and np.isclose(s.y[i], cy)
+            assert abs((s.yaw[i] - yaw + 180) % 360 - 180) < 1e-6
+        # serving RSU: nearest in range, the same as a one-shot association
+        assert np.array_equal(s.rsu, assign_rsu(w.rsus, s.x, s.y))
+        assert len(w.rsus) > 0 and (s.rsu >= 0).any()
+
+
+def test_population_constant_and_ids_stable():
+    with EmbeddedWorld(scenario(avs=3, background=7), seed=2) as w:
+        snaps = run(w, 1200)  # 60 s: routes run out and get extended
+        sizes = [len(s) for s in snaps[20:]]
+        assert min(sizes) == max(sizes) == 10
+        av_ids = set(snaps[20].ids[snaps[20].role == ROLE_AV])
+        assert set(snaps[-1].ids[snaps[-1].role == ROLE_AV]) == av_ids  # AVs keep their ids
+        assert np.mean([s.speed.mean() for s in snaps]) > 1.0  # traffic moves
+
+
+def test_vehicles_stay_on_lanes(town01):
+    import carla
+
+    with EmbeddedWorld(scenario(town01, avs=4, background=20), seed=3) as w:
+        snaps = run(w, 400)
+        checked = 0
+        for s in snaps[::40]:
+            for i in range(len(s)):
+                loc = carla.Location(x=float(s.x[i]), y=float(s.y[i]), z=float(s.z[i]))
+                wp = w.map.get_waypoint(loc, project_to_road=True, lane_type=carla.LaneType.Driving)
+                wl = wp.transform.location
+                d = float(np.hypot(wl.x - loc.x, wl.y - loc.y))
+                assert d <= wp.lane_width, (s.ids[i], d, wp.lane_width)
+                checked += 1
+        assert checked > 150
+
+
+def _red(state: str) -> bool:
+    return state in "rR"
+
+
+def test_traffic_lights_run_and_are_respected():
+    """Traffic lights from the map run in SUMO; nobody enters a junction on a link that was
+    red before and after the step, and vehicles do wait at red lights."""
+    with EmbeddedWorld(scenario(avs=5, background=35), seed=4) as w:
+        w.reset()
+        ls = w.sumo
+        tls = w.traffic_light_ids()
+        assert len(tls) == 9
+        assert w.landmark_summary()["by_type"]["traffic_light"] > 0
+        link_of = {}  # (incoming lane, first internal lane) -> (tls, link index)
+        for t in tls:
+            for idx, links in enumerate(ls.trafficlight.getControlledLinks(t)):
+                for inl, _outl, via in links:
+                    link_of[(inl, via)] = (t, idx)
+        prev_lane: dict[str, str] = {}
+        prev_state = {t: ls.trafficlight.getRedYellowGreenState(t) for t in tls}
+        entered = waited_at_red = 0
+        states_seen = set()
+        for _ in range(900):
+            snap = w.tick()
+            state = {t: ls.trafficlight.getRedYellowGreenState(t) for t in tls}
+            states_seen.update(state.values())
+            for vid in map(str, snap.ids):
+                lane = ls.vehicle.getLaneID(vid)
+                before = prev_lane.get(vid)
+                if before is not None and before != lane and (before, lane) in link_of:
+                    t, idx = link_of[(before, lane)]
+                    entered += 1
+                    assert not (_red(prev_state[t][idx]) and _red(state[t][idx])), (vid, before, lane, t, idx)
+                prev_lane[vid] = lane
+                if ls.vehicle.getSpeed(vid) < 0.1:
+                    for (inl, _via), (t, idx) in link_of.items():
+                        if inl == lane and _red(state[t][idx]):
+                            if ls.lane.getLength(lane) - ls.vehicle.getLanePosition(vid) < 30:
+                                waited_at_red += 1
+                            break
+            prev_state = state
+        assert any("G" in x for x in states_seen) and any("y" in x for x in states_seen) and len(states_seen) >= 3
+        assert entered > 20 and waited_at_red > 0
+
+
+def test_one_live_world_per_process_and_idempotent_close():
+    w = EmbeddedWorld(scenario(avs=1, background=2), seed=0)
+    with pytest.raises(RunError, match="before reset"):
+        w.tick()
+    w.reset()
+    try:
+        with pytest.raises(RunError, match="another EmbeddedWorld"):
+            EmbeddedWorld(scenario(avs=1, background=2), seed=0)
+    finally:
+        w.close()
+    w.close()
+    with pytest.raises(RunError):
+        w.tick()
+    with EmbeddedWorld(scenario(avs=1, background=2), seed=0) as w2:  # the slot is free again
+        assert len(w2.reset()) >= 1
+    # reset() on a live world restarts it from frame 0
+    with EmbeddedWorld(scenario(avs=1, background=2), seed=0) as w3:
+        w3.reset()
+        w3.tick()
+        assert w3.reset().frame == 0
+
+
+def test_scenario_signs_are_injected_and_listed(town02):
+    sc = scenario(town02, avs=1, background=1,
+                  signs={"inject": [{"kind": "stop"}, {"kind": "speed_limit", "value": 30}], "random_count": 3})
+    with EmbeddedWorld(sc, seed=5) as w:
+        assert len(w.injected_sign_ids) == 5
+        assert set(w.injected_sign_ids) <= set(w.signs.ids)
+        assert w.xodr_path != town02 and w.xodr_path.is_file()
+        kinds = dict(zip(w.signs.ids, w.signs.kind))
+        assert kinds[w.injected_sign_ids[0]] == "stop" and kinds[w.injected_sign_ids[1]] == "speed_limit"
+        assert w.landmark_summary()["total"] == 69 + 5
+        w.reset()
