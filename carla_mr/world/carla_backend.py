@@ -65,13 +65,15 @@ BACKGROUND_BLUEPRINTS = ("vehicle.*",)
 RSU_PROP_BLUEPRINTS = ("static.prop.streetsign", "static.prop.streetsign01", "static.prop.trafficwarning",
                        "static.prop.constructioncone")
 RGB_BLUEPRINTS = ("sensor.camera.rgb",)
+#: An inert actor whose role_name carries the settings before this run changed them.
+MARKER_BLUEPRINTS = ("sensor.other.collision", "static.prop.streetsign")
 DEPTH_BLUEPRINTS = ("sensor.camera.depth",)
 
 #: Every ``carla`` class member this module (and carla_textures / cosim) uses:
 #: ``"Class.member": "method"`` (called; keyword names as written), or ``"attr"`` / ``"settable"``.
 CARLA_API: dict[str, tuple[str, tuple]] = {
     # client
-    "Client.__init__": ("method", (("host", "port"), {})),
+    "Client.__init__": ("method", (("127.0.0.1", 2000), {})),
     "Client.set_timeout": ("method", ((1.0,), {})),
     "Client.get_server_version": ("method", ((), {})),
     "Client.get_client_version": ("method", ((), {})),
@@ -135,7 +137,6 @@ CARLA_API: dict[str, tuple[str, tuple]] = {
     "Actor.destroy": ("method", ((), {})),
     "Sensor.listen": ("method", ((print,), {})),
     "Sensor.stop": ("method", ((), {})),
-    "Sensor.is_listening": ("attr", ()),
     "Image.frame": ("attr", ()),
     "Image.width": ("attr", ()),
     "Image.height": ("attr", ()),
@@ -282,7 +283,8 @@ def _uninstall_handlers() -> None:
 
 def _is_connection_error(exc: BaseException) -> bool:
     text = str(exc).lower()
-    return any(k in text for k in ("time-out", "timeout", "timed out", "connection", "rpc::rpc_error"))
+    return any(k in text for k in ("time-out of", "timed out", "connection refused", "connection closed",
+                                   "connection reset", "rpc::timeout"))
 
 
 def pick_blueprint(library: Any, table: tuple[str, ...], rng: np.random.Generator, *, wheels: int | None = 4):
@@ -407,6 +409,7 @@ class CarlaWorld(World):
         self._settings_touched = False
         self._tm_sync_touched = False
         self._actor_ids: dict[int, str] = {}  # id -> kind ("av", "bg", "rsu", "sensor")
+        self._marker_id: Optional[int] = None
         self._cameras: dict[str, _Camera] = {}
         self._closed = False
         self._connected = False
@@ -458,16 +461,16 @@ class CarlaWorld(World):
         # 1. the settings before any change of ours
         self._orig_settings = world.get_settings()
         # 2. leftovers of an earlier crashed run (our prefix, any session)
-        removed = self._remove_tagged(self.tag_prefix)
+        markers: list[str] = []
+        removed = self._remove_tagged(self.tag_prefix, markers=markers)
         self.stats["leftovers_removed"] = removed
-        if removed and self._orig_settings.synchronous_mode:
-            log.warning("removed %d actors left by a crashed carla_mr run; the server was left synchronous by "
-                        "it and will be switched back to asynchronous on close", removed)
-            self._orig_settings.synchronous_mode = False
-            self._orig_settings.fixed_delta_seconds = None
+        self._recover_from_markers(markers, removed)
         # 3. the map (loading keeps the settings: reset_settings=False)
         world = self._load_map(world)
         self.world = world
+        # 3b. a marker actor carrying the original settings, spawned before they change, so a run
+        #     that starts after this one crashed can restore them (see _recover_from_markers)
+        self._spawn_marker()
         # 4. synchronous mode with a fixed step, applied AFTER loading
         s = world.get_settings()
         self._we_enabled_sync = not bool(self._orig_settings.synchronous_mode)
@@ -508,13 +511,59 @@ class CarlaWorld(World):
         return world
 
     # -- actors -----------------------------------------------------------------------------
-    def _remove_tagged(self, prefix: str) -> int:
-        """Destroy every actor whose role_name starts with ``prefix``; returns how many."""
+    def _marker_role(self) -> str:
+        o = self._orig_settings
+        delta = o.fixed_delta_seconds
+        return f"{self.tag}marker;sync={int(bool(o.synchronous_mode))};delta={'none' if delta is None else repr(float(delta))}"
+
+    def _spawn_marker(self) -> None:
+        lib = self.world.get_blueprint_library()
+        bp = pick_blueprint(lib, MARKER_BLUEPRINTS, np.random.default_rng(0), wheels=None)
+        if bp is None or not bp.has_attribute("role_name"):
+            log.warning("no blueprint for the crash-recovery marker; a crashed run's settings cannot be recovered")
+            return
+        bp.set_attribute("role_name", self._marker_role())
+        api = self.api
+        actor = self.world.spawn_actor(bp, api.Transform(api.Location(0.0, 0.0, -50.0), api.Rotation(0.0, 0.0, 0.0)))
+        self._marker_id = int(actor.id)
+
+    def _recover_from_markers(self, markers: list[str], removed: int) -> None:
+        """Adopt the settings a crashed run recorded before it changed them (its marker), so this
+        run's close() restores the server to its state before the crash."""
+        o = self._orig_settings
+        parsed = []
+        for m in markers:
+            try:
+                fields = dict(kv.split("=", 1) for kv in m.split(";")[1:])
+                sync = fields["sync"] == "1"
+                delta = None if fields["delta"] == "none" else float(fields["delta"])
+                parsed.append((sync, delta))
+            except (KeyError, ValueError):
+                continue
+        if parsed:
+            sync, delta = min(parsed, key=lambda p: p[0])  # an asynchronous original wins
+            if bool(o.synchronous_mode) != sync or o.fixed_delta_seconds != delta:
+                log.warning("a crashed carla_mr run left the server changed; its original settings (synchronous=%s, "
+                            "fixed_delta_seconds=%s) will be restored on close", sync, delta)
+            o.synchronous_mode = sync
+            o.fixed_delta_seconds = delta
+        elif removed and o.synchronous_mode:
+            log.warning("removed %d actors left by a crashed carla_mr run; the server was left synchronous by it "
+                        "and will be switched back to asynchronous on close", removed)
+            o.synchronous_mode = False
+            o.fixed_delta_seconds = None
+        self.stats["recovered_settings"] = bool(parsed)
+
+    def _remove_tagged(self, prefix: str, *, markers: list | None = None, keep: int | None = None) -> int:
+        """Destroy every actor whose role_name starts with ``prefix`` (except ``keep``); returns how
+        many. Crash-recovery markers' role names are appended to ``markers``."""
         ids = []
         for a in self.world.get_actors():
-            role = a.attributes.get("role_name", "") if hasattr(a, "attributes") else ""
-            if str(role).startswith(prefix):
+            role = str(a.attributes.get("role_name", "")) if hasattr(a, "attributes") else ""
+            if role.startswith(prefix) and int(a.id) != keep:
                 ids.append(int(a.id))
+                if markers is not None and "/marker;" in role:
+                    markers.append(role)
         if ids:
             self._destroy_ids(ids)
         return len(ids)
@@ -951,7 +1000,7 @@ class CarlaWorld(World):
             for s in (cam.rgb, cam.depth):
                 if s is not None and s.actor is not None:
                     actor = s.actor
-                    self._step(f"stop sensor {actor.id}", actor.stop)
+                    self._step(f"stop sensor {actor.id}", actor.stop, retry=actor.stop)
         if self.cosim is not None:
             cosim = self.cosim
             self._step("stop co-simulation", cosim.stop)
@@ -969,8 +1018,9 @@ class CarlaWorld(World):
             self._step("destroy actors", batch, retry=one_by_one)
         self._actor_ids = {}
         if self.world is not None and self.client is not None:
-            self._step("sweep tagged actors", lambda: self._remove_tagged(self.tag),
-                       retry=lambda: self._remove_tagged(self.tag))
+            keep = self._marker_id
+            self._step("sweep tagged actors", lambda: self._remove_tagged(self.tag, keep=keep),
+                       retry=lambda: self._remove_tagged(self.tag, keep=keep))
         self._vehicle_ids = np.zeros(0, np.int64)
         self._vehicle_role = np.zeros(0, np.uint8)
 
@@ -1002,6 +1052,12 @@ class CarlaWorld(World):
                            retry=lambda: tm.set_synchronous_mode(False))
             if self.world is not None and self._orig_settings is not None and self._settings_touched:
                 self._step("restore world settings", self._restore_settings, retry=self._restore_settings)
+            restored = not any(k in self.close_report.failed for k in ("restore world settings",
+                                                                       "traffic manager synchronous off"))
+            if self._marker_id is not None and restored and not self._server_lost:
+                marker = self._marker_id  # restored: the crash-recovery marker has done its job
+                self._step("destroy marker", lambda: self._destroy_ids([marker]),
+                           retry=lambda: self._destroy_ids([marker]))
         finally:
             _OPEN.discard(self)
             if not _OPEN:

@@ -103,7 +103,7 @@ class StandinBlueprint:
         self._attrs = dict(attrs)
         self.tags = bp_id.split(".")
 
-    def copy(self) -> "StandinBlueprint":
+    def _copy(self) -> "StandinBlueprint":
         return StandinBlueprint(self._srv, self.id, self._attrs)
 
     @_api("ActorBlueprint.has_attribute", fault=False)
@@ -133,6 +133,7 @@ BLUEPRINTS: dict[str, dict[str, str]] = {
     "sensor.camera.rgb": {"image_size_x": "800", "image_size_y": "600", "fov": "90"},
     "sensor.camera.depth": {"image_size_x": "800", "image_size_y": "600", "fov": "90"},
     "static.prop.streetsign": {},
+    "sensor.other.collision": {},
 }
 
 
@@ -151,11 +152,11 @@ class StandinLibrary:
     def find(self, bp_id: str) -> StandinBlueprint:
         for b in self._bps:
             if b.id == bp_id:
-                return b.copy()
+                return b._copy()
         raise IndexError(f"blueprint '{bp_id}' not found")
 
     def __iter__(self):
-        return iter([b.copy() for b in self._bps])
+        return iter([b._copy() for b in self._bps])
 
     def __len__(self):
         return len(self._bps)
@@ -195,7 +196,11 @@ class StandinActor:
     def destroy(self) -> bool:
         return self._srv._destroy(self.id)
 
-    @_api("Actor.set_autopilot")
+
+class StandinVehicle(StandinActor):
+    _carla_class = "Vehicle"
+
+    @_api("Vehicle.set_autopilot")
     def set_autopilot(self, enabled: bool = True, tm_port: int = 8000) -> None:
         self._srv._set_autopilot(self.id, enabled, tm_port)
 
@@ -207,7 +212,6 @@ class StandinSensor(StandinActor):
         super().__init__(*a, **k)
         self._callback: Optional[Callable] = None
 
-    @property
     def is_listening(self) -> bool:
         return self._callback is not None
 
@@ -444,21 +448,21 @@ class StandinTrafficManager:
 
     def __init__(self, srv: "StandinServer", port: int):
         self._srv = srv
-        self.port = port
-        self.synchronous = False
-        self.seed: Optional[int] = None
+        self.sim_port = port
+        self.sim_synchronous = False
+        self.sim_seed: Optional[int] = None
 
     @_api("TrafficManager.set_synchronous_mode")
     def set_synchronous_mode(self, mode_switch: bool) -> None:
-        self.synchronous = bool(mode_switch)
+        self.sim_synchronous = bool(mode_switch)
 
     @_api("TrafficManager.set_random_device_seed")
     def set_random_device_seed(self, value: int) -> None:
-        self.seed = int(value)
+        self.sim_seed = int(value)
 
     @_api("TrafficManager.get_port")
     def get_port(self) -> int:
-        return self.port
+        return self.sim_port
 
 
 class StandinClient:
@@ -466,11 +470,11 @@ class StandinClient:
 
     def __init__(self, srv: "StandinServer"):
         self._srv = srv
-        self.timeout = 5.0
+        self._timeout = 5.0
 
     @_api("Client.set_timeout")
     def set_timeout(self, seconds: float) -> None:
-        self.timeout = float(seconds)
+        self._timeout = float(seconds)
 
     @_api("Client.get_server_version")
     def get_server_version(self) -> str:
@@ -610,6 +614,7 @@ class StandinServer:
                  decoy_boxes: int = 3, seed: int = 0):
         self.version = version
         self.calls: list[tuple[str, tuple, dict]] = []
+        self.fault_points: list[int] = []  # indices of calls a fault can hit (server round trips)
         self.faults: list[Fault] = []
         self.counts: dict[str, int] = {}
         self.lost = False
@@ -637,7 +642,7 @@ class StandinServer:
         self._stream: "queue.Queue" = queue.Queue()
         self._stream_thread: Optional[threading.Thread] = None
         self._lock = threading.RLock()
-        self._load(town_xodr, town, True)
+        self._load(town_xodr, town, False)
         for type_id, role in foreign:
             sp = self.map.get_spawn_points()
             self._spawn(self._bp(type_id, role), sp[len(self.actors) * 7 % len(sp)], None)
@@ -678,6 +683,7 @@ class StandinServer:
         k = self._log(name, args, kwargs)
         if not fault:
             return k
+        self.fault_points.append(k)
         if self.lost:
             self._raise(name, None)
         for f in self.faults:
@@ -762,7 +768,8 @@ class StandinServer:
             aid = self._next_id
             self._next_id += 1
             par = self.actors[int(getattr(parent, "id", parent))] if parent is not None else None
-            cls = StandinSensor if bp.id.startswith("sensor.") else StandinActor
+            cls = (StandinSensor if bp.id.startswith("sensor.") else
+                   StandinVehicle if bp.id.startswith("vehicle.") else StandinActor)
             tf = carla.Transform(carla.Location(tf.location.x, tf.location.y, tf.location.z),
                                  carla.Rotation(tf.rotation.pitch, tf.rotation.yaw, tf.rotation.roll))
             a = cls(self, aid, bp.id, dict(bp._attrs), tf, par)

@@ -1,0 +1,70 @@
+"""Fixtures for the CARLA backend tests: the stand-in server on CARLA's Town01 and a scripted run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from carla_mr.config import scenario_from_dict
+from carla_mr.world.camera_spec import CameraSpec
+
+PREFIX = "carla_mr/"
+
+
+@pytest.fixture(scope="session")
+def town01_text(town01) -> str:
+    return town01.read_text(encoding="utf-8")
+
+
+@pytest.fixture
+def make_server(town01_text):
+    from carla_mr.world.carla_standin import StandinServer
+
+    servers = []
+
+    def make(**kw):
+        srv = StandinServer(town01_text, "Town01", **kw)
+        servers.append(srv)
+        return srv
+
+    yield make
+
+
+def _town_scenario(**over):
+    data = {"name": "t", "map": "Town01", "backend": "carla", "seed": 3, "tick_s": 0.05,
+            "vehicles": {"avs": 2, "background": 3}, "rsus": {"mode": "auto", "spacing_m": 150.0}}
+    data.update(over)
+    return scenario_from_dict(data)
+
+
+def _full_run(world, srv, *, ticks: int = 3, camera: bool = True, textures: bool = True):
+    """reset, attach a camera to the first AV, tick, read frames, push a texture, close."""
+    snap = world.reset()
+    if camera:
+        av = int(snap.ids[snap.role == 1][0])
+        world.attach_camera("front", CameraSpec(width=96, height=64, fov_deg=90.0), av)
+    for _ in range(ticks):
+        world.tick()
+        if camera:
+            try:
+                world.read_camera("front")
+            except Exception as exc:  # FrameMissed is allowed in fault runs
+                from carla_mr.world.carla_backend import FrameMissed
+
+                if not isinstance(exc, FrameMissed):
+                    raise
+    if textures:
+        sid = next(str(s) for s, k in zip(world.signs.ids, world.signs.kind) if k == "speed_limit")
+        world.apply_sign_textures({sid: np.full((8, 8, 3), (10, 200, 10), np.uint8)})
+        world.tick()
+    world.close()
+
+
+@pytest.fixture
+def town_scenario():
+    return _town_scenario
+
+
+@pytest.fixture
+def full_run():
+    return _full_run
