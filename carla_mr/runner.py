@@ -236,7 +236,7 @@ class Runner:
         error: Optional[str] = None
         world = self.world
         t0 = time.perf_counter()
-        t_loop = t0
+        t_loop = t_end = None
         old_handler = None
         in_main = threading.current_thread() is threading.main_thread()
         if in_main:
@@ -254,9 +254,9 @@ class Runner:
                 st.start(ctx)
                 started.append(st)
             snap = world.reset()
-            t_loop = time.perf_counter()
             with progress_bar(self.ticks, f"run {self.scenario.name}", enabled=self.progress) as advance:
                 pending = 0
+                t_loop = time.perf_counter()
                 for k in range(self.ticks):
                     if k:
                         snap = world.tick()
@@ -267,6 +267,7 @@ class Runner:
                     if pending >= 10:
                         advance(pending)
                         pending = 0
+                t_end = time.perf_counter()
                 advance(pending)
             status = "completed"
         except KeyboardInterrupt:
@@ -281,8 +282,9 @@ class Runner:
             error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            wall = time.perf_counter() - t0
-            loop = time.perf_counter() - t_loop
+            now = time.perf_counter()
+            wall = now - t0
+            loop = ((t_end or now) - t_loop) if t_loop is not None else 0.0
             close_errors = []
             for st in reversed(started):
                 try:
