@@ -140,6 +140,14 @@ def build_stages(scenario: "Scenario") -> list[Stage]:
         from carla_mr.twin.online import TwinStage
 
         stages.append(TwinStage(scenario.twin))
+    if scenario.recorder.enabled:
+        from carla_mr.dataset.recorder import RecorderStage
+
+        stages.append(RecorderStage(scenario.recorder))
+    if scenario.perception.enabled:
+        from carla_mr.dataset.perception import PerceptionStage
+
+        stages.append(PerceptionStage(scenario.perception))
     return stages
 
 

@@ -154,8 +154,8 @@ def _shape_mask(shape: str, size: int) -> np.ndarray:
 def procedural_face(kind: str, value: float | None = None, size: int = 128, variant: int = 0) -> np.ndarray:
     """A drawn sign face, RGBA uint8 (size, size, 4); alpha 0 outside the sign's shape.
 
-    ``variant`` > 0 draws a recoloured/shifted variant (used as the clearly labelled
-    fallback "generated" texture when no generated image is available).
+    ``variant`` > 0 draws a visibly different variant (hue-rotated, striped, tinted; used as
+    the clearly labelled fallback "generated" texture when no generated image is available).
     """
     import cv2
 
@@ -163,11 +163,6 @@ def procedural_face(kind: str, value: float | None = None, size: int = 128, vari
     shape = kind_geometry(kind)[3]
     img = np.full((size, size, 3), 255, np.uint8)
     red, white, black, blue, yellow = (200, 20, 30), (250, 250, 250), (15, 15, 15), (20, 60, 170), (250, 200, 0)
-    if variant:
-        rng = np.random.default_rng(variant * 7919 + sum(map(ord, kind)))
-        shift = rng.integers(-60, 61, 3)
-        red = tuple(int(np.clip(v + s, 0, 255)) for v, s in zip(red, shift))
-        blue = tuple(int(np.clip(v + s, 0, 255)) for v, s in zip(blue, shift[::-1]))
     s = size
     t = max(2, s // 12)
     font = cv2.FONT_HERSHEY_SIMPLEX
@@ -209,6 +204,18 @@ def procedural_face(kind: str, value: float | None = None, size: int = 128, vari
     else:
         img[:] = (230, 230, 230)
         cv2.putText(img, kind[:3].upper(), (int(s * 0.1), int(s * 0.6)), font, s / 160.0, black, 2, cv2.LINE_AA)
+    if variant:
+        # A visibly different "generated" look: hue rotation, a diagonal texture, a tint.
+        rng = np.random.default_rng(variant * 104729 + sum(map(ord, kind)))
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV).astype(np.int32)
+        hsv[:, :, 0] = (hsv[:, :, 0] + int(rng.integers(15, 75))) % 180
+        hsv[:, :, 1] = np.clip(hsv[:, :, 1] + 60, 0, 255)
+        img = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+        yy, xx = np.mgrid[0:s, 0:s]
+        period = int(rng.integers(6, 16))
+        stripes = (((xx + yy) // period) % 2 == 0)[:, :, None]
+        tint = rng.integers(0, 256, 3)
+        img = np.where(stripes, (0.75 * img + 0.25 * tint), img).astype(np.uint8)
     alpha = _shape_mask(shape, s)
     return np.dstack([img, alpha])
 
