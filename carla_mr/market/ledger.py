@@ -289,11 +289,11 @@ class Ledger:
                 import msgpack
 
                 p = msgpack.unpackb(bytes(payload), raw=False)
-                bid_events[(rid, p["bidder_id"])] = h
+                bid_events[(rid, p["bidder_id"])] = (h, p["body"], p["bid_id"])
             prev = h
         for b in self.bids():
-            if bid_events.get((b.round_id, b.bidder_id)) != b.receipt:
-                problems.append(f"bid of {b.bidder_id} in round {b.round_id} has no matching event")
+            if bid_events.get((b.round_id, b.bidder_id)) != (b.receipt, bytes(b.body), b.bid_id):
+                problems.append(f"bid of {b.bidder_id} in round {b.round_id} does not match its chained event")
         if len(bid_events) != self.count("bids"):
             problems.append(f"{len(bid_events)} bid events but {self.count('bids')} bid rows")
         return {"ok": not problems, "events": n, "head": prev, "first_bad_seq": first_bad, "problems": problems}
@@ -363,7 +363,12 @@ def replay(path: str | os.PathLike, clear_fn=None, layout: str | None = None) ->
                     problems.append(f"round {row.round_id} is {row.state} but has no stored outcome")
                     mismatches.append(row.round_id)
                 continue
-            bids = {b.bidder_id: (b.kind, decode_bid_body(b.kind, b.body)) for b in led.bids(row.round_id)}
+            try:
+                bids = {b.bidder_id: (b.kind, decode_bid_body(b.kind, b.body)) for b in led.bids(row.round_id)}
+            except Exception as exc:  # noqa: BLE001 - a corrupt stored bid is a finding, not a crash
+                problems.append(f"round {row.round_id}: a stored bid does not decode: {exc}")
+                mismatches.append(row.round_id)
+                continue
             out, sched = clear_fn(round_id=row.round_id, mechanism=row.mechanism, scoring=row.scoring,
                                   public=unpack_arrays(row.public), params=row.params, av_ids=row.av_ids,
                                   sim_ids=row.sim_ids, n_tasks=row.n_tasks, bids=bids,
