@@ -875,15 +875,22 @@ class CarlaWorld(World):
 
     # -- sign textures ----------------------------------------------------------------------
     def sign_objects(self) -> dict[str, list[str]]:
-        """Sign id -> the level object names its texture goes to (discovered once per town)."""
+        """Sign id -> the level object names its texture goes to (discovered once per town).
+
+        Static signs only (traffic lights are not TrafficSigns objects); a sign joined to a
+        level box is anchored at the box, which is where its mesh is.
+        """
+        static = np.array([str(k) != "traffic_light" for k in self.signs.kind], dtype=bool)
         sxyz = np.stack([self.signs.x, self.signs.y, self.signs.z], axis=1) if len(self.signs) else np.zeros((0, 3))
         if self._level_boxes is not None and len(self._box_index):
-            # a joined level box is a better anchor than the landmark's road-level pose
             c = self._level_boxes[0]
             ok = self._box_index >= 0
             sxyz = sxyz.copy()
             sxyz[ok] = c[self._box_index[ok]]
-        return self.objects.discover(self.world, self.api, self.town, [str(s) for s in self.signs.ids], sxyz)
+        key = f"{self.town}@{getattr(self, 'server_version', '')}"
+        ids = [str(s) for s in self.signs.ids[static]]
+        table = self.objects.discover(self.world, self.api, key, ids, sxyz[static])
+        return {str(s): list(table.get(str(s), [])) for s in self.signs.ids}
 
     def _push_textures(self, textures: Mapping[str, SignTexture]) -> None:
         from carla_mr.world.carla_textures import apply_texture, patch_mean, to_texture_color

@@ -116,6 +116,14 @@ def match_names(env_names: Iterable[str], all_names: Sequence[str]) -> list[list
     return out
 
 
+#: The in-process cache shared by every SignObjectIndex made without its own: town -> table.
+_MEMORY: dict[str, dict[str, list[str]]] = {}
+
+
+def clear_memory_cache() -> None:
+    _MEMORY.clear()
+
+
 class SignObjectIndex:
     """Which level objects carry each sign's face, discovered at run time and cached per town.
 
@@ -126,8 +134,8 @@ class SignObjectIndex:
     town are answered from the cache (``cache_dir`` adds a JSON file per town).
     """
 
-    def __init__(self, cache_dir: str | Path | None = None):
-        self._mem: dict[str, dict[str, list[str]]] = {}
+    def __init__(self, cache_dir: str | Path | None = None, memory: dict | None = None):
+        self._mem: dict[str, dict[str, list[str]]] = _MEMORY if memory is None else memory
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.server_queries = 0
 

@@ -68,3 +68,25 @@ def town_scenario():
 @pytest.fixture
 def full_run():
     return _full_run
+
+
+def _face_sign(srv, vehicle_id: int, box_index: int, dist: float = 12.0):
+    """Park a stand-in vehicle ``dist`` metres in front of sign box ``box_index``, looking at it."""
+    import math
+
+    import carla
+
+    bb, _ = srv.sign_boxes[box_index]
+    face = math.radians(bb.rotation.yaw)
+    x = bb.location.x + dist * math.cos(face)
+    y = bb.location.y + dist * math.sin(face)
+    a = srv.actors[int(vehicle_id)]
+    a._autopilot = False
+    a._speed = 0.0
+    a._tf = carla.Transform(carla.Location(x, y, bb.location.z - 2.2),
+                            carla.Rotation(0.0, math.degrees(face) + 180.0, 0.0))
+
+
+@pytest.fixture
+def face_sign():
+    return _face_sign
