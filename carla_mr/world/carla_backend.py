@@ -237,8 +237,8 @@ def close_all_open_worlds() -> None:
 
 
 def _signal_handler(signum, frame):
+    prev = _HANDLERS.get(signum, signal.SIG_DFL)  # read first: the last close() uninstalls
     close_all_open_worlds()
-    prev = _HANDLERS.get(signum, signal.SIG_DFL)
     _uninstall_handlers()
     if callable(prev):
         prev(signum, frame)

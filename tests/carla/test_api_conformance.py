@@ -118,9 +118,11 @@ def test_declared_api_exists_with_compatible_signature(name):
         assert why is None, f"carla.{name}{tuple(args)} {kwargs}: {why}"
 
 
-def test_every_call_of_a_full_run_is_declared_and_compatible(make_server, town_scenario, full_run):
+@pytest.mark.parametrize("cosim", [False, True], ids=["tm", "cosim"])
+def test_every_call_of_a_full_run_is_declared_and_compatible(make_server, town_scenario, full_run, cosim):
     srv = make_server()
-    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False)
+    sc = town_scenario(carla={"cosim_sumo": cosim})
+    w = CarlaWorld(sc, client_factory=srv.client_factory, install_handlers=False)
     full_run(w, srv, ticks=2)
     assert srv.calls, "the stand-in logged no calls"
     used = sorted({c[0] for c in srv.calls})

@@ -1,0 +1,95 @@
+"""The same scenario file runs on both backends up to the backend line: same Snapshot fields
+(dtypes, shapes), same SignTable and RsuTable data for the same map."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from carla_mr.config import load_scenario
+from carla_mr.world.base import SignTable, Snapshot
+from carla_mr.world.carla_backend import CarlaWorld
+
+SCENARIO = """\
+name: parity
+backend: embedded
+map: {map}
+seed: 5
+tick_s: 0.05
+duration_s: 1.0
+vehicles: {{avs: 2, background: 4}}
+rsus: {{mode: auto, spacing_m: 180.0, range_m: 200.0}}
+signs:
+  inject:
+    - {{kind: stop}}
+    - {{kind: speed_limit, value: 50}}
+carla: {{port: 2000, tm_port: 8000}}
+"""
+
+
+@pytest.fixture
+def scenario_file(tmp_path, town01):
+    p = tmp_path / "parity.yaml"
+    p.write_text(SCENARIO.format(map=str(town01)), encoding="utf-8")
+    return p
+
+
+def _fields(s: Snapshot):
+    return {k: (getattr(s, k).dtype, getattr(s, k).ndim) for k in ("ids", "role", "x", "y", "z", "yaw", "speed", "rsu")}
+
+
+def test_same_file_both_backends(scenario_file, town01_text, tmp_path, monkeypatch):
+    monkeypatch.setenv("CARLA_MR_CACHE", str(tmp_path / "cache"))
+    from carla_mr.world.carla_standin import StandinServer
+    from carla_mr.world.factory import make_world
+
+    emb_sc = load_scenario(scenario_file)
+    car_sc = load_scenario(scenario_file, ["backend=carla"])
+    assert emb_sc.model_dump(exclude={"backend"}) == car_sc.model_dump(exclude={"backend"})
+
+    with make_world(emb_sc) as emb:
+        e0 = emb.reset()
+        e1 = emb.tick()
+        emb_signs, emb_rsus = emb.signs, emb.rsus
+
+    srv = StandinServer(town01_text, "Town01")
+    with CarlaWorld(car_sc, client_factory=srv.client_factory, install_handlers=False) as car:
+        c0 = car.reset()
+        c1 = car.tick()
+        car_signs, car_rsus = car.signs, car.rsus
+        summary = car.landmark_summary()
+    # the map the server got is the scenario's map with the scenario's signs injected
+    assert srv.map.name.endswith("OpenDriveMap")
+    assert summary["total"] == len(srv.map.get_all_landmarks())
+
+    for a, b in ((e0, c0), (e1, c1)):
+        assert _fields(a) == _fields(b)
+        assert len(a) == len(b) == 6
+        assert sorted(a.role.tolist()) == sorted(b.role.tolist()) == [0, 0, 0, 0, 1, 1]
+    assert (e0.frame, c0.frame) == (0, 0) and (e1.frame, c1.frame) == (1, 1)
+    assert e0.time == pytest.approx(c0.time) and e1.time == pytest.approx(c1.time)
+
+    assert len(emb_signs) == len(car_signs) > 0
+    assert {"stop", "speed_limit"} <= set(car_signs.kind.tolist())
+    for f in SignTable.__dataclass_fields__:
+        a, b = getattr(emb_signs, f), getattr(car_signs, f)
+        assert a.dtype == b.dtype, f
+        if a.dtype.kind == "f":
+            assert np.allclose(a, b, equal_nan=True), f
+        else:
+            assert (a == b).all(), f
+    for f in emb_rsus.__dataclass_fields__:
+        assert np.array_equal(getattr(emb_rsus, f), getattr(car_rsus, f)), f
+    assert len(car_rsus) > 1
+
+
+def test_make_world_builds_the_carla_backend_lazily(scenario_file, monkeypatch):
+    # the factory's import path works (the server itself is unreachable here)
+    from carla_mr.errors import RunError
+    from carla_mr.world.factory import make_world
+
+    sc = load_scenario(scenario_file, ["backend=carla", "carla.port=1", "carla.timeout_s=0.5"])
+    w = make_world(sc)
+    assert isinstance(w, CarlaWorld)
+    with pytest.raises(RunError, match="cannot reach a CARLA server at 127.0.0.1:1"):
+        w.reset()
