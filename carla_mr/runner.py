@@ -168,6 +168,7 @@ class _Stats:
         self.ids: set[int] = set()
         self.av_ids: set[int] = set()
         self.max_vehicles = 0
+        self._last_ids = None
 
     def add(self, s: Snapshot) -> None:
         self.ticks += 1
@@ -182,7 +183,8 @@ class _Stats:
         self.av_ticks += int(av.sum())
         self.av_covered += int((s.rsu[av] >= 0).sum())
         self.av_distance += float(s.speed[av].sum()) * self.tick_s
-        if self.ticks % 20 == 1:  # ids change rarely; sample them
+        if s.ids is not self._last_ids:  # backends reuse the ids array while the set is unchanged
+            self._last_ids = s.ids
             self.ids.update(s.ids.tolist())
             self.av_ids.update(s.ids[av].tolist())
 

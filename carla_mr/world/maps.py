@@ -211,7 +211,9 @@ def signs_for_scenario(text: str, spec, seed: int, *, name: str = "map") -> tupl
                 raise InputError(f"road {s.road_id} is not a non-junction road of the map (at least 12 m long)",
                                  field=f"signs.inject.{i}.road_id")
         orientation = "+" if road.right else "-"
-        pos = s.s if s.s is not None else max(1.0, road.length - 5.0)
+        # default: 5 m before the end the governed traffic drives towards (s=length for '+', 0 for '-')
+        default_s = max(1.0, road.length - 5.0) if orientation == "+" else min(5.0, road.length - 1.0)
+        pos = s.s if s.s is not None else default_s
         if pos > road.length:
             raise InputError(f"s={pos} is beyond road {road.id}'s length {road.length:.1f} m",
                              field=f"signs.inject.{i}.s")
