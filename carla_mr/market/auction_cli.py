@@ -46,6 +46,8 @@ def _keys_from(keys_dir: Path | None, allowlist: Path | None, server_key: Path |
               help="Pause between a round's publication and the next round, seconds.")
 @click.option("--rounds", "max_rounds", type=click.IntRange(min=0), default=0, show_default=True,
               help="Stop after this many published rounds (0: run until Ctrl-C).")
+@click.option("--linger", "linger_s", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="With --rounds: keep answering status requests this long after the last round.")
 @click.option("--tasks", "n_tasks", type=click.IntRange(1, 64), default=1, show_default=True,
               help="DT tasks per AV per round.")
 @click.option("--no-early-close", is_flag=True, help="Always wait for the deadline, even when all have bid.")
@@ -53,7 +55,7 @@ def _keys_from(keys_dir: Path | None, allowlist: Path | None, server_key: Path |
               help="Send results before the outcome's fsync (lower latency; outcomes are re-derivable).")
 @guarded
 def serve_cmd(out, seed, as_json, keys_dir, allowlist, server_key, endpoint, plain, ledger, mechanism, scoring,
-              deadline_s, period_s, max_rounds, n_tasks, no_early_close, publish_first):
+              deadline_s, period_s, max_rounds, linger_s, n_tasks, no_early_close, publish_first):
     """Run the auctioneer: rounds on a deadline, public data sampled from --seed per round."""
     from carla_mr.io import atomic_write_text
     from carla_mr.market.auctioneer import Auctioneer, AuctioneerSettings, check_endpoint
@@ -69,7 +71,7 @@ def serve_cmd(out, seed, as_json, keys_dir, allowlist, server_key, endpoint, pla
     settings = AuctioneerSettings(
         ledger_path=ledger or run_dir / "ledger.sqlite", allow=allow, endpoint=endpoint, curve=not plain,
         server_key=skey, mechanism=mechanism, scoring=scoring, deadline_s=deadline_s,
-        early_close=not no_early_close, auto_rounds=True, period_s=period_s, max_rounds=max_rounds,
+        early_close=not no_early_close, auto_rounds=True, period_s=period_s, max_rounds=max_rounds, linger_s=linger_s,
         n_tasks=n_tasks, seed=seed or 0, publish_first=publish_first, log=log)
     a = Auctioneer(settings)
 

@@ -94,6 +94,7 @@ class AuctioneerSettings:
     auto_rounds: bool = False
     period_s: float = 0.0
     max_rounds: int = 0            # stop after this many published rounds (0: never)
+    linger_s: float = 1.0          # ... and after answering status requests this much longer
     n_tasks: int = 1
     seed: int = 0
     params: dict = field(default_factory=dict)  # model parameters for sampling/clearing
@@ -156,6 +157,7 @@ class Auctioneer:
         self.stats = {"messages": 0, "errors": 0, "acks": 0, "late": 0, "published": 0, "commits": 0}
         self.round_times: dict[int, dict] = {}
         self._next_auto: float | None = None
+        self._stop_at: float | None = None
         self._pending: list = []
         self._pending_by: dict = {}
 
@@ -272,6 +274,8 @@ class Auctioneer:
         nxt = [r.deadline_mono for r in self.rounds.values() if r.state == P.OPEN]
         if self._next_auto is not None:
             nxt.append(self._next_auto)
+        if self._stop_at is not None:
+            nxt.append(self._stop_at)
         if not nxt:
             return 1000
         return max(0, int(np.ceil((min(nxt) - now) * 1000)))
@@ -384,7 +388,11 @@ class Auctioneer:
                 self._open_auto()
         if (self.s.auto_rounds and self.s.max_rounds and self.stats["published"] >= self.s.max_rounds
                 and not any(r.state == P.OPEN for r in self.rounds.values())):
-            self._stop = True
+            # keep answering (status, late re-sends) for linger_s so bidders can fetch the result
+            if self._stop_at is None:
+                self._stop_at = now + self.s.linger_s
+            if now >= self._stop_at:
+                self._stop = True
 
     def _open_auto(self) -> None:
         from carla_mr.market.clearing import sample_public
