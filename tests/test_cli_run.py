@@ -121,7 +121,7 @@ def test_sigterm_closes_and_exits(tmp_path):
         deadline = time.time() + 60
         while not (out / ".trajectories.parquet.tmp").exists() and time.time() < deadline:
             time.sleep(0.1)
-        time.sleep(0.5)
+        time.sleep(3.0)  # into the tick loop (a signal during start-up must work too, but test the loop)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from carla_mr.errors import InputError, RunError
+from carla_mr.errors import CarlaMrError, InputError, RunError
 from carla_mr.world.base import ROLE_AV, ROLE_BACKGROUND, Snapshot, World
 from carla_mr.world.maps import landmark_counts, landmarks_to_signs, map_from_text, signs_for_scenario
 from carla_mr.world.rsu import RsuAssociator, make_rsus
@@ -133,7 +133,11 @@ class EmbeddedWorld(World):
                "--collision.action", "warn", "--collision.check-junctions", "false"]
         try:
             ls.start(cmd)
-        except Exception as exc:  # libsumo raises its own exception types
+        except BaseException as exc:  # libsumo raises its own types; SIGTERM/Ctrl-C may land here too
+            if ls.simulation.isLoaded():
+                ls.close()
+            if isinstance(exc, (CarlaMrError, KeyboardInterrupt)) or not isinstance(exc, Exception):
+                raise
             raise RunError(f"SUMO could not start on {self.net_path}: {exc}") from exc
         _LIVE = self
         self.sumo = ls
