@@ -43,3 +43,151 @@ def train_base_cmd(out, seed, as_json, steps, batch_size, lr, image_size, save_e
             adv(min(done, steps))
         res = train_base(run, cfg, resume=resume, progress=adv, log=log)
     emit(res, as_json=as_json, title="genai train-base")
+
+
+@genai_group.command("make-data")
+@common_options
+@click.option("--per-class", type=int, default=600, show_default=True, help="Training images per class.")
+@click.option("--test-per-class", type=int, default=200, show_default=True, help="Held-apart test images per class.")
+@click.option("--size", type=int, default=48, show_default=True, help="Typical image side in pixels.")
+@guarded
+def make_data_cmd(out, seed, as_json, per_class, test_per_class, size):
+    """Write a procedural sign data set in the BelgiumTS layout (Training/ + Testing/)."""
+    from carla_mr.genai.procedural import write_dataset
+    from carla_mr.genai.signs import SIGN_CLASSES
+
+    run = make_run_dir(out, "genai-make-data")
+    with progress((per_class + test_per_class) * len(SIGN_CLASSES), "make-data") as adv:
+        res = write_dataset(run, per_class=per_class, test_per_class=test_per_class, size=size,
+                            seed=0 if seed is None else seed, progress=adv)
+    emit(res, as_json=as_json, title="genai make-data")
+
+
+@genai_group.command("train-validator")
+@common_options
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="BelgiumTS/GTSRB-layout directory (default: write a procedural set into --out/data).")
+@click.option("--arch", type=click.Choice(["small", "googlenet"]), default="small", show_default=True)
+@click.option("--width", type=float, default=None, help="Channel width (small: base channels; googlenet: multiplier).")
+@click.option("--epochs", type=int, default=15, show_default=True)
+@click.option("--per-class", type=int, default=600, show_default=True, help="Procedural training images per class.")
+@click.option("--threads", type=int, default=2, show_default=True)
+@guarded
+def train_validator_cmd(out, seed, as_json, data, arch, width, epochs, per_class, threads):
+    """Train the validator (sign classifier) from scratch and report its test accuracy."""
+    from carla_mr.genai.train_validator import train_validator
+
+    run = make_run_dir(out, "genai-train-validator")
+    res = train_validator(run, data=data, arch=arch, width=width, epochs=epochs, per_class=per_class,
+                          seed=0 if seed is None else seed, threads=threads, log=log)
+    emit(res, as_json=as_json, title="genai train-validator")
+
+
+@genai_group.command("dreambooth")
+@common_options
+@click.option("--base", "base", type=str, default=None, help="Base checkpoint directory (default: the committed model).")
+@click.option("--instance-dir", type=click.Path(path_type=Path), required=True, help="Folder of images of one sign.")
+@click.option("--class", "kind", type=str, required=True, help="The sign class of the instance images (e.g. stop).")
+@click.option("--token", type=str, default="sks", show_default=True, help="Rare identifier token.")
+@click.option("--instance-prompt", type=str, default=None, help="Default: 'a {token} {sign} sign on a {colour} background'.")
+@click.option("--class-prompt", type=str, default=None, help="Default: 'a {sign} sign on a {colour} background'.")
+@click.option("--steps", type=int, default=400, show_default=True)
+@click.option("--batch-size", type=int, default=4, show_default=True, help="Instance images per step (+ as many class images).")
+@click.option("--lr", type=float, default=None, help="Default: 5e-6 full SD, 1e-4 pixel model or LoRA.")
+@click.option("--prior-loss-weight", type=float, default=1.0, show_default=True)
+@click.option("--num-class-images", type=int, default=100, show_default=True)
+@click.option("--mode", type=click.Choice(["full", "lora"]), default="full", show_default=True)
+@click.option("--rank", type=int, default=4, show_default=True, help="LoRA rank.")
+@click.option("--train-text-encoder", is_flag=True)
+@click.option("--threads", type=int, default=2, show_default=True)
+@guarded
+def dreambooth_cmd(out, seed, as_json, base, instance_dir, kind, token, instance_prompt, class_prompt, steps, batch_size,
+                   lr, prior_loss_weight, num_class_images, mode, rank, train_text_encoder, threads):
+    """DreamBooth with prior preservation: teach the model one sign under a rare token."""
+    from carla_mr.genai.api import default_model_path
+    from carla_mr.genai.dreambooth import DreamBoothConfig, dreambooth, list_instance_images
+    from carla_mr.genai.signs import sign_class_id
+
+    sign_class_id(kind)
+    list_instance_images(instance_dir)  # fail fast on an empty folder
+    run = make_run_dir(out, "genai-dreambooth")
+    cfg = DreamBoothConfig(kind=kind, token=token, instance_prompt=instance_prompt, class_prompt=class_prompt,
+                           steps=steps, batch_size=batch_size, lr=lr, prior_loss_weight=prior_loss_weight,
+                           num_class_images=num_class_images, mode=mode, rank=rank,
+                           train_text_encoder=train_text_encoder, seed=0 if seed is None else seed, threads=threads)
+    with progress(steps, "dreambooth") as adv:
+        res = dreambooth(base or default_model_path(), instance_dir, run, cfg, progress=adv, log=log)
+    emit(res, as_json=as_json, title="genai dreambooth")
+
+
+@genai_group.command("generate")
+@common_options
+@click.option("--checkpoint", type=str, default=None, help="Model directory (default: the committed base model).")
+@click.option("--validator", "validator_path", type=str, default=None,
+              help="Validator directory (default: the committed small CNN).")
+@click.option("--no-validator", is_flag=True, help="Skip the validator verdicts and G.")
+@click.option("--prompt", "prompts", multiple=True, help="A prompt (repeatable); default: from the preferences.")
+@click.option("--signs", type=str, default=None, help="Preferences: comma-separated sign classes (default all).")
+@click.option("--colours", type=str, default=None, help="Preferences: comma-separated background colours (default all).")
+@click.option("--contexts", type=str, default=None, help="Preferences: ';'-separated contexts ('a snowy road;a city street').")
+@click.option("--token", type=str, default=None, help="DreamBooth identifier to put in the prompts.")
+@click.option("--per-prompt", type=int, default=1, show_default=True)
+@click.option("--steps", type=int, default=20, show_default=True)
+@click.option("--guidance", type=float, default=3.0, show_default=True)
+@click.option("--sampler", type=click.Choice(["dpm", "ddim"]), default="dpm", show_default=True)
+@click.option("--theta", is_flag=True, help="Also compute theta and the Frechet distance (slower).")
+@click.option("--threads", type=int, default=2, show_default=True)
+@guarded
+def generate_cmd(out, seed, as_json, checkpoint, validator_path, no_validator, prompts, signs, colours, contexts, token,
+                 per_prompt, steps, guidance, sampler, theta, threads):
+    """Generate sign images for prompts or preferences; write images, manifest and scores."""
+    from carla_mr.errors import InputError, require
+    from carla_mr.genai.api import default_model_path, default_validator_path
+    from carla_mr.genai.generate import generate_run, specs_from_prompts
+    from carla_mr.genai.model import load_model
+    from carla_mr.genai.prompts import Preferences, preference_prompts
+
+    torch = require("torch", extra="genai", feature="generation")
+    torch.set_num_threads(int(threads))
+    if prompts:
+        specs = specs_from_prompts(prompts)
+    else:
+        kw = {}
+        if signs:
+            kw["signs"] = [s.strip() for s in signs.split(",") if s.strip()]
+        if colours:
+            kw["colours"] = [s.strip() for s in colours.split(",") if s.strip()]
+        if contexts:
+            kw["contexts"] = [s.strip() for s in contexts.split(";") if s.strip()]
+        specs = preference_prompts(Preferences(token=token, **kw))
+    if theta and no_validator:
+        raise InputError("--theta needs the validator; drop --no-validator", field="--theta")
+    ckpt = checkpoint or str(default_model_path())
+    model = load_model(ckpt)
+    validator = None
+    vref = None
+    if not no_validator:
+        from carla_mr.genai.validator import load_validator
+
+        vref = validator_path or str(default_validator_path())
+        validator = load_validator(vref)
+    run = make_run_dir(out, "genai-generate")
+    n = len(specs) * per_prompt
+    with progress(n, "generate") as adv:
+        res = generate_run(run, specs, model=model, model_ref=ckpt, validator=validator, validator_ref=vref,
+                           seed=0 if seed is None else seed, per_prompt=per_prompt, steps=steps, guidance=guidance,
+                           sampler=sampler, theta=theta, progress=lambda k: adv(k) if k else None, log=log)
+    res = {"run": str(run), **res}
+    emit({k: v for k, v in res.items() if k not in ("theta_detail",)}, as_json=as_json, title="genai generate")
+
+
+@genai_group.command("market-params")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="A genai generate run directory.")
+@click.option("--subset", type=click.Choice(["all", "background", "context"]), default="all", show_default=True)
+@click.option("--json", "as_json", is_flag=True, default=False, help="Print JSON on stdout.")
+@guarded
+def market_params_cmd(run_dir, subset, as_json):
+    """Print G and theta of a generate run, as the market's parameters."""
+    from carla_mr.genai.market_link import market_parameters
+
+    emit(market_parameters(run_dir, subset), as_json=as_json, title="genai market-params")

@@ -67,7 +67,7 @@ class SignDataset:
     def labels(self) -> np.ndarray:
         return np.array([r.class_id for r in self.records], np.int64)
 
-    def images(self, size: int = 32, *, crop_roi: bool = True, margin: float = 0.1) -> np.ndarray:
+    def images(self, size: int = 32, *, crop_roi: bool = True, margin: float = 0.12) -> np.ndarray:
         """(N, size, size, 3) uint8 RGB; ``crop_roi`` crops to the ROI (+ ``margin`` of its size)."""
         out = np.empty((len(self.records), size, size, 3), np.uint8)
         for i, r in enumerate(self.records):

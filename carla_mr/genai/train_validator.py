@@ -60,7 +60,7 @@ def train_validator(out: str | os.PathLike, *, data: str | os.PathLike | None = 
     xte, yte, names_te = load_split_arrays(data, "test", size)
     if names_te != names:
         raise InputError(f"the train and test splits of {data} have different classes", field="data")
-    v = build_validator(arch, names, width=width)
+    v = build_validator(arch, names, width=width, seed=seed)
     n_batches = int(np.ceil(len(xtr) / 64)) * epochs
     res = fit(v, xtr, ytr, epochs=epochs, seed=seed, progress=progress)
     acc = v.accuracy(xte, yte)

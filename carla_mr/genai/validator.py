@@ -238,10 +238,12 @@ class Validator:
 
 
 def build_validator(arch: str, class_names: Sequence[str], *, input_size: int | None = None,
-                    width: float | None = None) -> Validator:
+                    width: float | None = None, seed: int = 0) -> Validator:
+    """A freshly initialised validator (weights drawn from torch's RNG seeded with ``seed``)."""
     if arch not in ARCHS:
         raise InputError(f"unknown validator architecture {arch!r}; use one of {', '.join(ARCHS)}", field="arch")
     n = len(class_names)
+    _torch().manual_seed(int(seed))
     if arch == "small":
         w = 32 if width is None else int(width)
         net = small_cnn(n, w)
