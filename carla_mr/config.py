@@ -85,6 +85,9 @@ class CarlaConfig(StrictModel):
     timeout_s: float = Field(20.0, gt=0)
     role_name_prefix: str = "carla_mr"
     cosim_sumo: bool = Field(False, description="Mirror SUMO background traffic into CARLA.")
+    sensor_timeout_s: float = Field(2.0, gt=0, description="Wait per tick for a camera image of that frame.")
+    depth_camera: bool = Field(True, description="Attach a depth camera beside each RGB camera (label occlusion).")
+    rsu_props: bool = Field(True, description="Show RSUs as static props beside the road (else purely logical).")
 
 
 class Scenario(StrictModel):

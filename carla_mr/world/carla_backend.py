@@ -115,6 +115,9 @@ CARLA_API: dict[str, tuple[str, tuple]] = {
     "Map.get_all_landmarks": ("method", ((), {})),
     "Map.to_opendrive": ("method", ((), {})),
     "Waypoint.transform": ("attr", ()),
+    "Waypoint.lane_width": ("attr", ()),
+    "Map.get_waypoint": ("method", (("<loc>",), {})),
+    "Transform.get_right_vector": ("method", ((), {})),
     "Waypoint.is_junction": ("attr", ()),
     "Waypoint.lane_type": ("attr", ()),
     "LaneType.Driving": ("attr", ()),
@@ -204,18 +207,19 @@ def check_version(text: str, what: str) -> None:
 
 def import_carla():
     """The real ``carla`` module, checked to be >= 0.9.13 (InputError naming the fix if absent)."""
-    from carla_mr.errors import require
-
-    carla = require("carla", extra="all", feature="the CARLA backend")
+    try:
+        import carla
+    except ImportError as exc:
+        raise InputError("the CARLA backend needs the 'carla' Python package of your server's version: "
+                         "pip install 'carla==<server version>' (0.9.13 or newer)", field="backend") from exc
     try:
         from importlib.metadata import version
 
-        check_version(version("carla"), "client (Python package)")
-    except ImportError:  # pragma: no cover
-        pass
-    except Exception as exc:  # metadata missing (e.g. an .egg on sys.path)
-        if isinstance(exc, RunError):
-            raise
+        v = version("carla")
+    except Exception:  # noqa: BLE001 - e.g. an .egg on sys.path carries no metadata
+        v = None
+    if v is not None:
+        check_version(v, "client (Python package)")
     return carla
 
 
@@ -378,19 +382,22 @@ class CarlaWorld(World):
     stand-in server); its optional ``api`` attribute is the namespace used for ``carla.*``
     classes (default: the real ``carla`` module). ``sensor_timeout_s`` bounds the wait for a
     camera image each tick; ``depth`` attaches a depth camera beside each RGB camera for the
-    labels' occlusion. ``cache_dir`` keeps the per-town sign-object names on disk.
+    labels' occlusion (both default to the scenario's ``carla:`` section). ``cache_dir`` keeps
+    the per-town sign-object names on disk (default: ``<cache>/carla``, see
+    :func:`carla_mr.world.sumo_net.cache_dir`). ``install_handlers`` adds the SIGINT/SIGTERM
+    handlers (main thread only).
     """
 
     def __init__(self, scenario: "Scenario", *, seed: Optional[int] = None,
                  client_factory: Optional[Callable[[str, int], Any]] = None,
-                 sensor_timeout_s: float = 2.0, depth: bool = True, cache_dir: str | Path | None = None,
-                 install_handlers: bool = True):
+                 sensor_timeout_s: Optional[float] = None, depth: Optional[bool] = None,
+                 cache_dir: str | Path | None = None, install_handlers: bool = True):
         self.scenario = scenario
         self.cfg = scenario.carla
         self.seed = int(scenario.seed if seed is None else seed)
         self.tick_s = float(scenario.tick_s)
-        self.sensor_timeout_s = float(sensor_timeout_s)
-        self.depth = bool(depth)
+        self.sensor_timeout_s = float(self.cfg.sensor_timeout_s if sensor_timeout_s is None else sensor_timeout_s)
+        self.depth = bool(self.cfg.depth_camera if depth is None else depth)
         self._factory = client_factory
         self._install = bool(install_handlers)
         self.api = getattr(client_factory, "api", None) if client_factory is not None else None
@@ -433,6 +440,10 @@ class CarlaWorld(World):
         self._pending_checks: dict[str, dict[str, Any]] = {}
         from carla_mr.world.carla_textures import SignObjectIndex
 
+        if cache_dir is None:
+            from carla_mr.world.sumo_net import cache_dir as _cache_root
+
+            cache_dir = _cache_root() / "carla"
         self.objects = SignObjectIndex(cache_dir)
         self.cosim = None
         self.town = ""
@@ -456,6 +467,13 @@ class CarlaWorld(World):
                            f"carla) or set carla.host / carla.port in the scenario") from exc
         check_version(server_version, "server")
         self.server_version = server_version
+        try:
+            client_version = self.client.get_client_version()
+        except Exception:  # noqa: BLE001 - informative only
+            client_version = None
+        if client_version and parse_version(client_version) != parse_version(server_version):
+            log.warning("CARLA client %s and server %s differ; install the client of the server's version "
+                        "(pip install 'carla==%s') if calls fail", client_version, server_version, server_version)
         world = self.client.get_world()
         self.world = world
         # 1. the settings before any change of ours
@@ -648,12 +666,24 @@ class CarlaWorld(World):
     def _spawn_rsu_props(self, rng: np.random.Generator) -> None:
         api = self.api
         lib = self.world.get_blueprint_library()
-        bp = pick_blueprint(lib, RSU_PROP_BLUEPRINTS, rng, wheels=None)
-        if bp is None or self.rsus is None or len(self.rsus) == 0:
+        if not self.cfg.rsu_props or self.rsus is None or len(self.rsus) == 0:
             return  # purely logical RSUs
+        bp = pick_blueprint(lib, RSU_PROP_BLUEPRINTS, rng, wheels=None)
+        if bp is None:
+            log.info("no RSU prop blueprint on this server; RSUs stay logical")
+            return
         items = []
         for j in range(len(self.rsus)):
-            tf = api.Transform(api.Location(float(self.rsus.x[j]), float(self.rsus.y[j]), 0.0), api.Rotation(0, 0, 0))
+            # the RSU's logical position is on a lane centre; its prop stands at the curb beside it
+            loc = api.Location(float(self.rsus.x[j]), float(self.rsus.y[j]), 0.0)
+            wp = self.map.get_waypoint(loc)
+            if wp is None:
+                continue
+            t = wp.transform
+            r = t.get_right_vector()
+            off = float(wp.lane_width) / 2.0 + 1.0
+            tf = api.Transform(api.Location(t.location.x + off * r.x, t.location.y + off * r.y, t.location.z),
+                               api.Rotation(0.0, t.rotation.yaw, 0.0))
             items.append((self._tagged(bp, "rsu"), tf))
         done, _ = self._spawn_batch(items, "rsu", autopilot=False, physics=False)
         self.stats["rsu_props"] = len(done)
