@@ -72,8 +72,10 @@ class _View:
     rot: np.ndarray  # (3, 3) world -> camera
     t: np.ndarray  # (3,) world -> camera
     pos: np.ndarray  # (3,) camera position (world)
-    planes: np.ndarray  # (5, 3) inside iff planes @ p >= offsets (camera coordinates)
+    planes: np.ndarray  # (5, 3) inside iff planes @ p >= offsets (camera coordinates): near + guard band
     offsets: np.ndarray  # (5,)
+    cull_planes: np.ndarray  # (5, 3) the image's own frustum (2 px margin), for culling whole objects
+    cull_offsets: np.ndarray  # (5,)
 
     def to_cam(self, pts: np.ndarray) -> np.ndarray:
         return pts @ self.rot.T + self.t
@@ -93,7 +95,10 @@ def _make_view(spec: CameraSpec, cam_to_world: np.ndarray) -> _View:
     gv = (h / 2.0 + GUARD_PX) / f
     planes = np.array([[1.0, 0, 0], [gu, -1.0, 0], [gu, 1.0, 0], [gv, 0, -1.0], [gv, 0, 1.0]])
     offsets = np.array([NEAR_M, 0, 0, 0, 0])
-    return _View(w, h, f, w / 2.0, h / 2.0, rot, t, cam_to_world[:3, 3].copy(), planes, offsets)
+    cu = (w / 2.0 + 2.0) / f
+    cv_ = (h / 2.0 + 2.0) / f
+    cull = np.array([[1.0, 0, 0], [cu, -1.0, 0], [cu, 1.0, 0], [cv_, 0, -1.0], [cv_, 0, 1.0]])
+    return _View(w, h, f, w / 2.0, h / 2.0, rot, t, cam_to_world[:3, 3].copy(), planes, offsets, cull, offsets.copy())
 
 
 def clip_polygon(poly: np.ndarray, planes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -205,8 +210,9 @@ class SceneRenderer:
             return
         cam = view.to_cam(quads[keep])  # (K, 4, 3)
         inside = np.einsum("pj,nkj->nkp", view.planes, cam) >= view.offsets  # (K, 4, 5)
-        # Culled when all vertices are outside one plane.
-        culled = (~inside).all(axis=1).any(axis=1)
+        # Culled when all vertices are outside one plane of the image's frustum.
+        seen = np.einsum("pj,nkj->nkp", view.cull_planes, cam) >= view.cull_offsets
+        culled = (~seen).all(axis=1).any(axis=1)
         full = inside.all(axis=(1, 2)) & ~culled
         partial = ~full & ~culled
         fi = np.nonzero(full)[0]
@@ -301,7 +307,6 @@ class SceneRenderer:
         self._fill_world_polys(img, view, self.scene.marks, self._mark_centre, self._mark_col)
 
         objects: list[tuple[float, int, int]] = []  # (distance, type 0=vehicle 1=sign, index)
-        vbox = vnorm = None
         if vehicles is not None and len(vehicles):
             d2 = (vehicles.x - px) ** 2 + (vehicles.y - py) ** 2
             sel = d2 <= self.draw_distance_m ** 2
@@ -311,11 +316,19 @@ class SceneRenderer:
             if len(vidx):
                 vbox, vnorm = vehicle_boxes(vehicles.x[vidx], vehicles.y[vidx], vehicles.z[vidx], vehicles.yaw[vidx],
                                             self.vehicle_size)
+                vcam = view.to_cam(vbox)  # (V, 8, 3)
+                side = np.einsum("pj,vkj->vkp", view.cull_planes, vcam) >= view.cull_offsets  # (V, 8, 5)
+                in_view = ~(~side).all(axis=1).any(axis=1)
+                inside = (np.einsum("pj,vkj->vkp", view.planes, vcam) >= view.offsets).all(axis=(1, 2))
+                vuv = np.zeros(vcam.shape[:2] + (2,))
+                if inside.any():
+                    vuv[inside] = view.project(vcam[inside])
+                fc = vbox[:, BOX_FACES].mean(axis=2)  # (V, 5, 3)
+                facing = np.einsum("vfk,vfk->vf", vnorm, view.pos[None, None, :] - fc) > 0
                 centres = vbox.mean(axis=1)
-                camc = view.to_cam(centres)
-                radius = 0.5 * math.hypot(*self.vehicle_size)
-                for k in np.nonzero(camc[:, 0] > -radius)[0]:
-                    objects.append((float(np.linalg.norm(centres[k] - view.pos)), 0, int(k)))
+                vdist = np.sqrt(((centres - view.pos) ** 2).sum(axis=1))
+                for k in np.nonzero(in_view)[0]:
+                    objects.append((float(vdist[k]), 0, int(k)))
         geom = self.geom
         if len(geom):
             dc = geom.center - view.pos
@@ -328,16 +341,17 @@ class SceneRenderer:
         faces: dict[int, tuple[int, tuple[int, int, int, int], float]] = {}
         for dist_o, typ, k in objects:
             if typ == 0:
-                corners_cam = view.to_cam(vbox[k])
-                col = np.array(vehicle_colour(int(vehicles.ids[vidx[k]]), bool(vehicles.role[vidx[k]] == 1)))
-                centre = vbox[k].mean(axis=0)
-                for fi, face in enumerate(BOX_FACES):
-                    fc = vbox[k][face].mean(axis=0)
-                    if float(np.dot(vnorm[k, fi], view.pos - fc)) <= 0:
-                        continue  # back face
+                vid = int(vehicles.ids[vidx[k]])
+                col = np.array(vehicle_colour(vid, bool(vehicles.role[vidx[k]] == 1)))
+                for fi in np.nonzero(facing[k])[0]:
+                    face = BOX_FACES[fi]
                     shade = tuple(int(c) for c in np.clip(col * FACE_SHADE[fi], 0, 255))
-                    self._fill(img, ids, view, corners_cam[face], shade, 0)
-                del centre
+                    if inside[k]:
+                        p = _pts(vuv[k, face])
+                        cv2.fillConvexPoly(img, p, shade, cv2.LINE_8, _SHIFT)
+                        cv2.fillConvexPoly(ids, p, 0, cv2.LINE_8, _SHIFT)
+                    else:
+                        self._fill(img, ids, view, vcam[k, face], shade, 0)
             else:
                 front = float(np.dot(geom.normal[k], view.pos - geom.center[k])) > 0
                 post = self._post_quad(view, k)
