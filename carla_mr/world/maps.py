@@ -357,7 +357,9 @@ def build_project_map(name: str, out_dir: str | Path) -> dict:
     header = root.find("header")
     if header is not None:
         header.set("name", name)
-        header.set("vendor", "carla_mr")
+        from carla_mr.world.sumo_net import sumo_version
+
+        header.set("vendor", f"carla_mr ({sumo_version()})")
         header.set("date", "")
         if header.find("geoReference") is None:
             ET.SubElement(header, "geoReference").text = GEO_REFERENCE
