@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -30,7 +32,9 @@ def test_clear_equals_oracle(seed, mech, scoring, windows, beta0, dt_weight, gen
     m = small_market(seed, beta0=beta0, genai=genai, n_tasks=n_tasks, c_max=20)
     r_acc = np.random.default_rng(seed).uniform(0, 1, m.params.n_avs)
     kw = dict(mechanism=mech, scoring=scoring, epvisa_windows=windows, r_acc=r_acc, dt_weight=dt_weight)
-    assert_same_outcome(clear(m, **kw), clear_loop(m, **kw))
+    out = clear(m, **kw)
+    assert_same_outcome(out, clear_loop(m, **kw))
+    assert json.loads(json.dumps(out.to_dict(), allow_nan=False)) == out.to_dict()
 
 
 def test_clear_equals_oracle_with_untruthful_bids_and_public_market():
