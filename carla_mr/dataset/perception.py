@@ -251,7 +251,7 @@ class PerceptionStage:
 def evaluate_scenario(scenario, *, seed: int, model: str | None = None, checkpoint: str | None = None,
                       ticks: Optional[int] = None, world=None) -> dict:
     """Run ``scenario``'s world with the perception stage alone (swaps from the recorder section)."""
-    from carla_mr.dataset.textures import choose_swaps
+    from carla_mr.dataset.textures import swaps_for
     from carla_mr.stages import RunContext
 
     cfg = scenario.perception
@@ -264,7 +264,7 @@ def evaluate_scenario(scenario, *, seed: int, model: str | None = None, checkpoi
     stage = PerceptionStage(cfg)
     with world:
         snap = world.reset()
-        swaps = choose_swaps(world.signs, scenario.recorder.swap_share, seed, scenario.recorder.texture_dir)
+        swaps = swaps_for(scenario.recorder, world.signs, seed)
         if swaps:
             world.apply_sign_textures(swaps)
         ctx = RunContext(scenario=scenario, world=world, run_dir=Path("."), seed=seed)

@@ -35,7 +35,7 @@ from carla_mr.world.sign_geometry import class_name
 
 from carla_mr.dataset.config import RecorderConfig
 from carla_mr.dataset.slots import CameraSlots
-from carla_mr.dataset.textures import choose_swaps
+from carla_mr.dataset.textures import swaps_for
 
 FORMAT = "carla_mr.dataset/1"
 #: errno values that mean "the disk will not take more": stop cleanly, keep what is saved.
@@ -109,7 +109,7 @@ class Recorder:
         self.vehicle_of = self._cams.vehicle_of
         self._warmup = int(round(self.cfg.warmup_s / self._tick_s()))
         self.classes = dataset_classes(world.signs, self.cfg.kinds)
-        swaps = choose_swaps(world.signs, self.cfg.swap_share, self.seed, self.cfg.texture_dir)
+        swaps = swaps_for(self.cfg, world.signs, self.seed)
         if swaps:
             world.apply_sign_textures(swaps)
         manifest = self.manifest(swaps)

@@ -2,9 +2,10 @@
 
 A seeded choice of ``round(share * n)`` signs among the world's signs (traffic lights are
 never swapped). Images come from a folder (``<kind>/*.png`` or ``<kind>_*.png``; any
-other image in the folder serves every kind) or, without a folder or for a kind the folder
-lacks, from procedural variants of the original face, labelled ``ref="procedural:<kind>:v<n>"``
-so a dataset never passes them off as diffusion output.
+other image in the folder serves every kind), else from a trained TSDreamBooth model
+(``recorder.genai_model``; ref ``genai:<model>:<kind>:seed<n>``), else from procedural
+variants of the original face, labelled ``ref="procedural:<kind>:v<n>"`` so a dataset never
+passes them off as diffusion output.
 """
 
 from __future__ import annotations
@@ -63,9 +64,32 @@ def load_rgba(path: Path) -> np.ndarray:
     return img
 
 
-def choose_swaps(signs: SignTable, share: float, seed: int, texture_dir: str | Path | None = None
-                 ) -> dict[str, SignTexture]:
-    """The seeded set of sign swaps: sign id -> SignTexture(source="generated", ref, image)."""
+def genai_generator(model_dir: str | Path, *, steps: int = 20):
+    """A generator ``(kinds, seeds) -> list of RGB images`` from a trained TSDreamBooth model
+    directory (``carla-mr genai train-base`` / ``dreambooth``); needs the ``genai`` extra."""
+    try:
+        from carla_mr.genai.model import load_model
+        from carla_mr.genai.prompts import prompt_for
+        from carla_mr.genai.sample import sample
+    except ImportError as exc:
+        raise InputError(f"generated textures need the genai extra: {exc}", field="recorder.genai_model") from exc
+    model = load_model(model_dir)
+    name = Path(model_dir).name
+
+    def gen(kinds: list[str], seeds: list[int]) -> list[tuple[np.ndarray, str]]:
+        imgs = sample(model, [prompt_for(k) for k in kinds], seeds=seeds, steps=steps)
+        return [(img, f"genai:{name}:{k}:seed{s}") for img, k, s in zip(imgs, kinds, seeds)]
+
+    return gen
+
+
+def choose_swaps(signs: SignTable, share: float, seed: int, texture_dir: str | Path | None = None,
+                 generator=None) -> dict[str, SignTexture]:
+    """The seeded set of sign swaps: sign id -> SignTexture(source="generated", ref, image).
+
+    Image sources in order: ``texture_dir``; ``generator(kinds, seeds) -> [(image, ref)]``
+    (e.g. :func:`genai_generator`) for kinds the folder lacks; procedural variants.
+    """
     if not 0.0 <= share <= 1.0:
         raise InputError(f"must be within [0, 1], got {share}", field="recorder.swap_share")
     eligible = [i for i in range(len(signs)) if str(signs.kind[i]) not in SWAPPABLE_EXCLUDED]
@@ -77,6 +101,7 @@ def choose_swaps(signs: SignTable, share: float, seed: int, texture_dir: str | P
     index = index_texture_dir(texture_dir) if texture_dir else {}
     root = Path(texture_dir).expanduser() if texture_dir else None
     out: dict[str, SignTexture] = {}
+    todo: list[tuple[str, str, int]] = []  # (sign id, kind, seed) for the generator
     for c in chosen:
         i = eligible[c]
         kind = str(signs.kind[i])
@@ -84,9 +109,23 @@ def choose_swaps(signs: SignTable, share: float, seed: int, texture_dir: str | P
         if pool:
             p = pool[int(rng.integers(len(pool)))]
             out[str(signs.ids[i])] = SignTexture("generated", str(p.relative_to(root)), load_rgba(p))
+        elif generator is not None:
+            todo.append((str(signs.ids[i]), kind, int(rng.integers(0, 2 ** 31))))
         else:
             v = float(signs.value[i])
             variant = int(rng.integers(1, 1000))
             face = procedural_face(kind, v if np.isfinite(v) else None, 128, variant=variant)
             out[str(signs.ids[i])] = SignTexture("generated", f"procedural:{kind}:v{variant}", face)
-    return out
+    if todo:
+        made = generator([k for _, k, _ in todo], [sd for _, _, sd in todo])
+        for (sid, _k, _sd), (img, ref) in zip(todo, made):
+            out[sid] = SignTexture("generated", str(ref), np.ascontiguousarray(np.asarray(img, np.uint8)))
+    return {k: out[k] for k in sorted(out)}
+
+
+def swaps_for(cfg, signs: SignTable, seed: int) -> dict[str, SignTexture]:
+    """The swaps a :class:`~carla_mr.dataset.config.RecorderConfig` asks for on ``signs``."""
+    if cfg.swap_share <= 0:
+        return {}
+    gen = genai_generator(cfg.genai_model, steps=cfg.genai_steps) if cfg.genai_model else None
+    return choose_swaps(signs, cfg.swap_share, seed, cfg.texture_dir, generator=gen)
