@@ -78,6 +78,7 @@ CARLA_API: dict[str, tuple[str, tuple]] = {
     "Client.get_server_version": ("method", ((), {})),
     "Client.get_client_version": ("method", ((), {})),
     "Client.get_world": ("method", ((), {})),
+    "Client.get_available_maps": ("method", ((), {})),
     "Client.load_world": ("method", (("Town01",), {"reset_settings": False})),
     "Client.generate_opendrive_world": ("method", (("<xodr>", "<params>"), {"reset_settings": False})),
     "Client.get_trafficmanager": ("method", ((8000,), {})),
@@ -504,28 +505,42 @@ class CarlaWorld(World):
         self._connected = True
 
     def _load_map(self, world: Any) -> Any:
+        """Load the scenario's map: a town the server has (by name), else an .xodr file
+        (``generate_opendrive_world``, with the scenario's signs injected). Settings are kept
+        (``reset_settings=False``) and applied by the caller afterwards."""
         from carla_mr.world.maps import signs_for_scenario
 
         sc = self.scenario
-        path = sc.resolved_map_path() if sc.map.endswith(".xodr") or os.sep in sc.map else None
-        if path is not None:
-            text = Path(path).read_text(encoding="utf-8")
-            text, _ = signs_for_scenario(text, sc.signs, self.seed, name=Path(path).stem)
-            params = self.api.OpendriveGenerationParameters(
-                vertex_distance=2.0, max_road_length=50.0, wall_height=1.0, additional_width=0.6,
-                smooth_junctions=True, enable_mesh_visibility=True)
-            world = self.client.generate_opendrive_world(text, params, reset_settings=False)
-            self.town = Path(path).stem
+        explicit_file = sc.map.endswith(".xodr") or "/" in sc.map or os.sep in sc.map
+        town = None
+        available: dict[str, str] = {}
+        if not explicit_file:
+            available = {str(m).rsplit("/", 1)[-1]: str(m) for m in self.client.get_available_maps()}
+            if sc.map in available:
+                town = sc.map
+        if town is not None:
+            if sc.signs.inject or sc.signs.random_count:
+                raise InputError("injecting signs needs an .xodr map on the carla backend (a town's level cannot "
+                                 "get new sign meshes); give map: path/to/Town.xodr or remove the signs section",
+                                 field="signs", source=sc.source_path)
+            self.town = town
+            if world.get_map().name.rsplit("/", 1)[-1] != town:
+                world = self.client.load_world(town, reset_settings=False)
             return world
-        if sc.signs.inject or sc.signs.random_count:
-            raise InputError("injecting signs needs an .xodr map on the carla backend (a town's level cannot get "
-                             "new sign meshes); give map: path/to/Town.xodr or remove the signs section",
-                             field="signs", source=sc.source_path)
-        current = world.get_map().name.rsplit("/", 1)[-1]
-        want = sc.map.rsplit("/", 1)[-1]
-        self.town = want
-        if current != want:
-            world = self.client.load_world(sc.map, reset_settings=False)
+        from carla_mr.config import resolve_map
+
+        path = resolve_map(sc.map, sc.source_path, required=explicit_file)
+        if path is None:
+            raise InputError(f"map '{sc.map}' is neither a town of this server ({', '.join(sorted(available))}) nor "
+                             f"an .xodr file; give a town name or a path to an .xodr", field="map",
+                             source=sc.source_path)
+        text = Path(path).read_text(encoding="utf-8")
+        text, _ = signs_for_scenario(text, sc.signs, self.seed, name=Path(path).stem)
+        params = self.api.OpendriveGenerationParameters(
+            vertex_distance=2.0, max_road_length=50.0, wall_height=1.0, additional_width=0.6,
+            smooth_junctions=True, enable_mesh_visibility=True)
+        world = self.client.generate_opendrive_world(text, params, reset_settings=False)
+        self.town = Path(path).stem
         return world
 
     # -- actors -----------------------------------------------------------------------------

@@ -484,6 +484,10 @@ class StandinClient:
     def get_client_version(self) -> str:
         return self._srv.version
 
+    @_api("Client.get_available_maps")
+    def get_available_maps(self) -> list:
+        return [f"/Game/Carla/Maps/{t}" for t in sorted(self._srv.towns_text)]
+
     @_api("Client.get_world")
     def get_world(self) -> "StandinWorld":
         return StandinWorld(self._srv)

@@ -93,3 +93,31 @@ def test_make_world_builds_the_carla_backend_lazily(scenario_file, monkeypatch):
     assert isinstance(w, CarlaWorld)
     with pytest.raises(RunError, match="cannot reach a CARLA server at 127.0.0.1:1"):
         w.reset()
+
+
+def test_map_names_resolve_to_towns_or_xodr_files(make_server, town_scenario, tmp_path):
+    from carla_mr.errors import InputError
+
+    # a town of the server is loaded by name (no OpenDRIVE generation)
+    srv = make_server()
+    srv.towns_text["Town02"] = srv.towns_text["Town01"]
+    with CarlaWorld(town_scenario(map="Town02"), client_factory=srv.client_factory, install_handlers=False) as w:
+        w.reset()
+        assert srv.map.name == "Carla/Maps/Town02" and w.town == "Town02"
+        assert srv.counts.get("Client.generate_opendrive_world", 0) == 0
+    # a bare name the server lacks but the map search path has -> generated from the .xodr
+    srv = make_server()
+    srv.towns_text.pop("Town01")
+    with CarlaWorld(town_scenario(map="Town01"), client_factory=srv.client_factory, install_handlers=False) as w:
+        w.reset()
+        assert srv.counts["Client.generate_opendrive_world"] == 1
+    # neither: a clear error naming the field
+    srv = make_server()
+    w = CarlaWorld(town_scenario(map="NoSuchTown"), client_factory=srv.client_factory, install_handlers=False)
+    with pytest.raises(InputError, match="map: map 'NoSuchTown' is neither a town of this server"):
+        w.reset()
+    # signs cannot be injected into a town's level
+    w = CarlaWorld(town_scenario(signs={"inject": [{"kind": "stop"}]}), client_factory=make_server().client_factory,
+                   install_handlers=False)
+    with pytest.raises(InputError, match="signs"):
+        w.reset()
