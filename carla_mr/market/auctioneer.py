@@ -632,7 +632,10 @@ class Auctioneer:
             if self.ledger.round(rid) is not None:  # an old round, forgotten from memory
                 old = self.ledger.bid(rid, bidder)
                 if old is not None and old.bid_id == h["bid_id"]:
-                    self._reply(ident, P.ACK, {"receipt": old.receipt, "duplicate": True}, h)
+                    if bytes(old.body) == canonical_bytes(body):
+                        self._reply(ident, P.ACK, {"receipt": old.receipt, "duplicate": True}, h)
+                    else:
+                        self._error(ident, P.E_BID_ID_REUSE, f"bid_id {h['bid_id']!r} was used for a different bid", h)
                 else:
                     self.stats["late"] += 1
                     self._reply(ident, P.LATE, {"state": self.ledger.round(rid).state, "reason": "round is over"}, h)
