@@ -40,4 +40,6 @@ class TwinConfig(StrictModel):
                                              "then an exponential average with weight 1/N.")
     prior: float = Field(0.5, ge=0, le=1, description="R of an AV before any of its predictions was evaluated "
                                                      "(the market's constant R_acc).")
+    spread: bool = Field(True, description="Spread each sample's prediction batch over the stride's ticks "
+                                           "(1/stride of the vehicles per tick) so no tick carries the whole batch.")
     write_predictions: bool = Field(True, description="Write RUN_DIR/predictions.parquet.")

@@ -7,7 +7,9 @@ Every ``stride`` world ticks (stride = tick rate / the predictor's ``sample_hz``
    left or lost their serving history in between are counted as ``lost``, not scored) and
    folds each final error into the per-(AV, RSU) rolling accuracy R (see
    :mod:`carla_mr.twin.accuracy` for the definition);
-3. predicts the next ``future`` samples for every vehicle with ``past`` samples of history;
+3. predicts the next ``future`` samples for every vehicle with ``past`` samples of history --
+   with ``spread`` (default) the batch is split into ``stride`` chunks predicted on the
+   stride's successive ticks (each from the same sample), so no tick carries the whole batch;
 4. publishes ``ctx.shared["twin_accuracy"]``: a :class:`~carla_mr.twin.accuracy.TwinAccuracy`
    (per-AV R in [0, 1] keyed by vehicle id, at the RSU serving it), the market's R_acc.
 
@@ -142,6 +144,7 @@ class TwinStage:
         self.accuracy: RollingAccuracy | None = None
         self.latest: TwinAccuracy | None = None
         self._pending: deque[_Pending] = deque()
+        self._todo = None  # (k, frame, time, ids, rsu, past, chunks) of the last sample, while predicting
         self._ticks = 0
         self._tick_s = 0.05
         self._sinks: list[_ParquetSink] = []
@@ -173,9 +176,15 @@ class TwinStage:
 
     def on_tick(self, snapshot, ctx) -> None:
         self._ticks += 1
-        if (self._ticks - 1) % self.stride:
-            return
+        phase = (self._ticks - 1) % self.stride
         t0 = time.perf_counter()
+        if phase == 0:
+            self._sample(snapshot, ctx)
+        if self._todo is not None:
+            self._predict_chunk(phase)
+        self._step_ms.append((time.perf_counter() - t0) * 1e3)
+
+    def _sample(self, snapshot, ctx) -> None:
         snap = snapshot.select(snapshot.av_mask) if self.config.vehicles == "av" else snapshot
         p = self.predictor
         buf = self.buffer
@@ -184,21 +193,31 @@ class TwinStage:
         self._stats["samples"] += 1
         self._score(k, snap.frame)
         ids, past = buf.last(p.past)
-        # the serving RSU of each predicted vehicle (buffer ids are sorted; the snapshot's are not)
+        # the serving RSU of each buffered vehicle (buffer ids are sorted; the snapshot's are not)
         order = np.argsort(snap.ids, kind="stable")
-        rsu = np.asarray(snap.rsu, np.int32)[order][np.searchsorted(snap.ids[order], ids)] if ids.size else \
-            np.zeros(0, np.int32)
-        if ids.size:
-            pred = np.asarray(p.predict(past), np.float64)
-            self._pending.append(_Pending(k, int(snap.frame), ids, rsu, pred))
-            self._stats["predictions"] += int(ids.size)
-            if self._pred_sink is not None:
-                self._write_predictions(snap, ids, rsu, pred)
         all_ids = buf.ids
-        all_rsu = np.asarray(snap.rsu, np.int32)[order][np.searchsorted(snap.ids[order], all_ids)] if all_ids.size \
-            else np.zeros(0, np.int32)
+        all_rsu = (np.asarray(snap.rsu, np.int32)[order][np.searchsorted(snap.ids[order], all_ids)]
+                   if all_ids.size else np.zeros(0, np.int32))
+        rsu = all_rsu[np.searchsorted(all_ids, ids)] if ids.size else np.zeros(0, np.int32)
+        n_chunks = self.stride if self.config.spread else 1
+        self._todo = (k, int(snap.frame), float(snap.time), ids, rsu, past, np.array_split(np.arange(ids.size),
+                                                                                           n_chunks))
         ctx.shared[SHARED_KEY] = self._publish(int(snap.frame), float(snap.time), all_ids, all_rsu)
-        self._step_ms.append((time.perf_counter() - t0) * 1e3)
+
+    def _predict_chunk(self, phase: int) -> None:
+        k, frame, t, ids, rsu, past, chunks = self._todo
+        if phase >= len(chunks):
+            return
+        sel = chunks[phase]
+        if phase == len(chunks) - 1:
+            self._todo = None
+        if sel.size == 0:
+            return
+        pred = np.asarray(self.predictor.predict(past[sel]), np.float64)
+        self._pending.append(_Pending(k, frame, ids[sel], rsu[sel], pred))
+        self._stats["predictions"] += int(sel.size)
+        if self._pred_sink is not None:
+            self._write_predictions(frame, t, ids[sel], rsu[sel], pred)
 
     def _score(self, k: int, frame: int) -> None:
         f = self.predictor.future
@@ -225,14 +244,14 @@ class TwinStage:
                 self._eval_sink.add({"frame": np.full(ids.size, frame, np.int64), "id": ids, "rsu": rsu,
                                      "ade": ade, "fde": fde, "hit": hit, "r": r})
 
-    def _write_predictions(self, snap, ids, rsu, pred) -> None:
+    def _write_predictions(self, frame: int, t: float, ids, rsu, pred) -> None:
         m, f = pred.shape[:2]
         step = np.tile(np.arange(1, f + 1, dtype=np.int16), m)
         self._pred_sink.add({
-            "frame": np.full(m * f, snap.frame, np.int64), "time": np.full(m * f, snap.time, np.float64),
+            "frame": np.full(m * f, frame, np.int64), "time": np.full(m * f, t, np.float64),
             "id": np.repeat(ids, f), "rsu": np.repeat(rsu, f), "step": step,
-            "target_frame": snap.frame + step.astype(np.int64) * self.stride,
-            "target_time": snap.time + step * (self.stride * self._tick_s),
+            "target_frame": frame + step.astype(np.int64) * self.stride,
+            "target_time": t + step * (self.stride * self._tick_s),
             "x": pred[..., 0].reshape(-1), "y": pred[..., 1].reshape(-1)})
 
     def _publish(self, frame: int, t: float, ids: np.ndarray, rsu: np.ndarray) -> TwinAccuracy:

@@ -161,3 +161,19 @@ def test_bad_model_and_rate(tmp_path):
     sc = _scenario(tmp_path, sample_hz=3.0)
     with pytest.raises(InputError, match="twin.sample_hz"):
         TwinStage(sc.twin).start(RunContext(scenario=sc, world=world, run_dir=tmp_path / "r", seed=0))
+
+
+def test_spreading_the_batch_changes_nothing_but_timing(tmp_path):
+    """With spread on, each sample's batch is predicted over the stride's ticks: same rows."""
+    out = {}
+    for spread in (True, False):
+        sc = _scenario(tmp_path, past=4, future=3, sample_hz=5.0, spread=spread)
+        run = tmp_path / f"run{spread}"
+        # 148 ticks = 37 whole strides of 4, so the last batch is complete in both runs
+        runner = Runner(sc, run, stages=[TwinStage(sc.twin)], world=ScriptedWorld(), progress=False, ticks=148)
+        summary = runner.run()
+        t = pq.read_table(run / "predictions.parquet").sort_by([("frame", "ascending"), ("id", "ascending"),
+                                                                ("step", "ascending")])
+        out[spread] = (t.to_pydict(), summary["stages"]["twin"]["scored"],
+                       runner.ctx.shared["twin_accuracy"].r.tolist())
+    assert out[True] == out[False]
