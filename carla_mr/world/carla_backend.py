@@ -47,7 +47,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 import numpy as np
 
 from carla_mr.errors import InputError, RunError
-from carla_mr.world.base import ROLE_AV, ROLE_BACKGROUND, CameraFrame, SignTable, SignTexture, Snapshot, World
+from carla_mr.world.base import (ROLE_AV, ROLE_BACKGROUND, CameraFrame, RsuTable, SignTable, SignTexture, Snapshot,
+                                 World)
 from carla_mr.world.camera_spec import CameraSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -427,7 +428,8 @@ class CarlaWorld(World):
                                       "vanished": 0, "rsu_props": 0, "texture_noops": [], "texture_no_object": [],
                                       "texture_not_restorable": []}
         self.signs = SignTable.empty()
-        self.rsus = None
+        z = np.zeros(0)
+        self.rsus = RsuTable(z, z, z, z, z, z, z, z)  # filled by reset()
         self.last: Optional[Snapshot] = None
         self._frame0: Optional[int] = None
         self._t0 = 0.0
@@ -681,7 +683,7 @@ class CarlaWorld(World):
     def _spawn_rsu_props(self, rng: np.random.Generator) -> None:
         api = self.api
         lib = self.world.get_blueprint_library()
-        if not self.cfg.rsu_props or self.rsus is None or len(self.rsus) == 0:
+        if not self.cfg.rsu_props or len(self.rsus) == 0:
             return  # purely logical RSUs
         bp = pick_blueprint(lib, RSU_PROP_BLUEPRINTS, rng, wheels=None)
         if bp is None:

@@ -121,3 +121,30 @@ def test_map_names_resolve_to_towns_or_xodr_files(make_server, town_scenario, tm
                    install_handlers=False)
     with pytest.raises(InputError, match="signs"):
         w.reset()
+
+
+def test_the_runner_drives_the_carla_backend(make_server, town_scenario, tmp_path):
+    from carla_mr.runner import Runner
+
+    srv = make_server()
+    sc = town_scenario()
+    w = CarlaWorld(sc, client_factory=srv.client_factory, install_handlers=False)
+    summary = Runner(sc, tmp_path / "run", stages=[], world=w, ticks=20, progress=False).run()
+    assert summary["status"] == "completed" and summary["ticks"] == 20
+    assert summary["avs"] == 2 and summary["vehicles"] == 5
+    assert summary["landmarks"]["total"] == 94  # Town01's landmarks, read from the server's map
+    assert summary["mean_speed"] > 5.0
+    assert (tmp_path / "run" / "summary.json").is_file()
+    assert srv.settings["synchronous_mode"] is False and not srv.tagged("carla_mr/")
+
+
+def test_cli_reports_an_unreachable_server(tmp_path):
+    from click.testing import CliRunner
+
+    from carla_mr.cli import main
+
+    scen = tmp_path / "s.yaml"
+    scen.write_text("map: Town01\nbackend: carla\nduration_s: 1\ncarla: {port: 1, timeout_s: 0.5}\n")
+    res = CliRunner().invoke(main, ["run", str(scen), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 1, res.output
+    assert "cannot reach a CARLA server at 127.0.0.1:1" in res.output
