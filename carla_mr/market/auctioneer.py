@@ -130,6 +130,19 @@ class _Round:
     announce_body: dict | None = None
     eligible: frozenset = frozenset()
     times: dict = field(default_factory=dict)
+    sim_matrix: np.ndarray | None = None   # (I, N, K+1) simulators' values in units, filled as bids commit
+    av_row: dict = field(default_factory=dict)
+
+    def add_to_matrix(self, bidder: str, body: dict) -> None:
+        from carla_mr.market.clearing import sim_bid_rows
+
+        if "values" not in body:
+            return
+        if self.sim_matrix is None:
+            self.sim_matrix = np.zeros((len(self.av_ids), self.n_tasks, len(self.sim_ids)))
+            self.av_row = {a: i for i, a in enumerate(self.av_ids)}
+        j, arr = sim_bid_rows(body["values"], self.av_row, self.n_tasks)
+        self.sim_matrix[j, :, self.sim_ids.index(bidder)] = arr
 
 
 class Auctioneer:
@@ -419,7 +432,8 @@ class Auctioneer:
         bids = {b: (x.kind, x.body) for b, x in r.bids.items()}
         outcome, schedule = self._clear(round_id=r.round_id, mechanism=r.mechanism, scoring=r.scoring,
                                         public=r.public, params=r.params, av_ids=r.av_ids, sim_ids=r.sim_ids,
-                                        n_tasks=r.n_tasks, bids=bids, layout=self.s.layout)
+                                        n_tasks=r.n_tasks, bids=bids, layout=self.s.layout,
+                                        sim_matrix=r.sim_matrix)
         t_cleared = time.monotonic()
         sched = schedule.to_dict()
         chain = self.ledger.bids_head(r.round_id)  # covers every bid the outcome was computed from
@@ -488,6 +502,7 @@ class Auctioneer:
 
             for b in self.ledger.bids(row.round_id):
                 r.bids[b.bidder_id] = _Bid(b.bid_id, b.kind, decode_bid_body(b.kind, b.body), b.body, b.receipt)
+                r.add_to_matrix(b.bidder_id, r.bids[b.bidder_id].body)
             self._install(r)
             if row.state == P.OPEN:
                 if row.deadline_ns > now_ns:
@@ -692,6 +707,7 @@ class Auctioneer:
         for p, rc in zip(new, receipts):
             p[4].receipt = rc
             p[0].bids[p[1]] = p[4]
+            p[0].add_to_matrix(p[1], p[4].body)
         for r, bidder, ident, h, fresh, bid in pending:  # acks only now, after the commit
             self.stats["acks"] += 1
             self._reply(ident, P.ACK, {"receipt": bid.receipt, "duplicate": fresh is None}, h)

@@ -103,10 +103,23 @@ def check_params(params: dict) -> dict:
     return out
 
 
-def bids_to_arrays(av_ids: list[str], sim_ids: list[str], n_tasks: int, bids: dict[str, tuple[str, dict]]):
+def sim_bid_rows(values: dict[str, list[int]], row_of: dict[str, int], n_tasks: int):
+    """A traffic simulator's values as (rows (m,), values in units (m, N)) for the AVs in ``row_of``."""
+    if not values:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, n_tasks))
+    j = np.fromiter((row_of.get(a, -1) for a in values), dtype=np.int64, count=len(values))
+    arr = np.asarray(list(values.values()), dtype=np.float64).reshape(len(values), n_tasks) / P.MICRO
+    keep = j >= 0
+    return j[keep], arr[keep]
+
+
+def bids_to_arrays(av_ids: list[str], sim_ids: list[str], n_tasks: int, bids: dict[str, tuple[str, dict]],
+                   sim_matrix: np.ndarray | None = None):
     """Participants (AVs that bid, in round order), their rows, and the bid arrays in units.
 
     Returns (participants, idx, b (I',), s_dt, e_dt, d (I', N), U (I', N, K+1)).
+    ``sim_matrix`` (I, N, K+1): the simulators' values already laid out for all of the round's
+    AVs (the auctioneer fills it as bids arrive); None builds it from ``bids``.
     """
     participants = [a for a in av_ids if a in bids and bids[a][0] == P.BID_AV]
     pos = {a: j for j, a in enumerate(participants)}
@@ -119,29 +132,24 @@ def bids_to_arrays(av_ids: list[str], sim_ids: list[str], n_tasks: int, bids: di
     e_dt = np.array([[t["cycles"] for t in ts] for ts in tasks], dtype=np.float64).reshape(I, N)
     d = np.array([[t["deadline"] for t in ts] for ts in tasks], dtype=np.float64).reshape(I, N)
     U = np.zeros((I, N, K1), dtype=np.float64)
-    rows_j: list[int] = []
-    rows_k: list[int] = []
-    rows_v: list[list[int]] = []
+    if sim_matrix is not None:
+        U = np.asarray(sim_matrix, dtype=np.float64)[idx] if I else U
+        return participants, idx, b, s_dt, e_dt, d, U
     for k, sim in enumerate(sim_ids):
         if k == 0 or sim not in bids or "values" not in bids[sim][1]:
             continue
-        for av, row in bids[sim][1]["values"].items():
-            j = pos.get(av)
-            if j is not None:
-                rows_j.append(j)
-                rows_k.append(k)
-                rows_v.append(row)
-    if rows_j:
-        U[np.asarray(rows_j), :, np.asarray(rows_k)] = np.asarray(rows_v, dtype=np.float64).reshape(-1, N) / P.MICRO
+        j, arr = sim_bid_rows(bids[sim][1]["values"], pos, N)
+        U[j, :, k] = arr
     return participants, idx, b, s_dt, e_dt, d, U
 
 
 def pure_outcome(*, mechanism: str, scoring: str, public: dict, params: dict, av_ids: list[str],
-                 sim_ids: list[str], n_tasks: int, bids: dict[str, tuple[str, dict]]):
+                 sim_ids: list[str], n_tasks: int, bids: dict[str, tuple[str, dict]],
+                 sim_matrix: np.ndarray | None = None):
     """The market's pure function on these bids: (participants, mechanisms.Outcome or None)."""
     from carla_mr.market.mechanisms import clear
 
-    participants, idx, b, s_dt, e_dt, d, U = bids_to_arrays(av_ids, sim_ids, n_tasks, bids)
+    participants, idx, b, s_dt, e_dt, d, U = bids_to_arrays(av_ids, sim_ids, n_tasks, bids, sim_matrix)
     if not participants:
         return participants, None
     pub = _rows(public, idx)
@@ -159,10 +167,12 @@ def micro_floor(x: float) -> int:
 
 def clear_round(*, round_id: int, mechanism: str, scoring: str, public: dict, params: dict, av_ids: list[str],
                 sim_ids: list[str], n_tasks: int, bids: dict[str, tuple[str, dict]],
-                layout: str = "serial") -> tuple[dict, Schedule]:
-    """Clear one round: (outcome dict, GPU-time schedule). Deterministic in its inputs."""
+                layout: str = "serial", sim_matrix: np.ndarray | None = None) -> tuple[dict, Schedule]:
+    """Clear one round: (outcome dict, GPU-time schedule). Deterministic in its inputs;
+    ``sim_matrix`` is only a precomputed form of the simulators' bids (same result)."""
     participants, out = pure_outcome(mechanism=mechanism, scoring=scoring, public=public, params=params,
-                                     av_ids=av_ids, sim_ids=sim_ids, n_tasks=n_tasks, bids=bids)
+                                     av_ids=av_ids, sim_ids=sim_ids, n_tasks=n_tasks, bids=bids,
+                                     sim_matrix=sim_matrix)
     result = {"round_id": int(round_id), "mechanism": mechanism, "scoring": scoring,
               "participants": participants, "sim_ids": list(sim_ids),
               "sim_bidders": [s for s in sim_ids if s in bids], "winner_id": None, "payment_micro": 0,
