@@ -31,8 +31,10 @@ class RecorderConfig(StrictModel):
                                                            "generated textures.")
     texture_dir: Optional[str] = Field(None, description="Folder of generated sign images (<kind>/*.png or "
                                                          "<kind>_*.png); default: procedural variants.")
-    genai_model: Optional[str] = Field(None, description="A trained TSDreamBooth model folder: generate the swapped "
-                                                         "textures with it (kinds texture_dir lacks).")
+    texture_source: Literal["auto", "folder", "genai", "procedural"] = Field(
+        "auto", description="Where swapped textures come from: auto = texture_dir, then the genai model when "
+                            "available, then procedural variants.")
+    genai_model: Optional[str] = Field(None, description="A TSDreamBooth model folder (default: the committed one).")
     genai_steps: int = Field(20, ge=1, le=1000, description="Sampling steps for genai_model.")
     durable_every: int = Field(50, ge=1, description="fsync the frames written so far every N recorded ticks.")
 

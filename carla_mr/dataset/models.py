@@ -5,9 +5,9 @@ where ``crops`` is a list of RGB uint8 images (H, W, 3) of any size and each ans
 class name: a sign ``kind`` (``stop``) or a kind with its value (``speed_limit_30``).
 :func:`load_model` builds one from a spec:
 
-- ``"default"``: the genai validator (``carla_mr.genai.validator``) loaded from
-  ``checkpoint`` (a validator directory) or from ``carla_mr.genai.validator.default_validator()``
-  when that exists and finds a trained one; else the :class:`TemplateMatcher`.
+- ``"default"``: the genai validator loaded from ``checkpoint`` (a validator directory) or
+  the committed one (``carla_mr.genai.api.load_default_validator``) when this install has it
+  and torch; else the :class:`TemplateMatcher`.
 - ``"template"``: the :class:`TemplateMatcher` (no training, no torch).
 - ``"module:attr"`` (or ``module.attr``): a callable taking the crop list and returning
   class names (or ints indexing its ``class_names``/``classes`` attribute); a class is
@@ -182,14 +182,14 @@ def load_model(spec: str | None = "default", checkpoint: str | None = None, *, c
             vmod = None
         if vmod is not None and checkpoint:
             return _ValidatorModel(vmod.load_validator(checkpoint), f"validator:{Path(checkpoint).name}")
-        finder = getattr(vmod, "default_validator", None) if vmod is not None else None
-        if callable(finder):
+        if vmod is not None:
             try:
-                v = finder()
-            except Exception:  # noqa: BLE001 - no trained default: fall back below
-                v = None
-            if v is not None:
-                return _ValidatorModel(v, "validator:default")
+                from carla_mr.genai.api import default_validator_path, load_default_validator
+
+                if (Path(default_validator_path()) / "validator.json").is_file():
+                    return _ValidatorModel(load_default_validator(), "validator:default")
+            except ImportError:
+                pass
         if checkpoint:
             raise InputError("a validator checkpoint needs the 'genai' extra (torch)", field="perception.checkpoint")
         return TemplateMatcher(classes or DEFAULT_CLASSES)

@@ -64,17 +64,37 @@ def load_rgba(path: Path) -> np.ndarray:
     return img
 
 
-def genai_generator(model_dir: str | Path, *, steps: int = 20):
-    """A generator ``(kinds, seeds) -> list of RGB images`` from a trained TSDreamBooth model
-    directory (``carla-mr genai train-base`` / ``dreambooth``); needs the ``genai`` extra."""
+def default_genai_model() -> Path | None:
+    """The committed TSDreamBooth base model folder when this install has it and torch, else None."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return None
     try:
-        from carla_mr.genai.model import load_model
+        from carla_mr.genai.api import default_model_path
+    except ImportError:
+        return None
+    p = Path(default_model_path())
+    return p if p.is_dir() and any(p.iterdir()) else None
+
+
+def genai_generator(model_dir: str | Path | None = None, *, steps: int = 20):
+    """A generator ``(kinds, seeds) -> [(RGB image, ref)]`` from a trained TSDreamBooth model
+    folder (default: the committed base model); needs the ``genai`` extra."""
+    try:
+        from carla_mr.genai.api import load_default_generator
         from carla_mr.genai.prompts import prompt_for
         from carla_mr.genai.sample import sample
     except ImportError as exc:
-        raise InputError(f"generated textures need the genai extra: {exc}", field="recorder.genai_model") from exc
-    model = load_model(model_dir)
-    name = Path(model_dir).name
+        raise InputError(f"generated textures need the genai extra (pip install 'carla-mr[genai]'): {exc}",
+                         field="recorder.texture_source") from exc
+    path = Path(model_dir) if model_dir else default_genai_model()
+    if path is None or not path.is_dir():
+        raise InputError(f"no TSDreamBooth model at {model_dir or 'the default location'}; train one with "
+                         f"'carla-mr genai train-base' or use texture_source: procedural",
+                         field="recorder.genai_model")
+    model = load_default_generator(path)
+    name = path.name
 
     def gen(kinds: list[str], seeds: list[int]) -> list[tuple[np.ndarray, str]]:
         imgs = sample(model, [prompt_for(k) for k in kinds], seeds=seeds, steps=steps)
@@ -124,8 +144,19 @@ def choose_swaps(signs: SignTable, share: float, seed: int, texture_dir: str | P
 
 
 def swaps_for(cfg, signs: SignTable, seed: int) -> dict[str, SignTexture]:
-    """The swaps a :class:`~carla_mr.dataset.config.RecorderConfig` asks for on ``signs``."""
+    """The swaps a :class:`~carla_mr.dataset.config.RecorderConfig` asks for on ``signs``.
+
+    ``texture_source``: ``auto`` = ``texture_dir`` if given, then the genai model (``genai_model``
+    or the committed one) when available, then procedural; ``folder`` needs ``texture_dir``;
+    ``genai`` needs a model; ``procedural`` uses procedural variants only.
+    """
     if cfg.swap_share <= 0:
         return {}
-    gen = genai_generator(cfg.genai_model, steps=cfg.genai_steps) if cfg.genai_model else None
-    return choose_swaps(signs, cfg.swap_share, seed, cfg.texture_dir, generator=gen)
+    src = cfg.texture_source
+    if src == "folder" and not cfg.texture_dir:
+        raise InputError("texture_source 'folder' needs texture_dir", field="recorder.texture_dir")
+    folder = cfg.texture_dir if src in ("auto", "folder", "genai") else None
+    gen = None
+    if src == "genai" or (src == "auto" and (cfg.genai_model or default_genai_model() is not None)):
+        gen = genai_generator(cfg.genai_model, steps=cfg.genai_steps)
+    return choose_swaps(signs, cfg.swap_share, seed, folder, generator=gen)

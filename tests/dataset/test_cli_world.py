@@ -27,6 +27,7 @@ recorder:
   camera: {{width: 320, height: 240, fov_deg: 90}}
   warmup_s: 1.0
   min_box_px: 2
+  texture_source: procedural
 perception:
   model: template
   min_box_px: 4

@@ -129,7 +129,8 @@ def test_torch_module_model(tmp_path, monkeypatch):
 
 def test_eval_cli_on_a_recording(tmp_path, town01, town01_map, town01_signs):
     sc = scenario_from_dict({"map": str(town01), "seed": 2, "recorder": {"enabled": True, "camera": SPEC,
-                                                                          "swap_share": 0.5}})
+                                                                          "swap_share": 0.5,
+                                                                          "texture_source": "procedural"}})
     ds = tmp_path / "ds"
     world = KinematicWorld(town01_map, town01_signs, seed=2, start=start_before_sign(town01_map, town01_signs,
                                                                                       back_m=30))

@@ -117,7 +117,8 @@ CHILD = textwrap.dedent("""
     town, out = sys.argv[1], sys.argv[2]
     m = carla.Map("Town01", open(town).read()); s = landmarks_to_signs(m)
     sc = scenario_from_dict({{"map": town, "seed": 5, "duration_s": 3.0, "recorder": {{"enabled": True,
-        "camera": {spec!r}, "swap_share": 0.5, "max_frames": 60, "durable_every": 7}}}})
+        "camera": {spec!r}, "swap_share": 0.5, "max_frames": 60, "durable_every": 7,
+        "texture_source": "procedural"}}}})
     record(sc, out, world=KinematicWorld(m, s, seed=5, start=start_before_sign(m, s)), ticks=1000)
 """)
 
@@ -143,7 +144,7 @@ def test_killed_then_resumed_equals_uninterrupted(tmp_path, town01, town01_map, 
     n_before = len(list((killed / "meta" / "cam0").glob("*.json")))
     assert 12 <= n_before < 60
     assert not (killed / "annotations.json").exists()
-    sc = scenario(town01, swap_share=0.5, max_frames=60, durable_every=7)
+    sc = scenario(town01, swap_share=0.5, max_frames=60, durable_every=7, texture_source="procedural")
     s = record(sc, killed, world=world(town01_map, town01_signs), ticks=1000)
     assert s["resume_from_frame"] >= 12 and s["frames_recorded"] == 60 - s["frames_resumed_over"]
     whole = tmp_path / "whole"

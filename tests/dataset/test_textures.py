@@ -56,3 +56,17 @@ def test_folder_then_generator_then_procedural(tmp_path):
     assert len(calls) == 1 and sorted(calls[0][0]) == ["parking", "speed_limit", "speed_limit", "warning"]
     with pytest.raises(InputError, match="texture_dir"):
         index_texture_dir(tmp_path / "missing")
+
+
+def test_texture_source_modes(tmp_path):
+    from carla_mr.dataset.config import RecorderConfig
+    from carla_mr.dataset.textures import swaps_for
+
+    t = table(KINDS)
+    with pytest.raises(InputError, match="texture_dir"):
+        swaps_for(RecorderConfig(swap_share=0.5, texture_source="folder"), t, 0)
+    with pytest.raises(InputError, match="genai"):
+        swaps_for(RecorderConfig(swap_share=0.5, texture_source="genai", genai_model=str(tmp_path / "none")), t, 0)
+    proc = swaps_for(RecorderConfig(swap_share=0.5, texture_source="procedural"), t, 0)
+    assert len(proc) == 3 and all(v.ref.startswith("procedural:") for v in proc.values())
+    assert swaps_for(RecorderConfig(swap_share=0.0), t, 0) == {}
