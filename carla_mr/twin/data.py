@@ -284,10 +284,17 @@ def read_rows(path: str | os.PathLike, *, columns: Mapping[str, str | None] | No
         t = t - origin
         info["time_origin_unix_s"] = origin
     id_col = table.column(id_c)
+    null_id = np.asarray(id_col.is_null().to_numpy(zero_copy_only=False), bool)
     if pa.types.is_integer(id_col.type):
-        raw_ids = np.asarray(id_col.to_numpy(zero_copy_only=False))
+        raw_ids = np.asarray(id_col.fill_null(0).to_numpy(zero_copy_only=False))
     else:
-        raw_ids = np.asarray(id_col.cast(pa.string()).to_numpy(zero_copy_only=False)).astype(str)
+        raw_ids = np.asarray(id_col.cast(pa.string()).fill_null("").to_numpy(zero_copy_only=False)).astype(str)
+    info["null_id_rows"] = int(null_id.sum())
+    if null_id.any():  # rows without a vehicle id belong to no track: dropped and counted
+        keep = ~null_id
+        raw_ids, t, x, y = raw_ids[keep], t[keep], x[keep], y[keep]
+        if "role" in names:
+            table = table.filter(pa.array(keep))
     if role != "all":
         if "role" not in names:
             raise InputError("the data has no 'role' column; use --role all", field="--role", source=source)
@@ -378,6 +385,7 @@ def load_tracks(path: str | os.PathLike, *, sample_hz: float, min_samples: int =
         tr = resample(ids, t, x, y, sample_hz=sample_hz, max_gap_s=max_gap_s, min_samples=min_samples)
     except InputError as exc:
         raise InputError(str(exc), source=info["source"]) from None
+    tr.report["null_id_rows"] = info.get("null_id_rows", 0)
     return tr, info
 
 

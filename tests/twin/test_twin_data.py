@@ -182,3 +182,12 @@ def test_concat_keeps_vehicles_apart():
     b = data.resample(r["id"], r["t"], r["x"], r["y"], sample_hz=1.0)
     with pytest.raises(InputError, match="sample intervals"):
         data.concat([a, b])
+
+
+def test_rows_without_id_are_counted(tmp_path):
+    p = tmp_path / "n.csv"
+    lines = ["id,t,x,y"] + [f"1,{k},{k},0" for k in range(10)] + [f",{k},5,5" for k in range(3)]
+    p.write_text("\n".join(lines) + "\n")
+    tr, info = data.load_tracks(p, sample_hz=1.0)
+    assert tr.n_tracks == 1 and tr.report["null_id_rows"] == 3 and info["null_id_rows"] == 3
+    np.testing.assert_allclose(tr.xy[:, 0], np.arange(10.0))
