@@ -407,6 +407,20 @@ class SceneRenderer:
         return view.to_cam(quad)
 
 
+_SCENES: list[tuple[Any, RoadScene]] = []
+
+
+def cached_road_scene(carla_map) -> RoadScene:
+    """build_road_scene(carla_map), remembered for the last few map objects (maps are immutable)."""
+    for m, sc in _SCENES:
+        if m is carla_map:
+            return sc
+    sc = build_road_scene(carla_map)
+    _SCENES.append((carla_map, sc))
+    del _SCENES[:-4]
+    return sc
+
+
 class EmbeddedCameraRig:
     """Cameras attached to vehicles of an embedded world.
 
@@ -417,7 +431,7 @@ class EmbeddedCameraRig:
 
     def __init__(self, carla_map, signs, *, scene: RoadScene | None = None, face_size: int = 128,
                  sign_range_m: float = 150.0, draw_distance_m: float = 350.0):
-        self.scene = scene if scene is not None else build_road_scene(carla_map)
+        self.scene = scene if scene is not None else cached_road_scene(carla_map)
         gz = ground_height_under(carla_map, np.asarray(signs.x, float), np.asarray(signs.y, float)) \
             if (carla_map is not None and len(signs)) else None
         self.geom = build_sign_geometry(signs, gz)

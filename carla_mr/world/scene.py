@@ -58,10 +58,52 @@ def _mark_kind(marking) -> tuple[str, tuple[int, int, int], float]:
     return "none", colour, width
 
 
-def build_road_scene(carla_map, step_m: float = 2.0) -> RoadScene:
-    """Precompute road and marking quads from a ``carla.Map`` (done once per map)."""
+def _merge_strips(road: np.ndarray, colours: list, chains: dict, tol: float, max_len: float = 60.0):
+    """Merge consecutive quads of one lane into one quad where the lane is straight: same
+    heading (lateral drift over the merged length below ``tol`` metres) and the same width,
+    each quad starting where the previous one ends (fewer polygons, the same pixels)."""
+    left = road[:, 1, :2] - road[:, 0, :2]
+    heading = np.arctan2(left[:, 1], left[:, 0])
+    seg = np.hypot(left[:, 0], left[:, 1])
+    width0 = np.linalg.norm(road[:, 3] - road[:, 0], axis=1)
+    width1 = np.linalg.norm(road[:, 2] - road[:, 1], axis=1)
+    keep = np.ones(len(road), bool)
+    out = road.copy()
+    for items in chains.values():
+        items.sort()
+        idx = [i for _, i in items]
+        a = 0
+        while a < len(idx):
+            ia = idx[a]
+            length = seg[ia]
+            b = a
+            while b + 1 < len(idx):
+                ip, inx = idx[b], idx[b + 1]
+                if np.abs(road[inx, 0] - road[ip, 1]).max() > 0.02 or np.abs(road[inx, 3] - road[ip, 2]).max() > 0.02:
+                    break
+                new_len = length + seg[inx]
+                dh = abs((heading[inx] - heading[ia] + math.pi) % (2 * math.pi) - math.pi)
+                if (new_len > max_len or dh * new_len > tol or abs(width0[inx] - width0[ia]) > 0.005
+                        or abs(width1[inx] - width0[ia]) > 0.005):
+                    break
+                length = new_len
+                b += 1
+            if b > a:
+                last = road[idx[b]]
+                out[ia] = [road[ia, 0], last[1], last[2], road[ia, 3]]
+                keep[idx[a + 1:b + 1]] = False
+            a = b + 1
+    return out[keep], [c for c, k in zip(colours, keep) if k]
+
+
+def build_road_scene(carla_map, step_m: float = 2.0, merge_tol_m: float = 0.02) -> RoadScene:
+    """Precompute road and marking quads from a ``carla.Map`` (done once per map).
+
+    Consecutive road quads of a lane are merged where the lane is straight to within
+    ``merge_tol_m`` metres (0 disables merging)."""
     wps = carla_map.generate_waypoints(step_m)
     road, road_col, marks, mark_col = [], [], [], []
+    chains: dict[tuple, list[tuple[float, int]]] = {}
     pieces: dict[tuple[int, int, int], list[tuple[float, float, float]]] = {}
     for wp in wps:
         tf = wp.transform
@@ -85,6 +127,8 @@ def build_road_scene(carla_map, step_m: float = 2.0) -> RoadScene:
             hw1 = nxt.lane_width / 2.0
             road.append([p0 - r * hw0, p1 - r1 * hw1, p1 + r1 * hw1, p0 + r * hw0])
             road_col.append(JUNCTION_ASPHALT if wp.is_junction else ASPHALT)
+            chains.setdefault((wp.road_id, wp.section_id, wp.lane_id, bool(wp.is_junction)), []).append(
+                (wp.s if wp.lane_id < 0 else -wp.s, len(road) - 1))
             if wp.is_junction:
                 continue
             for side, marking in ((-1.0, wp.left_lane_marking), (1.0, wp.right_lane_marking)):
@@ -100,6 +144,8 @@ def build_road_scene(carla_map, step_m: float = 2.0) -> RoadScene:
                 marks.append([e0 - r * mw / 2, e1 - r1 * mw / 2, e1 + r1 * mw / 2, e0 + r * mw / 2])
                 mark_col.append(colour)
     road_a = np.asarray(road, np.float64).reshape(-1, 4, 3)
+    if merge_tol_m > 0 and len(road_a):
+        road_a, road_col = _merge_strips(road_a, road_col, chains, merge_tol_m)
     marks_a = np.asarray(marks, np.float64).reshape(-1, 4, 3)
     if len(road_a):
         xy = road_a[:, :, :2].reshape(-1, 2)
