@@ -154,7 +154,9 @@ def test_killed_then_resumed_equals_uninterrupted(tmp_path, town01, town01_map, 
     assert all(a[k] == b[k] for k in b), [k for k in b if a[k] != b[k]][:5]
 
 
-def test_disk_full_stops_cleanly_then_resumes(tmp_path, town01, town01_map, town01_signs, monkeypatch):
+@pytest.mark.parametrize("err", [OSError(errno.ENOSPC, "No space left on device"),
+                                 PermissionError(errno.EACCES, "Permission denied")])
+def test_disk_full_stops_cleanly_then_resumes(tmp_path, town01, town01_map, town01_signs, monkeypatch, err):
     import carla_mr.dataset.recorder as recmod
 
     real = recmod.atomic_write
@@ -163,13 +165,13 @@ def test_disk_full_stops_cleanly_then_resumes(tmp_path, town01, town01_map, town
     def flaky(path, writer, **kw):
         calls["n"] += 1
         if calls["n"] == 3 * 9 + 2:  # the 10th frame's YOLO file
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise err
         return real(path, writer, **kw)
 
     monkeypatch.setattr(recmod, "atomic_write", flaky)
     sc = scenario(town01, max_frames=15)
     out = tmp_path / "ds"
-    with pytest.raises(RunError, match="No space left on device.*9 frame"):
+    with pytest.raises(RunError, match=f"{err.strerror}.*9 frame"):
         record(sc, out, world=world(town01_map, town01_signs), ticks=100)
     metas = sorted((out / "meta" / "cam0").glob("*.json"))
     assert [int(p.stem) for p in metas] == list(range(9))

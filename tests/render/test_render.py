@@ -213,3 +213,25 @@ def test_merged_road_strips_draw_the_same_pixels(town01):
         a = SceneRenderer(raw, geom).render(spec, pose)[0]
         b = SceneRenderer(merged, geom).render(spec, pose)[0]
         assert (a != b).any(axis=2).mean() < 0.003  # polygon seams only
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.floats(3, 28), st.floats(-4, 4), st.floats(-180, 180)), min_size=1, max_size=6),
+       st.floats(-20, 20))
+def test_occlusion_share_law(cars, cam_yaw):
+    """With any cars in the way: ID buffer == sign pixels, visible == visible px / unoccluded px."""
+    pose = camera_pose(CameraSpec(), 0.0, 0.0, 0.0, cam_yaw)
+    sign = one_sign(x=30.0, y=0.0, z=1.2, w=1.8, h=1.8)
+    img0, _, lab0 = render(sign, pose, solid(MAGENTA))
+    xs, ys, yaws = zip(*cars)
+    img1, ids1, lab1 = render(sign, pose, solid(MAGENTA), vehicles=snapshot(xs, ys, yaws))
+    m0, m1 = magenta_mask(img0), magenta_mask(img1)
+    assert ((ids1 == 1) == m1).all()
+    assert not (m1 & ~m0).any()  # occluders only remove sign pixels
+    if not m1.any():
+        assert lab1 == []
+    else:
+        lab = lab1[0]
+        assert lab["face_pixels"] == m0.sum() and lab["pixels"] == m1.sum()
+        assert lab["visible"] == pytest.approx(m1.sum() / m0.sum())
+        assert lab["box"] == lab0[0]["box"] and lab["visible_box"] == bbox(m1)
