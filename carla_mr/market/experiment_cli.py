@@ -12,7 +12,7 @@ import click
 
 from carla_mr.cli_common import common_options, emit, guarded, log, make_run_dir, progress
 
-DEFAULT_REPS = 400
+DEFAULT_REPS = 500
 FIGURE_CHOICES = ("fig8a", "fig8b", "fig8c", "fig9", "fig10", "all")
 
 
@@ -33,9 +33,11 @@ def _fmt_ratio(d: dict | None) -> str:
 @click.option("--beta0", type=float, default=None, help="Scale of the driving simulator's match (default 1).")
 @click.option("--scoring", type=click.Choice(["reported", "expected"]), default="reported", show_default=True)
 @click.option("--no-plots", is_flag=True, default=False, help="Write CSVs and summary.json only.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes (results are identical for any number).")
 @common_options
 @guarded
-def experiment_cmd(figure, reps, c_max, beta0, scoring, no_plots, out, seed, as_json):
+def experiment_cmd(figure, reps, c_max, beta0, scoring, no_plots, workers, out, seed, as_json):
     """Run the paper's experiment FIGURE (or all) with common random numbers; CSV + PNG + summary."""
     from carla_mr.market.experiments import ALL, FIGURES, make_tasks, run_experiments, write_outputs
 
@@ -50,8 +52,15 @@ def experiment_cmd(figure, reps, c_max, beta0, scoring, no_plots, out, seed, as_
     n_tasks = len(make_tasks(figures, reps, base, overrides=overrides, scoring=scoring))
     log(f"market experiment {figure}: {reps} reps per point, seed {base} -> {run_dir}")
     with progress(n_tasks, f"market {figure}", enabled=True) as advance:
-        result = run_experiments(figures, reps=reps, base_seed=base, overrides=overrides, scoring=scoring,
-                                 progress=advance)
+        if workers == 1:
+            result = run_experiments(figures, reps=reps, base_seed=base, overrides=overrides, scoring=scoring,
+                                     progress=advance)
+        else:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                result = run_experiments(figures, reps=reps, base_seed=base, overrides=overrides, scoring=scoring,
+                                         progress=advance, map_fn=pool.map)
     files = write_outputs(result, run_dir, plots=not no_plots)
     h = result.headline
     payload = {"figure": figure, "figures": figures, "reps": reps, "seed": base, "run_dir": str(run_dir),

@@ -116,6 +116,13 @@ def test_cli_experiment_json(tmp_path):
     for key in ("genai_gain", "mtepvisa_over_pvisa", "mtepvisa_over_epvisa_by_n", "claims"):
         assert key in payload
     assert (out / "fig9.csv").exists() and (out / "summary.json").exists()
+    res2 = CliRunner().invoke(main, ["market", "experiment", "fig9", "--reps", "6", "--out", str(tmp_path / "w2"),
+                                     "--json", "--no-plots", "--seed", "4", "--workers", "2"])
+    assert res2.exit_code == 0, res2.output
+    p2 = json.loads(res2.stdout.strip().splitlines()[-1])
+    for key in ("genai_gain", "mtepvisa_over_pvisa", "mtepvisa_over_epvisa_by_n"):
+        assert p2[key] == payload[key]
+    assert (out / "fig9_raw.csv").read_text() == (tmp_path / "w2" / "fig9_raw.csv").read_text()
     bad = CliRunner().invoke(main, ["market", "experiment", "fig99"])
     assert bad.exit_code == 2
     bad = CliRunner().invoke(main, ["market", "experiment", "fig9", "--reps", "4", "--c-max", "0.5",
