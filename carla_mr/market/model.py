@@ -94,9 +94,9 @@ class MarketParams:
             raise InputError(f"needs at least 1 task per AV, got {self.n_tasks}", field="n_tasks")
         for name in ("bandwidth_up_mhz", "bandwidth_down_mhz", "f_c_ghz", "f_g_ghz", "size_unit",
                      "p_av_max_mw", "p_rsu_max_mw", "s_dt_max_mb", "e_dt_max", "e_sim_max",
-                     "s_sim_hi_mb", "d_hi_s"):
+                     "s_sim_hi_mb", "s_sim_lo_mb", "d_hi_s"):
             _positive(getattr(self, name), name)
-        for name in ("gamma", "r_acc", "beta0", "s_sim_lo_mb", "d_lo_s"):
+        for name in ("gamma", "r_acc", "beta0", "d_lo_s"):
             _nonneg(getattr(self, name), name)
         _theta_ok(self.theta, "theta")
         for name in ("g_lo", "g_hi"):
@@ -289,6 +289,9 @@ def public_market(*, rate_up, rate_down, s_dt, e_dt, d, s_sim, e_sim, C, G, thet
     e_dt_a = _arr("e_dt", e_dt, (I, N))
     d_a = _arr("d", d, (I, N))
     s_sim_a = _arr("s_sim", s_sim_a, (I, K1))
+    if (s_sim_a <= 0).any():
+        raise InputError("simulation job sizes must be positive (a zero-size job would fit infinitely often)",
+                         field="s_sim")
     e_sim_a = _arr("e_sim", e_sim, (I, K1))
     C_a = _arr("C", C, (I,))
     G_a = _arr("G", G, (I, N, K1))

@@ -18,7 +18,7 @@ from carla_mr.market.oracle import derive_loop
     ("n_avs", -1), ("n_avs", 0), ("n_traffic", 1), ("n_traffic", -3), ("n_tasks", 0), ("n_tasks", -2),
     ("theta", 0.0), ("theta", 1.2), ("theta", -0.5), ("g_lo", -0.1), ("g_hi", 1.5), ("gamma", -1.0),
     ("beta0", -0.1), ("size_unit", 0.0), ("noise_mode", "loud"), ("c_max", 0.5), ("zipf_a", 1.0),
-    ("bandwidth_up_mhz", -20.0), ("f_g_ghz", 0.0), ("r_acc", float("nan")), ("n_avs", 2.5),
+    ("bandwidth_up_mhz", -20.0), ("f_g_ghz", 0.0), ("s_sim_lo_mb", 0.0), ("r_acc", float("nan")), ("n_avs", 2.5),
 ])
 def test_invalid_params_name_the_field(field, value):
     with pytest.raises(InputError) as exc:
@@ -125,7 +125,7 @@ def test_public_market_from_arrays_matches_sampled():
 @pytest.mark.parametrize("kw,field", [
     (dict(s_dt=np.ones(3)), "s_dt"), (dict(s_sim=np.ones(2)), "s_sim"), (dict(G=1.5), "G"),
     (dict(theta=0.0), "theta"), (dict(C=-np.ones(2)), "C"), (dict(d=np.full((2, 1), np.nan)), "d"),
-    (dict(rate_up=np.ones(5)), "rate_up"),
+    (dict(rate_up=np.ones(5)), "rate_up"), (dict(s_sim=np.array([1.0, 0.0, 1.0])), "s_sim"),
 ])
 def test_public_market_rejects_bad_arrays(kw, field):
     base = dict(rate_up=np.ones(2), rate_down=np.ones(2), s_dt=np.full((2, 1), 0.1), e_dt=np.ones((2, 1)),
