@@ -39,7 +39,6 @@ import queue
 import signal
 import threading
 import time
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
@@ -227,7 +226,9 @@ def import_carla():
 
 # -- close on every exit path -------------------------------------------------------------------
 
-_OPEN: "weakref.WeakSet[CarlaWorld]" = weakref.WeakSet()
+#: Worlds connected and not yet closed (strong references: a world that holds server state
+#: must be closed, even if its owner dropped it, so the atexit hook can still reach it).
+_OPEN: "set[CarlaWorld]" = set()
 _HANDLERS: dict[int, Any] = {}
 _ATEXIT = False
 _LOCK = threading.RLock()
@@ -293,10 +294,18 @@ def _is_connection_error(exc: BaseException) -> bool:
                                    "connection reset", "rpc::timeout"))
 
 
-def pick_blueprint(library: Any, table: tuple[str, ...], rng: np.random.Generator, *, wheels: int | None = 4):
-    """The first blueprint of ``table`` the server has (``*`` patterns choose with ``rng``)."""
+def pick_blueprint(library: Any, table: tuple[str, ...], rng: np.random.Generator, *, wheels: int | None = 4,
+                   cache: dict | None = None):
+    """The first blueprint of ``table`` the server has (``*`` patterns choose with ``rng``
+    among 4-wheeled matches). ``cache`` (a dict) remembers a pattern's matches between calls."""
     for pattern in table:
         if "*" in pattern:
+            key = (pattern, wheels)
+            if cache is not None and key in cache:
+                cands = cache[key]
+                if cands:
+                    return cands[int(rng.integers(len(cands)))]
+                continue
             cands = [bp for bp in library.filter(pattern)]
             if wheels is not None:
                 kept = []
@@ -309,6 +318,8 @@ def pick_blueprint(library: Any, table: tuple[str, ...], rng: np.random.Generato
                         continue
                 cands = kept
             cands.sort(key=lambda b: b.id)
+            if cache is not None:
+                cache[key] = cands
             if cands:
                 return cands[int(rng.integers(len(cands)))]
             continue
@@ -485,7 +496,15 @@ class CarlaWorld(World):
         markers: list[str] = []
         removed = self._remove_tagged(self.tag_prefix, markers=markers)
         self.stats["leftovers_removed"] = removed
-        self._recover_from_markers(markers, removed)
+        if self._recover_from_markers(markers, removed):
+            # put the server back as it was before the crash right away (an orphaned synchronous
+            # server would otherwise wait for ticks nobody sends, e.g. during a map load)
+            s = world.get_settings()
+            if (bool(s.synchronous_mode), s.fixed_delta_seconds) != (bool(self._orig_settings.synchronous_mode),
+                                                                     self._orig_settings.fixed_delta_seconds):
+                s.synchronous_mode = self._orig_settings.synchronous_mode
+                s.fixed_delta_seconds = self._orig_settings.fixed_delta_seconds
+                world.apply_settings(s)
         # 3. the map (loading keeps the settings: reset_settings=False)
         world = self._load_map(world)
         self.world = world
@@ -562,9 +581,10 @@ class CarlaWorld(World):
         actor = self.world.spawn_actor(bp, api.Transform(api.Location(0.0, 0.0, -50.0), api.Rotation(0.0, 0.0, 0.0)))
         self._marker_id = int(actor.id)
 
-    def _recover_from_markers(self, markers: list[str], removed: int) -> None:
+    def _recover_from_markers(self, markers: list[str], removed: int) -> bool:
         """Adopt the settings a crashed run recorded before it changed them (its marker), so this
-        run's close() restores the server to its state before the crash."""
+        run's close() restores the server to its state before the crash. True when a marker
+        was found."""
         o = self._orig_settings
         parsed = []
         for m in markers:
@@ -588,6 +608,7 @@ class CarlaWorld(World):
             o.synchronous_mode = False
             o.fixed_delta_seconds = None
         self.stats["recovered_settings"] = bool(parsed)
+        return bool(parsed)
 
     def _remove_tagged(self, prefix: str, *, markers: list | None = None, keep: int | None = None) -> int:
         """Destroy every actor whose role_name starts with ``prefix`` (except ``keep``); returns how
@@ -617,15 +638,17 @@ class CarlaWorld(World):
             bp.set_attribute("role_name", f"{self.tag}{kind}")
         return bp
 
-    def _spawn_batch(self, items: list[tuple[Any, Any]], kind: str, *, autopilot: bool,
+    def _spawn_batch(self, items: list[tuple[Any, Any, str]], what: str, *, autopilot: bool,
                      physics: bool = True) -> tuple[list[tuple[int, int]], list[int]]:
-        """Spawn ``(blueprint, transform)`` pairs in one batch; returns ((index, actor id) of each
-        spawned item, indices of items that collided at their spawn point)."""
+        """Spawn ``(blueprint, transform, kind)`` items in one batch, each tagged ``<tag><kind>``;
+        returns ((index, actor id) of each spawned item, indices of items that collided at
+        their spawn point). Each command is made right after its blueprint is tagged (a
+        command copies the blueprint), so one blueprint object may serve many items."""
         api = self.api
         cmd = api.command
         batch = []
-        for bp, tf in items:
-            c = cmd.SpawnActor(bp, tf)
+        for bp, tf, kind in items:
+            c = cmd.SpawnActor(self._tagged(bp, kind), tf)
             if autopilot:
                 c = c.then(cmd.SetAutopilot(cmd.FutureActor, True, int(self.cfg.tm_port)))
             if not physics:
@@ -640,10 +663,10 @@ class CarlaWorld(World):
                 if "collision" in str(r.error).lower():
                     collided.append(k)
                 else:
-                    log.warning("spawning %s failed: %s", kind, r.error)
+                    log.warning("spawning %s failed: %s", what, r.error)
             else:
                 ids.append((k, int(r.actor_id)))
-                self._actor_ids[int(r.actor_id)] = kind
+                self._actor_ids[int(r.actor_id)] = items[k][2]
         return ids, collided
 
     def _spawn_vehicles(self, rng: np.random.Generator) -> None:
@@ -656,16 +679,17 @@ class CarlaWorld(World):
             want += [("bg", ROLE_BACKGROUND, BACKGROUND_BLUEPRINTS)] * int(sc.vehicles.background)
         roles: dict[int, int] = {}
         pending = list(want)
-        for attempt in range(4):
+        cache: dict = {}
+        for _round in range(64):  # every round uses up spawn points, so this ends anyway
             if not pending or not order:
                 break
             take = pending[:len(order)]
             items = []
             for kind, _, table in take:
-                bp = pick_blueprint(lib, table, rng)
+                bp = pick_blueprint(lib, table, rng, cache=cache)
                 if bp is None:
                     raise RunError(f"the server has no vehicle blueprint from {table}")
-                items.append((self._tagged(bp, kind), points[order.pop(0)]))
+                items.append((bp, points[order.pop(0)], kind))
             done, collided = self._spawn_batch(items, "vehicle", autopilot=True)
             for k, vid in done:
                 roles[vid] = take[k][1]
@@ -701,7 +725,7 @@ class CarlaWorld(World):
             off = float(wp.lane_width) / 2.0 + 1.0
             tf = api.Transform(api.Location(t.location.x + off * r.x, t.location.y + off * r.y, t.location.z),
                                api.Rotation(0.0, t.rotation.yaw, 0.0))
-            items.append((self._tagged(bp, "rsu"), tf))
+            items.append((bp, tf, "rsu"))
         done, _ = self._spawn_batch(items, "rsu", autopilot=False, physics=False)
         self.stats["rsu_props"] = len(done)
 
@@ -717,8 +741,9 @@ class CarlaWorld(World):
                 self._teardown_actors()
             self._setup_world()
             return self._advance()
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            self._reraise(exc, "reset")
             raise
 
     def _setup_world(self) -> None:
@@ -765,9 +790,18 @@ class CarlaWorld(World):
             raise RunError("CarlaWorld.tick() before reset() (or after close())")
         try:
             return self._advance()
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            self._reraise(exc, "tick")
             raise
+
+    def _reraise(self, exc: BaseException, what: str) -> None:
+        """libcarla's RuntimeErrors become RunErrors naming the step; ours pass through."""
+        from carla_mr.errors import CarlaMrError
+
+        if isinstance(exc, Exception) and not isinstance(exc, CarlaMrError):
+            raise RunError(f"CARLA {what} failed ({type(exc).__name__}: {exc}); the server was restored and our "
+                           f"actors removed (close report: {self.close_report.failed or 'clean'})") from exc
 
     def _advance(self) -> Snapshot:
         if self.cosim is not None:

@@ -381,7 +381,9 @@ class StandinCommands:
             def __init__(self, blueprint, transform, parent=None):
                 outer._srv._log("command.SpawnActor.__init__", (blueprint, transform) + ((parent,) if parent else ()),
                                 {})
-                self.blueprint, self.transform, self.parent, self.chain = blueprint, transform, parent, []
+                # like libcarla, the command keeps a copy of the blueprint's description
+                bp = blueprint._copy() if hasattr(blueprint, "_copy") else blueprint
+                self.blueprint, self.transform, self.parent, self.chain = bp, transform, parent, []
 
             def then(self, command):
                 outer._srv._log("command.SpawnActor.then", (command,), {})

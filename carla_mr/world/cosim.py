@@ -119,7 +119,7 @@ class SumoCosim:
                 bp = pick_blueprint(lib, BACKGROUND_BLUEPRINTS, rng)
                 tf = api.Transform(api.Location(float(cx[k]), float(cy[k]), float(snap.z[k]) + Z_LIFT_M),
                                    api.Rotation(0.0, float(snap.yaw[k]), 0.0))
-                items.append((w._tagged(bp, "bg"), tf))
+                items.append((bp, tf, "bg"))
             done, collided = w._spawn_batch(items, "bg", autopilot=False, physics=False)
             for k, aid in done:
                 self.carla_of[sumo_ids[new[k]]] = aid

@@ -160,10 +160,16 @@ def test_a_crashed_run_is_recovered_from_its_marker(make_server, town_scenario):
     w1 = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False)
     w1.reset()
     w1._closed = True  # as if the process died here
+    from carla_mr.world import carla_backend as cb
+
+    cb._OPEN.discard(w1)
     assert srv.settings["synchronous_mode"] is True and srv.tagged(w1.tag)
     w2 = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False)
     w2.reset()
     assert w2.stats["recovered_settings"] is True
+    # the pre-crash settings were put back before this run changed them again
+    applied = [c for c in srv.calls if c[0] == "World.apply_settings"]
+    assert len(applied) >= 3 and applied[-2][1][0].synchronous_mode is False
     assert not srv.tagged(w1.tag)
     w2.close()
     _assert_restored(srv, {100})
