@@ -16,6 +16,7 @@ Distances are metres along (s) and across (t, left positive) the road reference 
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
@@ -206,7 +207,10 @@ def inject_signs(tree: ET.ElementTree, placements: Iterable[SignPlacement]) -> l
             road.element.insert(pos, signals)
         attrs = {
             "name": f"carla_mr_{p.kind}", "id": sid, "s": f"{p.s:.4f}", "t": f"{t:.4f}",
-            "zOffset": f"{spec['z'] - spec['height'] / 2:.4f}", "hOffset": "0.0", "roll": "0.0", "pitch": "0.0",
+            # libcarla's landmark yaw is the road heading + hOffset (it ignores orientation); like
+            # CARLA's towns, make it the governed traffic's heading: + pi for orientation '-'
+            "zOffset": f"{spec['z'] - spec['height'] / 2:.4f}",
+            "hOffset": "0.0" if p.orientation == "+" else f"{math.pi:.8f}", "roll": "0.0", "pitch": "0.0",
             "orientation": p.orientation, "dynamic": "no", "country": "OpenDRIVE", "type": spec["type"],
             "subtype": subtype, "value": f"{value if value is not None else -1:.4f}",
             "unit": "km/h" if p.kind == "speed_limit" else "", "text": "",

@@ -188,3 +188,35 @@ def test_maps_build_is_deterministic(tmp_path):
         a = landmark_counts(map_from_text("a", built.decode()))
         b = landmark_counts(map_from_text("b", committed.decode()))
         assert a["by_type"] == b["by_type"]
+
+
+def _face_vs_governed_lane(cmap, only=None):
+    """For each landmark: |face yaw - (governed lane heading + 180)| in degrees."""
+    signs = landmarks_to_signs(cmap)
+    yaw = dict(zip(signs.ids, signs.yaw))
+    errs = []
+    for lm in cmap.get_all_landmarks():
+        if only is not None and lm.id not in only:
+            continue
+        lane = lm.get_lane_validities()[0][0]
+        wp = cmap.get_waypoint_xodr(int(lm.road_id), int(lane), float(lm.s))
+        if wp is None:
+            continue
+        errs.append(abs((yaw[lm.id] - wp.transform.rotation.yaw - 180.0 + 180.0) % 360.0 - 180.0))
+    return np.array(errs)
+
+
+@pytest.mark.parametrize("which", ["town01", "town02", "mr_town"])
+def test_sign_faces_point_against_governed_traffic(which, request):
+    path = MAPS / "mr_town.xodr" if which == "mr_town" else request.getfixturevalue(which)
+    errs = _face_vs_governed_lane(load_map(path))
+    assert len(errs) > 50 and errs.max() < 5.0
+
+
+def test_injected_faces_both_orientations(town02):
+    text = town02.read_text()
+    tree = parse_xodr(text)
+    r = next(c for c in candidate_roads(tree) if c.left and c.right)
+    out, ids = inject_text(text, [SignPlacement("stop", r.id, 5.0, "-"), SignPlacement("yield", r.id, r.length - 5, "+")])
+    errs = _face_vs_governed_lane(map_from_text("t2o", out), only=set(ids))
+    assert len(errs) == 2 and errs.max() < 1.0
