@@ -372,3 +372,16 @@ def test_adverse_selection_statistics():
             assert arr.mean() < ev - 4 * se
         else:
             assert abs(arr.mean() - ev) < 4 * se
+
+
+@pytest.mark.parametrize("beta0", [1.0, 40.0])
+def test_clear_equals_oracle_above_the_top_l_shortcut(beta0):
+    """K = 150 > TOP_L: the bounded alpha shortcut is used and must not change the outcome."""
+    m = small_market(77, n_avs=4, n_traffic=150, n_tasks=2, beta0=beta0)
+    for mech in SCORE_MECHS:
+        assert_same_outcome(clear(m, mechanism=mech), clear_loop(m, mechanism=mech))
+    from carla_mr.market.alpha import alpha_factor
+
+    np.testing.assert_array_equal(m.alpha, alpha_factor(m.F[:, :, 1:], m.F[:, :, 0], beta0=beta0, top=None))
+    if beta0 > 1:
+        assert (m.alpha > 1).any()
