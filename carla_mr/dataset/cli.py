@@ -29,12 +29,15 @@ def _load(scenario_path, overrides):
 @click.option("--swap-share", type=click.FloatRange(0, 1), default=None,
               help="Share of signs shown with generated textures.")
 @click.option("--texture-dir", type=click.Path(file_okay=False, exists=True), default=None,
-              help="Folder of generated sign images (default: procedural variants).")
+              help="Folder of generated sign images (<kind>/*.png or <kind>_*.png).")
+@click.option("--texture-source", type=click.Choice(["auto", "folder", "genai", "procedural"]), default=None,
+              help="Where swapped textures come from (auto: folder, genai model, procedural).")
+@click.option("--cameras", type=click.IntRange(min=1, max=64), default=None, help="AVs carrying a camera.")
 @click.option("--image-format", type=click.Choice(["png", "jpg"]), default=None)
 @common_options
 @guarded
-def record_cmd(scenario, overrides, frames, every_k, min_box, swap_share, texture_dir, image_format, out, seed,
-               as_json):
+def record_cmd(scenario, overrides, frames, every_k, min_box, swap_share, texture_dir, texture_source, cameras,
+               image_format, out, seed, as_json):
     """Record SCENARIO's AV cameras into --out: frames, COCO + YOLO labels, poses, manifest.
 
     Running the same command on the same --out resumes an interrupted recording.
@@ -45,6 +48,7 @@ def record_cmd(scenario, overrides, frames, every_k, min_box, swap_share, textur
     cfg = sc.recorder
     upd = {k: v for k, v in {"max_frames": frames, "every_k": every_k, "min_box_px": min_box,
                              "swap_share": swap_share, "texture_dir": texture_dir,
+                             "texture_source": texture_source, "cameras": cameras,
                              "image_format": image_format}.items() if v is not None}
     cfg = cfg.model_validate({**cfg.model_dump(), **upd, "enabled": True})
     sc = sc.model_copy(update={"recorder": cfg})

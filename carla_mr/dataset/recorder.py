@@ -198,6 +198,8 @@ class Recorder:
             fr = self.world.read_camera(slot)
             self._write(slot, fr)
             frames[slot] = fr
+        if not frames:  # no vehicle to carry a camera at this tick
+            return frames
         self.frames_recorded += 1
         self.last_frame = f
         self._since_sync += 1

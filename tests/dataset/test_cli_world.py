@@ -27,7 +27,6 @@ recorder:
   camera: {{width: 320, height: 240, fov_deg: 90}}
   warmup_s: 1.0
   min_box_px: 2
-  texture_source: procedural
 perception:
   model: template
   min_box_px: 4
@@ -39,13 +38,14 @@ def _record_and_check(tmp_path, map_ref):
     pycoco = pytest.importorskip("pycocotools.coco")
     sc = scenario_file(tmp_path, map_ref)
     out = tmp_path / "ds"
-    args = ["dataset", "record", str(sc), "--frames", "12", "--swap-share", "0.5", "--out", str(out), "--json"]
+    args = ["dataset", "record", str(sc), "--frames", "12", "--swap-share", "0.5", "--texture-source", "procedural",
+            "--cameras", "2", "--out", str(out), "--json"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     s = json.loads(res.stdout)
     assert s["frames_recorded"] == 12 and s["complete"]
     coco = pycoco.COCO(str(out / "annotations.json"))
-    assert len(coco.getImgIds()) == 12
+    assert len(coco.getImgIds()) == 24  # 12 ticks x 2 cameras
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["swaps"] and all(v["source"] == "generated" and v["ref"].startswith("procedural:")
                                      for v in manifest["swaps"].values())
