@@ -192,3 +192,35 @@ def test_close_is_idempotent_and_safe_before_reset(make_server, town_scenario):
 
     with pytest.raises(RunError):
         w.tick()
+
+
+def _cosim_sweep(make_server, town_scenario, full_run, stride: int):
+    sc = town_scenario(carla={"cosim_sumo": True}, vehicles={"avs": 1, "background": 3})
+    srv = make_server()
+    w = CarlaWorld(sc, client_factory=srv.client_factory, install_handlers=False, sensor_timeout_s=0.3)
+    full_run(w, srv, ticks=2)
+    points = [(k, srv.calls[k][0]) for k in srv.fault_points]
+    failures = []
+    for k, name in points[::stride]:
+        srv = make_server()
+        foreign = set(srv.actors)
+        srv.fail(index=k, when="after" if k % 2 else "before")
+        w = CarlaWorld(sc, client_factory=srv.client_factory, install_handlers=False, sensor_timeout_s=0.3)
+        try:
+            full_run(w, srv, ticks=2)
+        except Exception:  # noqa: BLE001
+            pass
+        finally:
+            w.close()
+        try:
+            _assert_restored(srv, foreign)
+            from carla_mr.world.embedded import live_world
+
+            assert live_world() is None, "SUMO left running"
+        except AssertionError as exc:
+            failures.append(f"cosim fault at call #{k} {name}: {exc}")
+    assert not failures, "\n".join(failures[:5])
+
+
+def test_cosim_faults_every_step(make_server, town_scenario, full_run):
+    _cosim_sweep(make_server, town_scenario, full_run, stride=1)
