@@ -167,6 +167,13 @@ CARLA_API: dict[str, tuple[str, tuple]] = {
     "Vector3D.x": ("attr", ()),
     "Location.x": ("attr", ()),
     "Rotation.yaw": ("attr", ()),
+    "Rotation.pitch": ("attr", ()),
+    "Rotation.roll": ("attr", ()),
+    "Location.y": ("attr", ()),
+    "Location.z": ("attr", ()),
+    "Vector3D.y": ("attr", ()),
+    "Vector3D.z": ("attr", ()),
+    "ActorAttribute.as_str": ("method", ((), {})),
     "BoundingBox.location": ("attr", ()),
     "BoundingBox.extent": ("attr", ()),
     "BoundingBox.rotation": ("attr", ()),
@@ -800,8 +807,11 @@ class CarlaWorld(World):
         from carla_mr.errors import CarlaMrError
 
         if isinstance(exc, Exception) and not isinstance(exc, CarlaMrError):
-            raise RunError(f"CARLA {what} failed ({type(exc).__name__}: {exc}); the server was restored and our "
-                           f"actors removed (close report: {self.close_report.failed or 'clean'})") from exc
+            rep = self.close_report
+            state = ("the server was restored and our actors removed" if not rep.failed and not rep.skipped else
+                     f"restoring the server was incomplete (failed: {sorted(rep.failed)}, skipped: {rep.skipped}); "
+                     f"the next run removes our leftovers and restores the settings")
+            raise RunError(f"CARLA {what} failed ({type(exc).__name__}: {exc}); {state}") from exc
 
     def _advance(self) -> Snapshot:
         if self.cosim is not None:
