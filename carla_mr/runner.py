@@ -7,6 +7,8 @@ tick 1). Stages and the world are closed (stages in reverse order, then the worl
 exit path: normal end, exception, Ctrl-C and SIGTERM. The run directory gets:
 
 - ``config.yaml``: the resolved scenario (seed included), written before the first tick;
+- ``world.json``: the static world: map path, tick, RSUs (position, range, resources) and
+  signs (id, kind, OpenDRIVE type, value, pose, face size), CARLA frame;
 - ``summary.json``: ticks, avs, vehicles, mean_speed (m/s), distance_driven_m,
   rsu_coverage_share, wall_time_s, ticks_per_s, landmarks {total, by_type, ...}, seed,
   status ("completed" | "interrupted" | "failed"), and one entry per stage under ``stages``;
@@ -234,6 +236,22 @@ class Runner:
         sc = self.scenario.model_copy(update=update)
         atomic_write_text(self.run_dir / "config.yaml", dump_scenario(sc))
 
+    def _write_world_json(self, world: "World") -> None:
+        """``world.json``: the static side of the world (map, RSUs, signs) for viewers and analysis."""
+        signs = world.signs
+        sign_rows = [
+            {"id": str(signs.ids[i]), "kind": str(signs.kind[i]), "odr_type": str(signs.odr_type[i]),
+             "value": None if signs.value[i] != signs.value[i] else float(signs.value[i]),
+             "x": float(signs.x[i]), "y": float(signs.y[i]), "z": float(signs.z[i]), "yaw": float(signs.yaw[i]),
+             "width": float(signs.width[i]), "height": float(signs.height[i]), "road_id": int(signs.road_id[i])}
+            for i in range(len(signs))
+        ]
+        data = {"backend": self.scenario.backend, "map": str(getattr(world, "xodr_path", self.scenario.map)),
+                "tick_s": float(world.tick_s), "frame": "CARLA (left-handed: x east, y south, yaw clockwise, deg)",
+                "net_offset": list(getattr(world, "net_offset", (0.0, 0.0))),
+                "rsus": world.rsus.to_records(), "signs": sign_rows}
+        atomic_write_json(self.run_dir / "world.json", data, indent=None)
+
     def run(self) -> dict[str, Any]:
         from carla_mr.cli_common import progress as progress_bar
         from carla_mr.world.factory import make_world
@@ -258,6 +276,7 @@ class Runner:
             if world is None:
                 world = make_world(self.scenario, seed=self.seed)
             self.world = world
+            self._write_world_json(world)
             ctx = RunContext(scenario=self.scenario, world=world, run_dir=self.run_dir, seed=self.seed)
             self.ctx = ctx
             for st in self.stages:

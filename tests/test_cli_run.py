@@ -53,6 +53,11 @@ def test_run_grid_writes_run_dir(tmp_path):
     # distance_driven_m equals the sum of speed * tick over every row
     assert np.isclose(t.column("speed").to_numpy().sum() * 0.05, s["distance_driven_m"])
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+    world = json.loads((out / "world.json").read_text())
+    assert len(world["rsus"]) == s["rsus"] > 0 and world["rsus"][0]["gpu_hz"] == 19e9
+    assert len(world["signs"]) == s["landmarks"]["unique_signs"]
+    assert {x["kind"] for x in world["signs"]} >= {"stop", "yield", "speed_limit", "traffic_light"}
+    assert set(np.unique(t.column("rsu").to_numpy())) <= set(range(-1, len(world["rsus"])))
 
 
 def test_summary_table_without_json(tmp_path):
