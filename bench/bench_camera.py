@@ -1,6 +1,6 @@
 """Embedded camera and recorder throughput vs the I/O floor (same run, one core).
 
-Scene: Town01 (../shared/maps) with 10 signs placed along the ego AV's road 10-60 m ahead
+Scene: Town01 (../shared/maps) with 10 signs placed along the ego AV's road 15-65 m ahead
 (both sides, every kind; the map's own landmarks are left out so exactly those 10 are in
 view) and 50 vehicles (the ego, 12 spread ahead on its road, the rest over the map), all
 driving their lanes (KinematicWorld, no SUMO, so only the camera is measured). 640x480,
@@ -64,7 +64,7 @@ def _scene():
     # 10 signs, 10..60 m ahead, alternating sides, facing the ego.
     rows = []
     for k in range(10):
-        d = 10.0 + 5.5 * k
+        d = 15.0 + 5.5 * k
         wp = ego.next(d)[0]
         tf = wp.transform
         r = tf.get_right_vector()
@@ -80,7 +80,7 @@ def _scene():
     ahead = [ego.next(12.0 + 7.0 * i)[0] for i in range(12)]
     rest = pool[:: max(1, len(pool) // 37)][:37]
     start = [ego] + ahead + rest
-    return KinematicWorld(cmap, signs, n_avs=1, n_background=len(start) - 1, seed=0, start=start, speed=3.0)
+    return KinematicWorld(cmap, signs, n_avs=1, n_background=len(start) - 1, seed=0, start=start, speed=1.0)
 
 
 def _best(fn, repeats=2):
