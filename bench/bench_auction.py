@@ -169,8 +169,9 @@ def bench_config(n: int, curve: bool, rounds: int, publish_first: bool = False, 
         ctx = zmq.Context()
         ctx.set(zmq.MAX_SOCKETS, 8192)
         socks = _dealers(ctx, endpoint, ids, keys, server.public, curve)
-        for j, s in enumerate(socks):
-            s.send_multipart([encode_header(P.HELLO, seq=1), encode_body({"agent": "bench"})])
+        for b, s in zip(ids, socks):
+            hello = {"agent": "bench"} if curve else {"agent": "bench", "claim": b}
+            s.send_multipart([encode_header(P.HELLO, seq=1), encode_body(hello)])
         _collect(socks, lambda fr: decode_header(fr[0], from_server=True)["type"] == P.WELCOME)
         lat, size = [], 0
         for r in range(rounds):
