@@ -326,6 +326,14 @@ class EmbeddedWorld(World):
         """SUMO ids of the running traffic lights (empty before reset)."""
         return list(self.sumo.trafficlight.getIDList()) if self._started and not self._closed else []
 
+    def traffic_light_states(self) -> dict[str, str]:
+        """Each running traffic light's current signal string (SUMO: one char per controlled
+        link, ``r``/``y``/``g``/``G``/...); empty before reset. Not part of the hot path."""
+        if not self._started or self._closed:
+            return {}
+        tl = self.sumo.trafficlight
+        return {t: tl.getRedYellowGreenState(t) for t in tl.getIDList()}
+
     # -- shutdown -------------------------------------------------------------------------------
     def _shutdown(self) -> None:
         global _LIVE

@@ -102,7 +102,7 @@ def test_traffic_lights_run_and_are_respected():
         w.reset()
         ls = w.sumo
         tls = w.traffic_light_ids()
-        assert len(tls) == 9
+        assert len(tls) == 9 and set(w.traffic_light_states()) == set(tls)
         assert w.landmark_summary()["by_type"]["traffic_light"] > 0
         link_of = {}  # (incoming lane, first internal lane) -> (tls, link index)
         for t in tls:
