@@ -575,7 +575,8 @@ class CarlaWorld(World):
     def _marker_role(self) -> str:
         o = self._orig_settings
         delta = o.fixed_delta_seconds
-        return f"{self.tag}marker;sync={int(bool(o.synchronous_mode))};delta={'none' if delta is None else repr(float(delta))}"
+        d = "none" if delta is None else repr(float(delta))
+        return f"{self.tag}marker;sync={int(bool(o.synchronous_mode))};delta={d}"
 
     def _spawn_marker(self) -> None:
         lib = self.world.get_blueprint_library()
@@ -984,7 +985,7 @@ class CarlaWorld(World):
         return {str(s): list(table.get(str(s), [])) for s in self.signs.ids}
 
     def _push_textures(self, textures: Mapping[str, SignTexture]) -> None:
-        from carla_mr.world.carla_textures import apply_texture, patch_mean, to_texture_color
+        from carla_mr.world.carla_textures import apply_texture, to_texture_color
 
         if not self._connected or self._closed:
             raise RunError("apply_sign_textures() needs a reset() world")

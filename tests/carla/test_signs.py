@@ -3,7 +3,6 @@ facing filter, occlusion, and labels that match the pixels the stand-in server r
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
