@@ -195,6 +195,9 @@ class Auctioneer:
 
     def submit(self, op: str, **kwargs) -> Future:
         fut: Future = Future()
+        if self._stopped.is_set():
+            fut.set_exception(RunError("the auctioneer has stopped"))
+            return fut
         self._q.put((op, kwargs, fut))
         try:
             self._wake_w.send(b"w")
@@ -450,6 +453,8 @@ class Auctioneer:
         t_pub = time.monotonic()
         self.round_times[r.round_id] = {"clear_s": t_cleared - t_close, "publish_s": t_pub - t_close,
                                         "n_bids": len(r.bids)}
+        if len(self.round_times) > 1024:
+            del self.round_times[min(self.round_times)]
         self._mark_published(r)
 
     def _send_result(self, r: _Round, outcome: dict, sched: dict, chain: str) -> None:

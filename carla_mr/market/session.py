@@ -203,7 +203,11 @@ class MarketSession:
             e_dt = priv["e_dt"] if e_dt is None else e_dt
             d = priv["d"] if d is None else d
         else:
-            public = make_public(**{k: public[k] for k in public})  # re-check the caller's data
+            try:
+                public = make_public(**{k: public[k] for k in public})  # re-check the caller's data
+            except TypeError as exc:
+                raise InputError(f"unknown or missing public array: {exc}; build it with make_public()",
+                                 field="run_round.public") from exc
         v = _arr(v, (I,), "v", allow_nan=True)
         U = _arr(U, (I, N, K1), "U")
         s_dt, e_dt, d = (_arr(x, (I, N), n) for x, n in ((s_dt, "s_dt"), (e_dt, "e_dt"), (d, "d")))
