@@ -16,20 +16,22 @@ def genai_group():
 
 @genai_group.command("train-base")
 @common_options
-@click.option("--steps", type=int, default=4000, show_default=True, help="Training steps.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--steps", type=int, default=2000, show_default=True, help="Training steps.")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=8e-4, show_default=True, help="Peak learning rate (AdamW).")
 @click.option("--image-size", type=int, default=32, show_default=True, help="Image side in pixels.")
-@click.option("--save-every", type=int, default=250, show_default=True, help="Checkpoint every N steps.")
+@click.option("--ema-decay", type=float, default=0.995, show_default=True, help="EMA decay of the saved weights.")
+@click.option("--save-every", type=int, default=100, show_default=True, help="Checkpoint every N steps.")
 @click.option("--threads", type=int, default=2, show_default=True, help="torch CPU threads.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.pt.")
 @guarded
-def train_base_cmd(out, seed, as_json, steps, batch_size, lr, image_size, save_every, threads, resume):
+def train_base_cmd(out, seed, as_json, steps, batch_size, lr, image_size, ema_decay, save_every, threads, resume):
     """Train the pixel-space text-to-image base model from scratch on procedural signs."""
     from carla_mr.genai.train import BaseTrainConfig, train_base
 
     run = make_run_dir(out, "genai-train-base")
     cfg = BaseTrainConfig(steps=steps, batch_size=batch_size, lr=lr, image_size=image_size, save_every=save_every,
+                          ema_decay=ema_decay,
                           seed=0 if seed is None else seed, threads=threads)
     log(f"training the base model into {run}")
     with progress(steps, "train-base") as adv:

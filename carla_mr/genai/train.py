@@ -35,15 +35,15 @@ from carla_mr.genai.signs import SIGN_CLASSES
 
 @dataclass
 class BaseTrainConfig:
-    steps: int = 4000
-    batch_size: int = 32
-    lr: float = 5e-4
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 8e-4
     warmup: int = 200
     weight_decay: float = 1e-2
-    ema_decay: float = 0.999
+    ema_decay: float = 0.995
     cfg_drop: float = 0.1
     image_size: int = 32
-    save_every: int = 250
+    save_every: int = 100
     log_every: int = 10
     seed: int = 0
     threads: int = 2
