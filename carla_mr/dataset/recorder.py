@@ -60,6 +60,18 @@ def _storage_error(exc: OSError, what: str, saved: int) -> RunError:
                     f"the same command again to resume.")
 
 
+def _fingerprint(manifest) -> object:
+    """The manifest without what may change between a recording and its resumption (its length)."""
+    if not isinstance(manifest, dict):
+        return manifest
+    m = json.loads(json.dumps(manifest))
+    m.get("recorder", {}).pop("max_frames", None)
+    m.get("scenario", {}).pop("duration_s", None)
+    if isinstance(m.get("scenario", {}).get("recorder"), dict):
+        m["scenario"]["recorder"].pop("max_frames", None)
+    return m
+
+
 class Recorder:
     """Records the cameras of a world into ``root``. Use ``start(world)``, then
     ``on_snapshot(snapshot)`` for every tick (in order, from frame 0), then ``close()``.
@@ -120,11 +132,14 @@ class Recorder:
                     old = json.loads(mpath.read_text(encoding="utf-8"))
                 except (ValueError, UnicodeDecodeError):
                     old = None
-                if old != json.loads(json.dumps(manifest)):
+                new = json.loads(json.dumps(manifest))
+                if _fingerprint(old) != _fingerprint(new):
                     raise InputError(f"{self.root} holds a recording made with another scenario, config or seed; "
                                      f"pick another --out (or the same settings to resume it)", field="--out")
                 self.resume_from = self._first_uncommitted()
                 self._remove_stale_temps()
+                if old != new:  # only the length changed: the recording is being extended
+                    atomic_write_json(mpath, manifest)
             else:
                 self.root.mkdir(parents=True, exist_ok=True)
                 atomic_write_json(mpath, manifest)
@@ -207,7 +222,7 @@ class Recorder:
             self._sync()
         return frames
 
-    def _exported(self, lab: dict, w: int, h: int) -> tuple[bool, list[int]]:
+    def _exported(self, lab: dict) -> tuple[bool, list[int]]:
         box = lab["box"] if self.cfg.box == "full" else lab["visible_box"]
         x0, y0, x1, y1 = box
         ok = (min(x1 - x0, y1 - y0) >= self.cfg.min_box_px and lab["visible"] >= self.cfg.min_visible
@@ -229,7 +244,7 @@ class Recorder:
         data = buf.tobytes()
         labels, lines = [], []
         for lab in fr.labels:
-            ok_lab, box = self._exported(lab, w, h)
+            ok_lab, box = self._exported(lab)
             labels.append(dict(lab, exported=ok_lab))
             if ok_lab:
                 x0, y0, x1, y1 = box
@@ -357,8 +372,8 @@ def record(scenario, out: str | os.PathLike, *, seed: Optional[int] = None, cfg:
            ticks: Optional[int] = None, world=None, on_frame=None) -> dict[str, Any]:
     """Record ``scenario`` into ``out`` (resuming what is there). Returns the summary.
 
-    ``world`` defaults to the scenario's backend (``make_world``); ``ticks`` to the
-    scenario's duration (the recording also ends when ``max_frames`` are recorded);
+    ``world`` defaults to the scenario's backend (``make_world``); ``ticks`` to what
+    ``max_frames`` needs when set, else the scenario's duration;
     ``on_frame(n)`` is called after each recorded tick (progress bars).
     """
     cfg = cfg or scenario.recorder
@@ -367,7 +382,13 @@ def record(scenario, out: str | os.PathLike, *, seed: Optional[int] = None, cfg:
         from carla_mr.world.factory import make_world
 
         world = make_world(scenario, seed=seed)
-    total = int(ticks if ticks is not None else scenario.ticks)
+    if ticks is None:
+        if cfg.max_frames is not None:  # as many ticks as the frames need, whatever the duration
+            warm = int(round(cfg.warmup_s / float(scenario.tick_s)))
+            ticks = warm + (cfg.max_frames - 1) * cfg.every_k + 1
+        else:
+            ticks = scenario.ticks
+    total = int(ticks)
     rec = Recorder(cfg, out, seed=seed, scenario=scenario)
     finished = False
     with world:

@@ -207,3 +207,13 @@ def test_recorder_config_validation():
     with pytest.raises(Exception):
         RecorderConfig(swap_share=1.5)
     assert RecorderConfig().enabled is False
+
+
+def test_extending_a_recording_equals_recording_it_whole(tmp_path, town01, town01_map, town01_signs):
+    ext, whole = tmp_path / "ext", tmp_path / "whole"
+    record(scenario(town01, max_frames=6, every_k=2), ext, world=world(town01_map, town01_signs))
+    s = record(scenario(town01, max_frames=10, every_k=2), ext, world=world(town01_map, town01_signs))
+    assert s["resume_from_frame"] == 12 and s["frames_recorded"] == 4
+    record(scenario(town01, max_frames=10, every_k=2), whole, world=world(town01_map, town01_signs))
+    assert tree(ext) == tree(whole)
+    assert json.loads((whole / "progress.json").read_text()) == {"frames": 10, "last_frame": 18, "complete": True}
