@@ -98,3 +98,46 @@ def test_cli_keys_and_replay(tmp_path):
     assert res.exit_code == 2 and "loopback" in res.output
     res = runner.invoke(market_group, ["bid", "--id", "av-000", "--keys", str(tmp_path / "k"), "--price", "1"])
     assert res.exit_code == 2 and "--task" in res.output
+
+
+def test_cli_bid_and_status_against_a_live_auctioneer(tmp_path):
+    from carla_mr.market.auctioneer import Auctioneer, AuctioneerSettings
+    from carla_mr.market.cli import market_group
+    from carla_mr.market.keys import AllowList, load_keypair
+
+    runner = CliRunner()
+    keys = tmp_path / "k"
+    assert runner.invoke(market_group, ["keys", "--out", str(keys), "--avs", "2", "--sims", "3"]).exit_code == 0
+    allow = AllowList.load(keys / "allowlist.json")
+    a = Auctioneer(AuctioneerSettings(ledger_path=tmp_path / "l.sqlite", allow=allow,
+                                      server_key=load_keypair(keys / "server.key_secret"), deadline_s=30.0,
+                                      publish_first=True))
+    ep = a.start()
+    try:
+        pub, _ = sample_round(2, 3, 1, seed=4)
+        rid = a.open_round(pub, av_ids=allow.av_ids, sim_ids=allow.sim_ids, n_tasks=1)["round_id"]
+        common = ["--endpoint", ep, "--keys", str(keys), "--json", "--timeout", "5"]
+        vals = tmp_path / "v.json"
+        vals.write_text(json.dumps({"av-000": [0.3], "av-001": [0.2]}))
+        for args in (["--id", "av-000", "--price", "0.6", "--task", "0.2,1.0,1.2"],
+                     ["--id", "av-001", "--price", "0.4", "--task", "0.1,0.5,1.3", "--round", str(rid)],
+                     ["--id", "sim-000", "--contract"],
+                     ["--id", "sim-001", "--values", str(vals)]):
+            res = runner.invoke(market_group, ["bid", *common, *args])
+            assert res.exit_code == 0, res.output
+            assert json.loads(res.output)["reply"] == "ack"
+        vals.write_text(json.dumps({"av-000": [0.1]}))
+        res = runner.invoke(market_group, ["bid", *common, "--id", "sim-002", "--values", str(vals),
+                                           "--wait-result"])
+        out = json.loads(res.output.splitlines()[0])
+        assert res.exit_code == 0 and out["result"]["outcome"]["winner_id"] == "av-000"
+        # a second, different bid is refused: exit 1
+        res = runner.invoke(market_group, ["bid", *common, "--id", "av-000", "--price", "0.9", "--task", "0.2,1,1.2",
+                                           "--round", str(rid)])
+        assert res.exit_code == 1
+        res = runner.invoke(market_group, ["status", *common, "--id", "av-001", "--round", str(rid)])
+        st_ = json.loads(res.output)
+        assert res.exit_code == 0 and st_["state"] == "PUBLISHED" and st_["n_bids"] == 5
+    finally:
+        a.stop()
+    assert replay(tmp_path / "l.sqlite")["ok"]
