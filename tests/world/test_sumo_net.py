@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import xml.etree.ElementTree as ET
 
 import numpy as np
