@@ -162,8 +162,8 @@ def landmark_counts(cmap: "carla.Map") -> dict:
 def inject_text(text: str, placements: Iterable[SignPlacement], *, name: str = "map") -> tuple[str, list[str]]:
     """Inject signs into OpenDRIVE text; verify with libcarla that every new landmark is there.
 
-    Returns (new_text, new_signal_ids). RunError-free: a map libcarla then rejects, or a
-    landmark count that did not grow by the number injected, raises InputError.
+    Returns (new_text, new_signal_ids). A bad placement, a result libcarla rejects, or a
+    landmark count that did not grow by exactly the number injected raises InputError.
     """
     placements = list(placements)
     tree = parse_xodr(text, source=name)
