@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import math
 import os
 import queue
 import signal
@@ -832,17 +831,24 @@ class CarlaWorld(World):
         if self.cosim is not None:
             ids, role = self.cosim.vehicles(ids, role)
         n = len(ids)
-        x, y, z, yaw, speed = (np.empty(n) for _ in range(5))
+        rows = np.zeros((n, 7))
         keep = np.ones(n, dtype=bool)
-        for k in range(n):
-            a = snap.find(int(ids[k]))
+        find = snap.find
+        vals = []
+        for k, vid in enumerate(ids.tolist()):
+            a = find(vid)
             if a is None:
                 keep[k] = False
+                vals.append((0.0,) * 7)
                 continue
             t = a.get_transform()
             v = a.get_velocity()
-            x[k], y[k], z[k], yaw[k] = t.location.x, t.location.y, t.location.z, t.rotation.yaw
-            speed[k] = math.sqrt(v.x * v.x + v.y * v.y + v.z * v.z)
+            loc = t.location
+            vals.append((loc.x, loc.y, loc.z, t.rotation.yaw, v.x, v.y, v.z))
+        if n:
+            rows = np.array(vals, dtype=np.float64)
+        x, y, z, yaw = rows[:, 0].copy(), rows[:, 1].copy(), rows[:, 2].copy(), rows[:, 3].copy()
+        speed = np.sqrt((rows[:, 4:7] ** 2).sum(axis=1))
         if not keep.all():  # vehicles the server removed (e.g. fell off the map)
             gone = ids[~keep]
             self.stats["vanished"] += int(gone.size)
