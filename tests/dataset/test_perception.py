@@ -171,3 +171,31 @@ def test_perception_stage_in_the_loop(tmp_path, town01, town01_map, town01_signs
     s = stage.summary()
     assert s["n"] > 0 and "original" in s["accuracy_by_source"]
     assert (tmp_path / "perception" / "report.json").is_file() and (tmp_path / "perception" / "crops.csv").is_file()
+
+
+def test_perception_reuses_recorder_frames(tmp_path, town01, town01_map, town01_signs):
+    from carla_mr.dataset.recorder import RecorderStage
+
+    sc = scenario_from_dict({"map": str(town01), "seed": 1,
+                             "recorder": {"enabled": True, "camera": SPEC, "every_k": 2},
+                             "perception": {"enabled": True, "model": "template", "every_k": 2, "min_box_px": 4}})
+    world = KinematicWorld(town01_map, town01_signs, seed=1, start=start_before_sign(town01_map, town01_signs,
+                                                                                      back_m=30))
+    reads = []
+    real = world.read_camera
+    world.read_camera = lambda name: (reads.append(name), real(name))[1]
+    stages = [RecorderStage(sc.recorder), PerceptionStage(sc.perception)]
+    ctx = RunContext(scenario=sc, world=world, run_dir=tmp_path, seed=1)
+    for st in stages:
+        st.start(ctx)
+    snap = world.reset()
+    for t in range(20):
+        if t:
+            snap = world.tick()
+        for st in stages:
+            st.on_tick(snap, ctx)
+    for st in reversed(stages):
+        st.close()
+    assert reads == ["cam0"] * 10  # perception rendered nothing itself
+    assert stages[1].summary()["n"] > 0
+    assert (tmp_path / "dataset" / "annotations.json").is_file()
