@@ -211,6 +211,17 @@ class Auctioneer:
         return self.submit("open", public=public, av_ids=av_ids, sim_ids=sim_ids, n_tasks=n_tasks,
                            deadline_s=deadline_s, params=params or {}).result(timeout)
 
+    def close_round(self, round_id: int, timeout: float = 30.0) -> str:
+        """Close an open round now (before its deadline), clear and publish it; returns its state.
+
+        For an operator that knows every bid it waits for is in (the MarketSession does).
+        """
+        return self.submit("close", round_id=round_id).result(timeout)
+
+    def void_round(self, round_id: int, reason: str = "operator", timeout: float = 30.0) -> dict:
+        """Void an open round: no outcome; its bids stay in the ledger."""
+        return self.submit("void", round_id=round_id, reason=reason).result(timeout)
+
     def stop(self, timeout: float = 10.0) -> None:
         if self._thread is None:
             self._stop = True
@@ -311,6 +322,13 @@ class Auctioneer:
                     fut.set_result(None)
                 elif op == "open":
                     fut.set_result(self._open_round(**kw))
+                elif op == "close":
+                    r = self.rounds.get(kw["round_id"])
+                    if r is None:
+                        raise InputError(f"round {kw['round_id']} is unknown", field="round_id")
+                    if r.state == P.OPEN:
+                        self._close_and_clear(r)
+                    fut.set_result(r.state)
                 elif op == "void":
                     fut.set_result(self._void(kw["round_id"], kw.get("reason", "operator")))
                 elif op == "wait":
@@ -493,6 +511,9 @@ class Auctioneer:
             raise InputError(f"round {round_id} is not open", field="round_id")
         r.state = P.VOID
         self.ledger.set_state(round_id, P.VOID, {"reason": reason})
+        for fut in r.times.pop("waiters", []):
+            if not fut.done():
+                fut.set_exception(RunError(f"round {round_id} was voided ({reason})"))
         return {"round_id": round_id, "state": P.VOID}
 
     def _recover(self) -> None:

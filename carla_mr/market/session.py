@@ -245,6 +245,8 @@ class MarketSession:
         refused = {b: r.body.get("code", "?") for b, r in got.items() if r.type == P.ERROR}
         refused.update({b: "no_reply" for b in pending if b not in got})
         wait = (deadline_s or self.config.round_deadline_s) + self.config.request_timeout_s * 2 + 5.0
+        if self.config.early_close:  # every bid this session sends has been answered: close now
+            self.auctioneer.close_round(rid, timeout=wait)
         view = self.auctioneer.wait_published(rid, timeout=wait)
         delivered = self._await_results(rid, [b for b in bodies], timeout=self.config.request_timeout_s)
         latency = time.monotonic() - t0

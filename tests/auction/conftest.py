@@ -22,6 +22,7 @@ class Harness:
         self.auctioneer = Auctioneer(self.settings)
         self.endpoint = self.auctioneer.start()
         self.clients = []
+        self.clients_by = {}
 
     def client(self, bidder_id, **kw):
         cls = AVBidder if bidder_id.startswith("av") else SimulatorBidder
