@@ -1069,7 +1069,8 @@ class CarlaWorld(World):
     def summary(self) -> dict[str, Any]:
         """Backend facts for a run summary: server version, town, spawn/sensor/texture stats, close report."""
         return {"backend": "carla", "server_version": getattr(self, "server_version", None), "town": self.town,
-                "session": self.session, **{k: v for k, v in self.stats.items()}, "cameras": self.camera_stats(),
+                "session": self.session, **{k: v for k, v in self.stats.items()},
+                "cameras": self.camera_stats() if self._cameras else self.stats.get("cameras", {}),
                 "close": {"done": list(self.close_report.done), "failed": dict(self.close_report.failed),
                           "skipped": list(self.close_report.skipped)}}
 
@@ -1100,6 +1101,8 @@ class CarlaWorld(World):
 
     def _teardown_actors(self) -> None:
         """Stop and destroy our sensors, then every other actor of ours, then sweep by tag."""
+        if self._cameras:
+            self.stats["cameras"] = self.camera_stats()  # kept for summary() after the sensors go
         cams, self._cameras = self._cameras, {}
         for cam in cams.values():
             for s in (cam.rgb, cam.depth):

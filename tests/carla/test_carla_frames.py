@@ -29,6 +29,7 @@ def test_every_tick_gets_its_own_frame(make_server, town_scenario):
             assert fr.image.shape == (48, 64, 3) and fr.image.dtype == np.uint8
         assert w.camera_stats()["front"] == {"matched": 6, "missed": 0, "dropped": 0, "depth_matched": 6,
                                              "depth_missed": 0}
+    assert w.summary()["cameras"]["front"]["matched"] == 6  # still reported after close()
 
 
 def test_dropped_frame_is_counted_and_the_next_one_matches(make_server, town_scenario):
