@@ -54,7 +54,9 @@ class Evaluator:
                 and (self.cfg.include_traffic_lights or lab["kind"] != "traffic_light"))
 
     def add_frame(self, image: np.ndarray, labels: Iterable[dict], *, frame: int, camera: str) -> int:
-        labs = [lab for lab in labels if self.eligible(lab)]
+        from carla_mr.dataset.recorder import normalise_label
+
+        labs = [lab for lab in map(normalise_label, labels) if self.eligible(lab)]
         if not labs:
             return 0
         crops = [crop(image, lab["box"], self.cfg.crop_margin) for lab in labs]

@@ -54,6 +54,25 @@ def dataset_classes(signs, kinds: Optional[list[str]] = None) -> list[str]:
     return sorted(out)
 
 
+def normalise_label(lab: dict) -> dict:
+    """A CameraFrame label with every key the exports use, whatever the backend filled in:
+    the contract keys (id, kind, value, box, visible, distance, source, ref) plus ``class``,
+    ``visible_box`` (default: ``box``) and ``pixels`` (default: box area x visible)."""
+    out = dict(lab)
+    v = out.get("value")
+    if v is not None and not (isinstance(v, (int, float)) and np.isfinite(v)):
+        v = None
+    out["value"] = v
+    out.setdefault("class", class_name(str(out["kind"]), v))
+    box = [int(b) for b in out["box"]]
+    out["box"] = box
+    out.setdefault("visible_box", box)
+    out.setdefault("pixels", int(round((box[2] - box[0]) * (box[3] - box[1]) * float(out.get("visible", 1.0)))))
+    out.setdefault("source", "original")
+    out.setdefault("ref", None)
+    return out
+
+
 def _storage_error(exc: OSError, what: str, saved: int) -> RunError:
     return RunError(f"recording stopped while writing {what}: {exc.strerror or exc} (errno {exc.errno}); "
                     f"the {saved} frame(s) committed before are intact. Free space / fix permissions and run "
@@ -243,7 +262,7 @@ class Recorder:
             raise RunError(f"could not encode frame {fr.frame}")
         data = buf.tobytes()
         labels, lines = [], []
-        for lab in fr.labels:
+        for lab in map(normalise_label, fr.labels):
             ok_lab, box = self._exported(lab)
             labels.append(dict(lab, exported=ok_lab))
             if ok_lab:

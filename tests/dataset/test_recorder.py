@@ -217,3 +217,12 @@ def test_extending_a_recording_equals_recording_it_whole(tmp_path, town01, town0
     record(scenario(town01, max_frames=10, every_k=2), whole, world=world(town01_map, town01_signs))
     assert tree(ext) == tree(whole)
     assert json.loads((whole / "progress.json").read_text()) == {"frames": 10, "last_frame": 18, "complete": True}
+
+
+def test_labels_from_a_minimal_backend_are_completed():
+    from carla_mr.dataset.recorder import normalise_label
+
+    lab = normalise_label({"id": "7", "kind": "speed_limit", "value": 50.0, "box": [1, 2, 11, 22], "visible": 0.5,
+                           "distance": 9.0, "source": "original", "ref": None})
+    assert lab["class"] == "speed_limit_50" and lab["visible_box"] == [1, 2, 11, 22] and lab["pixels"] == 100
+    assert normalise_label(dict(lab, value=float("nan"), kind="stop", **{"class": "stop"}))["value"] is None
