@@ -1070,6 +1070,7 @@ class CarlaWorld(World):
         """Backend facts for a run summary: server version, town, spawn/sensor/texture stats, close report."""
         return {"backend": "carla", "server_version": getattr(self, "server_version", None), "town": self.town,
                 "session": self.session, **{k: v for k, v in self.stats.items()},
+                **({"cosim": self.cosim.summary()} if self.cosim is not None else {}),
                 "cameras": self.camera_stats() if self._cameras else self.stats.get("cameras", {}),
                 "close": {"done": list(self.close_report.done), "failed": dict(self.close_report.failed),
                           "skipped": list(self.close_report.skipped)}}

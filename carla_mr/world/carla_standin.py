@@ -595,6 +595,13 @@ class StandinWorld:
     def get_names_of_all_objects(self) -> list:
         return list(self._srv.object_names)
 
+    @_api("World.apply_color_texture_to_object")
+    def apply_color_texture_to_object(self, object_name: str, material_parameter, texture) -> None:
+        if not isinstance(object_name, str) or not isinstance(texture, carla.TextureColor):
+            raise TypeError("apply_color_texture_to_object(str, MaterialParameter, TextureColor)")
+        if material_parameter == carla.MaterialParameter.Diffuse:
+            self._srv._texture([object_name], texture)
+
     @_api("World.apply_textures_to_objects")
     def apply_textures_to_objects(self, objects_name_list: list, diffuse_texture, emissive_texture, normal_texture,
                                   ao_roughness_metallic_emissive_texture) -> None:

@@ -90,7 +90,7 @@ def apply_texture(world: Any, api: Any, names: Sequence[str], texture: Any) -> N
     if hasattr(world, "apply_textures_to_objects"):
         empty = empty_float_texture(api)
         world.apply_textures_to_objects(names, texture, empty, empty, empty)
-    else:  # pragma: no cover - servers older than the plural call
+    else:  # servers without the plural call
         for n in names:
             world.apply_color_texture_to_object(n, api.MaterialParameter.Diffuse, texture)
 

@@ -133,3 +133,18 @@ def test_original_cannot_be_restored_and_labels_stay_truthful(make_server, town_
         assert w.stats["texture_no_object"] == [tl]
         with pytest.raises(KeyError):
             w.apply_sign_textures({"no-such-sign": np.full((8, 8, 3), 5, np.uint8)})
+
+
+def test_servers_without_the_plural_call_get_one_call_per_object(make_server, town_scenario, face_sign, monkeypatch):
+    from carla_mr.world.carla_standin import StandinWorld
+
+    monkeypatch.delattr(StandinWorld, "apply_textures_to_objects")
+    srv = make_server()
+    with CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False) as w:
+        sid = _watching(srv, w, face_sign)
+        w.apply_sign_textures({sid: np.full((8, 8, 3), (10, 200, 10), np.uint8)})
+        names = w.sign_objects()[sid]
+        assert [c[0] for c in srv.texture_calls] == [[n] for n in names]
+        assert srv.counts["World.apply_color_texture_to_object"] == len(names) == 2
+        w.tick()
+        assert w.stats["texture_noops"] == []
