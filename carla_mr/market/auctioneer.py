@@ -33,7 +33,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -41,8 +41,8 @@ import zmq
 
 from carla_mr.errors import InputError, RunError
 from carla_mr.market import protocol as P
-from carla_mr.market.codec import (ProtocolError, canonical_bytes, decode_body, decode_header, digest, encode,
-                                   encode_body, encode_header, pack_arrays, unpack_arrays)
+from carla_mr.market.codec import (ProtocolError, canonical_bytes, decode_body, decode_header, digest, encode_body,
+                                   encode_header, pack_arrays, unpack_arrays)
 from carla_mr.market.keys import AllowList, Keypair
 from carla_mr.market.ledger import Ledger
 

@@ -20,7 +20,6 @@ import dataclasses
 import math
 from typing import Any
 
-import msgpack
 import numpy as np
 
 from carla_mr.errors import InputError
