@@ -99,8 +99,8 @@ def test_kill9_mid_round_loses_no_acknowledged_bid(tmp_path):
             assert stored.get(a) == receipt
 
         # restart on the same ledger: the round is resumed (its deadline has not passed)
-        proc = _serve(keys, out, port, "--deadline", "60", "--rounds", "1")
         (out / "endpoint.txt").unlink()
+        proc = _serve(keys, out, port, "--deadline", "60", "--rounds", "1")
         _wait_ready(out, proc)
         for c in clients.values():
             c.close()
