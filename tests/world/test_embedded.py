@@ -169,3 +169,37 @@ def test_scenario_signs_are_injected_and_listed(town02):
         assert kinds[w.injected_sign_ids[0]] == "stop" and kinds[w.injected_sign_ids[1]] == "speed_limit"
         assert w.landmark_summary()["total"] == 69 + 5
         w.reset()
+
+
+def test_stop_signs_make_vehicles_stop():
+    """The map's stop signs become SUMO stop links: every vehicle that crosses from a
+    stop-signed approach into the junction has come to a halt first."""
+    from carla_mr.world.sumo_net import stop_controlled_nodes
+
+    with EmbeddedWorld(scenario(avs=10, background=50), seed=6) as w:
+        nodes = stop_controlled_nodes(w.xodr_path.read_text(), w.net_path)
+        assert len(nodes) == 4 and set(nodes.values()) == {"priority_stop"}
+        w.reset()
+        ls = w.sumo
+        stop_edges: set[str] = set()
+        for node in nodes:
+            for e in ls.junction.getIncomingEdges(node):
+                for i in range(ls.edge.getLaneNumber(e)):
+                    for link in ls.lane.getLinks(f"{e}_{i}"):
+                        if link[5] == "s":  # (lane, prio, open, foe, via, state, dir, length): minor stop
+                            stop_edges.add(e)
+        assert len(stop_edges) == 4
+        min_speed: dict[str, float] = {}
+        crossed = []
+        for _ in range(1600):
+            snap = w.tick()
+            for vid, v in zip(map(str, snap.ids), snap.speed):
+                edge = ls.vehicle.getRoadID(vid)
+                if edge in stop_edges:
+                    lane = ls.vehicle.getLaneID(vid)
+                    if ls.lane.getLength(lane) - ls.vehicle.getLanePosition(vid) < 15.0:
+                        min_speed[vid] = min(min_speed.get(vid, 99.0), float(v))
+                elif vid in min_speed:
+                    crossed.append(min_speed.pop(vid))
+        assert len(crossed) >= 2
+        assert max(crossed) < 0.5, crossed

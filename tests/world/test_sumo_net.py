@@ -88,3 +88,39 @@ def test_bad_map_is_input_error(tmp_path, monkeypatch):
     with pytest.raises(InputError):
         build_net(bad)
     assert not [p for p in (tmp_path / "cache" / "nets").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_stop_signs_become_stop_junctions(tmp_path, monkeypatch):
+    """Stop signs on some approaches -> priority_stop; on every approach -> allway_stop;
+    lane geometry is unchanged by the patch."""
+    from pathlib import Path
+
+    from carla_mr.world.maps import inject_text
+    from carla_mr.world.opendrive import SignPlacement, parse_xodr, roads
+    from carla_mr.world.sumo_net import _net_graph, stop_controlled_nodes
+
+    monkeypatch.setenv("CARLA_MR_CACHE", str(tmp_path / "cache"))
+    text = (Path(__file__).resolve().parents[2] / "maps" / "mr_town.xodr").read_text()
+    tree = parse_xodr(text)
+    root = tree.getroot()
+    jname = {j.get("id"): j.get("name") for j in root.findall("junction")}
+    into: dict[str, list] = {}
+    for r in roads(tree):
+        suc = r.element.find("link/successor")
+        if not r.in_junction and r.right and suc is not None and suc.get("elementType") == "junction":
+            into.setdefault(jname[suc.get("elementId")], []).append(r)
+    # a border T-junction of the town grid (no lights; its side street already has a stop sign)
+    target = into["n0_2"]
+    assert len(target) == 3
+    out, _ = inject_text(text, [SignPlacement("stop", r.id, r.length - 3, "+") for r in target])
+    xodr = tmp_path / "allway.xodr"
+    xodr.write_text(out)
+    net = build_net(xodr)
+    types = stop_controlled_nodes(out, net.path)
+    assert sorted(types.values()) == ["allway_stop"] + ["priority_stop"] * 3  # + the map's other 3
+    edges, nodes = _net_graph(net.path)
+    for node, typ in types.items():
+        assert nodes[node] == typ
+    plain = build_net(Path(__file__).resolve().parents[2] / "maps" / "mr_town.xodr")
+    a, b = _lane_shapes(plain.path), _lane_shapes(net.path)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
