@@ -127,7 +127,7 @@ def test_signal_closes_and_exits(tmp_path, sig, code):
         deadline = time.time() + 60
         while not (out / ".trajectories.parquet.tmp").exists() and time.time() < deadline:
             time.sleep(0.1)
-        time.sleep(4.0)  # usually into the tick loop; a signal during start-up must give the same result
+        time.sleep(2.5)  # usually into the tick loop; a signal during start-up must give the same result
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
