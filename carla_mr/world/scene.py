@@ -1,7 +1,8 @@
 """Static scene geometry for the embedded renderer, computed once per map.
 
 Road surfaces are quads between consecutive waypoints of every driving lane (left and right
-lane edges at half the lane width); lane markings are thin quads along the lane edges whose
+lane edges at half the lane width), plus the shoulders and sidewalks beside the outermost
+driving lanes (other colours); lane markings are thin quads along the lane edges whose
 OpenDRIVE road mark is solid or broken (broken marks drawn 3 m on, 3 m off). All arrays are
 metres in CARLA's world frame.
 """
@@ -22,6 +23,9 @@ MARK_YELLOW = (235, 190, 40)
 SKY_TOP = (95, 145, 215)
 SKY_HORIZON = (190, 215, 240)
 POST = (120, 120, 125)
+SIDE_LANE_COLOURS = {"Sidewalk": (150, 148, 142), "Shoulder": (88, 88, 90), "Parking": (80, 80, 84),
+                     "Biking": (120, 70, 60)}
+SIDE_LANE_DEFAULT = (105, 105, 100)
 SIGN_BACK = (150, 150, 155)
 
 _BROKEN_ON_M = 3.0
@@ -96,6 +100,39 @@ def _merge_strips(road: np.ndarray, colours: list, chains: dict, tol: float, max
     return out[keep], [c for c, k in zip(colours, keep) if k]
 
 
+def _lane_quad(a, b) -> list[np.ndarray] | None:
+    """The quad of a lane between two of its waypoints (left0, left1, right1, right0)."""
+    out = []
+    for wp in (a, b):
+        tf = wp.transform
+        rv = tf.get_right_vector()
+        r = np.array([rv.x, rv.y, 0.0])
+        r /= (math.hypot(r[0], r[1]) or 1.0)
+        out.append((np.array([tf.location.x, tf.location.y, tf.location.z]), r, wp.lane_width / 2.0))
+    (p0, r0, h0), (p1, r1, h1) = out
+    if np.linalg.norm(p1 - p0) > 10.0:
+        return None
+    return [p0 - r0 * h0, p1 - r1 * h1, p1 + r1 * h1, p0 + r0 * h0]
+
+
+def _side_lanes(wp, nxt, road: list, colours: list, chains: dict) -> None:
+    """Shoulders, sidewalks and other non-driving lanes right of the outermost driving lane."""
+    a, b = wp.get_right_lane(), nxt.get_right_lane()
+    depth = 0
+    while a is not None and b is not None and depth < 4:
+        name = str(getattr(a.lane_type, "name", a.lane_type))
+        if name == "Driving" or a.lane_width < 0.05:
+            return
+        q = _lane_quad(a, b)
+        if q is not None:
+            road.append(q)
+            colours.append(SIDE_LANE_COLOURS.get(name, SIDE_LANE_DEFAULT))
+            chains.setdefault(("side", a.road_id, a.section_id, a.lane_id), []).append(
+                (wp.s if wp.lane_id < 0 else -wp.s, len(road) - 1))
+        a, b = a.get_right_lane(), b.get_right_lane()
+        depth += 1
+
+
 def build_road_scene(carla_map, step_m: float = 2.0, merge_tol_m: float = 0.02) -> RoadScene:
     """Precompute road and marking quads from a ``carla.Map`` (done once per map).
 
@@ -131,6 +168,7 @@ def build_road_scene(carla_map, step_m: float = 2.0, merge_tol_m: float = 0.02) 
                 (wp.s if wp.lane_id < 0 else -wp.s, len(road) - 1))
             if wp.is_junction:
                 continue
+            _side_lanes(wp, nxt, road, road_col, chains)
             for side, marking in ((-1.0, wp.left_lane_marking), (1.0, wp.right_lane_marking)):
                 kind, colour, mw = _mark_kind(marking)
                 if kind == "none":
