@@ -31,13 +31,16 @@ def _fmt_ratio(d: dict | None) -> str:
               help="Market draws per point (each evaluated by every mechanism and treatment).")
 @click.option("--c-max", type=float, default=None, help="Truncate C ~ Zipf(2) at this value (default: none).")
 @click.option("--beta0", type=float, default=None, help="Scale of the driving simulator's match (default 1).")
+@click.option("--size-unit", type=float, default=None, help="1: sizes in Mbit (default); 8: strict MB.")
+@click.option("--noise-mode", type=click.Choice(["random", "fixed"]), default=None,
+              help="Link noise: random sigma^2 = max(|N(0,1)|, 1e-3) (default) or fixed 1.")
 @click.option("--scoring", type=click.Choice(["reported", "expected"]), default="reported", show_default=True)
 @click.option("--no-plots", is_flag=True, default=False, help="Write CSVs and summary.json only.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes (results are identical for any number).")
 @common_options
 @guarded
-def experiment_cmd(figure, reps, c_max, beta0, scoring, no_plots, workers, out, seed, as_json):
+def experiment_cmd(figure, reps, c_max, beta0, size_unit, noise_mode, scoring, no_plots, workers, out, seed, as_json):
     """Run the paper's experiment FIGURE (or all) with common random numbers; CSV + PNG + summary."""
     from carla_mr.market.experiments import ALL, FIGURES, make_tasks, run_experiments, write_outputs
 
@@ -47,6 +50,10 @@ def experiment_cmd(figure, reps, c_max, beta0, scoring, no_plots, workers, out, 
         overrides["c_max"] = c_max
     if beta0 is not None:
         overrides["beta0"] = beta0
+    if size_unit is not None:
+        overrides["size_unit"] = size_unit
+    if noise_mode is not None:
+        overrides["noise_mode"] = noise_mode
     base = 0 if seed is None else seed
     run_dir = make_run_dir(out, "market-experiment")
     n_tasks = len(make_tasks(figures, reps, base, overrides=overrides, scoring=scoring))
