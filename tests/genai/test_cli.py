@@ -1,0 +1,55 @@
+"""`carla-mr genai` verbs: outputs and the exit code 2 on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("torch")
+
+from carla_mr.cli import main  # noqa: E402
+
+
+def _run(args):
+    return CliRunner().invoke(main, ["genai", *args], catch_exceptions=False)
+
+
+def test_generate_writes_manifest_scores_and_market_params(tiny_model_dir, tmp_path):
+    out = tmp_path / "gen"
+    r = _run(["generate", "--checkpoint", str(tiny_model_dir), "--prompt", "a stop sign on a blue background",
+              "--prompt", "a yield sign on a red background", "--per-prompt", "2", "--steps", "2", "--theta",
+              "--threads", "1", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert len(man["items"]) == 4 and len(list((out / "images").glob("*.png"))) == 4
+    it = man["items"][1]
+    assert it["class"] == "stop" and it["colour"] == "blue" and it["seed"] == 1 and it["subset"] == "background"
+    assert set(it["verdict"]) == {"predicted", "confidence", "recognised"}
+    scores = json.loads((out / "scores.json").read_text())
+    assert 0 <= scores["G"] <= 1 and 0 <= scores["theta"] <= 1 and scores["frechet"] >= 0
+    r = _run(["market-params", "--run", str(out), "--json"])
+    assert r.exit_code == 0
+    p = json.loads(r.output.strip().splitlines()[-1])
+    assert p["G"] == pytest.approx(scores["G"]) and 0 < p["theta"] <= 1
+
+
+def test_bad_input_exits_2(tiny_model_dir, tmp_path):
+    r = _run(["generate", "--checkpoint", str(tiny_model_dir), "--prompt", "a unicorn sign", "--out", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "no known sign class" in r.output
+    r = _run(["generate", "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "does not exist" in r.output
+    r = _run(["generate", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "model_index.json" in r.output
+    (tmp_path / "empty").mkdir()
+    r = _run(["dreambooth", "--base", str(tiny_model_dir), "--instance-dir", str(tmp_path / "empty"), "--class", "stop",
+              "--out", str(tmp_path / "d")])
+    assert r.exit_code == 2 and "holds no images" in r.output
+    r = _run(["dreambooth", "--base", str(tiny_model_dir), "--instance-dir", str(tmp_path / "empty"), "--class", "zebra",
+              "--out", str(tmp_path / "e")])
+    assert r.exit_code == 2 and "unknown sign class" in r.output
+    r = _run(["generate", "--checkpoint", str(tiny_model_dir), "--signs", "stop,zebra", "--out", str(tmp_path / "f")])
+    assert r.exit_code == 2 and "zebra" in r.output
+    r = _run(["market-params", "--run", str(tmp_path / "nope")])
+    assert r.exit_code == 2
