@@ -162,10 +162,12 @@ class EmbeddedWorld(World):
             raise InputError("the SUMO net made from the map has no edge passenger cars may use", field="map",
                              source=str(self.xodr_path))
         self._edge_arr = np.array(self._edges, dtype=object)
-        for _ in range(self.n_avs):
-            self._spawn(ROLE_AV)
-        for _ in range(self.n_background):
-            self._spawn(ROLE_BACKGROUND)
+        self._respawn: list[int] = []  # roles still to add (no route found yet); retried every tick
+        for role, count in ((ROLE_AV, self.n_avs), (ROLE_BACKGROUND, self.n_background)):
+            for _ in range(count):
+                if not self._spawn(role):
+                    raise InputError("no route between random edges of the SUMO net made from the map (is the "
+                                     "road network connected?)", field="map", source=str(self.xodr_path))
 
     def _eligible_edges(self) -> list[str]:
         ls = self.sumo
@@ -198,11 +200,12 @@ class EmbeddedWorld(World):
                 return tuple(r.edges)
         return None
 
-    def _spawn(self, role: int) -> None:
+    def _spawn(self, role: int) -> bool:
+        """Add one vehicle of ``role`` on a random route; False if no route was found."""
         ls = self.sumo
         edges = self._random_route()
         if edges is None:
-            raise RunError("could not find any route in the SUMO net (is the map connected?)")
+            return False
         vid_num = self._next_id
         self._next_id += 1
         if vid_num >= len(self._role_by_id):
@@ -215,6 +218,7 @@ class EmbeddedWorld(World):
         ls.vehicle.add(vid, rid, typeID="cmr_av" if role == ROLE_AV else "cmr_bg", depart="now",
                        departLane="best", departPos="random_free", departSpeed="0")
         self._route_len[vid] = len(edges)
+        return True
 
     def reset(self) -> Snapshot:
         """(Re)start the simulation, spawn the vehicles, step once and return frame 0."""
@@ -238,10 +242,12 @@ class EmbeddedWorld(World):
         for vid in ls.simulation.getDepartedIDList():
             veh.subscribe(vid, self._vars)
         arrived = ls.simulation.getArrivedIDList()
-        if arrived:
+        if arrived or self._respawn:
+            # replace leavers (same role) so the population stays constant
+            roles = self._respawn + [int(self._role_by_id[int(vid)]) for vid in arrived]
             for vid in arrived:
                 self._route_len.pop(vid, None)
-                self._spawn(int(self._role_by_id[int(vid)]))
+            self._respawn = [r for r in roles if not self._spawn(r)]
         if self._frame % self._check_every == 0:
             self._extend_routes()
         res = veh.getAllSubscriptionResults()
