@@ -62,6 +62,7 @@ class Source:
     winners: list[str] = field(default_factory=list)
     title: str = ""
     world: Any = None  # live world (closed by the viewer)
+    textures: dict = field(default_factory=dict)  # replay: sign id -> SignTexture
     tick_s: float = 0.05
 
 
@@ -146,9 +147,18 @@ def run_source(run_dir: Path, overrides=()) -> Source:
                            cols["y"][sl].astype(float), cols["z"][sl].astype(float), cols["yaw"][sl].astype(float),
                            cols["speed"][sl].astype(float), cols["rsu"][sl].astype(np.int32))
 
-    return Source(build_road_scene(cmap), cmap, signs, make_rsus(sc.rsus, cmap), gen(),
-                  _read_predictions(run_dir / "predictions.parquet"), read_winners(run_dir),
-                  title=f"run {run_dir.name}", tick_s=sc.tick_s)
+    src = Source(build_road_scene(cmap), cmap, signs, make_rsus(sc.rsus, cmap), gen(),
+                 _read_predictions(run_dir / "predictions.parquet"), read_winners(run_dir),
+                 title=f"run {run_dir.name}", tick_s=sc.tick_s)
+    if sc.recorder.enabled and sc.recorder.swap_share > 0:
+        # The recorder's swaps are a pure function of (config, signs, seed): show them again.
+        from carla_mr.dataset.textures import swaps_for
+
+        try:
+            src.textures = swaps_for(sc.recorder, signs, sc.seed)
+        except Exception as exc:  # noqa: BLE001 - e.g. the genai model is not installed here
+            log(f"view: showing original sign faces ({exc})")
+    return src
 
 
 def scenario_source(path: Path, overrides=(), seed: Optional[int] = None, frames: Optional[int] = None) -> Source:
@@ -159,6 +169,10 @@ def scenario_source(path: Path, overrides=(), seed: Optional[int] = None, frames
     sc = load_scenario(path, list(overrides))
     seed = sc.seed if seed is None else seed
     world = make_world(sc, seed=seed)
+    if sc.recorder.swap_share > 0:  # show the signs as the recorder would
+        from carla_mr.dataset.textures import swaps_for
+
+        world.apply_sign_textures(swaps_for(sc.recorder, world.signs, seed))
     n = frames if frames is not None else sc.ticks
 
     def gen():
@@ -271,7 +285,7 @@ class BirdsEye:
 
             cw, ch = self._camera_size
             self._rig.attach("viewer", CameraSpec(width=cw, height=ch), ego)
-            textures = self.src.world.sign_textures() if self.src.world is not None else {}
+            textures = self.src.world.sign_textures() if self.src.world is not None else self.src.textures
             fr = self._rig.render("viewer", snap, textures)
             self.last_labels = fr.labels
             img = pg.surfarray.make_surface(np.ascontiguousarray(fr.image.transpose(1, 0, 2)))
