@@ -16,7 +16,6 @@ it renders to ``--out``: PNG frames (``--png-every K``) and/or an MP4 (``--mp4``
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 from dataclasses import dataclass, field

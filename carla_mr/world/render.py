@@ -23,7 +23,7 @@ depth buffer; no lighting beyond per-face shading.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import cv2
