@@ -497,6 +497,7 @@ class Auctioneer:
         for fut in r.times.pop("waiters", []):
             if not fut.done():
                 fut.set_result(self._published_view(r))
+        self.ledger.checkpoint()  # off the close -> publish path
 
     def _published_view(self, r: _Round) -> dict:
         import msgpack

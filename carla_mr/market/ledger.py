@@ -1,6 +1,7 @@
 """The auction ledger: SQLite (WAL, synchronous=FULL) with a hash-chained event log.
 
-Tables: ``rounds`` (one row per round, its state, public data and deadline), ``bids`` (one
+Tables: ``rounds`` (one row per round, its state and deadline), ``publics`` (its public
+data as msgpack arrays), ``bids`` (one
 row per accepted bid, never updated), ``outcomes`` (the cleared outcome and schedule per
 round), and ``events``, an append-only log in which every row carries
 ``hash = sha256(prev_hash, kind, round_id, at_ns, payload)``. Triggers refuse UPDATE and
@@ -12,6 +13,7 @@ A bid's receipt is the hash of its ``bid`` event: it proves the bid sits in the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -24,7 +26,7 @@ from carla_mr.errors import InputError, RunError
 from carla_mr.market import protocol as P
 from carla_mr.market.codec import canonical_bytes, digest
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 GENESIS = "0" * 64
 
 _SCHEMA = """
@@ -46,12 +48,15 @@ CREATE TABLE IF NOT EXISTS rounds (
     n_tasks INTEGER NOT NULL,
     av_ids TEXT NOT NULL,
     sim_ids TEXT NOT NULL,
-    public BLOB NOT NULL,
     public_digest TEXT NOT NULL,
     params TEXT NOT NULL,
     opened_at_ns INTEGER NOT NULL,
     deadline_ns INTEGER NOT NULL,
     closed_at_ns INTEGER
+);
+CREATE TABLE IF NOT EXISTS publics (
+    round_id INTEGER PRIMARY KEY,
+    public BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS bids (
     round_id INTEGER NOT NULL,
@@ -69,6 +74,7 @@ CREATE TABLE IF NOT EXISTS outcomes (
     schedule TEXT NOT NULL,
     digest TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS events_by_round ON events (round_id, seq);
 CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
     BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
@@ -127,6 +133,9 @@ class Ledger:
             self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
+            # checkpoints run from checkpoint() at quiet moments (after a round is published),
+            # not inside a commit on the close -> publish path
+            self.db.execute("PRAGMA wal_autocheckpoint=0")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.executescript(_SCHEMA)
             row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
@@ -142,6 +151,10 @@ class Ledger:
     # ------------------------------------------------------------------ internals
     def close(self) -> None:
         if self.db is not None:
+            try:
+                self.checkpoint()
+            except sqlite3.Error:  # pragma: no cover - e.g. a read-only file
+                pass
             self.db.close()
             self.db = None  # type: ignore[assignment]
 
@@ -172,10 +185,12 @@ class Ledger:
                    sim_ids: list[str], public: bytes, public_digest: str, params: dict, deadline_ns: int) -> str:
         now = time.time_ns()
         with self._tx():
-            self.db.execute("INSERT INTO rounds VALUES (?,?,?,?,?,?,?,?,?,?,?,?,NULL)",
+            self.db.execute("INSERT INTO rounds VALUES (?,?,?,?,?,?,?,?,?,?,?,NULL)",
                             (round_id, P.OPEN, mechanism, scoring, n_tasks, json.dumps(av_ids),
-                             json.dumps(sim_ids), public, public_digest, json.dumps(params, sort_keys=True),
+                             json.dumps(sim_ids), public_digest, json.dumps(params, sort_keys=True),
                              now, deadline_ns))
+            # the public arrays live in their own table: state updates never rewrite them
+            self.db.execute("INSERT INTO publics VALUES (?,?)", (round_id, public))
             return self._event("round_open", round_id, {
                 "mechanism": mechanism, "scoring": scoring, "n_tasks": n_tasks, "av_ids": av_ids,
                 "sim_ids": sim_ids, "public_digest": public_digest, "params": json.dumps(params, sort_keys=True),
@@ -191,7 +206,7 @@ class Ledger:
             for round_id, bidder_id, bid_id, kind, body in bids:
                 now = time.time_ns()
                 h = self._event("bid", round_id, {"bidder_id": bidder_id, "bid_id": bid_id, "kind": kind,
-                                                  "body": body}, now)
+                                                  "body_sha256": hashlib.sha256(body).hexdigest()}, now)
                 self.db.execute("INSERT INTO bids VALUES (?,?,?,?,?,?,?)",
                                 (round_id, bidder_id, bid_id, kind, body, h, now))
                 receipts.append(h)
@@ -225,13 +240,17 @@ class Ledger:
             self.db.execute("UPDATE rounds SET state=? WHERE round_id=?", (P.CLEARED, round_id))
             return self._event("round_cleared", round_id, {"state": P.CLEARED, "outcome_digest": d})
 
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file (PASSIVE: never blocks readers or waits)."""
+        self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     # ------------------------------------------------------------------ reads
     def round(self, round_id: int) -> RoundRow | None:
-        r = self.db.execute("SELECT * FROM rounds WHERE round_id=?", (round_id,)).fetchone()
+        r = self.db.execute(_ROUND_SELECT + " WHERE r.round_id=?", (round_id,)).fetchone()
         return _round_row(r) if r else None
 
     def rounds(self, states: tuple[str, ...] | None = None) -> list[RoundRow]:
-        rows = self.db.execute("SELECT * FROM rounds ORDER BY round_id").fetchall()
+        rows = self.db.execute(_ROUND_SELECT + " ORDER BY r.round_id").fetchall()
         out = [_round_row(r) for r in rows]
         return [r for r in out if states is None or r.state in states]
 
@@ -289,10 +308,11 @@ class Ledger:
                 import msgpack
 
                 p = msgpack.unpackb(bytes(payload), raw=False)
-                bid_events[(rid, p["bidder_id"])] = (h, p["body"], p["bid_id"])
+                bid_events[(rid, p["bidder_id"])] = (h, p["body_sha256"], p["bid_id"])
             prev = h
         for b in self.bids():
-            if bid_events.get((b.round_id, b.bidder_id)) != (b.receipt, bytes(b.body), b.bid_id):
+            if bid_events.get((b.round_id, b.bidder_id)) != (b.receipt, hashlib.sha256(bytes(b.body)).hexdigest(),
+                                                             b.bid_id):
                 problems.append(f"bid of {b.bidder_id} in round {b.round_id} does not match its chained event")
         if len(bid_events) != self.count("bids"):
             problems.append(f"{len(bid_events)} bid events but {self.count('bids')} bid rows")
@@ -321,6 +341,11 @@ class _Tx:
             self.db.execute("ROLLBACK")
             self.ledger._head = self._head
         return False
+
+
+_ROUND_SELECT = ("SELECT r.round_id, r.state, r.mechanism, r.scoring, r.n_tasks, r.av_ids, r.sim_ids, p.public, "
+                 "r.public_digest, r.params, r.opened_at_ns, r.deadline_ns, r.closed_at_ns "
+                 "FROM rounds r JOIN publics p ON p.round_id = r.round_id")
 
 
 def _round_row(r) -> RoundRow:
