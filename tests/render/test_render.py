@@ -235,3 +235,18 @@ def test_occlusion_share_law(cars, cam_yaw):
         assert lab["face_pixels"] == m0.sum() and lab["pixels"] == m1.sum()
         assert lab["visible"] == pytest.approx(m1.sum() / m0.sum())
         assert lab["box"] == lab0[0]["box"] and lab["visible_box"] == bbox(m1)
+
+
+def test_sign_crossing_the_near_plane_is_clipped_not_wrapped():
+    """A 10 m wall-like sign on the camera's left, half of it behind the camera: rays of the
+    image's right half meet its plane behind the camera, so an unclipped homography would
+    paint a mirrored texture there. Only the left half may show it; labels still match."""
+    spec = CameraSpec()
+    pose = camera_pose(spec, 0.0, 0.0, 0.0, 0.0)  # camera at x=1.5, y=0, z=1.6 looking along +x
+    sign = one_sign(x=1.5, y=-1.0, z=1.6, yaw=90.0, w=10.0, h=2.0)  # face points +y, at the camera
+    img, ids, labels = render(sign, pose, solid(MAGENTA), spec=spec)
+    m = magenta_mask(img)
+    assert m.any() and ((ids == 1) == m).all()
+    cols = np.nonzero(m.any(axis=0))[0]
+    assert cols[0] == 0 and cols[-1] < 320  # left half only
+    assert labels[0]["box"] == bbox(m) and labels[0]["box"][0] == 0
