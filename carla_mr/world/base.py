@@ -19,6 +19,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from carla_mr.errors import RunError
+
 ROLE_BACKGROUND = 0
 ROLE_AV = 1
 
@@ -134,6 +136,11 @@ class SignTexture:
     source: str = "original"
     ref: str | None = None
     image: Any = field(default=None, repr=False)  # (H, W, 3|4) uint8 RGB(A), None for the original
+
+
+class FrameMissed(RunError):
+    """``read_camera()``: this tick's image did not arrive in time (a server backend's sensor
+    stream); skip the frame, the next tick can be read again."""
 
 
 @dataclass

@@ -45,8 +45,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 import numpy as np
 
 from carla_mr.errors import InputError, RunError
-from carla_mr.world.base import (ROLE_AV, ROLE_BACKGROUND, CameraFrame, RsuTable, SignTable, SignTexture, Snapshot,
-                                 World)
+from carla_mr.world.base import (ROLE_AV, ROLE_BACKGROUND, CameraFrame, FrameMissed, RsuTable, SignTable,  # noqa: F401
+                                 SignTexture, Snapshot, World)
 from carla_mr.world.camera_spec import CameraSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -185,10 +185,6 @@ CARLA_API: dict[str, tuple[str, tuple]] = {
     "TextureFloatColor.__init__": ("method", ((0, 0), {})),
     "Color.__init__": ("method", ((1, 2, 3, 4), {})),
 }
-
-
-class FrameMissed(RunError):
-    """A camera's image for the latest tick did not arrive within the sensor timeout."""
 
 
 def parse_version(text: str) -> tuple[int, int, int]:

@@ -238,6 +238,23 @@ def visible_share_depth(depth_img: np.ndarray, box, near_depth_m: float, *, tol_
     return float(np.mean(patch >= near_depth_m - tol_m))
 
 
+def visible_region_depth(depth_img: np.ndarray, box, near_depth_m: float, *, tol_m: float = 0.5):
+    """(share, visible_box, pixels): like :func:`visible_share_depth`, plus the pixel bounds
+    [x0, y0, x1, y1] (x1/y1 exclusive) of the unoccluded pixels (None when none) and their count."""
+    h, w = depth_img.shape[:2]
+    x0, y0 = int(np.floor(max(0, box[0]))), int(np.floor(max(0, box[1])))
+    x1, y1 = int(np.ceil(min(w, box[2]))), int(np.ceil(min(h, box[3])))
+    if x1 <= x0 or y1 <= y0:
+        return 0.0, None, 0
+    mask = depth_img[y0:y1, x0:x1] >= near_depth_m - tol_m
+    n = int(mask.sum())
+    if n == 0:
+        return 0.0, None, 0
+    ys, xs = np.nonzero(mask)
+    vbox = [x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1]
+    return n / mask.size, vbox, n
+
+
 def visible_share_semantic(labels: np.ndarray, box, sign_label: int) -> float:
     """Share of the box's pixels a semantic camera labels as a traffic sign (red channel tag)."""
     h, w = labels.shape[:2]
@@ -273,7 +290,8 @@ def sign_geometry(signs, box_index: np.ndarray, box_center, box_extent, box_rota
 def frame_labels(signs, geometry: SignGeometry, cam_to_world: np.ndarray, K: np.ndarray, width: int, height: int,
                  *, depth_img: np.ndarray | None = None, textures: dict | None = None,
                  max_distance_m: float = 120.0, min_visible: float = 0.0) -> list[dict]:
-    """Labels (the :class:`~carla_mr.world.base.CameraFrame` contract) for signs in view.
+    """Labels (the :class:`~carla_mr.world.base.CameraFrame` contract, plus ``visible_box`` and
+    ``pixels`` as the embedded renderer gives them) for signs in view.
 
     Signs are kept when they are within ``max_distance_m``, face the camera (forward-vector
     test), project inside the image, and (with a depth image) have a visible share above
@@ -295,14 +313,19 @@ def frame_labels(signs, geometry: SignGeometry, cam_to_world: np.ndarray, K: np.
     for j, i in enumerate(idx):
         if not valid[j]:
             continue
-        vis = 1.0 if depth_img is None else visible_share_depth(depth_img, boxes[j], float(depth[j, 0]))
-        if depth_img is not None and vis <= min_visible:
-            continue
+        box = [float(v) for v in boxes[j]]
+        if depth_img is None:
+            vis, vbox, pixels = 1.0, box, int(round((box[2] - box[0]) * (box[3] - box[1])))
+        else:
+            vis, vbox, pixels = visible_region_depth(depth_img, box, float(depth[j, 0]))
+            if vis <= min_visible:
+                continue
         tex = (textures or {}).get(str(signs.ids[i]))
         val = float(signs.value[i])
         out.append({
             "id": str(signs.ids[i]), "kind": str(signs.kind[i]), "value": None if np.isnan(val) else val,
-            "box": [float(b) for b in boxes[j]], "visible": float(vis), "distance": float(dist[i]),
+            "box": box, "visible": float(vis), "distance": float(dist[i]),
             "source": getattr(tex, "source", "original"), "ref": getattr(tex, "ref", None),
+            "visible_box": vbox, "pixels": int(pixels),
         })
     return out

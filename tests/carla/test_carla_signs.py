@@ -104,6 +104,9 @@ def test_depth_encoding_round_trip_and_visible_share():
     assert cs.visible_share_depth(depth, [0, 0, 10, 10], 20.0) == pytest.approx(0.5)
     assert cs.visible_share_depth(depth, [5, 0, 10, 10], 20.0) == pytest.approx(1.0)
     assert cs.visible_share_depth(depth, [0, 0, 5, 10], 20.0) == pytest.approx(0.0)
+    share, vbox, n = cs.visible_region_depth(depth, [2, 1, 9, 8], 20.0)
+    assert vbox == [5, 1, 9, 8] and n == 4 * 7 and share == pytest.approx(28 / 49)
+    assert cs.visible_region_depth(depth, [0, 0, 5, 10], 20.0) == (0.0, None, 0)
 
 
 # -- against the stand-in server ----------------------------------------------------------------
@@ -142,6 +145,7 @@ def test_labels_match_the_rendered_pixels(make_server, town_scenario, face_sign)
         lab = next((l for l in fr.labels if l["id"] == str(w.signs.ids[i])), None)
         assert lab is not None, fr.labels
         assert lab["kind"] == "speed_limit" and lab["visible"] == pytest.approx(1.0)
+        assert lab["pixels"] > 0 and lab["visible_box"] is not None
         assert lab["distance"] == pytest.approx(10.0 - 1.5, abs=0.3)  # the camera is 1.5 m ahead of the car
         x0, y0, x1, y1 = lab["box"]
         red = (fr.image[..., 0] == 200) & (fr.image[..., 1] == 30)
@@ -152,7 +156,14 @@ def test_labels_match_the_rendered_pixels(make_server, town_scenario, face_sign)
         assert abs(ys.min() - y0) <= 1.5 and abs(ys.max() + 1 - y1) <= 1.5
         assert fr.ego[3] == pytest.approx(srv.actors[av]._tf.rotation.yaw, abs=1e-3)
         assert np.allclose(fr.intrinsics, CameraSpec(width=160, height=120, fov_deg=60.0).intrinsics())
-        # an occluding wall in front of the camera hides it: the label goes
+        assert lab["visible_box"] == [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+        # a wall over the left half of the view: the label keeps its box, the visible part shrinks
+        srv.occluder_share = 0.5
+        w.tick()
+        half = next(l for l in w.read_camera("front").labels if l["id"] == str(w.signs.ids[i]))
+        assert half["box"][0] < 80 < half["box"][2]  # the sign straddles the wall's edge (image centre)
+        assert 0.0 < half["visible"] < 1.0 and half["visible_box"][0] == 80
+        # an occluding wall over the whole view hides it: the label goes
         srv.occluder_share = 1.0
         w.tick()
         fr = w.read_camera("front")
