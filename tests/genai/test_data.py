@@ -110,3 +110,18 @@ def test_preferences_to_prompts():
         Preferences(signs=["zebra"])
     with pytest.raises(InputError):
         Preferences(colours=["teal"])
+
+
+def test_genai_config_section():
+    from pydantic import ValidationError
+
+    from carla_mr.genai.config import GenaiConfig
+
+    c = GenaiConfig()
+    assert c.enabled is False and c.steps == 20 and set(c.preferences.signs) == set(SIGN_CLASSES)
+    with pytest.raises(ValidationError):
+        GenaiConfig(preferences={"signs": ["zebra"]})
+    with pytest.raises(ValidationError):
+        GenaiConfig(preferences={"colours": ["teal"]})
+    with pytest.raises(ValidationError):
+        GenaiConfig(bogus=1)

@@ -1,0 +1,58 @@
+"""Validators: architectures, save/load, the committed default's accuracy, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from carla_mr.errors import InputError  # noqa: E402
+from carla_mr.genai.signs import SIGN_CLASSES  # noqa: E402
+from carla_mr.genai.validator import build_validator, load_validator  # noqa: E402
+
+
+@pytest.mark.parametrize("arch,width", [("small", 8), ("googlenet", 0.125)])
+def test_architectures_roundtrip(arch, width, tmp_path):
+    v = build_validator(arch, list(SIGN_CLASSES), width=width, seed=1)
+    x = np.random.default_rng(0).integers(0, 256, (3, 40, 40, 3)).astype(np.uint8)  # resized to the input size
+    p = v.probs(x)
+    assert p.shape == (3, len(SIGN_CLASSES)) and np.allclose(p.sum(1), 1, atol=1e-5)
+    f = v.features(x)
+    assert f.shape == (3, v.net.dim)
+    v.save(tmp_path / "v")
+    w = load_validator(tmp_path / "v")
+    assert w.arch == arch and w.class_names == list(SIGN_CLASSES)
+    assert np.allclose(w.probs(x), p, atol=1e-6)
+
+
+def test_googlenet_has_the_inception_v1_layout():
+    v = build_validator("googlenet", ["a", "b"], width=1.0)
+    n = sum(p.numel() for p in v.net.parameters())
+    assert 5.5e6 < n < 5.7e6  # GoogLeNet without aux heads: ~5.6 M parameters (+ a 2-class head)
+    assert v.input_size == 64
+
+
+def test_default_validator_accuracy_on_procedural_test_split():
+    from carla_mr.genai.api import load_default_validator
+    from carla_mr.genai.procedural import split_arrays
+
+    v = load_default_validator()
+    x, y = split_arrays("test", per_class=15, seed=4242)
+    assert v.accuracy(x, y) >= 0.96
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(InputError, match="not a validator directory"):
+        load_validator(tmp_path)
+    v = build_validator("small", ["a", "b"], width=8)
+    v.save(tmp_path / "v")
+    import json
+
+    cfg = json.loads((tmp_path / "v" / "validator.json").read_text())
+    cfg["width"] = 16
+    (tmp_path / "v" / "validator.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match="does not match"):
+        load_validator(tmp_path / "v")
+    with pytest.raises(InputError):
+        build_validator("resnet", ["a"])
