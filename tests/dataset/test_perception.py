@@ -199,3 +199,16 @@ def test_perception_reuses_recorder_frames(tmp_path, town01, town01_map, town01_
     assert reads == ["cam0"] * 10  # perception rendered nothing itself
     assert stages[1].summary()["n"] > 0
     assert (tmp_path / "dataset" / "annotations.json").is_file()
+
+
+def test_default_model_loads_a_genai_validator_checkpoint(tmp_path):
+    pytest.importorskip("torch")
+    from carla_mr.genai.signs import SIGN_CLASSES
+    from carla_mr.genai.validator import build_validator
+
+    v = build_validator("small", SIGN_CLASSES)
+    v.save(tmp_path / "val")
+    m = load_model("default", str(tmp_path / "val"))
+    assert m.name == "validator:val"
+    preds = m.predict([np.zeros((20, 30, 3), np.uint8), np.full((50, 50, 3), 200, np.uint8)])
+    assert len(preds) == 2 and set(preds) <= set(SIGN_CLASSES)
