@@ -47,15 +47,22 @@ def test_same_file_both_backends(scenario_file, town01_text, tmp_path, monkeypat
     car_sc = load_scenario(scenario_file, ["backend=carla"])
     assert emb_sc.model_dump(exclude={"backend"}) == car_sc.model_dump(exclude={"backend"})
 
+    from carla_mr.world.camera_spec import CameraSpec
+
+    spec = CameraSpec(width=96, height=64, fov_deg=80.0)
     with make_world(emb_sc) as emb:
         e0 = emb.reset()
+        emb.attach_camera("front", spec, int(e0.ids[e0.av_mask][0]))
         e1 = emb.tick()
+        ef = emb.read_camera("front")
         emb_signs, emb_rsus = emb.signs, emb.rsus
 
     srv = StandinServer(town01_text, "Town01")
     with CarlaWorld(car_sc, client_factory=srv.client_factory, install_handlers=False) as car:
         c0 = car.reset()
+        car.attach_camera("front", spec, int(c0.ids[c0.av_mask][0]))
         c1 = car.tick()
+        cf = car.read_camera("front")
         car_signs, car_rsus = car.signs, car.rsus
         summary = car.landmark_summary()
     # the map the server got is the scenario's map with the scenario's signs injected
@@ -68,6 +75,14 @@ def test_same_file_both_backends(scenario_file, town01_text, tmp_path, monkeypat
         assert sorted(a.role.tolist()) == sorted(b.role.tolist()) == [0, 0, 0, 0, 1, 1]
     assert (e0.frame, c0.frame) == (0, 0) and (e1.frame, c1.frame) == (1, 1)
     assert e0.time == pytest.approx(c0.time) and e1.time == pytest.approx(c1.time)
+
+    # camera frames: same image format, intrinsics, pose matrix and frame numbering
+    assert ef.image.shape == cf.image.shape == (64, 96, 3) and ef.image.dtype == cf.image.dtype == np.uint8
+    assert np.allclose(ef.intrinsics, cf.intrinsics) and ef.cam_to_world.shape == cf.cam_to_world.shape == (4, 4)
+    assert ef.frame == e1.frame and cf.frame == c1.frame and len(ef.ego) == len(cf.ego) == 4
+    label_keys = {"id", "kind", "value", "box", "visible", "distance", "source", "ref"}
+    for lab in ef.labels + cf.labels:
+        assert label_keys <= set(lab)
 
     assert len(emb_signs) == len(car_signs) > 0
     assert {"stop", "speed_limit"} <= set(car_signs.kind.tolist())

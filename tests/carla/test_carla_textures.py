@@ -148,3 +148,18 @@ def test_servers_without_the_plural_call_get_one_call_per_object(make_server, to
         assert srv.counts["World.apply_color_texture_to_object"] == len(names) == 2
         w.tick()
         assert w.stats["texture_noops"] == []
+
+
+def test_a_corrupt_name_cache_is_ignored(make_server, town_scenario, tmp_path):
+    (tmp_path / "sign_objects_Town01_0.9.16.json").write_text("{not json")
+    srv = make_server()
+    with CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False,
+                    cache_dir=tmp_path) as w:
+        w.reset()
+        table = w.sign_objects()
+        assert any(table.values())
+        assert srv.counts["World.get_names_of_all_objects"] == 1  # rediscovered
+    import json
+
+    cached = json.loads((tmp_path / "sign_objects_Town01_0.9.16.json").read_text())["signs"]
+    assert cached and all(table[k] == v for k, v in cached.items())
