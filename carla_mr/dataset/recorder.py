@@ -54,6 +54,12 @@ def dataset_classes(signs, kinds: Optional[list[str]] = None) -> list[str]:
     return sorted(out)
 
 
+def _pixel_box(box) -> list[int]:
+    """Integer pixel box [x0, y0, x1, y1] (x1/y1 exclusive) covering a float box."""
+    x0, y0, x1, y1 = (float(b) for b in box)
+    return [int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))]
+
+
 def normalise_label(lab: dict) -> dict:
     """A CameraFrame label with every key the exports use, whatever the backend filled in:
     the contract keys (id, kind, value, box, visible, distance, source, ref) plus ``class``,
@@ -64,9 +70,9 @@ def normalise_label(lab: dict) -> dict:
         v = None
     out["value"] = v
     out.setdefault("class", class_name(str(out["kind"]), v))
-    box = [int(b) for b in out["box"]]
+    box = _pixel_box(out["box"])
     out["box"] = box
-    out.setdefault("visible_box", box)
+    out["visible_box"] = _pixel_box(out.get("visible_box") or box)
     out.setdefault("pixels", int(round((box[2] - box[0]) * (box[3] - box[1]) * float(out.get("visible", 1.0)))))
     out.setdefault("source", "original")
     out.setdefault("ref", None)

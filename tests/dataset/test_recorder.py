@@ -226,3 +226,6 @@ def test_labels_from_a_minimal_backend_are_completed():
                            "distance": 9.0, "source": "original", "ref": None})
     assert lab["class"] == "speed_limit_50" and lab["visible_box"] == [1, 2, 11, 22] and lab["pixels"] == 100
     assert normalise_label(dict(lab, value=float("nan"), kind="stop", **{"class": "stop"}))["value"] is None
+    # Float boxes (the CARLA backend's projected boxes) cover their pixels.
+    f = normalise_label(dict(lab, box=[1.2, 2.7, 10.1, 21.0], visible_box=[3.5, 4.0, 9.9, 20.2]))
+    assert f["box"] == [1, 2, 11, 21] and f["visible_box"] == [3, 4, 10, 21]
