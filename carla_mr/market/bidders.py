@@ -173,21 +173,26 @@ class BidderClient:
         return self.replies.pop(seq, None)
 
     def request(self, type_: str, body: dict, *, round_id: int = 0, bid_id: str = "") -> Reply:
-        """Send and wait for the reply, retrying on timeout (Lazy Pirate)."""
-        if self.sock is None or self.welcome is None:
-            self.connect()
+        """Send and wait for the reply; on a timeout close the socket, reconnect (hello again)
+        and re-send the same message, at most ``retries`` times (Lazy Pirate)."""
+        last = "no reply"
         for attempt in range(self.retries + 1):
+            if self.sock is None or self.welcome is None:
+                try:
+                    self.connect()
+                except RunError as exc:
+                    last = str(exc)
+                    self.reconnects += 1
+                    continue
             seq = self.send(type_, body, round_id=round_id, bid_id=bid_id)
             rep = self._wait_reply(seq, time.monotonic() + self.request_timeout_s)
             if rep is not None:
                 return rep
-            if attempt < self.retries:
-                self.reconnects += 1
-                try:
-                    self.connect()
-                except RunError:
-                    continue
-        raise RunError(f"{self.bidder_id}: no reply to {type_} from {self.endpoint} after {self.retries + 1} tries")
+            self.welcome = None  # the server may be gone: a fresh socket next time
+            self.close()
+            self.reconnects += 1
+        raise RunError(f"{self.bidder_id}: no reply to {type_} from {self.endpoint} after "
+                       f"{self.retries + 1} tries ({last})")
 
     def status(self, round_id: int = 0) -> dict:
         rep = self.request(P.STATUS, {}, round_id=round_id)

@@ -282,3 +282,34 @@ def test_wire_outcome_equals_pure_function_for_any_bids(prop_harness, present, p
     ref = clear(pm, np.array([prices[i] for i in idx]) / 1e6, U, mechanism=mech, scoring="reported")
     assert outcome_text(res["outcome"]["core"]) == outcome_text(ref.to_dict())
     assert res["outcome"]["winner_id"] == (avs[ref.winner] if ref.winner >= 0 else None)
+
+
+def test_lazy_pirate_survives_an_auctioneer_restart(harness, tmp_path):
+    import socket as so
+    import threading
+
+    from carla_mr.market.auctioneer import Auctioneer
+
+    with so.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    h = harness(n_avs=2, n_traffic=2, endpoint=f"tcp://127.0.0.1:{port}")
+    ann, _, bids = _open(h, deadline_s=60)
+    rid = ann["round_id"]
+    c = h.client("av-000", request_timeout_s=0.3, handshake_timeout_s=0.3, retries=30)
+    first = c.request(*bids["av-000"], round_id=rid, bid_id="lp")
+    assert first.ok
+    h.auctioneer.stop()  # the auctioneer goes away ...
+    second = Auctioneer(h.settings)
+    timer = threading.Timer(1.0, second.start)  # ... and comes back a second later on the same ledger
+    timer.start()
+    try:
+        again = c.request(*bids["av-000"], round_id=rid, bid_id="lp")  # retried until it answers
+        assert again.ok and again.body["duplicate"] and again.receipt == first.receipt
+        assert c.reconnects >= 1
+        other = h.client("av-001", retries=5)
+        assert other.request(*bids["av-001"], round_id=rid, bid_id="x").ok  # the round was resumed
+        assert other.status(rid)["state"] == P.OPEN
+    finally:
+        timer.join()
+        second.stop()
