@@ -121,7 +121,7 @@ def test_signal_closes_and_exits(tmp_path, sig, code):
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "carla_mr", "run", str(SCENARIOS / "grid.yaml"), "--out", str(out),
-                             "--duration", "600", "--quiet", "--set", "vehicles.background=5"],
+                             "--duration", "36000", "--quiet", "--set", "vehicles.background=5"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(REPO))
     try:
         deadline = time.time() + 60
