@@ -317,13 +317,13 @@ def run_viewer(source: Source, *, out: Optional[Path], headless: bool, size=(960
     mp4_path = None
     frames = 0
     screen = None
+    paused = False
     try:
         if not headless:
             screen = pg.display.set_mode(size)
             pg.display.set_caption("carla-mr view")
         surf = pg.Surface(size)
         clock = pg.time.Clock()
-        paused = False
         snap = None
         quit_ = False
         it = iter(source.snapshots)
@@ -387,7 +387,8 @@ def run_viewer(source: Source, *, out: Optional[Path], headless: bool, size=(960
             source.world.close()
         pg.quit()
     return {"frames": frames, "pngs": len(pngs), "png_dir": str(out / "frames") if pngs else None,
-            "mp4": str(mp4_path[1]) if mp4_path else None}
+            "mp4": str(mp4_path[1]) if mp4_path else None, "zoom": view.zoom, "follow": view.follow,
+            "paused": paused}
 
 
 def _save_png(pg, surf, path: Path) -> None:

@@ -101,3 +101,30 @@ def test_view_rejects_non_run_dir(tmp_path):
     assert res.exit_code == 2 and "run directory" in res.stderr
     res = CliRunner().invoke(main, ["view", str(tmp_path), "--size", "big"])
     assert res.exit_code == 2
+
+
+def test_window_mode_keys(town01, monkeypatch):
+    """The windowed loop (SDL dummy display): zoom, follow, pause, step and quit keys."""
+    carla = pytest.importorskip("carla")
+    pg = pytest.importorskip("pygame")
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    from carla_mr.dataset.testworld import KinematicWorld
+    from carla_mr.viewer import Source, run_viewer
+    from carla_mr.world.scene import build_road_scene
+
+    cmap = carla.Map("Town01", town01.read_text())
+    w = KinematicWorld(cmap, n_avs=1, n_background=3, seed=1)
+
+    def snaps():
+        yield w.reset()
+        for _ in range(50):
+            yield w.tick()
+
+    src = Source(build_road_scene(cmap), cmap, w.signs, None, snaps())
+    pg.display.init()
+    keys = [pg.K_PLUS, pg.K_PLUS, pg.K_MINUS, pg.K_f, pg.K_SPACE, pg.K_n, pg.K_q]
+    for k in keys:
+        pg.event.post(pg.event.Event(pg.KEYDOWN, key=k))
+    res = run_viewer(src, out=None, headless=False, size=(320, 240), camera=False, fps=1000)
+    assert res["zoom"] == pytest.approx(2.0 * 1.25) and res["follow"] is False and res["paused"] is True
+    assert res["frames"] == 1  # quit in the first event batch: one frame drawn
