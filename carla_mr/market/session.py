@@ -144,22 +144,23 @@ class MarketSession:
         """Wait for the replies to ``pending`` {bidder: seq} on every client at once."""
         got: dict[str, Any] = {}
         poller = zmq.Poller()
+        owner = {}
         for b in pending:
-            poller.register(self.clients[b].sock, zmq.POLLIN)
+            sock = self.clients[b].sock
+            poller.register(sock, zmq.POLLIN)
+            owner[sock] = b
         end = time.monotonic() + timeout
         while len(got) < len(pending):
             left = end - time.monotonic()
             if left <= 0:
                 break
             for sock, _ in poller.poll(int(max(1, left * 1000))):
-                pass
-            for b, seq in pending.items():
-                if b in got:
-                    continue
+                b = owner[sock]
                 c = self.clients[b]
                 c.handle_incoming()
-                if seq in c.replies:
-                    got[b] = c.replies.pop(seq)
+                if b not in got and pending[b] in c.replies:
+                    got[b] = c.replies.pop(pending[b])
+                    poller.unregister(sock)
         return got
 
     def _handshake_all(self) -> None:
@@ -263,15 +264,23 @@ class MarketSession:
 
     def _await_results(self, rid: int, bidders: list[str], timeout: float) -> int:
         end = time.monotonic() + timeout
-        missing = [b for b in bidders if rid not in self.clients[b].results]
+        poller = zmq.Poller()
+        owner = {}
+        missing = set()
+        for b in bidders:
+            c = self.clients[b]
+            c.handle_incoming()
+            if rid not in c.results:
+                poller.register(c.sock, zmq.POLLIN)
+                owner[c.sock] = b
+                missing.add(b)
         while missing and time.monotonic() < end:
-            poller = zmq.Poller()
-            for b in missing:
-                poller.register(self.clients[b].sock, zmq.POLLIN)
-            poller.poll(int(max(1, (end - time.monotonic()) * 1000)))
-            for b in missing:
+            for sock, _ in poller.poll(int(max(1, (end - time.monotonic()) * 1000))):
+                b = owner[sock]
                 self.clients[b].handle_incoming()
-            missing = [b for b in missing if rid not in self.clients[b].results]
+                if rid in self.clients[b].results:
+                    missing.discard(b)
+                    poller.unregister(sock)
         for b in bidders:  # results are per round; keep the clients' memory bounded
             self.clients[b].results.pop(rid, None)
             self.clients[b].announces.pop(rid, None)
