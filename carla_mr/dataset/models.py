@@ -161,6 +161,21 @@ def _resolve(spec: str) -> Any:
         raise InputError(f"'{spec}' is not 'module:attr'", field="perception.model")
     try:
         obj = importlib.import_module(mod)
+    except ModuleNotFoundError as exc:
+        # Console scripts do not put the working directory on sys.path; a model file next to
+        # the user is the common case, so look there too.
+        import os
+        import sys
+
+        if exc.name != mod.split(".")[0] or os.getcwd() in sys.path:
+            raise InputError(f"cannot import module '{mod}': {exc}", field="perception.model") from exc
+        sys.path.insert(0, os.getcwd())
+        try:
+            obj = importlib.import_module(mod)
+        except ImportError as exc2:
+            raise InputError(f"cannot import module '{mod}': {exc2}", field="perception.model") from exc2
+        finally:
+            sys.path.remove(os.getcwd())
     except ImportError as exc:
         raise InputError(f"cannot import module '{mod}': {exc}", field="perception.model") from exc
     for part in attr.split("."):
