@@ -267,8 +267,12 @@ class Runner:
         t_loop = t_end = None
         old_handler = None
         in_main = threading.current_thread() is threading.main_thread()
+        term = {"closing": False, "pending": False}
         if in_main:
             def _on_term(signum, frame):
+                if term["closing"]:  # let the closing finish; re-raised afterwards
+                    term["pending"] = True
+                    return
                 raise RunTerminated("terminated by SIGTERM; world and stages closed")
 
             old_handler = signal.signal(signal.SIGTERM, _on_term)
@@ -311,6 +315,13 @@ class Runner:
             error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
+            term["closing"] = True
+            old_int = None
+            if in_main:  # a Ctrl-C while closing waits until everything is closed
+                def _on_int(signum, frame):
+                    term["interrupt"] = True
+
+                old_int = signal.signal(signal.SIGINT, _on_int)
             now = time.perf_counter()
             wall = now - t0
             loop = ((t_end or now) - t_loop) if t_loop is not None else 0.0
@@ -327,11 +338,17 @@ class Runner:
                     close_errors.append(f"world: {exc}")
             if in_main and old_handler is not None:
                 signal.signal(signal.SIGTERM, old_handler)
+            if in_main and old_int is not None:
+                signal.signal(signal.SIGINT, old_int)
             self.summary = self._summary(stats, world, started, status, error, close_errors, wall, loop)
             try:
                 atomic_write_json(self.run_dir / "summary.json", self.summary)
             except OSError:
                 pass
+        if term.get("interrupt"):
+            raise KeyboardInterrupt
+        if term["pending"]:
+            raise RunTerminated("terminated by SIGTERM while closing; world and stages closed")
         if close_errors:
             raise RunError("closing failed: " + "; ".join(close_errors))
         return self.summary
