@@ -239,18 +239,18 @@ def prop_harness(harness):
     return harness(n_avs=4, n_traffic=4)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(present=_sub, prices=st.lists(st.integers(0, 3_000_000), min_size=4, max_size=4),
        vals=st.lists(st.integers(0, 2_000_000), min_size=16, max_size=16), seed=st.integers(0, 10_000),
-       mech=st.sampled_from(["pvisa", "epvisa", "mtepvisa"]))
-def test_wire_outcome_equals_pure_function_for_any_bids(prop_harness, present, prices, vals, seed, mech):
+       mech=st.sampled_from(["pvisa", "epvisa", "mtepvisa"]), scoring=st.sampled_from(["reported", "expected"]))
+def test_wire_outcome_equals_pure_function_for_any_bids(prop_harness, present, prices, vals, seed, mech, scoring):
     """Random subsets of bidders, random (tied, zero) prices and values: the published outcome is
     mechanisms.clear on arrays built here independently from the same bids."""
     from carla_mr.market.mechanisms import clear
     from carla_mr.market.model import public_market
 
     h = prop_harness
-    h.auctioneer.s.mechanism = mech
+    h.auctioneer.s.mechanism, h.auctioneer.s.scoring = mech, scoring
     pub, priv = sample_round(4, 5, 1, seed=seed)
     rid = h.auctioneer.open_round(pub, av_ids=h.av_ids, sim_ids=h.sim_ids, n_tasks=1, deadline_s=30)["round_id"]
     avs = [a for a, p in zip(h.av_ids, present[:4]) if p]
@@ -279,7 +279,7 @@ def test_wire_outcome_equals_pure_function_for_any_bids(prop_harness, present, p
     pm = public_market(rate_up=pub["rate_up"][idx], rate_down=pub["rate_down"][idx], s_dt=priv["s_dt"][idx],
                        e_dt=priv["e_dt"][idx], d=priv["d"][idx], s_sim=pub["s_sim"][idx], e_sim=pub["e_sim"][idx],
                        C=pub["C"][idx], G=pub["G"][idx], theta=pub["theta"])
-    ref = clear(pm, np.array([prices[i] for i in idx]) / 1e6, U, mechanism=mech, scoring="reported")
+    ref = clear(pm, np.array([prices[i] for i in idx]) / 1e6, U, mechanism=mech, scoring=scoring)
     assert outcome_text(res["outcome"]["core"]) == outcome_text(ref.to_dict())
     assert res["outcome"]["winner_id"] == (avs[ref.winner] if ref.winner >= 0 else None)
 
