@@ -124,7 +124,6 @@ CARLA_API: dict[str, tuple[str, tuple]] = {
     # traffic manager
     "TrafficManager.set_synchronous_mode": ("method", ((True,), {})),
     "TrafficManager.set_random_device_seed": ("method", ((1,), {})),
-    "TrafficManager.get_port": ("method", ((), {})),
     # blueprints and actors
     "BlueprintLibrary.find": ("method", (("vehicle.tesla.model3",), {})),
     "BlueprintLibrary.filter": ("method", (("vehicle.*",), {})),

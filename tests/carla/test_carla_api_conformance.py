@@ -209,3 +209,26 @@ def test_unreachable_server_message(make_server, town_scenario):
     w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False)
     with pytest.raises(RunError, match="cannot reach a CARLA server at 127.0.0.1:2000"):
         w.reset()
+
+
+def test_every_declared_member_is_used_by_the_code():
+    from pathlib import Path
+
+    import carla_mr.world.carla_backend as cb
+
+    here = Path(cb.__file__).parent
+    backend = (here / "carla_backend.py").read_text()
+    a = backend.index("CARLA_API: dict")
+    b = backend.index("\n}\n", a)
+    # the backend also hands the server's map to the embedded backend's map and RSU helpers
+    code = backend[:a] + backend[b:] + "".join((here / f).read_text() for f in
+                                               ("carla_textures.py", "cosim.py", "maps.py", "rsu.py"))
+    unused = []
+    for name in CARLA_API:
+        owner, member = name.rsplit(".", 1)
+        token = owner.rsplit(".", 1)[-1] if member == "__init__" else member
+        if token.startswith("__"):  # __iter__ and friends are used by Python syntax
+            continue
+        if not re.search(r"\b" + re.escape(token) + r"\b", code):
+            unused.append(name)
+    assert not unused, f"CARLA_API lists members the code never uses: {unused}"
