@@ -93,7 +93,8 @@ def _read_predictions(path: Path) -> Optional[dict]:
 
 
 def read_winners(run_dir: Path) -> list[str]:
-    """The latest cleared auction round's winners from RUN_DIR/market/ledger.sqlite (read-only)."""
+    """The latest cleared auction round's winners from RUN_DIR/market/ledger.sqlite (read-only):
+    one HUD line "round N: winner <AV> (pays <micro>), GPU windows: <simulators>"."""
     db = run_dir / "market" / "ledger.sqlite"
     if not db.is_file():
         return []
@@ -111,10 +112,27 @@ def read_winners(run_dir: Path) -> list[str]:
         outcome = json.loads(row[1])
     except (TypeError, ValueError):
         return [f"round {row[0]}"]
-    win = outcome.get("winner_id", outcome.get("winners", outcome.get("winner")))
-    if isinstance(win, list):
-        win = ", ".join(map(str, win))
-    return [f"round {row[0]}: winner {win}"]
+    win = outcome.get("winner_id")
+    line = f"round {row[0]}: winner {win if win is not None else 'none'}"
+    if outcome.get("payment_micro"):
+        line += f" (pays {outcome['payment_micro']} micro)"
+    core = outcome.get("core") or {}
+    sims = outcome.get("sim_ids") or []
+    wins = sorted({int(k) for k in core.get("offline_winner", []) if 0 <= int(k) < len(sims)})
+    if wins:
+        line += ", GPU windows: " + ", ".join(str(sims[k]) for k in wins)
+    return [line]
+
+
+def winner_vehicle(lines: list[str]) -> Optional[int]:
+    """The vehicle id in the winner's name (``av-12`` -> 12), if any."""
+    import re
+
+    for line in lines:
+        m = re.search(r"winner \D*?(\d+)\b", line)
+        if m:
+            return int(m.group(1))
+    return None
 
 
 def run_source(run_dir: Path, overrides=()) -> Source:
@@ -210,6 +228,7 @@ class BirdsEye:
 
             self._rig = EmbeddedCameraRig(source.carla_map, source.signs, scene=source.scene)
         self.last_labels: list[dict] = []
+        self._winner = winner_vehicle(source.winners)
 
     def fit(self) -> None:
         x0, y0, x1, y1 = self.src.scene.extent
@@ -275,6 +294,9 @@ class BirdsEye:
             for k in range(len(snap)):
                 av = snap.role[k] == ROLE_AV
                 pg.draw.polygon(surf, AV if av else BG, scr[k].tolist())
+                if int(snap.ids[k]) == self._winner:
+                    c = self.to_screen(ctr[k:k + 1])[0]
+                    pg.draw.circle(surf, (255, 215, 0), c.tolist(), max(9, int(6 * self.zoom)), width=3)
                 if int(snap.ids[k]) == ego:
                     c = self.to_screen(ctr[k:k + 1])[0]
                     pg.draw.circle(surf, (255, 255, 255), c.tolist(), max(6, int(4 * self.zoom)), width=2)

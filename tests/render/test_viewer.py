@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from carla_mr.cli import main
-from carla_mr.viewer import AV, PRED, read_winners
+from carla_mr.viewer import AV, PRED, read_winners, winner_vehicle
 
 
 def make_run_dir(tmp_path, town01):
@@ -52,7 +52,9 @@ def make_run_dir(tmp_path, town01):
     (run / "market").mkdir()
     con = sqlite3.connect(run / "market" / "ledger.sqlite")
     con.execute("CREATE TABLE outcomes (round_id INTEGER PRIMARY KEY, outcome TEXT, schedule TEXT, digest TEXT)")
-    con.execute("INSERT INTO outcomes VALUES (3, ?, '{}', 'x')", (json.dumps({"winner_id": "sim-2"}),))
+    outcome = {"winner_id": "av-1", "payment_micro": 1200, "sim_ids": ["sim-000", "sim-001"],
+               "core": {"offline_winner": [1, -1, 1]}}
+    con.execute("INSERT INTO outcomes VALUES (3, ?, '{}', 'x')", (json.dumps(outcome),))
     con.commit()
     con.close()
     return run
@@ -64,7 +66,8 @@ def colour_present(img_rgb, colour, tol=8):
 
 def test_view_run_dir_headless_png_and_mp4(tmp_path, town01):
     run = make_run_dir(tmp_path, town01)
-    assert read_winners(run) == ["round 3: winner sim-2"]
+    assert read_winners(run) == ["round 3: winner av-1 (pays 1200 micro), GPU windows: sim-001"]
+    assert winner_vehicle(read_winners(run)) == 1
     out = tmp_path / "view"
     res = CliRunner().invoke(main, ["view", str(run), "--headless", "--frames", "5", "--png-every", "2",
                                     "--mp4", "v.mp4", "--zoom", "4", "--out", str(out), "--json"])
