@@ -150,20 +150,22 @@ def test_restart_after_deadline_closes_with_acknowledged_bids(tmp_path):
     keys = tmp_path / "keys"
     make_keyring(keys, ["av-000", "av-001", "av-002"], ["sim-001", "sim-002"], "sim-000")
     out, port = tmp_path / "serve", _free_port()
-    proc = _serve(keys, out, port, "--deadline", "2.5", "--rounds", "1")
+    proc = _serve(keys, out, port, "--deadline", "4", "--rounds", "1")
     try:
         _wait_ready(out, proc)
         c0, c1 = _client(keys, "av-000", port), _client(keys, "av-001", port)
         c0.connect()
-        rid = c0.wait_announce(5.0)["round_id"]
+        ann = c0.wait_announce(5.0)
+        deadline = time.monotonic() + ann["deadline_ms"] / 1000
+        rid = ann["round_id"]
         r0 = c0.request(P.BID_AV, _av_body(0), round_id=rid, bid_id="a")
         r1 = c1.request(P.BID_AV, _av_body(1), round_id=rid, bid_id="b")
         assert r0.ok and r1.ok
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(5)
-        time.sleep(2.6)  # the deadline passes while the server is down
+        time.sleep(max(0.0, deadline - time.monotonic()) + 0.3)  # the deadline passes while the server is down
         (out / "endpoint.txt").unlink()
-        proc = _serve(keys, out, port, "--deadline", "2.5", "--rounds", "1")
+        proc = _serve(keys, out, port, "--deadline", "4", "--rounds", "1")
         _wait_ready(out, proc)
         res = _client(keys, "av-002", port, retries=2).wait_result(rid, 10.0)
         assert res is not None and res["bidders"] == ["av-000", "av-001"]
