@@ -92,15 +92,18 @@ def test_bid_policies(harness):
 
 def test_deadline_absent_and_late(harness):
     h = harness(n_avs=3, n_traffic=2, early_close=True)
-    ann, pub, bids = _open(h, deadline_s=0.4)
-    rid = ann["round_id"]
+    clients = {b: h.client(b) for b in ("av-000", "sim-001", "sim-002", "av-001")}
+    for c in clients.values():
+        c.connect()
     t0 = time.monotonic()
+    ann, pub, bids = _open(h, deadline_s=1.0)
+    rid = ann["round_id"]
     for b in ("av-000", "sim-001", "sim-002"):
-        assert h.client(b).request(*bids[b], round_id=rid, bid_id="b").type == P.ACK
-    late = h.client("av-001")
-    res = late.wait_result(rid, 3.0)
+        assert clients[b].request(*bids[b], round_id=rid, bid_id="b").type == P.ACK
+    late = clients["av-001"]
+    res = late.wait_result(rid, 5.0)
     took = time.monotonic() - t0
-    assert res is not None and 0.3 < took < 1.5  # absent bidders never delay past the deadline
+    assert res is not None and 0.9 < took < 3.0  # absent bidders never hold the round past its deadline
     assert res["outcome"]["participants"] == ["av-000"] and res["bidders"] == ["av-000", "sim-001", "sim-002"]
     rep = late.request(*bids["av-001"], round_id=rid, bid_id="b")
     assert rep.type == P.LATE and rep.body["state"] == P.PUBLISHED
