@@ -50,7 +50,7 @@ def test_many_bidders_many_rounds_lose_nothing(tmp_path):
 
 
 def test_run_round_with_world_data_and_absent_avs(tmp_path):
-    cfg = MarketConfig(enabled=True, num_simulators=5, round_deadline_s=1.0, curve=False)  # plain, loopback
+    cfg = MarketConfig(enabled=True, num_simulators=5, round_deadline_s=8.0, curve=False)  # plain, loopback
     ids = ["ego", "car-1", "car-2", "car-3"]
     pub, priv = sample_round(4, 5, 1, seed=3)
     v = priv["v"].copy()
@@ -62,7 +62,7 @@ def test_run_round_with_world_data_and_absent_avs(tmp_path):
         with pytest.raises(InputError, match="U"):
             m.run_round(public=pub, v=v, U=priv["U"][:, :, :3], s_dt=priv["s_dt"], e_dt=priv["e_dt"], d=priv["d"])
     assert r.outcome["participants"] == ["ego", "car-1", "car-3"]
-    assert r.latency_s < 0.9  # the session closes the round once its bids are in; no deadline wait
+    assert r.latency_s < 6.0  # the session closes the round once its bids are in; no deadline wait
     bids = {}
     from carla_mr.market.clearing import truthful_bids
 
