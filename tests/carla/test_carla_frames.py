@@ -88,6 +88,9 @@ def test_snapshot_arrays_come_from_one_world_snapshot_per_tick(make_server, town
     srv = make_server()
     with CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False) as w:
         first = w.reset()
+        # synchronous with the scenario's fixed step; the Traffic Manager synchronous and seeded
+        assert srv.settings["synchronous_mode"] is True and srv.settings["fixed_delta_seconds"] == 0.05
+        assert srv.tms[8000].sim_synchronous is True and srv.tms[8000].sim_seed == 3
         n_snap = srv.counts.get("World.get_snapshot", 0)
         n_calls = len(srv.fault_points)
         s = w.tick()
