@@ -74,6 +74,20 @@ class Schedule:
             duration_s=np.array([x["duration_s"] for x in w], dtype=np.float64),
             payment_micro=np.array([x["payment_micro"] for x in w], dtype=np.int64))
 
+    def save_json(self, path) -> None:
+        """Write ``to_dict()`` atomically (what MarketSession does per round)."""
+        from carla_mr.io import atomic_write_json
+
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load_json(cls, path) -> "Schedule":
+        """Read a schedule written by :meth:`save_json` or MarketSession (extra keys are ignored)."""
+        import json
+        from pathlib import Path
+
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
     @classmethod
     def empty(cls, round_id: int, layout: str = "serial") -> "Schedule":
         z = np.zeros(0, dtype=np.int64)

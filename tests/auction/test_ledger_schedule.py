@@ -72,7 +72,7 @@ def test_tampered_event_and_outcome_are_found(tmp_path):
         replay(tmp_path / "missing.sqlite")
 
 
-def test_schedule_layouts_and_roundtrip():
+def test_schedule_layouts_and_roundtrip(tmp_path):
     s = build_schedule(4, winner=1, av_ids=["a", "b"], sim_ids=["d", "t1", "t2"],
                        window_sim=np.array([2, -1, 0, 1]), durations=np.array([1.0, 1.2, 0.0, 1.5]),
                        price_per_s=np.array([0.5, 9.0, 1.0, 0.25]))
@@ -81,6 +81,8 @@ def test_schedule_layouts_and_roundtrip():
     assert s.start_s.tolist() == [0.0, 1.0] and s.makespan_s == 2.5 and s.total_s == 2.5
     assert s.payment_micro.tolist() == [500_000, 375_000]
     back = Schedule.from_dict(json.loads(json.dumps(s.to_dict())))
+    s.save_json(tmp_path / "s.json")
+    assert Schedule.load_json(tmp_path / "s.json").to_dict() == s.to_dict()
     for k, v in s.arrays().items():
         assert np.array_equal(back.arrays()[k], v)
     par = build_schedule(4, winner=1, av_ids=["a", "b"], sim_ids=["d", "t1", "t2"], window_sim=np.array([2, 1]),
