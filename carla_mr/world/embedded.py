@@ -40,6 +40,12 @@ if TYPE_CHECKING:  # pragma: no cover
 _LIVE: Optional["EmbeddedWorld"] = None
 _LIBSUMO = None
 
+#: SUMO options of every embedded simulation (quiet; jams resolve by teleporting after 120 s).
+SUMO_OPTIONS = ("--no-step-log", "true", "--no-warnings", "true", "--duration-log.disable", "true",
+                "--time-to-teleport", "120", "--ignore-route-errors", "true", "--collision.action", "warn",
+                "--collision.check-junctions", "false")
+#: libsumo reports INVALID_DOUBLE_VALUE (-2**30) for vehicles off the network (teleporting).
+INVALID_BELOW = -1.0e9
 #: How often (simulated seconds) routes about to end are extended.
 ROUTE_CHECK_S = 1.0
 
@@ -127,9 +133,7 @@ class EmbeddedWorld(World):
         if ls.simulation.isLoaded():
             raise RunError("a libsumo simulation is already running in this process; close it first")
         cmd = ["sumo", "-n", str(self.net_path), "--step-length", repr(self.tick_s), "--seed",
-               str(self.seed % (2 ** 31)), "--begin", "0", "--no-step-log", "true", "--no-warnings", "true",
-               "--duration-log.disable", "true", "--time-to-teleport", "120", "--ignore-route-errors", "true",
-               "--collision.action", "warn", "--collision.check-junctions", "false"]
+               str(self.seed % (2 ** 31)), "--begin", "0", *SUMO_OPTIONS]
         try:
             ls.start(cmd)
         except BaseException as exc:  # libsumo raises its own types; SIGTERM/Ctrl-C may land here too
@@ -251,18 +255,28 @@ class EmbeddedWorld(World):
         if self._frame % self._check_every == 0:
             self._extend_routes()
         res = veh.getAllSubscriptionResults()
+        p_var, a_var, s_var = self._vars
         keys = list(res)
+        n = len(keys)
+        # one pass over libsumo's result dicts -> (n, 5): x, y, z, angle, speed
+        try:
+            rows = np.array([v[p_var] + (v[a_var], v[s_var]) for v in res.values()], dtype=np.float64)
+            ok = rows.shape == (n, 5) and (n == 0 or rows[:, 4].min() > INVALID_BELOW)
+        except ValueError:  # a teleporting vehicle reports a 2-D INVALID position
+            ok = False
+        if not ok:  # leave vehicles that are off the network (teleporting) out of this tick
+            good = [(k, v) for k, v in res.items()
+                    if len(v[p_var]) == 3 and v[p_var][0] > INVALID_BELOW and v[s_var] > INVALID_BELOW]
+            keys = [k for k, _ in good]
+            n = len(keys)
+            rows = np.array([v[p_var] + (v[a_var], v[s_var]) for _, v in good], dtype=np.float64)
         if keys != self._last_keys:
             self._last_keys = keys
             self._ids = np.array(keys, dtype=np.int64) if keys else np.zeros(0, np.int64)
             self._role = self._role_by_id[self._ids]
             self._ids.flags.writeable = False  # shared by every Snapshot until the set changes
             self._role.flags.writeable = False
-        n = len(keys)
-        p_var, a_var, s_var = self._vars
-        # one pass over libsumo's result dicts -> (5, n): x, y, z, angle, speed (contiguous rows)
-        cols = np.array([v[p_var] + (v[a_var], v[s_var]) for v in res.values()], dtype=np.float64)
-        cols = np.ascontiguousarray(cols.reshape(n, 5).T)
+        cols = np.ascontiguousarray(rows.reshape(n, 5).T)
         ox, oy = self.net_offset
         x, y = cols[0], cols[1]
         if ox:
