@@ -267,33 +267,50 @@ def client_for(role: str, *args: Any, **kwargs: Any) -> BidderClient:
 
 
 def bidder_process(spec: dict, out_queue) -> None:
-    """Entry point of a one-shot bidder process (load tests, benchmarks).
+    """Entry point of a bidder process (load tests, benchmarks).
 
     spec: endpoint, bidder_id, role, curve, public/secret (z85 bytes), server_public, round_id
-    (0: wait for the next announce), kind, body, bid_id, timeout_s. Puts one dict on
-    ``out_queue``: bidder_id, reply type, receipt, the result body (or None), error text.
+    (0: wait for the next announce), kind, body, bid_id, timeout_s, and optionally ``rounds``
+    (default 1): bid the same body in that many consecutive announced rounds (bid_id suffixed
+    with the round id). Puts one dict per round on ``out_queue``: bidder_id, round_id, reply
+    type, receipt, the result body (or None), error text.
     """
-    report: dict[str, Any] = {"bidder_id": spec["bidder_id"], "reply": None, "receipt": None, "result": None,
-                              "error": None}
     c = None
+    rid = int(spec.get("round_id") or 0)
+    timeout = spec.get("timeout_s", 10.0)
+    n_rounds = int(spec.get("rounds", 1))
+    done = 0
     try:
         kp = Keypair(spec["public"], spec["secret"]) if spec.get("curve", True) else None
         cls = AVBidder if spec["role"] == P.ROLE_AV else SimulatorBidder
         c = cls(spec["endpoint"], spec["bidder_id"], keypair=kp, server_public=spec.get("server_public"),
-                curve=spec.get("curve", True), handshake_timeout_s=spec.get("timeout_s", 10.0),
-                request_timeout_s=spec.get("timeout_s", 10.0), retries=2, ctx=zmq.Context())
+                curve=spec.get("curve", True), handshake_timeout_s=timeout, request_timeout_s=timeout, retries=2,
+                ctx=zmq.Context())
         c.connect()
-        rid = int(spec.get("round_id") or 0)
-        if rid == 0:
-            ann = c.wait_announce(spec.get("timeout_s", 10.0))
-            rid = int(ann["round_id"]) if ann else 0
-        rep = c.request(spec["kind"], spec["body"], round_id=rid, bid_id=spec["bid_id"])
-        report.update(reply=rep.type, receipt=rep.receipt, round_id=rid)
-        report["result"] = c.wait_result(rid, spec.get("timeout_s", 10.0) * 2)
+        last = 0
+        while done < n_rounds:
+            report: dict[str, Any] = {"bidder_id": spec["bidder_id"], "reply": None, "receipt": None,
+                                      "result": None, "error": None, "round_id": rid}
+            try:
+                if rid == 0:
+                    ann = c.wait_announce(timeout, after=last)
+                    if ann is None:
+                        raise RunError(f"no round announced after {last} within {timeout} s")
+                    rid = int(ann["round_id"])
+                bid_id = spec["bid_id"] if n_rounds == 1 else f"{spec['bid_id']}-{rid}"
+                rep = c.request(spec["kind"], spec["body"], round_id=rid, bid_id=bid_id)
+                report.update(reply=rep.type, receipt=rep.receipt, round_id=rid)
+                report["result"] = c.wait_result(rid, timeout * 2)
+            except Exception as exc:  # noqa: BLE001 - reported to the parent
+                report["error"] = f"{type(exc).__name__}: {exc}"
+            out_queue.put(report)
+            done += 1
+            last, rid = rid, 0
     except Exception as exc:  # noqa: BLE001 - reported to the parent
-        report["error"] = f"{type(exc).__name__}: {exc}"
+        for _ in range(n_rounds - done):
+            out_queue.put({"bidder_id": spec["bidder_id"], "reply": None, "receipt": None, "result": None,
+                           "error": f"{type(exc).__name__}: {exc}", "round_id": rid})
     finally:
         if c is not None:
             c.close()
             c.ctx.term()
-        out_queue.put(report)

@@ -61,3 +61,57 @@ def test_30_avs_30_simulators_in_separate_processes(harness):
     rep = replay(h.ledger_path)
     assert rep["ok"] and rep["recomputed"] == 1 and rep["bids"] == 60
     assert took < 60
+
+
+def test_many_bidder_processes_over_many_rounds_lose_nothing(harness):
+    """20 bidder processes, 6 autonomous rounds (public data sampled per round): every ack is
+    in the ledger, every process saw every round's outcome, counts match, the ledger replays."""
+    rounds = 6
+    h = harness(n_avs=10, n_traffic=9, auto_rounds=True, max_rounds=rounds, period_s=0.05, deadline_s=20.0,
+                linger_s=5.0)
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["carla_mr.market.bidders"])
+    q = ctx.Queue()
+    procs = []
+    for b in h.av_ids + h.sim_ids:
+        role = h.allow.by_id[b].role
+        if role == P.ROLE_AV:
+            kind, body = P.BID_AV, {"price": 1000 * (1 + h.av_ids.index(b)),
+                                    "tasks": [{"size": 0.1, "cycles": 0.5, "deadline": 1.4}]}
+        elif role == P.ROLE_DRIVING:
+            kind, body = P.BID_SIM, {"contract": True}
+        else:
+            k = h.sim_ids.index(b)
+            kind, body = P.BID_SIM, {"values": {a: [(7919 * k * (i + 1)) % 500_000] for i, a in enumerate(h.av_ids)}}
+        spec = {"endpoint": h.endpoint, "bidder_id": b, "role": role, "curve": True, "public": h.keys[b].public,
+                "secret": h.keys[b].secret, "server_public": h.server.public, "round_id": 0, "kind": kind,
+                "body": body, "bid_id": b, "timeout_s": 20.0, "rounds": rounds}
+        p = ctx.Process(target=bidder_process, args=(spec, q), daemon=True)
+        p.start()
+        procs.append(p)
+    reports = []
+    try:
+        for _ in range(len(procs) * rounds):
+            reports.append(q.get(timeout=60))
+    except queue.Empty:
+        raise AssertionError(f"only {len(reports)} of {len(procs) * rounds} reports")
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+    bad = [r for r in reports if r["error"] or r["reply"] != P.ACK]
+    assert not bad, bad[:3]
+    by_round: dict[int, list] = {}
+    for r in reports:
+        by_round.setdefault(r["round_id"], []).append(r)
+    assert sorted(by_round) == list(range(1, rounds + 1))
+    h.auctioneer.stop()
+    with Ledger(h.ledger_path) as led:
+        assert led.count("bids") == len(reports) == 20 * rounds
+        assert led.count("outcomes") == rounds
+        for rid, rs in by_round.items():
+            assert {b.bidder_id: b.receipt for b in led.bids(rid)} == {r["bidder_id"]: r["receipt"] for r in rs}
+            stored = outcome_text(led.outcome(rid)[0])
+            assert {outcome_text(r["result"]["outcome"]) for r in rs} == {stored}
+    assert replay(h.ledger_path)["ok"]
