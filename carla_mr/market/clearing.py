@@ -67,6 +67,18 @@ def make_public(*, rate_up, rate_down, s_sim, e_sim, C, G, theta: Any = 0.53, r_
     return pub
 
 
+def make_public_from_channel(*, g, p_av_mw, p_rsu_mw, s2_rsu, s2_av, bandwidth_up_mhz: float = 20.0,
+                             bandwidth_down_mhz: float = 20.0, **kw) -> dict[str, np.ndarray]:
+    """``make_public`` with the rates computed from the links (the model's ``rates``):
+    g (I,) channel gains, p_av_mw (I,) AV transmit power mW, p_rsu_mw RSU power mW (scalar or
+    (I,)), s2_rsu / s2_av (I,) noise variances; ``kw`` are make_public's other arguments."""
+    from carla_mr.market.model import rates
+
+    r_u, r_d = rates(g, p_av_mw, p_rsu_mw, s2_rsu, s2_av, bandwidth_up_mhz=bandwidth_up_mhz,
+                     bandwidth_down_mhz=bandwidth_down_mhz)
+    return make_public(rate_up=r_u, rate_down=r_d, **kw)
+
+
 def _public_market(pub: dict, s_dt, e_dt, d):
     from carla_mr.market.model import public_market
 

@@ -107,3 +107,15 @@ def test_schedule_from_a_cleared_round_matches_the_outcome():
     # payments never exceed the real-valued ones (rounded down to micro-units)
     for j, n in enumerate(served):
         assert 0 <= core["offline_payment"][n] * 1e6 - s.payment_micro[j] < 1.0 + 1e-6
+
+
+def test_make_public_from_channel_uses_the_model_rates():
+    from carla_mr.market.clearing import make_public_from_channel
+    from carla_mr.market.model import rates
+
+    g, p_av = np.array([0.2, 0.9]), np.array([0.5, 1.0])
+    pub = make_public_from_channel(g=g, p_av_mw=p_av, p_rsu_mw=2.0, s2_rsu=np.ones(2), s2_av=np.full(2, 0.5),
+                                   s_sim=np.ones(3), e_sim=np.ones(3), C=np.ones(2), G=np.full((2, 3), 0.5))
+    r_u, r_d = rates(g, p_av, 2.0, np.ones(2), np.full(2, 0.5))
+    assert np.array_equal(pub["rate_up"], r_u) and np.array_equal(pub["rate_down"], r_d)
+    assert pub["G"].shape == (2, 1, 3) and pub["s_sim"].shape == (2, 3)
