@@ -15,9 +15,10 @@ the image (as if nothing occluded it; clipped to the image; x1/y1 exclusive), ``
 the share of those pixels that survive in the ID buffer after everything nearer is drawn,
 and ``visible_box`` bounds the surviving pixels.
 
-Limits: the ground is drawn as the bottom layer (hills never hide objects); painter's order
-per object is exact for the scene's non-interpenetrating convex objects but not a general
-depth buffer; no lighting beyond per-face shading.
+Limits: the ground is drawn as the bottom layer (hills never hide objects); objects are
+painted farthest centre first, with every nearby sign-vehicle pair ordered exactly by
+separating planes (:func:`_painter_order`); two vehicles are ordered by their centres only,
+which is right for separate cars but not a general depth buffer; per-face shading only.
 """
 
 from __future__ import annotations
@@ -126,6 +127,71 @@ def clip_polygon(poly: np.ndarray, planes: np.ndarray, offsets: np.ndarray) -> n
 def _pts(uv: np.ndarray) -> np.ndarray:
     """Fixed-point vertices for cv2 (pixel centres at integer + 0.5)."""
     return np.round((uv - 0.5) * _SCALE).astype(np.int32)
+
+
+#: Sign-vehicle pairs closer than this (centre to centre, metres) get an exact order constraint.
+PAIR_RADIUS_M = 12.0
+
+
+def _painter_order(objects, pos, geom: SignGeometry, vbox, vnorm, fc, facing):
+    """Back-to-front order: farthest centre first, except that every sign-vehicle pair near
+    each other is ordered by separating planes (exact for a flat face and a convex box):
+
+    - the box entirely behind the sign's plane (seen from the camera): box first;
+    - entirely in front of it: sign first;
+    - straddling it: sign first iff the sign lies behind a camera-facing face plane of the box.
+    """
+    import heapq
+
+    n = len(objects)
+    signs = [j for j, o in enumerate(objects) if o[1] == 1]
+    cars = [j for j, o in enumerate(objects) if o[1] == 0]
+    after: list[list[int]] = [[] for _ in range(n)]  # after[a] = objects drawn after a
+    indeg = [0] * n
+    if signs and cars:
+        ci = np.array([objects[j][2] for j in cars])
+        ccent = vbox[ci].mean(axis=1)  # (C, 3)
+        for js in signs:
+            i = objects[js][2]
+            near = np.nonzero(((ccent - geom.center[i]) ** 2).sum(axis=1) <= PAIR_RADIUS_M ** 2)[0]
+            if len(near) == 0:
+                continue
+            nrm, c = geom.normal[i], geom.center[i]
+            cam_side = 1.0 if float(np.dot(nrm, pos - c)) >= 0 else -1.0
+            side = ((vbox[ci[near]] - c) @ nrm) * cam_side  # (M, 8): > 0 on the camera's side
+            corners = geom.corners[i]
+            for q, (m, k) in enumerate(zip(near, ci[near])):
+                if (side[q] <= 1e-9).all():
+                    sign_first = False  # box behind the sign's plane
+                elif (side[q] >= -1e-9).all():
+                    sign_first = True  # box between the camera and the sign's plane
+                else:
+                    sign_first = False
+                    for f in np.nonzero(facing[k])[0]:
+                        if (((corners - fc[k, f]) @ vnorm[k, f]) <= 1e-9).all():
+                            sign_first = True  # the sign is behind a visible face of the box
+                            break
+                a, b = (js, cars[m]) if sign_first else (cars[m], js)
+                after[a].append(b)
+                indeg[b] += 1
+    heap = [(-objects[j][0], j) for j in range(n) if indeg[j] == 0]
+    heapq.heapify(heap)
+    out, done = [], [False] * n
+    while len(out) < n:
+        if not heap:  # a cycle (not expected): release the farthest remaining object
+            j = max((j for j in range(n) if not done[j]), key=lambda q: objects[q][0])
+            indeg[j] = 0
+            heap.append((-objects[j][0], j))
+        _, j = heapq.heappop(heap)
+        if done[j]:
+            continue
+        done[j] = True
+        out.append(objects[j])
+        for b in after[j]:
+            indeg[b] -= 1
+            if indeg[b] == 0 and not done[b]:
+                heapq.heappush(heap, (-objects[b][0], b))
+    return out
 
 
 class _Pyramid:
@@ -307,6 +373,7 @@ class SceneRenderer:
         self._fill_world_polys(img, view, self.scene.marks, self._mark_centre, self._mark_col)
 
         objects: list[tuple[float, int, int]] = []  # (distance, type 0=vehicle 1=sign, index)
+        vbox = vnorm = fc = facing = None
         if vehicles is not None and len(vehicles):
             d2 = (vehicles.x - px) ** 2 + (vehicles.y - py) ** 2
             sel = d2 <= self.draw_distance_m ** 2
@@ -325,8 +392,7 @@ class SceneRenderer:
                     vuv[inside] = view.project(vcam[inside])
                 fc = vbox[:, BOX_FACES].mean(axis=2)  # (V, 5, 3)
                 facing = np.einsum("vfk,vfk->vf", vnorm, view.pos[None, None, :] - fc) > 0
-                centres = vbox.mean(axis=1)
-                vdist = np.sqrt(((centres - view.pos) ** 2).sum(axis=1))
+                vdist = np.sqrt(((vbox.mean(axis=1) - view.pos) ** 2).sum(axis=1))
                 for k in np.nonzero(in_view)[0]:
                     objects.append((float(vdist[k]), 0, int(k)))
         geom = self.geom
@@ -336,10 +402,13 @@ class SceneRenderer:
             camc = view.to_cam(geom.center)
             for i in np.nonzero((dist <= self.sign_range_m) & (camc[:, 0] > -2.0))[0]:
                 objects.append((float(dist[i]), 1, int(i)))
-        objects.sort(key=lambda o: -o[0])
+        if vbox is not None and any(o[1] == 1 for o in objects):
+            objects = _painter_order(objects, view.pos, geom, vbox, vnorm, fc, facing)
+        else:
+            objects.sort(key=lambda o: -o[0])
 
         faces: dict[int, tuple[int, tuple[int, int, int, int], float]] = {}
-        for dist_o, typ, k in objects:
+        for _key, typ, k in objects:
             if typ == 0:
                 vid = int(vehicles.ids[vidx[k]])
                 col = np.array(vehicle_colour(vid, bool(vehicles.role[vidx[k]] == 1)))
@@ -361,7 +430,7 @@ class SceneRenderer:
                         self._fill(img, ids, view, post, POST, 0)
                     n, box = self._draw_face(img, ids, view, k, cam_corners, textures.get(str(geom.ids[k])), k + 1)
                     if n:
-                        faces[k] = (n, box, dist_o)
+                        faces[k] = (n, box, float(dist[k]))
                 else:
                     self._fill(img, ids, view, cam_corners, SIGN_BACK, 0)
                     if post is not None:
