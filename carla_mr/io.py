@@ -28,6 +28,13 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _default_mode() -> int:
+    """0o666 minus the process umask: what open() would give a new file."""
+    old = os.umask(0o022)
+    os.umask(old)
+    return 0o666 & ~old
+
+
 def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], *, binary: bool = True,
                  fsync: bool = True) -> Path:
     """Call ``writer(fileobj)`` on a temp file next to ``path`` and rename it into place.
@@ -39,6 +46,10 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], *, bina
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:  # mkstemp makes 0600 files; give the file the mode a plain open() would
+        os.fchmod(fd, _default_mode())
+    except OSError:  # pragma: no cover - file systems without modes
+        pass
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
             writer(fh)

@@ -144,3 +144,12 @@ def test_no_heavy_imports_at_package_import():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert out.stdout.strip() == ""
+
+
+def test_atomic_write_gives_umask_mode_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        p = atomic_write_json(tmp_path / "m.json", {})
+    finally:
+        os.umask(old)
+    assert (p.stat().st_mode & 0o777) == 0o644
