@@ -17,8 +17,9 @@ and ``visible_box`` bounds the surviving pixels.
 
 Limits: the ground is drawn as the bottom layer (hills never hide objects); objects are
 painted farthest centre first, with every nearby sign-vehicle pair ordered exactly by
-separating planes (:func:`_painter_order`); two vehicles are ordered by their centres only,
-which is right for separate cars but not a general depth buffer; per-face shading only.
+separating planes (:func:`_painter_order`), and nearby vehicle pairs by their face planes
+when one lies entirely in front of a visible face of the other; not a general depth buffer
+(interpenetrating or cyclically overlapping objects); per-face shading only.
 """
 
 from __future__ import annotations
@@ -131,11 +132,14 @@ def _pts(uv: np.ndarray) -> np.ndarray:
 
 #: Sign-vehicle pairs closer than this (centre to centre, metres) get an exact order constraint.
 PAIR_RADIUS_M = 12.0
+#: Vehicle pairs closer than this (centre to centre, metres) are ordered by face planes.
+CAR_PAIR_RADIUS_M = 8.0
 
 
 def _painter_order(objects, pos, geom: SignGeometry, vbox, vnorm, fc, facing):
     """Back-to-front order: farthest centre first, except that every sign-vehicle pair near
-    each other is ordered by separating planes (exact for a flat face and a convex box):
+    each other is ordered by separating planes (exact for a flat face and a convex box), and
+    so is every nearby vehicle pair where one box lies in front of a visible face of the other:
 
     - the box entirely behind the sign's plane (seen from the camera): box first;
     - entirely in front of it: sign first;
@@ -144,6 +148,8 @@ def _painter_order(objects, pos, geom: SignGeometry, vbox, vnorm, fc, facing):
     import heapq
 
     n = len(objects)
+    if n == 0:
+        return objects
     signs = [j for j, o in enumerate(objects) if o[1] == 1]
     cars = [j for j, o in enumerate(objects) if o[1] == 0]
     after: list[list[int]] = [[] for _ in range(n)]  # after[a] = objects drawn after a
@@ -172,6 +178,26 @@ def _painter_order(objects, pos, geom: SignGeometry, vbox, vnorm, fc, facing):
                             sign_first = True  # the sign is behind a visible face of the box
                             break
                 a, b = (js, cars[m]) if sign_first else (cars[m], js)
+                after[a].append(b)
+                indeg[b] += 1
+    # Vehicle pairs: a box entirely on the camera's side of one of the other's visible face
+    # planes cannot be hidden by it, so it is drawn after it.
+    if len(cars) > 1:
+        ci = np.array([objects[j][2] for j in cars])
+        cc = vbox[ci].mean(axis=1)
+        d2 = ((cc[:, None, :] - cc[None, :, :]) ** 2).sum(axis=2)
+        for a_, b_ in zip(*np.nonzero(np.triu(d2 <= CAR_PAIR_RADIUS_M ** 2, k=1))):
+            ka, kb = ci[a_], ci[b_]
+            first = None
+            for p_, q_, kp, kq in ((a_, b_, ka, kb), (b_, a_, kb, ka)):
+                for f in np.nonzero(facing[kp])[0]:
+                    if (((vbox[kq] - fc[kp, f]) @ vnorm[kp, f]) >= -1e-9).all():
+                        first = (p_, q_)  # q is in front of p's face: p first
+                        break
+                if first is not None:
+                    break
+            if first is not None:
+                a, b = cars[first[0]], cars[first[1]]
                 after[a].append(b)
                 indeg[b] += 1
     heap = [(-objects[j][0], j) for j in range(n) if indeg[j] == 0]
@@ -402,7 +428,7 @@ class SceneRenderer:
             camc = view.to_cam(geom.center)
             for i in np.nonzero((dist <= self.sign_range_m) & (camc[:, 0] > -2.0))[0]:
                 objects.append((float(dist[i]), 1, int(i)))
-        if vbox is not None and any(o[1] == 1 for o in objects):
+        if vbox is not None:
             objects = _painter_order(objects, view.pos, geom, vbox, vnorm, fc, facing)
         else:
             objects.sort(key=lambda o: -o[0])

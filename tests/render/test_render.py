@@ -297,3 +297,24 @@ def test_passing_car_occludes_sign_like_a_ray_cast(car_x, car_y):
     assert abs(int(expect.sum()) - int(vis.sum())) <= max(2, 0.05 * full.sum())
     if lab1:
         assert lab1[0]["visible"] == pytest.approx(vis.sum() / full.sum())
+
+
+def test_painter_order_puts_a_box_in_front_of_a_face_last():
+    """Two boxes where B lies entirely in front of A's camera-facing rear face: B is drawn
+    after A even when the distance key says otherwise (the key here is deliberately wrong)."""
+    from carla_mr.world.render import _painter_order
+    from carla_mr.world.scene import BOX_FACES, vehicle_boxes
+
+    pos = np.array([0.0, 0.0, 1.6])
+    vbox, vnorm = vehicle_boxes(np.array([20.0, 12.0]), np.array([0.0, 0.0]), np.zeros(2), np.zeros(2))
+    fc = vbox[:, BOX_FACES].mean(axis=2)
+    facing = np.einsum("vfk,vfk->vf", vnorm, pos[None, None, :] - fc) > 0
+    geom = build_sign_geometry(one_sign(x=1e5))
+    objects = [(5.0, 0, 0), (50.0, 0, 1)]  # keys claim A (index 0) is nearer than B
+    order = _painter_order(objects, pos, geom, vbox, vnorm, fc, facing)
+    assert [o[2] for o in order] == [0, 1]  # A first, then B (which is in front of A's rear face)
+    # Without geometry to go by (far apart), the key decides.
+    vbox2, vnorm2 = vehicle_boxes(np.array([20.0, 60.0]), np.array([0.0, 30.0]), np.zeros(2), np.zeros(2))
+    fc2 = vbox2[:, BOX_FACES].mean(axis=2)
+    facing2 = np.einsum("vfk,vfk->vf", vnorm2, pos[None, None, :] - fc2) > 0
+    assert [o[2] for o in _painter_order(objects, pos, geom, vbox2, vnorm2, fc2, facing2)] == [1, 0]
