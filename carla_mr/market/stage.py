@@ -1,0 +1,191 @@
+"""MarketStage: the world's AVs and the simulators bid for the RSU's GPU time every round.
+
+Every ``round_period_ticks`` ticks the stage turns the latest Snapshot into one auction round
+and runs it over ZeroMQ (CURVE on loopback) through :class:`~carla_mr.market.session.MarketSession`:
+
+- Bidders. The session has ``vehicles.avs`` AV *slots* (``av-000`` ...), each with its own
+  CURVE key. At each round the AVs that an RSU serves (``snapshot.rsu >= 0``) take the slots in
+  ascending vehicle-id order; empty slots stay silent (absent). Simulator ``sim-000`` is the
+  driving simulator (standing contract), the others are traffic simulators.
+- Public data (known to the RSU). Channel gain from the distance to the serving RSU,
+  ``g = clip(1 - dist / range, 0.01, 1)``; transmit powers and noise drawn once per AV slot as in
+  the market model; R_acc from the twin's rolling accuracy when the twin runs
+  (``ctx.shared["twin_accuracy"]``), else ``market.r_acc``; G and theta from the genai stage's
+  latest scores (``ctx.shared["genai_scores"]``), else the model's U[0.4, 0.6] and 0.53.
+- Bids. An AV's value for its DT slot grows with its speed: ``v = 0.2 + 0.8 clip(speed / 15 m/s,
+  0, 1)``, bid truthfully; the DT tasks (size MB, Gcycles/MB, deadline s) are drawn from the
+  market model. Each simulator's value per second is the truthful ``v m`` of the model, with
+  match qualities ``h = C u`` fixed per (AV slot, simulator) for the run (the preference cache).
+- Output. ``ctx.shared["market_round"]`` holds the latest round (winner vehicle id, schedule with
+  vehicle ids) for the genai stage; ``RUN_DIR/market/rounds.jsonl`` one line per round with the
+  outcome, its latency, and the same bids cleared by PViSA, EPViSA and MTEPViSA with the pure
+  functions (the report's surplus-by-mechanism plot).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from carla_mr.market.config import MarketConfig
+from carla_mr.stages import RunContext
+from carla_mr.world.base import Snapshot
+
+SHARED_ROUND = "market_round"
+SPEED_REF_MPS = 15.0
+
+
+class MarketStage:
+    name = "market"
+
+    def __init__(self, config: MarketConfig, n_av_slots: int, *, rsu_range_m: Optional[np.ndarray] = None):
+        self.config = config
+        self.n_slots = max(1, int(n_av_slots))
+        self.session = None
+        self.rounds = 0
+        self._tick = 0
+        self._closed = False
+        self._log: Optional[Path] = None
+        self._latencies: list[float] = []
+        self._totals: dict[str, list[float]] = {"pvisa": [], "epvisa": [], "mtepvisa": []}
+        self._winners = 0
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self, ctx: RunContext) -> None:
+        from carla_mr.market.clearing import model_params
+        from carla_mr.market.session import MarketSession
+
+        cfg = self.config
+        self.slot_ids = [f"av-{k:03d}" for k in range(self.n_slots)]
+        self.session = MarketSession(cfg, ctx.run_dir, seed=ctx.seed, av_ids=self.slot_ids,
+                                     n_tasks=cfg.tasks_per_av)
+        self.params = model_params(self.n_slots, cfg.num_simulators, cfg.tasks_per_av,
+                                   {"model": {} if cfg.generative_ai else {"genai": False}})
+        mp = self.params
+        rng = np.random.default_rng(np.random.SeedSequence(int(ctx.seed), spawn_key=(0x6D6B74,)))
+        I, K1 = self.n_slots, cfg.num_simulators
+        self.rng = rng
+        # link and preference data fixed per AV slot for the run (the model's distributions)
+        self.p_av = rng.uniform(0.0, 1.0, I)
+        self.p_rsu = float(rng.uniform(0.0, 5.0))
+        if mp.noise_mode == "fixed":
+            self.s2_rsu = np.ones(I)
+            self.s2_av = np.ones(I)
+        else:
+            self.s2_rsu = np.maximum(np.abs(rng.standard_normal(I)), 1e-3)
+            self.s2_av = np.maximum(np.abs(rng.standard_normal(I)), 1e-3)
+        self.s_sim = rng.uniform(1e-3, 2.5, K1)
+        self.e_sim = rng.uniform(0.0, 5.0, K1)
+        C = rng.zipf(mp.zipf_a, I).astype(float)
+        if mp.c_max is not None:
+            C = np.minimum(C, mp.c_max)
+        self.C = C
+        u = 1.0 - rng.uniform(0.0, 1.0, (I, K1))  # U(0, 1]
+        h = C[:, None] * u
+        h[:, 0] *= mp.beta0
+        self.h = h
+        self._log = Path(ctx.run_dir) / "market" / "rounds.jsonl"
+        self._log.parent.mkdir(parents=True, exist_ok=True)
+        self._log.write_text("")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.session is not None:
+            self.session.close()
+
+    # ---------------------------------------------------------------- per tick
+    def on_tick(self, snapshot: Snapshot, ctx: RunContext) -> None:
+        self._tick += 1
+        if (self._tick - 1) % self.config.round_period_ticks != 0:
+            return
+        served = snapshot.av_mask & (snapshot.rsu >= 0)
+        ids = snapshot.ids[served]
+        order = np.argsort(ids, kind="stable")[: self.n_slots]
+        rows = np.flatnonzero(served)[order]
+        if rows.size == 0:
+            return
+        self._round(snapshot, rows, ctx)
+
+    def _round(self, snap: Snapshot, rows: np.ndarray, ctx: RunContext) -> None:
+        from carla_mr.market.clearing import _public_market, _rows, make_public_from_channel
+        from carla_mr.market.mechanisms import clear
+
+        cfg, mp, I, n = self.config, self.params, self.n_slots, rows.size
+        N, K1 = cfg.tasks_per_av, cfg.num_simulators
+        rsus = ctx.world.rsus
+        j = snap.rsu[rows]
+        dist = np.hypot(snap.x[rows] - rsus.x[j], snap.y[rows] - rsus.y[j])
+        g = np.full(I, 0.5)
+        g[:n] = np.clip(1.0 - dist / rsus.range_m[j], 0.01, 1.0)
+        v = np.full(I, np.nan)
+        v[:n] = 0.2 + 0.8 * np.clip(snap.speed[rows] / SPEED_REF_MPS, 0.0, 1.0)
+        vehicle_ids = snap.ids[rows]
+        r_acc = np.full(I, float(mp.r_acc))
+        acc = ctx.shared.get("twin_accuracy")
+        if acc is not None:
+            r_acc[:n] = np.clip(acc.get(vehicle_ids, default=float(mp.r_acc)), 0.0, 1.0)
+        scores = ctx.shared.get("genai_scores") or {}
+        if "G" in scores and scores["G"] is not None:
+            G = np.full((I, K1), float(scores["G"]))
+            G[:, 0] = self.rng.uniform(mp.g_lo, mp.g_hi, I)  # the driving simulator does not generate here
+        else:
+            G = self.rng.uniform(mp.g_lo, mp.g_hi, (I, K1))
+        theta = float(scores.get("theta") or mp.theta)
+        s_dt = self.rng.uniform(0.0, 0.5, (I, N))
+        e_dt = self.rng.uniform(0.0, 2.0, (I, N))
+        d = self.rng.uniform(1.0, 1.5, (I, N))
+        public = make_public_from_channel(
+            g=g, p_av_mw=self.p_av, p_rsu_mw=self.p_rsu, s2_rsu=self.s2_rsu, s2_av=self.s2_av,
+            s_sim=self.s_sim, e_sim=self.e_sim, C=self.C, G=G, theta=theta, r_acc=r_acc,
+            gamma=mp.gamma, beta0=mp.beta0, genai=mp.genai, size_unit=mp.size_unit)
+        pm = _public_market(public, s_dt, e_dt, d)
+        U = np.nan_to_num(np.where(np.isfinite(v), v, 0.0)[:, None, None] * pm.F * self.h[:, None, :])
+        res = self.session.run_round(public=public, v=v, U=U, s_dt=s_dt, e_dt=e_dt, d=d,
+                                     deadline_s=cfg.round_deadline_s)
+        self.rounds += 1
+        self._latencies.append(res.latency_s)
+
+        # the same bids through the pure functions, one per mechanism (present slots only)
+        pm_n = _public_market(_rows(public, np.arange(n)), s_dt[:n], e_dt[:n], d[:n])
+        by_mech = {}
+        for mech in ("pvisa", "epvisa", "mtepvisa"):
+            o = clear(pm_n, v[:n], U[:n], mechanism=mech, scoring=cfg.scoring, r_acc=r_acc[:n])
+            by_mech[mech] = {"total": float(o.total), "S_DT": float(o.S_DT), "S_T": float(o.S_T),
+                             "S_D": float(o.S_D), "revenue": float(o.revenue),
+                             "winner_vehicle_id": int(vehicle_ids[o.winner]) if o.winner >= 0 else None}
+            self._totals[mech].append(float(o.total))
+
+        slot_to_vehicle = {self.slot_ids[k]: int(vehicle_ids[k]) for k in range(n)}
+        winner_slot = res.outcome.get("winner_id")
+        winner_vehicle = slot_to_vehicle.get(winner_slot) if winner_slot else None
+        self._winners += winner_vehicle is not None
+        sched = res.schedule.arrays()
+        windows = [{"sim_id": str(sched["sim_id"][w]), "sim_index": int(sched["sim_index"][w]),
+                    "vehicle_id": slot_to_vehicle.get(str(sched["av_id"][w])), "task": int(sched["task"][w]),
+                    "start_s": float(sched["start_s"][w]), "duration_s": float(sched["duration_s"][w]),
+                    "payment_micro": int(sched["payment_micro"][w])} for w in range(len(res.schedule))]
+        info = {"round_id": res.round_id, "frame": snap.frame, "time": snap.time, "participants": n,
+                "winner_vehicle_id": winner_vehicle, "payment_micro": res.outcome.get("payment_micro"),
+                "windows": windows, "latency_s": res.latency_s, "mechanism": cfg.mechanism,
+                "r_acc_mean": float(np.mean(r_acc[:n])), "G_mean": float(np.mean(G[:n, 1:])), "theta": theta,
+                "by_mechanism": by_mech, "chain_hash": res.chain_hash}
+        ctx.shared[SHARED_ROUND] = info
+        with open(self._log, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(info) + "\n")
+
+    def summary(self) -> dict[str, Any]:
+        lat = np.asarray(self._latencies) if self._latencies else np.zeros(0)
+        out: dict[str, Any] = {"rounds": self.rounds, "rounds_with_winner": self._winners,
+                               "mechanism": self.config.mechanism, "curve": self.config.curve,
+                               "latency_p50_s": float(np.percentile(lat, 50)) if lat.size else None,
+                               "latency_p99_s": float(np.percentile(lat, 99)) if lat.size else None,
+                               "mean_total_surplus": {m: float(np.mean(t)) if t else None
+                                                      for m, t in self._totals.items()}}
+        if self.session is not None:
+            out["ledger"] = str(self.session.ledger_path)
+        return out
