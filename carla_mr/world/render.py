@@ -186,18 +186,24 @@ def _painter_order(objects, pos, geom: SignGeometry, vbox, vnorm, fc, facing):
         ci = np.array([objects[j][2] for j in cars])
         cc = vbox[ci].mean(axis=1)
         d2 = ((cc[:, None, :] - cc[None, :, :]) ** 2).sum(axis=2)
-        for a_, b_ in zip(*np.nonzero(np.triu(d2 <= CAR_PAIR_RADIUS_M ** 2, k=1))):
-            ka, kb = ci[a_], ci[b_]
-            first = None
-            for p_, q_, kp, kq in ((a_, b_, ka, kb), (b_, a_, kb, ka)):
-                for f in np.nonzero(facing[kp])[0]:
-                    if (((vbox[kq] - fc[kp, f]) @ vnorm[kp, f]) >= -1e-9).all():
-                        first = (p_, q_)  # q is in front of p's face: p first
-                        break
-                if first is not None:
-                    break
-            if first is not None:
-                a, b = cars[first[0]], cars[first[1]]
+        pa, pb = np.nonzero(np.triu(d2 <= CAR_PAIR_RADIUS_M ** 2, k=1))
+        if len(pa):
+            ka, kb = ci[pa], ci[pb]
+
+            def in_front(kp, kq):
+                """(P,) whether box kq lies entirely in front of a camera-facing face of kp."""
+                off = np.einsum("pfk,pfk->pf", vnorm[kp], fc[kp])
+                val = np.einsum("pfk,pck->pfc", vnorm[kp], vbox[kq]) - off[:, :, None]
+                return ((val >= -1e-9).all(axis=2) & facing[kp]).any(axis=1)
+
+            b_front, a_front = in_front(ka, kb), in_front(kb, ka)
+            for x_, y_, bf, af in zip(pa, pb, b_front, a_front):
+                if bf:
+                    a, b = cars[x_], cars[y_]  # b in front of a: a first
+                elif af:
+                    a, b = cars[y_], cars[x_]
+                else:
+                    continue
                 after[a].append(b)
                 indeg[b] += 1
     heap = [(-objects[j][0], j) for j in range(n) if indeg[j] == 0]
