@@ -157,6 +157,9 @@ def swaps_for(cfg, signs: SignTable, seed: int) -> dict[str, SignTexture]:
         raise InputError("texture_source 'folder' needs texture_dir", field="recorder.texture_dir")
     folder = cfg.texture_dir if src in ("auto", "folder", "genai") else None
     gen = None
-    if src == "genai" or (src == "auto" and (cfg.genai_model or default_genai_model() is not None)):
-        gen = genai_generator(cfg.genai_model, steps=cfg.genai_steps)
+    if src == "genai":
+        gen = genai_generator(cfg.genai_model, steps=cfg.genai_steps)  # fail early when missing
+    elif src == "auto" and (cfg.genai_model or default_genai_model() is not None):
+        def gen(kinds, seeds):  # loaded only if the folder leaves signs without an image
+            return genai_generator(cfg.genai_model, steps=cfg.genai_steps)(kinds, seeds)
     return choose_swaps(signs, cfg.swap_share, seed, folder, generator=gen)
