@@ -70,3 +70,18 @@ def test_texture_source_modes(tmp_path):
     proc = swaps_for(RecorderConfig(swap_share=0.5, texture_source="procedural"), t, 0)
     assert len(proc) == 3 and all(v.ref.startswith("procedural:") for v in proc.values())
     assert swaps_for(RecorderConfig(swap_share=0.0), t, 0) == {}
+
+
+def test_genai_model_generates_the_swaps_deterministically(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from carla_mr.dataset.config import RecorderConfig
+    from carla_mr.dataset.textures import swaps_for
+    from carla_mr.genai.model import build_tiny, save_model
+
+    save_model(build_tiny(image_size=32), tmp_path / "tiny")
+    cfg = RecorderConfig(swap_share=0.5, texture_source="genai", genai_model=str(tmp_path / "tiny"), genai_steps=2)
+    t = table(KINDS)
+    a, b = swaps_for(cfg, t, 4), swaps_for(cfg, t, 4)
+    assert len(a) == 3 and all(v.ref.startswith("genai:tiny:") and v.image.shape == (32, 32, 3) for v in a.values())
+    assert all(np.array_equal(a[k].image, b[k].image) for k in a)  # resumable recordings need this
