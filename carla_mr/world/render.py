@@ -36,7 +36,8 @@ from carla_mr.world.base import CameraFrame, SignTexture, Snapshot
 from carla_mr.world.camera_spec import CameraSpec
 from carla_mr.world.scene import (FACE_SHADE, GRASS, POST, SIGN_BACK, SKY_HORIZON, SKY_TOP, BOX_FACES, RoadScene,
                                   build_road_scene, ground_height_under, vehicle_boxes, vehicle_colour, CAR_SIZE)
-from carla_mr.world.sign_geometry import SignGeometry, build_sign_geometry, class_name, fit_to_shape, original_face
+from carla_mr.world.sign_geometry import (POST_WIDTH_M, SignGeometry, build_sign_geometry, class_name, fit_to_shape,
+                                          original_face)
 
 NEAR_M = 0.1
 GUARD_PX = 4000.0
@@ -503,7 +504,7 @@ class SceneRenderer:
         nd = math.hypot(d[0], d[1])
         if nd < 1e-6:
             return None
-        side = np.array([-d[1] / nd, d[0] / nd, 0.0]) * (0.5 * 0.08)
+        side = np.array([-d[1] / nd, d[0] / nd, 0.0]) * (0.5 * POST_WIDTH_M)
         quad = np.stack([top - side, top + side, base + side, base - side])
         return view.to_cam(quad)
 
