@@ -42,4 +42,6 @@ class TwinConfig(StrictModel):
                                                      "(the market's constant R_acc).")
     spread: bool = Field(True, description="Spread each sample's prediction batch over the stride's ticks "
                                            "(1/stride of the vehicles per tick) so no tick carries the whole batch.")
+    threads: int = Field(1, ge=1, le=256, description="torch threads for the LSTM's predictions (set around each "
+                                                     "call and restored; more threads spin against the world).")
     write_predictions: bool = Field(True, description="Write RUN_DIR/predictions.parquet.")

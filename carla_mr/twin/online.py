@@ -163,6 +163,8 @@ class TwinStage:
             self.predictor = load_predictor(resolve_model(cfg.model, src), past=cfg.past, future=cfg.future,
                                             sample_hz=cfg.sample_hz)
         p = self.predictor
+        if hasattr(p, "threads"):
+            p.threads = cfg.threads
         self.stride = stride_for(p.sample_hz, self._tick_s)
         self.buffer = TrackBuffer(capacity=p.past + p.future)
         self.accuracy = RollingAccuracy(cfg.accuracy_window, cfg.hit_radius_m, cfg.prior)

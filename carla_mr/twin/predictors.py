@@ -190,6 +190,8 @@ class LSTMPredictor(Predictor):
         self.norm: dict[str, np.ndarray] | None = None
         self.net = None
         self.train_info: dict[str, Any] = {}
+        #: torch threads for predict (set around each call, then restored); None: leave torch's setting
+        self.threads: int | None = None
 
     # -- torch plumbing ------------------------------------------------------------------------
     @staticmethod
@@ -310,9 +312,16 @@ class LSTMPredictor(Predictor):
         n = self.norm
         x = ((feat - n["f_mean"]) / n["f_std"]).astype(np.float32)
         outs = []
-        with torch.inference_mode():
-            for i in range(0, len(x), chunk):
-                outs.append(self.net(torch.from_numpy(x[i:i + chunk])).numpy())
+        prev = torch.get_num_threads()
+        if self.threads and prev != self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                for i in range(0, len(x), chunk):
+                    outs.append(self.net(torch.from_numpy(x[i:i + chunk])).numpy())
+        finally:
+            if self.threads and prev != self.threads:
+                torch.set_num_threads(prev)
         y = np.concatenate(outs).astype(np.float64) * n["y_std"] + n["y_mean"]
         y = y.reshape(-1, self.future, 2)
         if self.recipe.residual:

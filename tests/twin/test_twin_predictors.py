@@ -127,3 +127,20 @@ def test_model_errors(tmp_path):
     (d / "weights.npz").unlink()
     with pytest.raises(InputError, match="weights.npz"):
         load_predictor(d)
+
+
+def test_predict_threads_are_set_and_restored():
+    pa, fu, _ = _curvy(n=3, seconds=20)
+    m = LSTMPredictor(12, 4, 2.0, LSTMRecipe(epochs=1, hidden=8))
+    m.fit(pa, fu)
+    before = torch.get_num_threads()
+    seen = []
+    net = m.net
+    m.net = lambda x: (seen.append(torch.get_num_threads()), net(x))[1]
+    try:
+        torch.set_num_threads(2)
+        m.threads = 1
+        m.predict(pa[:3])
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
