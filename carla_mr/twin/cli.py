@@ -24,7 +24,8 @@ from carla_mr.twin.config import DEFAULT_FUTURE, DEFAULT_PAST, DEFAULT_SAMPLE_HZ
 def _data_options(f):
     opts = [
         click.option("--sample-hz", type=float, default=None,
-                     help=f"Resample tracks to this rate, Hz (train default {DEFAULT_SAMPLE_HZ:g}; eval: the model's)."),
+                     help=f"Resample tracks to this rate, Hz (train default {DEFAULT_SAMPLE_HZ:g}; "
+                          "eval: the model's)."),
         click.option("--role", type=click.Choice(["all", "av", "background"]), default="all", show_default=True,
                      help="Which vehicles of a run to use (needs a 'role' column)."),
         click.option("--id-col", default=None, help="Vehicle id column (default: id/track_id/vehicle_id/...)."),

@@ -23,9 +23,10 @@ Inputs
 Every track is resampled onto the grid ``k * dt`` (seconds from the data's first time) by linear
 interpolation. Problems are never silent: rows with NaN/inf are dropped, duplicate times are
 dropped, tracks whose rows were out of time order are sorted, tracks are split at gaps longer
-than ``max_gap_s``, and segments shorter than ``min_samples`` are skipped -- each counted in
-:attr:`Tracks.report`. Unknown columns, bad coordinates or no usable track raise
-:class:`~carla_mr.errors.InputError` naming the field and the fix.
+than ``max_gap_s`` and at jumps faster than ``MAX_SPEED_MPS`` (teleports), and segments
+shorter than ``min_samples`` are skipped -- each counted in :attr:`Tracks.report`. Unknown
+columns, bad coordinates or no usable track raise :class:`~carla_mr.errors.InputError` naming
+the field and the fix.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ Y_NAMES = ("y",)
 LON_NAMES = ("lon", "lng", "longitude")
 LAT_NAMES = ("lat", "latitude")
 ROLES = ("all", "av", "background")
+#: Consecutive samples implying a faster move split the track (m/s; 250 km/h).
+MAX_SPEED_MPS = 70.0
 
 
 @dataclass(frozen=True)
@@ -308,12 +311,14 @@ def read_rows(path: str | os.PathLike, *, columns: Mapping[str, str | None] | No
 # -- resampling ---------------------------------------------------------------------------------
 
 def resample(ids: np.ndarray, t: np.ndarray, x: np.ndarray, y: np.ndarray, *, sample_hz: float,
-             max_gap_s: float | None = None, min_samples: int = 2, t0: float | None = None) -> Tracks:
+             max_gap_s: float | None = None, min_samples: int = 2, t0: float | None = None,
+             max_speed_mps: float = MAX_SPEED_MPS) -> Tracks:
     """Rows (any order) -> fixed-rate tracks on the grid ``t0 + k / sample_hz``.
 
     ``max_gap_s`` (default ``max(1 s, 2.5 / sample_hz)``): a track is split where two raw
-    samples are further apart. Segments with fewer than ``min_samples`` samples are skipped.
-    ``t0`` defaults to the earliest time in the data.
+    samples are further apart in time. It is also split where consecutive raw samples imply
+    more than ``max_speed_mps`` (a teleport or an id reused by another vehicle). Segments with
+    fewer than ``min_samples`` samples are skipped. ``t0`` defaults to the earliest time.
     """
     if not (sample_hz and sample_hz > 0 and math.isfinite(sample_hz)):
         raise InputError(f"sample rate must be a positive number of Hz, got {sample_hz}", field="sample_hz")
@@ -324,7 +329,7 @@ def resample(ids: np.ndarray, t: np.ndarray, x: np.ndarray, y: np.ndarray, *, sa
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
     report = {"rows_in": int(ids.shape[0]), "nan_rows": 0, "duplicate_time_rows": 0, "unsorted_tracks": 0,
-              "gap_splits": 0, "short_segments": 0}
+              "gap_splits": 0, "jump_splits": 0, "short_segments": 0}
     ok = np.isfinite(t) & np.isfinite(x) & np.isfinite(y)
     report["nan_rows"] = int((~ok).sum())
     ids, t, x, y = ids[ok], t[ok], x[ok], y[ok]
@@ -343,8 +348,15 @@ def resample(ids: np.ndarray, t: np.ndarray, x: np.ndarray, y: np.ndarray, *, sa
     base = float(t.min()) if t0 is None else float(t0)
     # segment boundaries: new vehicle or a gap
     new_veh = np.concatenate([[True], ids[1:] != ids[:-1]])
-    gap = np.concatenate([[False], (~new_veh[1:]) & (np.diff(t) > max_gap)])
+    same = ~new_veh[1:]
+    dt_raw = np.diff(t)
+    gap = np.concatenate([[False], same & (dt_raw > max_gap)])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        speed = np.hypot(np.diff(x), np.diff(y)) / dt_raw
+    jump = np.concatenate([[False], same & ~gap[1:] & (speed > max_speed_mps)])
     report["gap_splits"] = int(gap.sum())
+    report["jump_splits"] = int(jump.sum())
+    gap = gap | jump
     starts = np.flatnonzero(new_veh | gap)
     ends = np.concatenate([starts[1:], [ids.size]])
     veh_out, xy_out, t_out, lens = [], [], [], []

@@ -105,14 +105,16 @@ def test_bad_rows_are_counted_not_silent():
     y = np.concatenate([y, y[-1:], [0.0, 0.0, 0.0]])
     gap = (ids == 103) & (t > 4.0) & (t < 6.0)
     ids, t, x, y = ids[~gap], t[~gap], x[~gap], y[~gap]
+    x[(ids == 102) & (t > 7.0)] += 500.0  # a teleport: 500 m in 0.1 s
     tr = data.resample(ids, t, x, y, sample_hz=2.0, min_samples=5)
     rep = tr.report
     assert rep["nan_rows"] == 3
     assert rep["unsorted_tracks"] == 1
     assert rep["duplicate_time_rows"] == 1
     assert rep["gap_splits"] == 1
+    assert rep["jump_splits"] == 1
     assert rep["short_segments"] == 1  # vehicle 999 (0.2 s long)
-    assert tr.n_tracks == clean.n_tracks + 1  # vehicle 103 is now two segments
+    assert tr.n_tracks == clean.n_tracks + 2  # vehicles 102 and 103 are now two segments each
     # the shuffled vehicle resamples to the same positions as the clean one
     np.testing.assert_allclose(tr.track(1), clean.track(1))
     with pytest.raises(InputError, match="no track has"):
