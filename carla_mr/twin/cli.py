@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from carla_mr.cli_common import common_options, emit, guarded, log, make_run_dir, progress
