@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from carla_mr.cli import main
-from conftest import synthetic_rows, write_csv
+from twin_helpers import synthetic_rows, write_csv
 
 pytest.importorskip("torch")
 

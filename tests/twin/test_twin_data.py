@@ -11,7 +11,7 @@ import pytest
 
 from carla_mr.errors import InputError
 from carla_mr.twin import data
-from conftest import synthetic_rows, write_csv
+from twin_helpers import synthetic_rows, write_csv
 
 
 def test_csv_xy_resampled_exactly(tmp_path):

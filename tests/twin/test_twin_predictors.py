@@ -14,7 +14,7 @@ from carla_mr.twin import data
 from carla_mr.twin.frames import heading_from_past, to_local, to_world
 from carla_mr.twin.metrics import compare
 from carla_mr.twin.predictors import (ConstantVelocity, LSTMPredictor, LSTMRecipe, ZeroMotion, load_predictor)
-from conftest import synthetic_rows
+from twin_helpers import synthetic_rows
 
 torch = pytest.importorskip("torch")
 
