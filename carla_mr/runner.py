@@ -134,14 +134,25 @@ class TrajectoryStage:
 def build_stages(scenario: "Scenario") -> list[Stage]:
     """The stages a scenario asks for, in tick order (world -> twin -> market -> genai -> recorder).
 
-    Today: the trajectory stream. The later stages append themselves here when their section
-    is ``enabled``.
+    The trajectory stream always runs; twin, market, genai, recorder and perception run when their
+    section is ``enabled``. They talk through ``ctx.shared``: the twin's ``twin_accuracy`` feeds
+    the market's R_acc, the market's ``market_round`` schedule drives the genai jobs, whose
+    ``genai_scores`` (G, theta) feed the next round, and whose images are on the signs the
+    recorder and perception stages see.
     """
     stages: list[Stage] = [TrajectoryStage()]
     if scenario.twin.enabled:
         from carla_mr.twin.online import TwinStage
 
         stages.append(TwinStage(scenario.twin))
+    if scenario.market.enabled:
+        from carla_mr.market.stage import MarketStage
+
+        stages.append(MarketStage(scenario.market, n_av_slots=scenario.vehicles.avs))
+    if scenario.genai.enabled:
+        from carla_mr.genai.stage import GenaiStage
+
+        stages.append(GenaiStage(scenario.genai))
     if scenario.recorder.enabled:
         from carla_mr.dataset.recorder import RecorderStage
 

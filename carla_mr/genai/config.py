@@ -52,3 +52,11 @@ class GenaiConfig(StrictModel):
     per_prompt: int = Field(1, ge=1, le=64, description="Images per prompt.")
     theta: bool = Field(False, description="Also compute theta (fine-tunes validator copies; slower).")
     preferences: PreferencesConfig = Field(default_factory=PreferencesConfig)
+    # -- the main job's generation worker (carla_mr.genai.stage.GenaiStage) --
+    jobs_per_round: int = Field(2, ge=0, le=1000, description="Scheduled windows turned into generation jobs "
+                                                             "per market round (CPU budget).")
+    signs_per_job: int = Field(2, ge=1, le=64, description="Signs nearest the window's AV generated per job.")
+    swap_radius_m: float = Field(120.0, gt=0, description="Only signs within this distance of the AV, metres.")
+    swap_only_recognised: bool = Field(True, description="Swap only images the validator recognises.")
+    theta_value: float | None = Field(None, gt=0, le=1, description="Relative accuracy fed to the market "
+                                                                   "(None: the market's default 0.53).")
