@@ -3,7 +3,7 @@
 Rows (``run(quick)``), each against a baseline measured in the same run:
 
 - ``sample_img_per_cpu_s``: images per CPU-second of the default model at its default size and
-  step count (DPM-Solver++, 20 steps, guidance 3, batch 32) vs ancestral DDPM with the
+  step count (DPM-Solver++, 20 steps, guidance 7.5, batch 32) vs ancestral DDPM with the
   training schedule (1000 steps; quick: 100 steps, scaled). Ratio = speed-up.
 - ``train_steps_per_cpu_s``: base-model training steps per CPU-second (batch 16: procedural
   batch, text encoder, UNet, AdamW, EMA) vs the bare UNet forward+backward on a ready batch.
@@ -56,7 +56,7 @@ def run(quick: bool = False) -> list[dict]:
     # --- sampling speed
     prompts = [prompt_for(k, c) for k in SIGN_CLASSES for c in COLOURS][: (32 if quick else 64)]
     sample(model, prompts[:2], steps=2)  # warm-up
-    t_dpm, _ = _cpu(lambda: sample(model, prompts, steps=20, guidance=3.0))
+    t_dpm, _ = _cpu(lambda: sample(model, prompts, steps=20, guidance=7.5))
     ddpm_steps = 100 if quick else 1000
     n_ddpm = 8
     t_ddpm, _ = _cpu(lambda: _ddpm(model, prompts[:n_ddpm], ddpm_steps))
@@ -102,7 +102,7 @@ def run(quick: bool = False) -> list[dict]:
     # --- base-model G and colour match over every class x colour
     per = 1 if quick else 4
     specs = [(k, c) for k in SIGN_CLASSES for c in COLOURS for _ in range(per)]
-    imgs = sample(model, [prompt_for(k, c) for k, c in specs], seed=1000, steps=20, guidance=3.0)
+    imgs = sample(model, [prompt_for(k, c) for k, c in specs], seed=1000, steps=20, guidance=7.5)
     kinds = [k for k, _ in specs]
     g = generative_score(validator, imgs, kinds)
     rng = np.random.default_rng(5)
@@ -131,7 +131,7 @@ def _ddpm(model, prompts, steps):
         for t in sched.timesteps:
             e = model.unet(torch.cat([lat, lat]), t, encoder_hidden_states=hs).sample
             eu, ec = e.chunk(2)
-            lat = sched.step(eu + 3.0 * (ec - eu), t, lat).prev_sample
+            lat = sched.step(eu + 7.5 * (ec - eu), t, lat).prev_sample
     return lat
 
 

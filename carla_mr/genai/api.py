@@ -42,7 +42,7 @@ def load_default_generator(path: str | os.PathLike | None = None, device: str = 
     return load_model(path or DEFAULT_MODEL, device=device)
 
 
-def generate(model, prompts: Sequence[str], seed: int = 0, *, steps: int = 20, guidance: float = 3.0,
+def generate(model, prompts: Sequence[str], seed: int = 0, *, steps: int = 20, guidance: float = 7.5,
              sampler: str = "dpm") -> np.ndarray:
     """(B, H, W, 3) uint8 RGB, one image per prompt; image i uses seed ``seed + i``."""
     from carla_mr.genai.sample import sample
@@ -66,7 +66,7 @@ def score(validator, images: np.ndarray, kinds: Sequence[str]) -> dict:
 
 
 def sign_images(kinds: Sequence[str], seed: int = 0, *, colours: Sequence[str] | None = None, model=None,
-                steps: int = 20, guidance: float = 3.0) -> np.ndarray:
+                steps: int = 20, guidance: float = 7.5) -> np.ndarray:
     """Generated images of the given sign kinds (background colour per item, default white),
     for swapping onto in-world signs: (B, H, W, 3) uint8."""
     from carla_mr.genai.prompts import prompt_for

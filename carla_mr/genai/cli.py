@@ -135,7 +135,7 @@ def dreambooth_cmd(out, seed, as_json, base, instance_dir, kind, token, instance
 @click.option("--token", type=str, default=None, help="DreamBooth identifier to put in the prompts.")
 @click.option("--per-prompt", type=int, default=1, show_default=True)
 @click.option("--steps", type=int, default=20, show_default=True)
-@click.option("--guidance", type=float, default=3.0, show_default=True)
+@click.option("--guidance", type=float, default=7.5, show_default=True, help="Classifier-free guidance scale.")
 @click.option("--sampler", type=click.Choice(["dpm", "ddim"]), default="dpm", show_default=True)
 @click.option("--theta", is_flag=True, help="Also compute theta and the Frechet distance (slower).")
 @click.option("--threads", type=int, default=2, show_default=True)

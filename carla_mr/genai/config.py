@@ -47,7 +47,7 @@ class GenaiConfig(StrictModel):
     validator: str | None = Field(None, description="Validator directory (None: the committed small CNN).")
     token: str | None = Field(None, description="DreamBooth identifier of a fine-tuned checkpoint ('sks').")
     steps: int = Field(20, ge=1, le=1000, description="Sampling steps.")
-    guidance: float = Field(3.0, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
+    guidance: float = Field(7.5, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
     sampler: Literal["dpm", "ddim"] = "dpm"
     per_prompt: int = Field(1, ge=1, le=64, description="Images per prompt.")
     theta: bool = Field(False, description="Also compute theta (fine-tunes validator copies; slower).")

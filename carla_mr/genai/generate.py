@@ -36,7 +36,7 @@ def specs_from_prompts(prompts: Sequence[str]) -> list[PromptSpec]:
 
 def generate_run(out: str | os.PathLike, specs: Sequence[PromptSpec], *, model, model_ref: str, validator=None,
                  validator_ref: str | None = None, seed: int = 0, per_prompt: int = 1, steps: int = 20,
-                 guidance: float = 3.0, sampler: str = "dpm", theta: bool = False, theta_epochs: int = 3,
+                 guidance: float = 7.5, sampler: str = "dpm", theta: bool = False, theta_epochs: int = 3,
                  test_per_class: int = 50, progress=None, log=None) -> dict:
     """Generate ``per_prompt`` images per spec, validate them, write the run directory; returns
     the scores dict (also written to ``scores.json``)."""

@@ -21,7 +21,7 @@ def make_sampler(model, kind: str = "dpm"):
     raise InputError(f"unknown sampler {kind!r}; use one of {', '.join(SAMPLERS)}", field="sampler")
 
 
-def sample(model, prompts: Sequence[str], *, seed: int = 0, steps: int = 20, guidance: float = 3.0,
+def sample(model, prompts: Sequence[str], *, seed: int = 0, steps: int = 20, guidance: float = 7.5,
            size: int | None = None, sampler: str = "dpm", negative_prompt: str = "", batch_size: int = 32,
            seeds: Sequence[int] | None = None, progress=None) -> np.ndarray:
     """Generate one image per prompt: (B, H, W, 3) uint8 RGB.
