@@ -233,6 +233,7 @@ class Runner:
         self.world = world
         self.ticks = int(ticks if ticks is not None else scenario.ticks)
         self.summary: dict[str, Any] = {}
+        self.tick_budget: dict[str, float] = {}
 
     def _write_config(self) -> None:
         from carla_mr.config import dump_scenario
@@ -301,12 +302,22 @@ class Runner:
             with progress_bar(self.ticks, f"run {self.scenario.name}", enabled=self.progress) as advance:
                 pending = 0
                 t_loop = time.perf_counter()
+                clock = time.perf_counter
+                budget = self.tick_budget = {"world": 0.0, **{getattr(st, "name", type(st).__name__): 0.0
+                                                              for st in self.stages}}
+                names = list(budget)[1:]
                 for k in range(self.ticks):
+                    c0 = clock()
                     if k:
                         snap = world.tick()
                     stats.add(snap)
-                    for st in self.stages:
+                    c1 = clock()
+                    budget["world"] += c1 - c0
+                    for name, st in zip(names, self.stages):
                         st.on_tick(snap, ctx)
+                        c2 = clock()
+                        budget[name] += c2 - c1
+                        c1 = c2
                     pending += 1
                     if pending >= 10:
                         advance(pending)
@@ -380,6 +391,16 @@ class Runner:
         except Exception:  # noqa: BLE001 - a world that failed half-way
             out["landmarks"] = {"total": 0, "by_type": {}}
         out["rsus"] = len(world.rsus) if world is not None and hasattr(world, "rsus") else 0
+        if stats.ticks and getattr(self, "tick_budget", None):
+            per_tick = {k: 1e3 * v / stats.ticks for k, v in self.tick_budget.items()}
+            out["tick_budget_ms"] = {**per_tick, "total": sum(per_tick.values()),
+                                     "real_time_at_ms": 1e3 * self.scenario.tick_s}
+        world_summary = getattr(world, "summary", None)
+        if callable(world_summary):
+            try:
+                out["world"] = world_summary()
+            except Exception as exc:  # noqa: BLE001 - a world that failed half-way
+                out["world"] = {"error": f"{type(exc).__name__}: {exc}"}
         out["seed"] = self.seed
         out["stages"] = {}
         for st in started:

@@ -19,8 +19,9 @@ from carla_mr.cli_common import common_options, emit, guarded, log, make_run_dir
 @common_options
 @guarded
 def run_cmd(scenario: Path, overrides: tuple[str, ...], duration: float | None, quiet: bool, out, seed, as_json):
-    """Run SCENARIO (a YAML file) for its duration; writes config.yaml, trajectories.parquet and
-    summary.json into the run directory and prints a summary."""
+    """Run SCENARIO (a YAML file) for its duration and write the run directory: config.yaml,
+    world.json, trajectories.parquet, each enabled stage's output (predictions, market ledger
+    and schedules, generated signs, dataset, perception), summary.json and report.md."""
     from carla_mr.config import load_scenario
     from carla_mr.runner import Runner, build_stages
 
@@ -32,10 +33,23 @@ def run_cmd(scenario: Path, overrides: tuple[str, ...], duration: float | None, 
     log(f"run {sc.name}: map {sc.map}, backend {sc.backend}, {sc.ticks} ticks of {sc.tick_s} s -> {run_dir}")
     runner = Runner(sc, run_dir, build_stages(sc), seed, progress=not quiet)
     summary = runner.run()
+    from carla_mr.io import atomic_write_json
+    from carla_mr.report import write_report
+
+    report, headline = write_report(run_dir)
+    summary["report"] = str(report)
+    summary["headline"] = headline
+    atomic_write_json(run_dir / "summary.json", summary)
+    log(f"report: {report}")
     keys = ("status", "ticks", "avs", "vehicles", "mean_speed", "distance_driven_m", "rsu_coverage_share",
             "wall_time_s", "ticks_per_s", "seed", "run_dir")
     rows = [(k, summary.get(k)) for k in keys]
     lm = summary.get("landmarks", {})
     rows.append(("landmarks", f"{lm.get('total', 0)} (" + ", ".join(f"{k} {v}" for k, v in
                                                                    lm.get("by_type", {}).items()) + ")"))
+    for stage, figures in headline.items():
+        for k, v in figures.items():
+            if not isinstance(v, (dict, list)):
+                rows.append((f"{stage}.{k}", v))
+    rows.append(("report", summary["report"]))
     emit(summary, as_json=as_json, rows=rows, title=f"carla-mr run {sc.name}")
