@@ -34,13 +34,21 @@ def _load(scenario_path, overrides):
               help="Where swapped textures come from (auto: folder, genai model, procedural).")
 @click.option("--cameras", type=click.IntRange(min=1, max=64), default=None, help="AVs carrying a camera.")
 @click.option("--image-format", type=click.Choice(["png", "jpg"]), default=None)
+@click.option("--worlds", type=click.IntRange(min=1), default=None,
+              help="Record N shards (worlds), shard i with seed + i, into --out/shard000... plus a merged "
+                   "manifest and COCO file (default 1: one plain recording).")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS|auto|local",
+              help="Run every world on its own Ray actor (local: start a cluster here; auto / HOST:PORT: join one).")
+@click.option("--carla-hosts", default=None, metavar="H1:P1,H2:P2",
+              help="One CARLA server per world (backend carla); --worlds defaults to their number.")
 @common_options
 @guarded
 def record_cmd(scenario, overrides, frames, every_k, min_box, swap_share, texture_dir, texture_source, cameras,
-               image_format, out, seed, as_json):
+               image_format, worlds, ray_address, carla_hosts, out, seed, as_json):
     """Record SCENARIO's AV cameras into --out: frames, COCO + YOLO labels, poses, manifest.
 
-    Running the same command on the same --out resumes an interrupted recording.
+    Running the same command on the same --out resumes an interrupted recording. With
+    --worlds/--ray/--carla-hosts it records one shard per world (see docs/scale.md).
     """
     from carla_mr.dataset.recorder import record
 
@@ -54,11 +62,35 @@ def record_cmd(scenario, overrides, frames, every_k, min_box, swap_share, textur
     sc = sc.model_copy(update={"recorder": cfg})
     run_dir = make_run_dir(out, "dataset-record")
     seed = sc.seed if seed is None else seed
+    if worlds is not None or ray_address is not None or carla_hosts is not None:
+        _record_sharded(sc, run_dir, cfg, seed, worlds, ray_address, carla_hosts, as_json)
+        return
     total = cfg.max_frames if cfg.max_frames is not None else None
     log(f"recording {sc.name} ({sc.map}) into {run_dir}")
     with progress(total, "recording", enabled=not as_json) as advance:
         summary = record(sc, run_dir, seed=seed, cfg=cfg, on_frame=advance)
     emit(summary, as_json=as_json, title="dataset record")
+
+
+def _record_sharded(sc, run_dir, cfg, seed, worlds, ray_address, carla_hosts, as_json):
+    from carla_mr.scale import parse_carla_hosts, parse_ray_address, record_shards
+
+    address = parse_ray_address(ray_address)
+    hosts = parse_carla_hosts(carla_hosts)
+    n = worlds if worlds is not None else (len(hosts) or 1)
+    where = f"on Ray ({address})" if address else "one after another"
+    log(f"recording {sc.name} ({sc.map}): {n} world(s) {where}, seeds {seed}..{seed + n - 1} into {run_dir}")
+    with progress(n, "worlds", enabled=not as_json) as advance:
+        result = record_shards(sc, run_dir, worlds=n, seed=seed, cfg=cfg, address=address, carla_hosts=hosts,
+                               on_shard=lambda i, s: advance(1))
+    if as_json:
+        emit(result, as_json=True)
+        return
+    rows = [(r["dir"], r["seed"], r["carla"] or "-", r["images"], r["annotations"], r["complete"])
+            for r in result["shards"]]
+    rows.append(("merged", "-", "-", result["images"], result["annotations"], result["complete"]))
+    emit(result, as_json=False, title=f"dataset record: {n} world(s) -> {run_dir}", rows=rows,
+         columns=("shard", "seed", "carla", "images", "annotations", "complete"))
 
 
 @dataset_group.command("eval")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from carla_mr.cli_common import common_options, emit, guarded, log, make_run_dir, progress
+from carla_mr.errors import InputError
 
 DEFAULT_REPS = 500
 FIGURE_CHOICES = ("fig8a", "fig8b", "fig8c", "fig9", "fig10", "all")
@@ -38,13 +39,23 @@ def _fmt_ratio(d: dict | None) -> str:
 @click.option("--no-plots", is_flag=True, default=False, help="Write CSVs and summary.json only.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes (results are identical for any number).")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS|auto|local",
+              help="Run the sweep as Ray tasks (local: start a cluster here; auto / HOST:PORT: join one). "
+                   "Same results as without.")
 @common_options
 @guarded
-def experiment_cmd(figure, reps, c_max, beta0, size_unit, noise_mode, scoring, no_plots, workers, out, seed, as_json):
+def experiment_cmd(figure, reps, c_max, beta0, size_unit, noise_mode, scoring, no_plots, workers, ray_address, out,
+                   seed, as_json):
     """Run the paper's experiment FIGURE (or all) with common random numbers; CSV + PNG + summary."""
     from carla_mr.market.experiments import ALL, FIGURES, make_tasks, run_experiments, write_outputs
 
     figures = list(ALL) if figure == "all" else [figure]
+    if ray_address is not None:
+        from carla_mr.scale import parse_ray_address
+
+        address = parse_ray_address(ray_address)
+        if workers != 1:
+            raise InputError("--workers and --ray both split the sweep; give one of them", field="--workers")
     overrides = {}
     if c_max is not None:
         overrides["c_max"] = c_max
@@ -59,7 +70,12 @@ def experiment_cmd(figure, reps, c_max, beta0, size_unit, noise_mode, scoring, n
     n_tasks = len(make_tasks(figures, reps, base, overrides=overrides, scoring=scoring))
     log(f"market experiment {figure}: {reps} reps per point, seed {base} -> {run_dir}")
     with progress(n_tasks, f"market {figure}", enabled=True) as advance:
-        if workers == 1:
+        if ray_address is not None:
+            from carla_mr.scale import ray_map
+
+            result = run_experiments(figures, reps=reps, base_seed=base, overrides=overrides, scoring=scoring,
+                                     progress=advance, map_fn=lambda fn, tasks: ray_map(fn, tasks, address))
+        elif workers == 1:
             result = run_experiments(figures, reps=reps, base_seed=base, overrides=overrides, scoring=scoring,
                                      progress=advance)
         else:
