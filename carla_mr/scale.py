@@ -105,11 +105,16 @@ def ray_session(address: Optional[str], *, num_cpus: Optional[int] = None) -> It
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise RunError(f"cannot reach a Ray cluster at {address!r}: {exc}. Start one with `ray start --head` "
-                       f"(then --ray auto), or use --ray local") from exc
+                       f"(then --ray auto), or use --ray local; a cluster with token authentication (Ray's "
+                       f"default) also needs RAY_AUTH_MODE=token here (see docs/scale.md)") from exc
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _apply(fn: Callable[[Any], Any], item: Any) -> Any:
+    return fn(item)
 
 
 def ray_map(fn: Callable[[Any], Any], items: Iterable[Any], address: Optional[str], *,
@@ -124,8 +129,9 @@ def ray_map(fn: Callable[[Any], Any], items: Iterable[Any], address: Optional[st
         if ray is None:
             yield from map(fn, items)
             return
-        remote = ray.remote(num_cpus=1, max_retries=0)(fn)
-        refs = [remote.remote(it) for it in items]
+        remote = ray.remote(num_cpus=1, max_retries=0)(_apply)  # any callable: builtins, partials, lambdas
+        fn_ref = ray.put(fn)
+        refs = [remote.remote(fn_ref, it) for it in items]
         for ref in refs:
             yield ray.get(ref)
 

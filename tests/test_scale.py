@@ -147,6 +147,7 @@ def ray_cluster():
 
 @pytest.mark.ray
 def test_sweep_on_ray_equals_local(ray_cluster):
+    assert list(ray_map(abs, [-1, 2], "local")) == [1, 2]  # any callable, builtins too
     pids = set(ray_map(lambda _: os.getpid(), range(4), "local"))
     assert pids and os.getpid() not in pids  # the tasks really ran in Ray's worker processes
     kw = dict(reps=6, base_seed=11, chunk=2)
