@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
-from carla_mr.errors import InputError, MissingDependencyError, RunError, require
+from carla_mr.errors import CarlaMrError, InputError, MissingDependencyError, RunError, require
 
 NO_RAY_NOTE = ("note: Ray is not installed (pip install 'carla-mr[scale]'); running locally, "
                "one item after another (same results)")
@@ -113,6 +113,20 @@ def ray_session(address: Optional[str], *, num_cpus: Optional[int] = None) -> It
         ray.shutdown()
 
 
+def _get(ray, ref) -> Any:
+    """``ray.get(ref)``; a carla_mr error raised in a task comes back as itself (same message and
+    exit code, no Ray traceback), anything else as a RunError naming it."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, CarlaMrError):
+            raise cause from None
+        raise RunError(f"a Ray task failed: {type(cause).__name__ if cause else 'error'}: {cause or exc}") from exc
+    except ray.exceptions.RayError as exc:  # an actor or worker died, the cluster went away
+        raise RunError(f"Ray failed: {type(exc).__name__}: {exc}") from exc
+
+
 def _apply(fn: Callable[[Any], Any], item: Any) -> Any:
     return fn(item)
 
@@ -133,7 +147,7 @@ def ray_map(fn: Callable[[Any], Any], items: Iterable[Any], address: Optional[st
         fn_ref = ray.put(fn)
         refs = [remote.remote(fn_ref, it) for it in items]
         for ref in refs:
-            yield ray.get(ref)
+            yield _get(ray, ref)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +277,7 @@ def record_shards(scenario, out: str | os.PathLike, *, worlds: int, seed: Option
                 while pending:
                     done, _ = ray.wait(list(pending), num_returns=1)
                     i = pending.pop(done[0])
-                    summaries[i] = ray.get(done[0])
+                    summaries[i] = _get(ray, done[0])
                     if on_shard is not None:
                         on_shard(i, summaries[i])
             finally:

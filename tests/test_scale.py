@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from carla_mr.config import scenario_from_dict
-from carla_mr.errors import InputError
+from carla_mr.errors import InputError, RunError
 from carla_mr.market.experiments import run_experiments
 from carla_mr.scale import (NO_RAY_NOTE, SHARDED_FORMAT, parse_carla_hosts, parse_ray_address, ray_map,
                             record_shards, shard_plan)
@@ -125,6 +125,11 @@ def test_single_world_recording_is_not_mixed_with_shards(tmp_path, town01):
     with pytest.raises(InputError, match="single-world"):
         record_shards(sc, tmp_path / "one", worlds=2)
     record_shards(sc, tmp_path / "two", worlds=2)
+    before = tree(tmp_path / "two")
+    (tmp_path / "two" / "shard001" / "meta" / "cam0" / "000005.json").unlink()  # an interrupted shard
+    (tmp_path / "two" / "annotations.json").unlink()
+    record_shards(sc, tmp_path / "two", worlds=2)  # resumes shard by shard, rebuilds the merged files
+    assert tree(tmp_path / "two") == before
     with pytest.raises(InputError, match="2 world"):
         record_shards(sc, tmp_path / "two", worlds=3)
 
@@ -150,6 +155,11 @@ def test_sweep_on_ray_equals_local(ray_cluster):
     assert list(ray_map(abs, [-1, 2], "local")) == [1, 2]  # any callable, builtins too
     pids = set(ray_map(lambda _: os.getpid(), range(4), "local"))
     assert pids and os.getpid() not in pids  # the tasks really ran in Ray's worker processes
+    # errors raised in a task come back as themselves (clean message, exit code), others as RunError
+    with pytest.raises(InputError, match=r"^--ray: expected"):
+        list(ray_map(parse_ray_address, ["nowhere"], "local"))
+    with pytest.raises(RunError, match="ValueError"):
+        list(ray_map(int, ["x"], "local"))
     kw = dict(reps=6, base_seed=11, chunk=2)
     local = run_experiments(["fig9", "fig8c"], **kw)
     on_ray = run_experiments(["fig9", "fig8c"], map_fn=lambda fn, tasks: ray_map(fn, tasks, "local"), **kw)
