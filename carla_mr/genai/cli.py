@@ -138,10 +138,13 @@ def dreambooth_cmd(out, seed, as_json, base, instance_dir, kind, token, instance
 @click.option("--guidance", type=float, default=7.5, show_default=True, help="Classifier-free guidance scale.")
 @click.option("--sampler", type=click.Choice(["dpm", "ddim"]), default="dpm", show_default=True)
 @click.option("--theta", is_flag=True, help="Also compute theta and the Frechet distance (slower).")
+@click.option("--theta-mode", type=click.Choice(["scratch", "finetune"]), default="scratch", show_default=True,
+              help="scratch: train-on-synthetic vs train-on-real accuracy; finetune: accuracy after/before "
+                   "fine-tuning the validator on the synthetic images.")
 @click.option("--threads", type=int, default=2, show_default=True)
 @guarded
 def generate_cmd(out, seed, as_json, checkpoint, validator_path, no_validator, prompts, signs, colours, contexts, token,
-                 per_prompt, steps, guidance, sampler, theta, threads):
+                 per_prompt, steps, guidance, sampler, theta, theta_mode, threads):
     """Generate sign images for prompts or preferences; write images, manifest and scores."""
     from carla_mr.errors import InputError, require
     from carla_mr.genai.api import default_model_path, default_validator_path
@@ -178,7 +181,7 @@ def generate_cmd(out, seed, as_json, checkpoint, validator_path, no_validator, p
     with progress(n, "generate") as adv:
         res = generate_run(run, specs, model=model, model_ref=ckpt, validator=validator, validator_ref=vref,
                            seed=0 if seed is None else seed, per_prompt=per_prompt, steps=steps, guidance=guidance,
-                           sampler=sampler, theta=theta, progress=lambda k: adv(k) if k else None, log=log)
+                           sampler=sampler, theta=theta, theta_mode=theta_mode, progress=lambda k: adv(k) if k else None, log=log)
     res = {"run": str(run), **res}
     emit({k: v for k, v in res.items() if k not in ("theta_detail",)}, as_json=as_json, title="genai generate")
 

@@ -50,7 +50,8 @@ class GenaiConfig(StrictModel):
     guidance: float = Field(7.5, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
     sampler: Literal["dpm", "ddim"] = "dpm"
     per_prompt: int = Field(1, ge=1, le=64, description="Images per prompt.")
-    theta: bool = Field(False, description="Also compute theta (fine-tunes validator copies; slower).")
+    theta: bool = Field(False, description="Also compute theta (trains small validators; slower).")
+    theta_mode: Literal["scratch", "finetune"] = Field("scratch", description="How theta is measured (docs/genai.md).")
     preferences: PreferencesConfig = Field(default_factory=PreferencesConfig)
     # -- the main job's generation worker (carla_mr.genai.stage.GenaiStage) --
     jobs_per_round: int = Field(2, ge=0, le=1000, description="Scheduled windows turned into generation jobs "

@@ -36,18 +36,22 @@ def specs_from_prompts(prompts: Sequence[str]) -> list[PromptSpec]:
 
 def generate_run(out: str | os.PathLike, specs: Sequence[PromptSpec], *, model, model_ref: str, validator=None,
                  validator_ref: str | None = None, seed: int = 0, per_prompt: int = 1, steps: int = 20,
-                 guidance: float = 7.5, sampler: str = "dpm", theta: bool = False, theta_epochs: int = 3,
+                 guidance: float = 7.5, sampler: str = "dpm", theta: bool = False, theta_epochs: int | None = None,
+                 theta_mode: str = "scratch",
                  test_per_class: int = 50, progress=None, log=None) -> dict:
     """Generate ``per_prompt`` images per spec, validate them, write the run directory; returns
     the scores dict (also written to ``scores.json``)."""
     import cv2
 
     from carla_mr.genai.sample import sample
-    from carla_mr.genai.scores import colour_match, frechet_distance, generative_score, relative_accuracy
+    from carla_mr.genai.scores import (colour_match, frechet_distance, generative_score, relative_accuracy,
+                                       relative_accuracy_scratch)
     from carla_mr.io import atomic_write_bytes, atomic_write_json
 
     if not specs:
         raise InputError("nothing to generate: no prompts", field="prompts")
+    if theta_mode not in ("scratch", "finetune"):
+        raise InputError(f"theta mode must be 'scratch' or 'finetune', got {theta_mode!r}", field="--theta-mode")
     if per_prompt < 1:
         raise InputError(f"per_prompt must be >= 1, got {per_prompt}", field="--per-prompt")
     out = Path(out)
@@ -93,14 +97,20 @@ def generate_run(out: str | os.PathLike, specs: Sequence[PromptSpec], *, model, 
             from carla_mr.genai.procedural import split_arrays
 
             if log:
-                log("computing theta: fine-tuning copies of the validator on the generated images")
+                log(f"computing theta ({theta_mode} mode): training small validators on the generated images")
             xte, yte = split_arrays("test", per_class=test_per_class, seed=10_007, out_size=validator.input_size,
                                     kinds=tuple(validator.class_names))
-            th = {"all": relative_accuracy(validator, images, kinds, xte, yte, epochs=theta_epochs, seed=seed)}
+            def theta_of(imgs, ks):
+                if theta_mode == "finetune":
+                    return relative_accuracy(validator, imgs, ks, xte, yte, epochs=theta_epochs or 3, seed=seed)
+                return relative_accuracy_scratch(validator.class_names, imgs, ks, xte, yte, epochs=theta_epochs or 15,
+                                                 seed=seed)
+
+            th = {"all": theta_of(images, kinds)}
             for sub in subsets:
                 idx = [i for i, s in enumerate(items) if s.subset == sub]
-                th[sub] = relative_accuracy(validator, images[idx], [kinds[i] for i in idx], xte, yte,
-                                            epochs=theta_epochs, seed=seed)
+                th[sub] = theta_of(images[idx], [kinds[i] for i in idx])
+            scores["theta_mode"] = theta_mode
             scores["theta"] = th["all"]["theta"]
             for sub in subsets:
                 scores[f"theta_{sub}"] = th[sub]["theta"]

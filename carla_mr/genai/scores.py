@@ -9,6 +9,12 @@
   classifier nothing wrong (they are as good as real training data); low values mean the
   synthetic data pulls the classifier away from real signs. Computed for the whole set and
   per subset ("background": background colour changed, "context": re-contextualised).
+- **theta, "scratch" mode** (train on synthetic, test on real; the default of ``generate``):
+  train a fresh validator of the same architecture (width ``width``) on the generated images
+  only, and another on as many procedural *training* images of the same classes (the same count
+  per class); theta = clip(acc_synthetic / acc_real, 0, 1) on the held-apart test split. This
+  does not saturate when the committed validator is already perfect on the test split, which
+  makes the fine-tune ratio 1 for any reasonable generator.
 - **Frechet distance** on the validator's penultimate features between the generated images
   and real test images: the FID formula with the validator in place of Inception (no download).
 """
@@ -97,3 +103,43 @@ def colour_match(images: np.ndarray, colours: Sequence[str | None], *, border: i
         hits += nearest == c
         n += 1
     return {"colour_match": hits / n if n else float("nan"), "n": n, "chance": 1.0 / len(names)}
+
+
+def relative_accuracy_scratch(class_names: Sequence[str], synth_images: np.ndarray, synth_kinds: Sequence[str],
+                              test_images: np.ndarray, test_labels: np.ndarray, *, arch: str = "small",
+                              width: float | None = 16, epochs: int = 15, seed: int = 0, data_seed: int = 20_011,
+                              min_steps: int = 300) -> dict:
+    """theta in "scratch" mode (see the module docstring): {"theta", "acc_synthetic", "acc_real", "n"}.
+
+    Both classifiers get the same optimisation budget: ``epochs`` epochs, raised so that small
+    sets still get at least ``min_steps`` optimiser steps (batch 32)."""
+    from carla_mr.genai.datasets import crop_roi
+    from carla_mr.genai.procedural import _split_stream
+    from carla_mr.genai.validator import build_validator, fit
+
+    names = list(class_names)
+    if len(synth_images) == 0:
+        return {"theta": float("nan"), "acc_synthetic": float("nan"), "acc_real": float("nan"), "n": 0}
+    for k in synth_kinds:
+        if k not in names:
+            raise InputError(f"class {k!r} is not one of the validator's classes {names}", field="kinds")
+    y_syn = np.array([names.index(k) for k in synth_kinds], np.int64)
+    v_syn = build_validator(arch, names, width=width, seed=seed)
+    size = v_syn.input_size
+    # the same number of real (procedural) training images per class
+    real_x, real_y = [], []
+    for c in sorted(set(y_syn.tolist())):
+        n_c = int((y_syn == c).sum())
+        for img, roi, _ in _split_stream(names[c], c, n_c, data_seed, 0, 48):
+            real_x.append(crop_roi(img, roi, size))
+            real_y.append(c)
+    real_x, real_y = np.stack(real_x), np.array(real_y, np.int64)
+    syn = np.asarray(synth_images)
+    epochs = max(int(epochs), int(np.ceil(min_steps / max(1, int(np.ceil(len(syn) / 32))))))
+    fit(v_syn, syn, y_syn, epochs=epochs, seed=seed, batch_size=32)
+    v_real = build_validator(arch, names, width=width, seed=seed)
+    fit(v_real, real_x, real_y, epochs=epochs, seed=seed, batch_size=32)
+    acc_syn = v_syn.accuracy(test_images, test_labels)
+    acc_real = v_real.accuracy(test_images, test_labels)
+    theta = float(np.clip(acc_syn / acc_real, 0.0, 1.0)) if acc_real > 0 else float("nan")
+    return {"theta": theta, "acc_synthetic": acc_syn, "acc_real": acc_real, "n": int(len(syn)), "epochs": epochs}

@@ -112,3 +112,20 @@ def test_market_parameters(tmp_path):
         market_parameters(tmp_path / "nope")
     with pytest.raises(InputError):
         market_parameters(tmp_path, "weird")
+
+
+def test_theta_scratch_mode_real_vs_wrong_labels():
+    pytest.importorskip("torch")
+    from carla_mr.genai.procedural import split_arrays
+    from carla_mr.genai.scores import relative_accuracy_scratch
+
+    kinds = ("stop", "no_entry", "parking", "priority_road")
+    xtr, ytr = split_arrays("train", per_class=30, seed=3, kinds=kinds)
+    xte, yte = split_arrays("test", per_class=20, seed=3, kinds=kinds)
+    good = relative_accuracy_scratch(kinds, xtr, [kinds[i] for i in ytr], xte, yte, width=8, epochs=8, min_steps=40)
+    shuffled = [kinds[(i + 1) % 4] for i in ytr]  # every label wrong
+    bad = relative_accuracy_scratch(kinds, xtr, shuffled, xte, yte, width=8, epochs=8, min_steps=40)
+    assert good["theta"] > 0.8 and bad["theta"] < 0.3
+    assert good["acc_real"] == pytest.approx(bad["acc_real"])  # the real baseline does not depend on the labels' truth
+    with pytest.raises(InputError):
+        relative_accuracy_scratch(kinds, xtr[:2], ["zebra", "stop"], xte, yte)
