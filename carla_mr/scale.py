@@ -222,7 +222,7 @@ class WorldShardActor:
     def record(self, scenario, out: str, seed: int, ticks: Optional[int]) -> dict:
         from carla_mr.dataset.recorder import record
 
-        return record(scenario, out, seed=seed, cfg=scenario.recorder, ticks=ticks)
+        return {**record(scenario, out, seed=seed, cfg=scenario.recorder, ticks=ticks), "pid": os.getpid()}
 
 
 def _check_root(out: Path, shards: list[Shard]) -> None:
@@ -252,7 +252,8 @@ def record_shards(scenario, out: str | os.PathLike, *, worlds: int, seed: Option
     in parallel; without it, or without Ray, one after another in this process. Each shard is
     exactly ``record(shard.scenario, out/shard.dir, seed=shard.seed, ticks=ticks)``, so a run
     resumes shard by shard. ``on_shard(index, summary)`` is called as each shard finishes.
-    Returns the merged manifest plus ``"summaries"`` (the shards' recorder summaries).
+    Returns the merged manifest plus ``"summaries"`` (the shards' recorder summaries, each with
+    the ``pid`` of the process that recorded it).
     """
     shards = shard_plan(scenario, worlds=worlds, seed=seed, carla_hosts=carla_hosts, cfg=cfg)
     out = Path(out).resolve()
@@ -264,8 +265,8 @@ def record_shards(scenario, out: str | os.PathLike, *, worlds: int, seed: Option
             from carla_mr.dataset.recorder import record
 
             for sh in shards:
-                summaries[sh.index] = record(sh.scenario, out / sh.dir, seed=sh.seed, cfg=sh.scenario.recorder,
-                                             ticks=ticks)
+                summaries[sh.index] = {**record(sh.scenario, out / sh.dir, seed=sh.seed, cfg=sh.scenario.recorder,
+                                                ticks=ticks), "pid": os.getpid()}
                 if on_shard is not None:
                     on_shard(sh.index, summaries[sh.index])
         else:

@@ -177,6 +177,9 @@ def test_two_worlds_on_ray_equal_the_local_shards(ray_cluster, tmp_path, town01)
                            on_shard=lambda i, s: finished.append(i))
     local = record_shards(sc, tmp_path / "local", worlds=2)
     assert sorted(finished) == [0, 1]
+    pids = [s["pid"] for s in on_ray["summaries"]]
+    assert len(set(pids)) == 2 and os.getpid() not in pids  # one actor process per world
+    assert {s["pid"] for s in local["summaries"]} == {os.getpid()}
     # byte for byte: frames, labels, meta, shard manifests, merged manifest and COCO
     assert tree(tmp_path / "ray") == tree(tmp_path / "local")
     assert {k: v for k, v in on_ray.items() if k != "summaries"} == {k: v for k, v in local.items()
