@@ -350,5 +350,8 @@ def merge_shards(out: str | os.PathLike, shards: list[Shard]) -> dict[str, Any]:
                           + "".join(f"  - {sh.dir}/images\n" for sh in shards) + "names:\n"
                           + "".join(f"  {i}: {json.dumps(c)}\n" for i, c in enumerate(classes)))
         manifest["files"].update(classes="classes.txt", yolo="data.yaml")
+    else:  # never leave the shared YOLO files of an earlier merge behind
+        for name in ("classes.txt", "data.yaml"):
+            (out / name).unlink(missing_ok=True)
     atomic_write_json(out / "manifest.json", manifest)
     return manifest

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from carla_mr.config import scenario_from_dict
 from carla_mr.errors import InputError, RunError
@@ -132,6 +135,65 @@ def test_single_world_recording_is_not_mixed_with_shards(tmp_path, town01):
     assert tree(tmp_path / "two") == before
     with pytest.raises(InputError, match="2 world"):
         record_shards(sc, tmp_path / "two", worlds=3)
+
+
+CLASSES = ["stop", "yield", "speed_limit_30", "speed_limit_60", "traffic_light"]
+
+
+@st.composite
+def shard_sets(draw):
+    """Synthetic shard folders: per shard a class list, images and annotations on them."""
+    shards = []
+    for _ in range(draw(st.integers(1, 4))):
+        classes = sorted(draw(st.sets(st.sampled_from(CLASSES), min_size=1)))
+        n_img = draw(st.integers(0, 4))
+        anns = draw(st.lists(st.tuples(st.integers(0, max(0, n_img - 1)), st.sampled_from(classes),
+                                       st.integers(0, 100)), max_size=8)) if n_img else []
+        shards.append((classes, n_img, anns))
+    return shards
+
+
+@settings(max_examples=40, deadline=None)
+@given(shard_sets())
+def test_merge_renumbers_and_remaps_by_class_name(shard_specs):
+    from types import SimpleNamespace
+
+    from carla_mr.scale import Shard, merge_shards
+
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        shards, expected = [], []
+        for k, (classes, n_img, anns) in enumerate(shard_specs):
+            sd = root / f"shard{k:03d}"
+            sd.mkdir()
+            # shard-local ids deliberately not 1..n, categories in shard order
+            images = [{"id": 10 + i, "file_name": f"images/cam0/{i:06d}.png", "width": 8, "height": 8}
+                      for i in range(n_img)]
+            cats = [{"id": j + 1, "name": c} for j, c in enumerate(classes)]
+            coco_anns = [{"id": 100 + j, "image_id": 10 + i, "category_id": classes.index(c) + 1,
+                          "bbox": [x, 0, 1, 1], "area": 1, "iscrowd": 0} for j, (i, c, x) in enumerate(anns)]
+            (sd / "annotations.json").write_text(json.dumps({"images": images, "annotations": coco_anns,
+                                                             "categories": cats}))
+            (sd / "manifest.json").write_text(json.dumps({"classes": classes, "scenario": {"map": "m"}}))
+            (sd / "progress.json").write_text(json.dumps({"frames": n_img, "complete": True}))
+            shards.append(Shard(k, sd.name, 7 + k, SimpleNamespace(backend="embedded")))
+            expected += [(f"{sd.name}/images/cam0/{i:06d}.png", c, x) for i, c, x in anns]
+        man = merge_shards(root, shards)
+        data = json.loads((root / "annotations.json").read_text())
+        union = sorted({c for spec in shard_specs for c in spec[0]})
+        assert man["classes"] == union == [c["name"] for c in data["categories"]]
+        assert [c["id"] for c in data["categories"]] == list(range(1, len(union) + 1))
+        assert [i["id"] for i in data["images"]] == list(range(1, sum(s[1] for s in shard_specs) + 1))
+        assert [a["id"] for a in data["annotations"]] == list(range(1, len(expected) + 1))
+        imgs = {i["id"]: i for i in data["images"]}
+        cat = {c["id"]: c["name"] for c in data["categories"]}
+        assert [(imgs[a["image_id"]]["file_name"], cat[a["category_id"]], a["bbox"][0])
+                for a in data["annotations"]] == expected
+        assert [i["seed"] for i in data["images"]] == [7 + k for k, s in enumerate(shard_specs) for _ in range(s[1])]
+        same = all(s[0] == union for s in shard_specs)
+        assert (root / "data.yaml").is_file() == same
+        assert man["yolo"] == ("shared classes.txt" if same else "per shard (classes differ)")
+        assert man["images"] == len(data["images"]) and man["annotations"] == len(expected) and man["complete"]
 
 
 # -- on a local Ray cluster (one per module: Ray starts slowly on 2 cores) -------------------------
