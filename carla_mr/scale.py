@@ -219,10 +219,16 @@ def shard_plan(scenario, *, worlds: int, seed: Optional[int] = None,
 class WorldShardActor:
     """The Ray actor of one world: its own process, so its own libsumo / CARLA client."""
 
-    def record(self, scenario, out: str, seed: int, ticks: Optional[int]) -> dict:
-        from carla_mr.dataset.recorder import record
+    def record(self, shard: Shard, out: str, ticks: Optional[int], world_factory=None) -> dict:
+        return _record_shard(shard, out, ticks, world_factory)
 
-        return {**record(scenario, out, seed=seed, cfg=scenario.recorder, ticks=ticks), "pid": os.getpid()}
+
+def _record_shard(shard: Shard, out, ticks: Optional[int], world_factory) -> dict:
+    from carla_mr.dataset.recorder import record
+
+    world = world_factory(shard) if world_factory is not None else None
+    return {**record(shard.scenario, out, seed=shard.seed, cfg=shard.scenario.recorder, ticks=ticks, world=world),
+            "pid": os.getpid()}
 
 
 def _check_root(out: Path, shards: list[Shard]) -> None:
@@ -245,13 +251,16 @@ def _check_root(out: Path, shards: list[Shard]) -> None:
 def record_shards(scenario, out: str | os.PathLike, *, worlds: int, seed: Optional[int] = None, cfg=None,
                   ticks: Optional[int] = None, address: Optional[str] = None,
                   carla_hosts: Optional[list[tuple[str, int]]] = None, num_cpus: Optional[int] = None,
-                  on_shard: Optional[Callable[[int, dict], None]] = None) -> dict[str, Any]:
+                  on_shard: Optional[Callable[[int, dict], None]] = None,
+                  world_factory: Optional[Callable[[Shard], Any]] = None) -> dict[str, Any]:
     """Record ``worlds`` shards of ``scenario`` into ``out`` and merge them (:func:`merge_shards`).
 
     With ``address`` (see :func:`ray_session`) every shard runs on its own Ray actor (1 CPU),
     in parallel; without it, or without Ray, one after another in this process. Each shard is
     exactly ``record(shard.scenario, out/shard.dir, seed=shard.seed, ticks=ticks)``, so a run
     resumes shard by shard. ``on_shard(index, summary)`` is called as each shard finishes.
+    ``world_factory(shard) -> World`` replaces ``make_world`` (it runs where the shard runs, so
+    on Ray it must be importable there); the default builds the scenario's backend.
     Returns the merged manifest plus ``"summaries"`` (the shards' recorder summaries, each with
     the ``pid`` of the process that recorded it).
     """
@@ -262,18 +271,15 @@ def record_shards(scenario, out: str | os.PathLike, *, worlds: int, seed: Option
     summaries: dict[int, dict] = {}
     with ray_session(address, num_cpus=num_cpus) as ray:
         if ray is None:
-            from carla_mr.dataset.recorder import record
-
             for sh in shards:
-                summaries[sh.index] = {**record(sh.scenario, out / sh.dir, seed=sh.seed, cfg=sh.scenario.recorder,
-                                                ticks=ticks), "pid": os.getpid()}
+                summaries[sh.index] = _record_shard(sh, out / sh.dir, ticks, world_factory)
                 if on_shard is not None:
                     on_shard(sh.index, summaries[sh.index])
         else:
             actor_cls = ray.remote(num_cpus=1, max_restarts=0)(WorldShardActor)
             actors = [actor_cls.remote() for _ in shards]
             try:
-                pending = {a.record.remote(sh.scenario, str(out / sh.dir), sh.seed, ticks): sh.index
+                pending = {a.record.remote(sh, str(out / sh.dir), ticks, world_factory): sh.index
                            for a, sh in zip(actors, shards)}
                 while pending:
                     done, _ = ray.wait(list(pending), num_returns=1)

@@ -292,3 +292,35 @@ def test_cli_verbs_on_ray(ray_cluster, tmp_path, town01):
     assert (tmp_path / "m1" / "fig9_raw.csv").read_bytes() == (tmp_path / "m2" / "fig9_raw.csv").read_bytes()
     ja, jb = json.loads(a.stdout), json.loads(b.stdout)
     assert ja["mtepvisa_over_epvisa_by_n"] == jb["mtepvisa_over_epvisa_by_n"]
+
+
+def test_carla_hosts_one_server_per_world(tmp_path, town01):
+    """With --carla-hosts, world i connects to server i with traffic-manager port tm_port + i
+    (CARLA stand-in servers in this process; the Ray path ships the same Shard to an actor)."""
+    pytest.importorskip("carla")
+    from carla_mr.world.carla_backend import CarlaWorld
+    from carla_mr.world.carla_standin import StandinServer
+
+    text = town01.read_text(encoding="utf-8")
+    servers = {}
+
+    def factory(shard):
+        srv = servers[shard.carla] = StandinServer(text, "Town01")
+        return CarlaWorld(shard.scenario, seed=shard.seed, client_factory=srv.client_factory,
+                          install_handlers=False)
+
+    # warmup_s > 0: on the CARLA backend a camera has no image on the reset tick (frame 0)
+    sc = scenario_from_dict({"map": "Town01", "backend": "carla", "seed": 5, "vehicles": {"avs": 2, "background": 1},
+                             "recorder": {**REC, "cameras": 1, "max_frames": 2, "every_k": 1, "warmup_s": 0.1}})
+    hosts = parse_carla_hosts("h1:2000,h2:3000")
+    res = record_shards(sc, tmp_path / "c", worlds=2, carla_hosts=hosts, world_factory=factory)
+    assert sorted(servers) == ["h1:2000", "h2:3000"]
+    for (host, port), tm in zip(hosts, (8000, 8001)):
+        calls = servers[f"{host}:{port}"].calls
+        assert ("Client.__init__", (host, port), {}) in calls
+        assert any(c[0].endswith("get_trafficmanager") and c[1][:1] == (tm,) for c in calls), calls[:20]
+    assert [r["carla"] for r in res["shards"]] == ["h1:2000", "h2:3000"] and res["complete"]
+    assert [r["images"] for r in res["shards"]] == [2, 2]
+    for k, (host, port) in enumerate(hosts):
+        m = json.loads((tmp_path / "c" / f"shard{k:03d}" / "manifest.json").read_text())
+        assert (m["seed"], m["scenario"]["carla"]["host"], m["scenario"]["carla"]["port"]) == (5 + k, host, port)
