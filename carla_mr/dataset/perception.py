@@ -19,6 +19,7 @@ from carla_mr.dataset.config import PerceptionConfig
 from carla_mr.dataset.models import load_model
 from carla_mr.errors import InputError
 from carla_mr.io import atomic_write, atomic_write_json, atomic_write_text
+from carla_mr.world.base import FrameMissed
 
 
 def crop(image: np.ndarray, box, margin: float) -> np.ndarray:
@@ -203,6 +204,7 @@ class PerceptionStage:
         self._slots = None
         self._out: Optional[Path] = None
         self._closed = False
+        self.frames_missed = 0
         self.files: dict[str, str] = {}
 
     def start(self, ctx) -> None:
@@ -230,7 +232,11 @@ class PerceptionStage:
             self._slots.update(snapshot)
             if "perception" not in self._slots.vehicle_of:
                 return
-            frames = {"perception": self._world.read_camera("perception")}
+            try:
+                frames = {"perception": self._world.read_camera("perception")}
+            except FrameMissed:  # a camera (re)attached this tick on CARLA delivers from the next one
+                self.frames_missed += 1
+                return
         for name, fr in frames.items():
             self.evaluator.add_frame(fr.image, fr.labels, frame=fr.frame, camera=name)
 
@@ -247,7 +253,7 @@ class PerceptionStage:
         rep = self.evaluator.report()
         by_source = {r["bin"]: r["accuracy"] for r in rep["table"] if r["group"] == "source"}
         return {"model": rep["model"], "n": rep["overall"]["n"], "accuracy": rep["overall"]["accuracy"],
-                "accuracy_by_source": by_source, "files": self.files}
+                "accuracy_by_source": by_source, "frames_missed": self.frames_missed, "files": self.files}
 
 
 def evaluate_scenario(scenario, *, seed: int, model: str | None = None, checkpoint: str | None = None,

@@ -29,7 +29,7 @@ import numpy as np
 
 from carla_mr.errors import InputError, RunError
 from carla_mr.io import atomic_write, atomic_write_json, atomic_write_text, to_jsonable
-from carla_mr.world.base import CameraFrame, Snapshot, World
+from carla_mr.world.base import CameraFrame, FrameMissed, Snapshot, World
 from carla_mr.world.render import carla_matrix
 from carla_mr.world.sign_geometry import class_name
 
@@ -112,6 +112,7 @@ class Recorder:
         self.vehicle_of: dict[str, int] = {}
         self.classes: list[str] = []
         self.frames_recorded = 0
+        self.frames_missed = 0  # camera images that did not arrive for their tick (skipped)
         self.frames_skipped = 0
         self.last_frame = -1
         self.resume_from = 0
@@ -235,7 +236,11 @@ class Recorder:
         for slot in self.slots:
             if slot not in self.vehicle_of:
                 continue
-            fr = self.world.read_camera(slot)
+            try:
+                fr = self.world.read_camera(slot)
+            except FrameMissed:  # e.g. a CARLA camera attached this tick delivers from the next one
+                self.frames_missed += 1
+                continue
             self._write(slot, fr)
             frames[slot] = fr
         if not frames:  # no vehicle to carry a camera at this tick
@@ -358,7 +363,7 @@ class Recorder:
     def summary(self) -> dict[str, Any]:
         return {"dir": str(self.root), "frames_recorded": self.frames_recorded, "frames_resumed_over":
                 self.frames_skipped, "resume_from_frame": self.resume_from, "labels_exported": self.labels_exported,
-                "classes": len(self.classes), "cameras": len(self.slots), "last_frame": self.last_frame,
+                "frames_missed": self.frames_missed, "classes": len(self.classes), "cameras": len(self.slots), "last_frame": self.last_frame,
                 "complete": self.done}
 
 

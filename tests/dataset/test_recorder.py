@@ -229,3 +229,24 @@ def test_labels_from_a_minimal_backend_are_completed():
     # Float boxes (the CARLA backend's projected boxes) cover their pixels.
     f = normalise_label(dict(lab, box=[1.2, 2.7, 10.1, 21.0], visible_box=[3.5, 4.0, 9.9, 20.2]))
     assert f["box"] == [1, 2, 11, 21] and f["visible_box"] == [3, 4, 10, 21]
+
+
+def test_missed_camera_frames_are_skipped_and_counted(tmp_path, town01, town01_map, town01_signs):
+    """A CARLA camera attached this tick delivers from the next one: that tick is skipped, not fatal."""
+    from carla_mr.world.base import FrameMissed
+
+    w = world(town01_map, town01_signs)
+    real = w.read_camera
+    calls = {"n": 0}
+
+    def first_read_misses(name):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise FrameMissed("no image for frame 0 within 2 s")
+        return real(name)
+
+    w.read_camera = first_read_misses
+    s = record(scenario(town01, max_frames=4), tmp_path / "ds", world=w, ticks=10)
+    assert s["frames_missed"] == 1
+    assert s["frames_recorded"] == 3  # the missed tick has no frame, the rest are whole
+    assert len(json.loads((tmp_path / "ds" / "annotations.json").read_text())["images"]) == 3
