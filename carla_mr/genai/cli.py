@@ -73,15 +73,16 @@ def make_data_cmd(out, seed, as_json, per_class, test_per_class, size):
 @click.option("--width", type=float, default=None, help="Channel width (small: base channels; googlenet: multiplier).")
 @click.option("--epochs", type=int, default=15, show_default=True)
 @click.option("--per-class", type=int, default=600, show_default=True, help="Procedural training images per class.")
+@click.option("--test-per-class", type=int, default=200, show_default=True, help="Procedural test images per class.")
 @click.option("--threads", type=int, default=2, show_default=True)
 @guarded
-def train_validator_cmd(out, seed, as_json, data, arch, width, epochs, per_class, threads):
+def train_validator_cmd(out, seed, as_json, data, arch, width, epochs, per_class, test_per_class, threads):
     """Train the validator (sign classifier) from scratch and report its test accuracy."""
     from carla_mr.genai.train_validator import train_validator
 
     run = make_run_dir(out, "genai-train-validator")
     res = train_validator(run, data=data, arch=arch, width=width, epochs=epochs, per_class=per_class,
-                          seed=0 if seed is None else seed, threads=threads, log=log)
+                          test_per_class=test_per_class, seed=0 if seed is None else seed, threads=threads, log=log)
     emit(res, as_json=as_json, title="genai train-validator")
 
 
