@@ -37,8 +37,9 @@ def sample(model, prompts: Sequence[str], *, seed: int = 0, steps: int = 20, gui
     if steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}", field="steps")
     size = int(size or model.image_size)
-    if size % (8 * model.vae_scale) and size % model.vae_scale:
-        raise InputError(f"size {size} must be a multiple of {model.vae_scale}", field="size")
+    mult = model.vae_scale * 2 ** (len(model.unet.config.block_out_channels) - 1)
+    if size < mult or size % mult:
+        raise InputError(f"size {size} must be a positive multiple of {mult} pixels for this model", field="size")
     seeds = list(seeds) if seeds is not None else [int(seed) + i for i in range(len(prompts))]
     if len(seeds) != len(prompts):
         raise InputError("one seed per prompt is needed", field="seeds")

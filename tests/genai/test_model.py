@@ -94,3 +94,12 @@ def test_train_base_resume_matches_uninterrupted(fresh_tiny, tmp_path):
     assert [int(r.split(",")[0]) for r in log[1:]] == [1, 2, 3, 4]
     with pytest.raises(InputError, match="resume"):
         train_base(tmp_path / "c", cfg, model=fresh(), resume=True)
+
+
+def test_sample_rejects_bad_size_and_steps(tiny_model_dir):
+    m = load_model(tiny_model_dir)
+    with pytest.raises(InputError, match="multiple"):
+        sample(m, ["a stop sign"], size=18, steps=2)
+    with pytest.raises(InputError, match="steps"):
+        sample(m, ["a stop sign"], steps=0)
+    assert sample(m, ["a stop sign"], size=24, steps=2).shape == (1, 24, 24, 3)
