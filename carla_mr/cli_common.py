@@ -120,7 +120,8 @@ def emit(result: dict[str, Any], *, as_json: bool, title: str | None = None,
         rows = [(k, _fmt(v)) for k, v in result.items() if not isinstance(v, (dict, list))]
     for r in rows:
         table.add_row(*[_fmt(c) for c in r])
-    Console().print(table)
+    # piped output (CI logs, files) gets a wide table rather than rich's 80-column default
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def _fmt(v: Any) -> str:
