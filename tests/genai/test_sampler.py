@@ -22,7 +22,7 @@ class OracleUNet(torch.nn.Module):
         self.x0 = x0
         self.ac = alphas_cumprod
         self.dummy = torch.nn.Parameter(torch.zeros(1))
-        self.config = types.SimpleNamespace(in_channels=3, sample_size=x0.shape[-1])
+        self.config = types.SimpleNamespace(in_channels=3, sample_size=x0.shape[-1], block_out_channels=(1, 1, 1))
 
     def forward(self, x, t, encoder_hidden_states=None):
         a = self.ac[int(t)]
