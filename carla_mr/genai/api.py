@@ -6,6 +6,7 @@
     s = score(validator, images, ["stop"])             # {"G", "mean_confidence", ...}
     market_parameters("runs/genai-generate-...")        # {"G", "theta", ...} for the market
     faces = sign_images(["stop", "yield"], seed=0)     # (B, 32, 32, 3) uint8, for sign textures
+    run_from_config(scenario.genai, out_dir, seed)     # the whole job of a scenario section
 
 Every function is deterministic for its seed. torch is imported lazily (extra ``genai``).
 """
@@ -76,3 +77,28 @@ def sign_images(kinds: Sequence[str], seed: int = 0, *, colours: Sequence[str] |
         raise InputError("one colour per sign kind is needed", field="colours")
     m = model or load_default_generator()
     return generate(m, [prompt_for(k, c) for k, c in zip(kinds, cols)], seed, steps=steps, guidance=guidance)
+
+
+def run_from_config(cfg, out: str | os.PathLike, seed: int = 0, *, model=None, validator=None, progress=None,
+                    log=None) -> dict:
+    """Run the genai job a scenario's ``genai`` section (:class:`~carla_mr.genai.config.GenaiConfig`)
+    describes: preferences -> prompts -> images + manifest + scores in ``out``.
+
+    Returns ``scores.json``'s content plus ``"market"``: {"G", "theta"} when theta was computed
+    (``cfg.theta``), else None. ``model``/``validator`` reuse already-loaded ones.
+    """
+    from carla_mr.genai.generate import generate_run
+    from carla_mr.genai.market_link import market_parameters
+    from carla_mr.genai.prompts import Preferences, preference_prompts
+
+    p = cfg.preferences
+    specs = preference_prompts(Preferences(signs=p.signs, colours=p.colours, contexts=p.contexts, token=cfg.token))
+    model_ref = cfg.checkpoint or str(DEFAULT_MODEL)
+    m = model or load_default_generator(cfg.checkpoint)
+    v = validator or load_default_validator(cfg.validator)
+    scores = generate_run(out, specs, model=m, model_ref=model_ref, validator=v,
+                          validator_ref=cfg.validator or str(DEFAULT_VALIDATOR), seed=seed, per_prompt=cfg.per_prompt,
+                          steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler, theta=cfg.theta,
+                          theta_mode=cfg.theta_mode, progress=progress, log=log)
+    scores["market"] = market_parameters(out) if cfg.theta else None
+    return scores

@@ -53,3 +53,17 @@ def test_bad_input_exits_2(tiny_model_dir, tmp_path):
     assert r.exit_code == 2 and "zebra" in r.output
     r = _run(["market-params", "--run", str(tmp_path / "nope")])
     assert r.exit_code == 2
+
+
+def test_run_from_config_with_the_committed_models(tmp_path):
+    from carla_mr.genai.api import run_from_config
+    from carla_mr.genai.config import GenaiConfig
+
+    cfg = GenaiConfig(enabled=True, steps=4, theta=False,
+                      preferences={"signs": ["stop", "parking"], "colours": ["blue"], "contexts": []})
+    res = run_from_config(cfg, tmp_path / "g", seed=3)
+    assert res["n"] == 2 and res["market"] is None and 0 <= res["G"] <= 1
+    man = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    assert [it["prompt"] for it in man["items"]] == ["a stop sign on a blue background",
+                                                     "a parking sign on a blue background"]
+    assert man["steps"] == 4 and man["guidance"] == 7.5
