@@ -469,6 +469,9 @@ class Auctioneer:
                                         n_tasks=r.n_tasks, bids=bids, layout=self.s.layout,
                                         sim_matrix=r.sim_matrix)
         t_cleared = time.monotonic()
+        from carla_mr.io import to_jsonable
+
+        outcome = to_jsonable(outcome)  # once: the ledger's text and the result body share it
         sched = schedule.to_dict()
         chain = self.ledger.bids_head(r.round_id)  # covers every bid the outcome was computed from
         if self.s.publish_first:
@@ -476,9 +479,11 @@ class Auctioneer:
             # committed bids, so a crash here re-derives the same outcome on restart.
             r.closed_at_ns = r.closed_at_ns or time.time_ns()
             self._send_result(r, outcome, sched, chain)
-            self.ledger.save_outcome(r.round_id, outcome, sched, close_info=close_info, closed_at_ns=r.closed_at_ns)
+            self.ledger.save_outcome(r.round_id, outcome, sched, close_info=close_info, closed_at_ns=r.closed_at_ns,
+                                     jsonable=True)
         else:
-            self.ledger.save_outcome(r.round_id, outcome, sched, close_info=close_info, closed_at_ns=r.closed_at_ns)
+            self.ledger.save_outcome(r.round_id, outcome, sched, close_info=close_info, closed_at_ns=r.closed_at_ns,
+                                     jsonable=True)
             r.state = P.CLEARED
             self._send_result(r, outcome, sched, chain)
         t_pub = time.monotonic()
@@ -489,9 +494,8 @@ class Auctioneer:
         self._mark_published(r)
 
     def _send_result(self, r: _Round, outcome: dict, sched: dict, chain: str) -> None:
-        from carla_mr.io import to_jsonable
-
-        body = {"round_id": r.round_id, "state": P.PUBLISHED, "outcome": to_jsonable(outcome), "schedule": sched,
+        """``outcome`` is already JSON-typed (to_jsonable'd after clearing, or read from the ledger)."""
+        body = {"round_id": r.round_id, "state": P.PUBLISHED, "outcome": outcome, "schedule": sched,
                 "chain_hash": chain, "closed_at_ns": int(r.closed_at_ns), "n_bids": len(r.bids),
                 "bidders": sorted(r.bids)}
         r.result_body = encode_body(body)

@@ -114,11 +114,16 @@ class BidRow:
     at_ns: int
 
 
-def outcome_text(outcome: dict) -> str:
-    """Canonical JSON of an outcome (sorted keys, repr floats): equal outcomes give equal text."""
-    from carla_mr.io import to_jsonable
+def outcome_text(outcome: dict, *, jsonable: bool = False) -> str:
+    """Canonical JSON of an outcome (sorted keys, repr floats): equal outcomes give equal text.
 
-    return json.dumps(to_jsonable(outcome), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    ``jsonable=True``: ``outcome`` already went through ``carla_mr.io.to_jsonable`` (which is
+    idempotent), so the conversion is not repeated; the text is the same either way."""
+    if not jsonable:
+        from carla_mr.io import to_jsonable
+
+        outcome = to_jsonable(outcome)
+    return json.dumps(outcome, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 class Ledger:
@@ -222,13 +227,13 @@ class Ledger:
             return self._event(kind or "round_" + state.lower(), round_id, {"state": state, **(info or {})}, now)
 
     def save_outcome(self, round_id: int, outcome: dict, schedule: dict, *, close_info: dict | None = None,
-                     closed_at_ns: int | None = None) -> str:
+                     closed_at_ns: int | None = None, jsonable: bool = False) -> str:
         """Store the outcome and schedule and move the round to CLEARED, in one transaction.
 
         With ``close_info`` the round's CLOSED transition is written in the same transaction
-        (one fsync on the close -> publish path instead of two).
+        (one fsync on the close -> publish path instead of two). ``jsonable``: see outcome_text.
         """
-        text = outcome_text(outcome)
+        text = outcome_text(outcome, jsonable=jsonable)
         sched = json.dumps(schedule, sort_keys=True, separators=(",", ":"))
         d = digest(text.encode(), sched.encode())
         with self._tx():
