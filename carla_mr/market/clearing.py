@@ -92,6 +92,8 @@ def _public_market(pub: dict, s_dt, e_dt, d):
 def _rows(pub: dict, idx: np.ndarray) -> dict:
     """The public data restricted to the AV rows ``idx``."""
     I = pub["rate_up"].shape[0]
+    if idx.shape[0] == I and (idx.shape[0] == 0 or bool((idx == np.arange(I)).all())):
+        return dict(pub)  # every AV bid (the usual case): no copies (public_market copies what it keeps)
     out = dict(pub)
     for name in PER_AV + PER_AV_SIM:
         out[name] = pub[name][idx]
