@@ -258,7 +258,6 @@ def run(quick: bool) -> list[dict]:
 
 
 if __name__ == "__main__":
-    quick = "--quick" in sys.argv
-    for row in run(quick):
-        print(f"{row['name']}: {row['value']} {row['unit']} (raw {row['baseline']} {row['unit']}, "
-              f"x{row['ratio']}; target {row['target']})")
+    from carla_mr.bench_cli import main_for
+
+    main_for(run)

@@ -177,7 +177,6 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    quick = "--quick" in sys.argv
-    for row in run(quick):
-        print(f"{row['name']:<36} {row['value']:9.2f} {row['unit']:<9} baseline {row['baseline']:9.2f}  "
-              f"ratio {row['ratio']:6.3f}  target {row['target']}")
+    from carla_mr.bench_cli import main_for
+
+    main_for(run)

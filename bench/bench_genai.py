@@ -42,7 +42,7 @@ def run(quick: bool = False) -> list[dict]:
     import torch
 
     from carla_mr.genai.api import load_default_generator, load_default_validator
-    from carla_mr.genai.procedural import BASE_JITTER, base_batch, render_sample, split_arrays
+    from carla_mr.genai.procedural import BASE_JITTER, render_sample, split_arrays
     from carla_mr.genai.prompts import COLOURS, prompt_for
     from carla_mr.genai.sample import sample
     from carla_mr.genai.scores import colour_match, generative_score
@@ -136,7 +136,6 @@ def _ddpm(model, prompts, steps):
 
 
 if __name__ == "__main__":
-    quick = "--quick" in sys.argv
-    for r in run(quick):
-        print(f"{r['name']:24s} {r['value']:.4g} {r['unit']}  baseline {r['baseline']:.4g}  ratio {r['ratio']:.3g}"
-              f"  target {r['target']}")
+    from carla_mr.bench_cli import main_for
+
+    main_for(run)

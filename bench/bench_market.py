@@ -85,7 +85,6 @@ def run(quick: bool) -> list[dict]:
 
 
 if __name__ == "__main__":
-    quick = "--quick" in sys.argv[1:]
-    for row in run(quick):
-        print(f"{row['name']}: {row['value']} {row['unit']} | baseline {row['baseline']} | ratio {row['ratio']} "
-              f"| target {row['target']}")
+    from carla_mr.bench_cli import main_for
+
+    main_for(run)

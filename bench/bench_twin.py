@@ -189,8 +189,7 @@ def run(quick: bool = True) -> list[dict]:
     return rows
 
 
-if __name__ == "__main__":  # pragma: no cover
-    quick = "--quick" in sys.argv
-    for r in run(quick):
-        print(f"{r['name']:<36} {r['value']:>12.4g} {r['unit']:<18} baseline {r['baseline']:>10.4g} "
-              f"ratio {r['ratio']:>8.3g}  target {r['target']}")
+if __name__ == "__main__":
+    from carla_mr.bench_cli import main_for
+
+    main_for(run)

@@ -46,6 +46,23 @@ def load(path: Path):
     return mod
 
 
+def format_row(row: dict) -> str:
+    """One benchmark row as a line: name, value unit, same-run baseline, ratio, target."""
+    def num(v):
+        return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+    return (f"{row.get('name')}: {num(row.get('value'))} {row.get('unit', '')} | baseline {num(row.get('baseline'))}"
+            f" | ratio {num(row.get('ratio'))} | target {row.get('target', '')}")
+
+
+def main_for(run) -> None:
+    """The ``__main__`` of a bench script: ``python bench/bench_x.py [--quick]`` prints its rows."""
+    import sys
+
+    for row in run(quick="--quick" in sys.argv[1:]):
+        print(format_row(row))
+
+
 def run_benchmarks(names: list[str] | None, *, quick: bool) -> tuple[list[dict], list[dict]]:
     """Run the named benchmarks (all by default); returns (rows, failures)."""
     found = discover()

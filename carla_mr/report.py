@@ -9,6 +9,7 @@ over time, from ``twin_eval.parquet``), generation (G per round, from
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from carla_mr.io import atomic_write_text
+from carla_mr.io import atomic_write_bytes, atomic_write_text
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -58,10 +59,9 @@ def _plot(path: Path, draw) -> str:
         draw(ax)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        atomic_write_bytes(path, buf.getvalue())
     finally:
         plt.close(fig)
     return path.name

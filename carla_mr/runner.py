@@ -174,7 +174,6 @@ class _Stats:
         self.ticks = 0
         self.vehicle_ticks = 0
         self.speed_sum = 0.0
-        self.distance = 0.0
         self.av_distance = 0.0
         self.av_ticks = 0
         self.av_covered = 0
@@ -191,7 +190,6 @@ class _Stats:
         if n == 0:
             return
         self.speed_sum += float(s.speed.sum())
-        self.distance += float(s.speed.sum()) * self.tick_s
         av = s.role == ROLE_AV
         self.av_ticks += int(av.sum())
         self.av_covered += int((s.rsu[av] >= 0).sum())
@@ -208,7 +206,7 @@ class _Stats:
             "vehicles": len(self.ids),
             "max_vehicles_at_once": self.max_vehicles,
             "mean_speed": self.speed_sum / self.vehicle_ticks if self.vehicle_ticks else 0.0,
-            "distance_driven_m": self.distance,
+            "distance_driven_m": self.speed_sum * self.tick_s,
             "av_distance_driven_m": self.av_distance,
             "rsu_coverage_share": self.av_covered / self.av_ticks if self.av_ticks else 0.0,
         }

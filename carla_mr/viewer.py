@@ -340,6 +340,7 @@ def run_viewer(source: Source, *, out: Optional[Path], headless: bool, size=(960
     frames = 0
     screen = None
     paused = False
+    finished = False  # a video cut short by an error is removed, never renamed to its final name
     try:
         if not headless:
             screen = pg.display.set_mode(size)
@@ -400,11 +401,15 @@ def run_viewer(source: Source, *, out: Optional[Path], headless: bool, size=(960
                 clock.tick(fps)
             if max_frames is not None and frames >= max_frames and headless:
                 break
+        finished = True
     finally:
         if writer is not None:
             writer.release()
             if mp4_path is not None:
-                os.replace(mp4_path[0], mp4_path[1])
+                if finished:
+                    os.replace(mp4_path[0], mp4_path[1])
+                else:
+                    Path(mp4_path[0]).unlink(missing_ok=True)
         if source.world is not None:
             source.world.close()
         pg.quit()

@@ -28,12 +28,13 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from carla_mr.errors import InputError, RunError
-from carla_mr.io import atomic_write, atomic_write_json, atomic_write_text, to_jsonable
+from carla_mr.io import _fsync_dir, atomic_write, atomic_write_json, atomic_write_text, to_jsonable
 from carla_mr.world.base import CameraFrame, FrameMissed, Snapshot, World
 from carla_mr.world.render import carla_matrix
 from carla_mr.world.sign_geometry import class_name
 
 from carla_mr.dataset.config import RecorderConfig
+from carla_mr.dataset.formats import exported_box
 from carla_mr.dataset.slots import CameraSlots
 from carla_mr.dataset.textures import swaps_for
 
@@ -253,7 +254,7 @@ class Recorder:
         return frames
 
     def _exported(self, lab: dict) -> tuple[bool, list[int]]:
-        box = lab["box"] if self.cfg.box == "full" else lab["visible_box"]
+        box = exported_box(lab, self.cfg.box)
         x0, y0, x1, y1 = box
         ok = (min(x1 - x0, y1 - y0) >= self.cfg.min_box_px and lab["visible"] >= self.cfg.min_visible
               and (self.cfg.kinds is None or lab["kind"] in self.cfg.kinds) and lab["class"] in self.classes)
@@ -321,14 +322,7 @@ class Recorder:
             except OSError:
                 pass
         for d in dirs:
-            try:
-                fd = os.open(d, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            except OSError:  # pragma: no cover
-                pass
+            _fsync_dir(d)
         self._pending = []
         self._since_sync = 0
 

@@ -88,7 +88,6 @@ def run_from_config(cfg, out: str | os.PathLike, seed: int = 0, *, model=None, v
     (``cfg.theta``), else None. ``model``/``validator`` reuse already-loaded ones.
     """
     from carla_mr.genai.generate import generate_run
-    from carla_mr.genai.market_link import market_parameters
     from carla_mr.genai.prompts import Preferences, preference_prompts
 
     p = cfg.preferences

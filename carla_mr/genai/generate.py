@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from carla_mr.errors import InputError
-from carla_mr.genai.prompts import PromptSpec, Preferences, parse_prompt, preference_prompts
+from carla_mr.genai.prompts import PromptSpec, parse_prompt
 
 
 def specs_from_prompts(prompts: Sequence[str]) -> list[PromptSpec]:

@@ -10,8 +10,8 @@ street"); the CPU default has not seen contexts, they matter for a fine-tuned SD
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 from carla_mr.errors import InputError
 from carla_mr.genai.signs import SIGN_CLASSES, SIGN_WORDS

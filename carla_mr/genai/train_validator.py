@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from carla_mr.errors import InputError
-from carla_mr.genai.signs import SIGN_CLASSES
 
 
 def load_split_arrays(data: str | os.PathLike, split: str, size: int, *, margin: float = 0.12):
@@ -61,7 +60,6 @@ def train_validator(out: str | os.PathLike, *, data: str | os.PathLike | None = 
     if names_te != names:
         raise InputError(f"the train and test splits of {data} have different classes", field="data")
     v = build_validator(arch, names, width=width, seed=seed)
-    n_batches = int(np.ceil(len(xtr) / 64)) * epochs
     res = fit(v, xtr, ytr, epochs=epochs, seed=seed, progress=progress)
     acc = v.accuracy(xte, yte)
     per_class_acc = {names[c]: float((v.probs(xte[yte == c]).argmax(1) == c).mean()) for c in range(len(names))

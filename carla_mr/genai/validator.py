@@ -220,7 +220,7 @@ class Validator:
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> Path:
         from safetensors.torch import save_file
 
-        from carla_mr.io import atomic_write, atomic_write_json
+        from carla_mr.io import atomic_write_json
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)

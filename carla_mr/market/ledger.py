@@ -134,6 +134,7 @@ class Ledger:
         if not create and not self.path.is_file():
             raise InputError(f"ledger {self.path} does not exist", field="LEDGER")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = None
         try:
             self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -148,8 +149,12 @@ class Ledger:
                 self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             elif int(row[0]) != SCHEMA_VERSION:
                 raise InputError(f"ledger schema {row[0]} is not {SCHEMA_VERSION}", field="LEDGER")
-        except sqlite3.DatabaseError as exc:
-            raise InputError(f"{self.path} is not a usable SQLite ledger: {exc}", field="LEDGER") from exc
+        except BaseException as exc:  # never leave the connection open behind an error
+            if self.db is not None:
+                self.db.close()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise InputError(f"{self.path} is not a usable SQLite ledger: {exc}", field="LEDGER") from exc
+            raise
         r = self.db.execute("SELECT hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         self._head = r[0] if r else GENESIS
 

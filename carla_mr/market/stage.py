@@ -41,7 +41,7 @@ SPEED_REF_MPS = 15.0
 class MarketStage:
     name = "market"
 
-    def __init__(self, config: MarketConfig, n_av_slots: int, *, rsu_range_m: Optional[np.ndarray] = None):
+    def __init__(self, config: MarketConfig, n_av_slots: int):
         self.config = config
         self.n_slots = max(1, int(n_av_slots))
         self.session = None
@@ -64,29 +64,14 @@ class MarketStage:
                                      n_tasks=cfg.tasks_per_av)
         self.params = model_params(self.n_slots, cfg.num_simulators, cfg.tasks_per_av,
                                    {"model": {} if cfg.generative_ai else {"genai": False}})
+        from carla_mr.market.model import sample_market
+
         mp = self.params
-        rng = np.random.default_rng(np.random.SeedSequence(int(ctx.seed), spawn_key=(0x6D6B74,)))
-        I, K1 = self.n_slots, cfg.num_simulators
-        self.rng = rng
-        # link and preference data fixed per AV slot for the run (the model's distributions)
-        self.p_av = rng.uniform(0.0, 1.0, I)
-        self.p_rsu = float(rng.uniform(0.0, 5.0))
-        if mp.noise_mode == "fixed":
-            self.s2_rsu = np.ones(I)
-            self.s2_av = np.ones(I)
-        else:
-            self.s2_rsu = np.maximum(np.abs(rng.standard_normal(I)), 1e-3)
-            self.s2_av = np.maximum(np.abs(rng.standard_normal(I)), 1e-3)
-        self.s_sim = rng.uniform(1e-3, 2.5, K1)
-        self.e_sim = rng.uniform(0.0, 5.0, K1)
-        C = rng.zipf(mp.zipf_a, I).astype(float)
-        if mp.c_max is not None:
-            C = np.minimum(C, mp.c_max)
-        self.C = C
-        u = 1.0 - rng.uniform(0.0, 1.0, (I, K1))  # U(0, 1]
-        h = C[:, None] * u
-        h[:, 0] *= mp.beta0
-        self.h = h
+        # link, simulator and preference data drawn once per AV slot for the run, by the model itself
+        m = sample_market(mp, np.random.SeedSequence(int(ctx.seed), spawn_key=(0x6D6B74,)))
+        self.p_av, self.p_rsu, self.s2_rsu, self.s2_av = m.p_av, m.p_rsu, m.s2_rsu, m.s2_av
+        self.s_sim, self.e_sim, self.C, self.h = m.public.s_sim, m.public.e_sim, m.C, m.h
+        self.rng = np.random.default_rng(np.random.SeedSequence(int(ctx.seed), spawn_key=(0x6D6B74, 1)))
         self._log = Path(ctx.run_dir) / "market" / "rounds.jsonl"
         self._log.parent.mkdir(parents=True, exist_ok=True)
         self._log.write_text("")
@@ -122,6 +107,10 @@ class MarketStage:
         dist = np.hypot(snap.x[rows] - rsus.x[j], snap.y[rows] - rsus.y[j])
         g = np.full(I, 0.5)
         g[:n] = np.clip(1.0 - dist / rsus.range_m[j], 0.01, 1.0)
+        bw_up = np.full(I, mp.bandwidth_up_mhz)
+        bw_dn = np.full(I, mp.bandwidth_down_mhz)
+        bw_up[:n] = rsus.bandwidth_up_hz[j] / 1e6  # the serving RSU's bandwidth, MHz
+        bw_dn[:n] = rsus.bandwidth_down_hz[j] / 1e6
         v = np.full(I, np.nan)
         v[:n] = 0.2 + 0.8 * np.clip(snap.speed[rows] / SPEED_REF_MPS, 0.0, 1.0)
         vehicle_ids = snap.ids[rows]
@@ -136,22 +125,25 @@ class MarketStage:
         else:
             G = self.rng.uniform(mp.g_lo, mp.g_hi, (I, K1))
         theta = float(scores.get("theta") or mp.theta)
-        s_dt = self.rng.uniform(0.0, 0.5, (I, N))
-        e_dt = self.rng.uniform(0.0, 2.0, (I, N))
-        d = self.rng.uniform(1.0, 1.5, (I, N))
+        s_dt = self.rng.uniform(0.0, mp.s_dt_max_mb, (I, N))
+        e_dt = self.rng.uniform(0.0, mp.e_dt_max, (I, N))
+        d = self.rng.uniform(mp.d_lo_s, mp.d_hi_s, (I, N))
         public = make_public_from_channel(
             g=g, p_av_mw=self.p_av, p_rsu_mw=self.p_rsu, s2_rsu=self.s2_rsu, s2_av=self.s2_av,
             s_sim=self.s_sim, e_sim=self.e_sim, C=self.C, G=G, theta=theta, r_acc=r_acc,
-            gamma=mp.gamma, beta0=mp.beta0, genai=mp.genai, size_unit=mp.size_unit)
-        pm = _public_market(public, s_dt, e_dt, d)
-        U = np.nan_to_num(np.where(np.isfinite(v), v, 0.0)[:, None, None] * pm.F * self.h[:, None, :])
+            gamma=mp.gamma, beta0=mp.beta0, genai=mp.genai, size_unit=mp.size_unit,
+            bandwidth_up_mhz=bw_up, bandwidth_down_mhz=bw_dn)
+        # the present AVs' public market, built once: their truthful simulator values, and the
+        # same bids cleared by every mechanism below (absent slots bid nothing)
+        pm_n = _public_market(_rows(public, np.arange(n)), s_dt[:n], e_dt[:n], d[:n])
+        U = np.zeros((I, N, K1))
+        U[:n] = np.nan_to_num(v[:n, None, None] * pm_n.F * self.h[:n, None, :])
         res = self.session.run_round(public=public, v=v, U=U, s_dt=s_dt, e_dt=e_dt, d=d,
                                      deadline_s=cfg.round_deadline_s)
         self.rounds += 1
         self._latencies.append(res.latency_s)
 
         # the same bids through the pure functions, one per mechanism (present slots only)
-        pm_n = _public_market(_rows(public, np.arange(n)), s_dt[:n], e_dt[:n], d[:n])
         by_mech = {}
         for mech in ("pvisa", "epvisa", "mtepvisa"):
             o = clear(pm_n, v[:n], U[:n], mechanism=mech, scoring=cfg.scoring, r_acc=r_acc[:n])

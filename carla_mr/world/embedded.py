@@ -339,7 +339,8 @@ class EmbeddedWorld(World):
         rig = self.__dict__.get("_camera_rig")
         if rig is None or self.last is None:
             raise RunError(f"read_camera({name!r}) needs attach_camera() and reset() first")
-        return rig.render(name, self.last, self.sign_textures())
+        # the texture store itself (keys are str ids; the renderer falls back to the original face)
+        return rig.render(name, self.last, self.__dict__.get("_sign_textures", {}))
 
     def traffic_light_ids(self) -> list[str]:
         """SUMO ids of the running traffic lights (empty before reset)."""

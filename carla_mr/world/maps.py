@@ -370,7 +370,6 @@ def build_project_map(name: str, out_dir: str | Path) -> dict:
     placements: list[SignPlacement] = []
     from carla_mr.world.opendrive import roads
 
-    speed = float(spec["speed_kmh"])
     for r in roads(tree):
         if r.in_junction:
             continue
