@@ -93,10 +93,10 @@ def run(quick: bool = False) -> list[dict]:
     import numpy as np
 
     from carla_mr.config import scenario_from_dict
-    from carla_mr.dataset.config import RecorderConfig
+    from carla_mr.config.dataset import RecorderConfig
     from carla_mr.dataset.recorder import Recorder
     from carla_mr.io import atomic_write
-    from carla_mr.world.camera_spec import CameraSpec
+    from carla_mr.config.camera import CameraSpec
 
     cv2.setNumThreads(1)
     if not TOWN01.is_file():

@@ -87,7 +87,7 @@ def _stage_tick_ms(predictor, n: int, strides: int, spread: bool) -> float:
     25th percentile over strides, then the max over positions."""
     import tempfile
 
-    from carla_mr.twin.config import TwinConfig
+    from carla_mr.config.twin import TwinConfig
     from carla_mr.twin.online import TwinStage
     from carla_mr.world.base import Snapshot
 

@@ -1,7 +1,8 @@
 """Atomic file writes: a reader never sees a half-written file.
 
 Every writer goes to a temporary file in the same directory, fsyncs it, then renames it
-over the target (rename is atomic on POSIX within one file system).
+over the target (rename is atomic on POSIX within one file system). :class:`ParquetSink`
+does the same for a table streamed in row groups over a whole run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any, Callable
 import numpy as np
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Make a rename or a new file in ``directory`` durable (fsync the directory itself)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # pragma: no cover - e.g. some network file systems
@@ -64,7 +66,7 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], *, bina
             pass
         raise
     if fsync:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     return path
 
 
@@ -101,3 +103,71 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None =
 
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     return atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
+
+
+class ParquetSink:
+    """A Parquet table streamed in row groups, renamed into place (fsynced) when closed.
+
+    ``columns`` is a sequence of ``(name, pyarrow type name)`` pairs, e.g.
+    ``(("frame", "int64"), ("x", "float64"))``. :meth:`add` takes one dict of equal-length
+    numpy arrays per call; rows are buffered and written as one row group every
+    ``rows_per_group`` rows (zstd). Rows go to ``.NAME.tmp`` beside ``path``; :meth:`close`
+    (idempotent) writes the rest, fsyncs the file, renames it over ``path`` and fsyncs the
+    directory, so a reader sees no file or the whole one. ``rows`` and ``row_groups`` count
+    what was written.
+    """
+
+    def __init__(self, path: str | os.PathLike, columns, *, rows_per_group: int = 100_000,
+                 compression: str = "zstd"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in columns])
+        self.rows_per_group = max(1, int(rows_per_group))
+        self.rows = 0
+        self.row_groups = 0
+        self.closed = False
+        self._parts: list[dict[str, np.ndarray]] = []
+        self._buffered = 0
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self._writer = pq.ParquetWriter(str(self._tmp), self.schema, compression=compression)
+
+    def add(self, columns: dict[str, np.ndarray]) -> None:
+        """Buffer one batch of rows: every schema column, equal lengths."""
+        n = len(next(iter(columns.values()))) if columns else 0
+        if n == 0:
+            return
+        self._parts.append(columns)
+        self._buffered += n
+        if self._buffered >= self.rows_per_group:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows as one row group."""
+        if not self._parts or self._writer is None:
+            return
+        import pyarrow as pa
+
+        arrays = [pa.array(np.concatenate([np.asarray(p[f.name]) for p in self._parts]), type=f.type)
+                  for f in self.schema]
+        table = pa.Table.from_arrays(arrays, schema=self.schema)
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+        self.row_groups += 1
+        self._parts, self._buffered = [], 0
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.flush()
+        finally:
+            self._writer.close()
+            self._writer = None
+            with open(self._tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(self._tmp, self.path)
+            fsync_dir(self.path.parent)

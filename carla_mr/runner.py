@@ -42,95 +42,6 @@ class RunTerminated(RunError):
     exit_code = 143
 
 
-# -- the trajectory stage --------------------------------------------------------------------
-
-TRAJECTORY_COLUMNS = (("frame", "int64"), ("time", "float64"), ("id", "int64"), ("role", "uint8"),
-                      ("x", "float64"), ("y", "float64"), ("z", "float64"), ("yaw", "float64"),
-                      ("speed", "float64"), ("rsu", "int32"))
-
-
-class TrajectoryStage:
-    """Streams every vehicle's state at every tick to ``run_dir/trajectories.parquet``.
-
-    Columns: frame int64, time float64 (s), id int64, role uint8 (1 = AV), x, y, z (m, CARLA
-    frame), yaw (deg), speed (m/s) float64, rsu int32 (-1 = none). Rows are buffered and written
-    as row groups of about ``rows_per_group`` rows; the file is written under a temporary name
-    and renamed into place when the stage closes, so readers never see a partial file (a run
-    that crashes still leaves the rows written so far under ``trajectories.parquet``).
-    """
-
-    name = "trajectories"
-
-    def __init__(self, rows_per_group: int = 200_000, avs_only: bool = False):
-        self.rows_per_group = int(rows_per_group)
-        self.avs_only = avs_only
-        self._writer = None
-        self._buf: list[Snapshot] = []
-        self._buffered = 0
-        self.rows = 0
-        self.row_groups = 0
-        self.path: Optional[Path] = None
-        self._tmp: Optional[Path] = None
-        self._closed = False
-
-    def start(self, ctx: RunContext) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self.path = Path(ctx.run_dir) / "trajectories.parquet"
-        self._tmp = self.path.with_name(f".{self.path.name}.tmp")
-        self._schema = pa.schema([(n, getattr(pa, t)()) for n, t in TRAJECTORY_COLUMNS])
-        self._writer = pq.ParquetWriter(str(self._tmp), self._schema, compression="zstd")
-
-    def on_tick(self, snapshot: Snapshot, ctx: RunContext) -> None:
-        s = snapshot.select(snapshot.av_mask) if self.avs_only else snapshot
-        if len(s) == 0:
-            return
-        self._buf.append(s)
-        self._buffered += len(s)
-        if self._buffered >= self.rows_per_group:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._buf or self._writer is None:
-            return
-        import pyarrow as pa
-
-        b = self._buf
-        counts = [len(s) for s in b]
-        cols = {
-            "frame": np.repeat(np.array([s.frame for s in b], dtype=np.int64), counts),
-            "time": np.repeat(np.array([s.time for s in b], dtype=np.float64), counts),
-            "id": np.concatenate([s.ids for s in b]).astype(np.int64, copy=False),
-            "role": np.concatenate([s.role for s in b]).astype(np.uint8, copy=False),
-        }
-        for name in ("x", "y", "z", "yaw", "speed"):
-            cols[name] = np.concatenate([getattr(s, name) for s in b]).astype(np.float64, copy=False)
-        cols["rsu"] = np.concatenate([s.rsu for s in b]).astype(np.int32, copy=False)
-        table = pa.Table.from_arrays([pa.array(cols[n]) for n, _ in TRAJECTORY_COLUMNS], schema=self._schema)
-        self._writer.write_table(table)
-        self.rows += table.num_rows
-        self.row_groups += 1
-        self._buf = []
-        self._buffered = 0
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._writer is None:
-            return
-        try:
-            self._flush()
-        finally:
-            self._writer.close()
-            self._writer = None
-            os.replace(self._tmp, self.path)
-
-    def summary(self) -> dict[str, Any]:
-        return {"path": str(self.path) if self.path else None, "rows": self.rows, "row_groups": self.row_groups}
-
-
 def build_stages(scenario: "Scenario") -> list[Stage]:
     """The stages a scenario asks for, in tick order (world -> twin -> market -> genai -> recorder).
 
@@ -140,6 +51,8 @@ def build_stages(scenario: "Scenario") -> list[Stage]:
     ``genai_scores`` (G, theta) feed the next round, and whose images are on the signs the
     recorder and perception stages see.
     """
+    from carla_mr.trajectories import TrajectoryStage
+
     stages: list[Stage] = [TrajectoryStage()]
     if scenario.twin.enabled:
         from carla_mr.twin.online import TwinStage

@@ -302,7 +302,7 @@ class BirdsEye:
                     pg.draw.circle(surf, (255, 255, 255), c.tolist(), max(6, int(4 * self.zoom)), width=2)
         # Camera inset.
         if self.camera and self._rig is not None and ego is not None:
-            from carla_mr.world.camera_spec import CameraSpec
+            from carla_mr.config.camera import CameraSpec
 
             cw, ch = self._camera_size
             self._rig.attach("viewer", CameraSpec(width=cw, height=ch), ego)

@@ -23,7 +23,8 @@ if importlib.util.find_spec("torch") is not None:
     torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_MAPS = REPO.parent / "shared" / "maps"
+#: The repository's maps: the project's own and CARLA's Town01/Town02 (maps/README.md).
+MAPS = REPO / "maps"
 
 
 def pytest_addoption(parser):
@@ -40,21 +41,22 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def shared_maps() -> Path:
-    return SHARED_MAPS
+def repo_maps() -> Path:
+    return MAPS
 
 
-@pytest.fixture(scope="session")
-def town01(shared_maps) -> Path:
-    p = shared_maps / "Town01.xodr"
-    if not p.is_file():
-        pytest.skip("../shared/maps/Town01.xodr is not present")
+def _committed_map(name: str) -> Path:
+    p = MAPS / name
+    # the repository ships these maps: a missing one is a broken checkout, never a skip
+    assert p.is_file(), f"{p} is missing: CARLA's towns are committed in maps/ (see maps/README.md)"
     return p
 
 
 @pytest.fixture(scope="session")
-def town02(shared_maps) -> Path:
-    p = shared_maps / "Town02.xodr"
-    if not p.is_file():
-        pytest.skip("../shared/maps/Town02.xodr is not present")
-    return p
+def town01() -> Path:
+    return _committed_map("Town01.xodr")
+
+
+@pytest.fixture(scope="session")
+def town02() -> Path:
+    return _committed_map("Town02.xodr")

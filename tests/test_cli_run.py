@@ -102,7 +102,8 @@ class Boom:
 
 
 def test_runner_closes_everything_on_exception(tmp_path):
-    from carla_mr.runner import Runner, TrajectoryStage
+    from carla_mr.runner import Runner
+    from carla_mr.trajectories import TrajectoryStage
     from carla_mr.world import embedded
 
     sc = load_scenario(SCENARIOS / "grid.yaml", ["vehicles.avs=1", "vehicles.background=2", "duration_s=2"])

@@ -15,7 +15,7 @@ from carla_mr.cli_common import common_options, emit, guarded, make_run_dir
 from carla_mr.errors import InputError, RunError
 from carla_mr.io import atomic_write, atomic_write_json, to_jsonable
 from carla_mr.world.base import RsuTable, SignTable, SignTexture, Snapshot, World
-from carla_mr.world.camera_spec import CameraSpec
+from carla_mr.config.camera import CameraSpec
 
 
 def test_atomic_write_leaves_old_file_on_error(tmp_path):

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from carla_mr.dataset.config import PerceptionConfig
+from carla_mr.config.dataset import PerceptionConfig
 from carla_mr.dataset.models import load_model
 from carla_mr.errors import InputError
 from carla_mr.io import atomic_write, atomic_write_json, atomic_write_text
@@ -210,7 +210,7 @@ class PerceptionStage:
     def start(self, ctx) -> None:
         from carla_mr.dataset.recorder import dataset_classes
         from carla_mr.dataset.slots import CameraSlots
-        from carla_mr.world.camera_spec import CameraSpec
+        from carla_mr.config.camera import CameraSpec
 
         classes = _model_classes(dataset_classes(ctx.world.signs))
         self.evaluator = Evaluator(self.cfg, load_model(self.cfg.model, self.cfg.checkpoint, classes=classes))

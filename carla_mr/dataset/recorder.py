@@ -28,12 +28,12 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from carla_mr.errors import InputError, RunError
-from carla_mr.io import _fsync_dir, atomic_write, atomic_write_json, atomic_write_text, to_jsonable
+from carla_mr.io import atomic_write, atomic_write_json, atomic_write_text, fsync_dir, to_jsonable
 from carla_mr.world.base import CameraFrame, FrameMissed, Snapshot, World
 from carla_mr.world.render import carla_matrix
 from carla_mr.world.sign_geometry import class_name
 
-from carla_mr.dataset.config import RecorderConfig
+from carla_mr.config.dataset import RecorderConfig
 from carla_mr.dataset.formats import exported_box
 from carla_mr.dataset.slots import CameraSlots
 from carla_mr.dataset.textures import swaps_for
@@ -322,7 +322,7 @@ class Recorder:
             except OSError:
                 pass
         for d in dirs:
-            _fsync_dir(d)
+            fsync_dir(d)
         self._pending = []
         self._since_sync = 0
 

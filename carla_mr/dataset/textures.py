@@ -144,7 +144,7 @@ def choose_swaps(signs: SignTable, share: float, seed: int, texture_dir: str | P
 
 
 def swaps_for(cfg, signs: SignTable, seed: int) -> dict[str, SignTexture]:
-    """The swaps a :class:`~carla_mr.dataset.config.RecorderConfig` asks for on ``signs``.
+    """The swaps a :class:`~carla_mr.config.dataset.RecorderConfig` asks for on ``signs``.
 
     ``texture_source``: ``auto`` = ``texture_dir`` if given, then the genai model (``genai_model``
     or the committed one) when available, then procedural; ``folder`` needs ``texture_dir``;

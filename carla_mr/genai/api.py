@@ -81,7 +81,7 @@ def sign_images(kinds: Sequence[str], seed: int = 0, *, colours: Sequence[str] |
 
 def run_from_config(cfg, out: str | os.PathLike, seed: int = 0, *, model=None, validator=None, progress=None,
                     log=None) -> dict:
-    """Run the genai job a scenario's ``genai`` section (:class:`~carla_mr.genai.config.GenaiConfig`)
+    """Run the genai job a scenario's ``genai`` section (:class:`~carla_mr.config.genai.GenaiConfig`)
     describes: preferences -> prompts -> images + manifest + scores in ``out``.
 
     Returns ``scores.json``'s content plus ``"market"``: {"G", "theta"} when theta was computed

@@ -13,20 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from carla_mr.config.vocab import COLOURS, SIGN_CLASSES, SIGN_WORDS
 from carla_mr.errors import InputError
-from carla_mr.genai.signs import SIGN_CLASSES, SIGN_WORDS
-
-#: Background colours of the base model's prompts (name -> RGB).
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (200, 35, 35),
-    "yellow": (235, 205, 45),
-    "green": (45, 150, 65),
-    "blue": (45, 85, 205),
-    "purple": (135, 55, 165),
-    "white": (235, 235, 235),
-    "black": (25, 25, 25),
-    "gray": (128, 128, 128),
-}
 
 DEFAULT_CONTEXTS: tuple[str, ...] = ("a city street", "a snowy road", "a forest road", "a night highway")
 

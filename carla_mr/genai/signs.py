@@ -26,31 +26,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from carla_mr.config.vocab import SIGN_CLASSES, SIGN_WORDS
 from carla_mr.errors import InputError
-
-#: The sign kinds of the world (the same strings as ``SignTable.kind``), in class-id order.
-SIGN_CLASSES: tuple[str, ...] = (
-    "stop",
-    "yield",
-    "speed_limit",
-    "no_entry",
-    "priority_road",
-    "parking",
-    "warning",
-    "mandatory_arrow",
-)
-
-#: Human wording of each kind, as used in prompts ("a stop sign on a blue background").
-SIGN_WORDS: dict[str, str] = {
-    "stop": "stop",
-    "yield": "yield",
-    "speed_limit": "speed limit",
-    "no_entry": "no entry",
-    "priority_road": "priority road",
-    "parking": "parking",
-    "warning": "warning",
-    "mandatory_arrow": "mandatory arrow",
-}
 
 # Colours (RGB) close to the RAL colours of European signs.
 RED = (200, 16, 30)

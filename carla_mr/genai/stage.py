@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from carla_mr.genai.config import GenaiConfig
+from carla_mr.config.genai import GenaiConfig
 from carla_mr.stages import RunContext
 from carla_mr.world.base import SignTexture, Snapshot
 

@@ -29,7 +29,7 @@ from carla_mr.market import protocol as P
 from carla_mr.market.auctioneer import Auctioneer, AuctioneerSettings
 from carla_mr.market.bidders import AVBidder, BidderClient, SimulatorBidder
 from carla_mr.market.clearing import make_public, sample_round
-from carla_mr.market.config import MarketConfig
+from carla_mr.config.market import MarketConfig
 from carla_mr.market.keys import in_memory_keyring
 from carla_mr.market.schedule import Schedule
 

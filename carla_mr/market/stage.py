@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from carla_mr.market.config import MarketConfig
+from carla_mr.config.market import MarketConfig
 from carla_mr.stages import RunContext
 from carla_mr.world.base import Snapshot
 

@@ -16,7 +16,7 @@ import click
 from carla_mr.cli_common import common_options, emit, guarded, log, make_run_dir, progress
 from carla_mr.errors import InputError
 from carla_mr.io import atomic_write_json
-from carla_mr.twin.config import DEFAULT_FUTURE, DEFAULT_PAST, DEFAULT_SAMPLE_HZ
+from carla_mr.config.twin import DEFAULT_FUTURE, DEFAULT_PAST, DEFAULT_SAMPLE_HZ
 
 
 def _data_options(f):

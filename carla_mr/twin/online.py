@@ -33,10 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from carla_mr.config.twin import TwinConfig
 from carla_mr.errors import InputError
+from carla_mr.io import ParquetSink
 from carla_mr.twin.accuracy import RollingAccuracy, TwinAccuracy
 from carla_mr.twin.buffers import TrackBuffer
-from carla_mr.twin.config import TwinConfig
 from carla_mr.twin.predictors import BASELINES, Predictor, load_predictor
 
 SHARED_KEY = "twin_accuracy"
@@ -74,61 +75,13 @@ class _Pending:
     pred: np.ndarray
 
 
-class _ParquetSink:
-    """Streams row groups to a temp file; ``close`` renames it into place (readers never see half)."""
-
-    def __init__(self, path: Path, schema, flush_rows: int = 100_000):
-        self.path = path
-        self.schema = schema
-        self.flush_rows = flush_rows
-        self._parts: list[dict[str, np.ndarray]] = []
-        self._rows = 0
-        self._writer = None
-        self._tmp = path.with_name(f".{path.name}.tmp")
-        self.closed = False
-
-    def add(self, cols: dict[str, np.ndarray]) -> None:
-        self._parts.append(cols)
-        self._rows += len(next(iter(cols.values())))
-        if self._rows >= self.flush_rows:
-            self._flush()
-
-    def _flush(self) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(str(self._tmp), self.schema)
-        if self._parts:
-            cols = {f.name: np.concatenate([p[f.name] for p in self._parts]) for f in self.schema}
-            self._writer.write_table(pa.table({k: pa.array(v, type=self.schema.field(k).type) for k, v in cols.items()},
-                                              schema=self.schema))
-        self._parts, self._rows = [], 0
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self._flush()
-        self._writer.close()
-        with open(self._tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self._tmp, self.path)
-
-
-def _pred_schema():
-    import pyarrow as pa
-
-    return pa.schema([("frame", pa.int64()), ("time", pa.float64()), ("id", pa.int64()), ("rsu", pa.int32()),
-                      ("step", pa.int16()), ("target_frame", pa.int64()), ("target_time", pa.float64()),
-                      ("x", pa.float64()), ("y", pa.float64())])
-
-
-def _eval_schema():
-    import pyarrow as pa
-
-    return pa.schema([("frame", pa.int64()), ("id", pa.int64()), ("rsu", pa.int32()), ("ade", pa.float64()),
-                      ("fde", pa.float64()), ("hit", pa.bool_()), ("r", pa.float64())])
+#: predictions.parquet: one row per (prediction, future step); x, y metres (CARLA frame).
+PREDICTION_COLUMNS = (("frame", "int64"), ("time", "float64"), ("id", "int64"), ("rsu", "int32"),
+                      ("step", "int16"), ("target_frame", "int64"), ("target_time", "float64"),
+                      ("x", "float64"), ("y", "float64"))
+#: twin_eval.parquet: one row per scored prediction; ade, fde metres; r the rolling accuracy after it.
+EVAL_COLUMNS = (("frame", "int64"), ("id", "int64"), ("rsu", "int32"), ("ade", "float64"),
+                ("fde", "float64"), ("hit", "bool_"), ("r", "float64"))
 
 
 class TwinStage:
@@ -147,7 +100,7 @@ class TwinStage:
         self._todo = None  # (k, frame, time, ids, rsu, past, chunks) of the last sample, while predicting
         self._ticks = 0
         self._tick_s = 0.05
-        self._sinks: list[_ParquetSink] = []
+        self._sinks: list[ParquetSink] = []
         self._pred_sink = self._eval_sink = None
         self._closed = False
         self._stats = {"samples": 0, "predictions": 0, "scored": 0, "lost": 0, "ade_sum": 0.0, "fde_sum": 0.0,
@@ -171,8 +124,8 @@ class TwinStage:
         if cfg.write_predictions:
             run_dir = Path(ctx.run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
-            self._pred_sink = _ParquetSink(run_dir / "predictions.parquet", _pred_schema())
-            self._eval_sink = _ParquetSink(run_dir / "twin_eval.parquet", _eval_schema())
+            self._pred_sink = ParquetSink(run_dir / "predictions.parquet", PREDICTION_COLUMNS)
+            self._eval_sink = ParquetSink(run_dir / "twin_eval.parquet", EVAL_COLUMNS)
             self._sinks = [self._pred_sink, self._eval_sink]
         ctx.shared[SHARED_KEY] = self._publish(-1, 0.0, np.zeros(0, np.int64), np.zeros(0, np.int32))
 
@@ -288,9 +241,3 @@ class TwinStage:
         if self.latest is not None:
             out["accuracy_per_rsu"] = self.latest.per_rsu()
         return out
-
-
-def build_stage(scenario) -> TwinStage | None:
-    """The runner's entry point: a TwinStage when ``scenario.twin.enabled``, else None."""
-    cfg = scenario.twin
-    return TwinStage(cfg) if cfg.enabled else None

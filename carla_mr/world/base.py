@@ -222,7 +222,7 @@ class World(abc.ABC):
 
     # -- cameras ----------------------------------------------------------------------------
     def attach_camera(self, name: str, spec: Any, vehicle_id: int) -> None:
-        """Attach an RGB camera (a :class:`~carla_mr.world.camera_spec.CameraSpec`) to a vehicle."""
+        """Attach an RGB camera (a :class:`~carla_mr.config.camera.CameraSpec`) to a vehicle."""
         raise NotImplementedError(f"{type(self).__name__} has no cameras")
 
     def read_camera(self, name: str) -> CameraFrame:

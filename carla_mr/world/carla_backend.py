@@ -3,7 +3,7 @@
 One :class:`CarlaWorld` drives one server the way the embedded backend drives SUMO, behind the
 same :class:`~carla_mr.world.base.World` interface and with the same Snapshot arrays.
 
-Guarantees (each proven against the stand-in server in ``tests/carla``):
+Guarantees (each proven against the stand-in server in ``tests/world/carla``):
 
 - **Restore.** The world settings are recorded before any change and the close path puts back
   exactly what this client changed: ``fixed_delta_seconds`` always, ``synchronous_mode`` only
@@ -47,7 +47,7 @@ import numpy as np
 from carla_mr.errors import InputError, RunError
 from carla_mr.world.base import (ROLE_AV, ROLE_BACKGROUND, CameraFrame, FrameMissed, RsuTable, SignTable,  # noqa: F401
                                  SignTexture, Snapshot, World)
-from carla_mr.world.camera_spec import CameraSpec
+from carla_mr.config.camera import CameraSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from carla_mr.config import Scenario

@@ -33,7 +33,7 @@ import numpy as np
 
 from carla_mr.errors import InputError, RunError
 from carla_mr.world.base import CameraFrame, SignTexture, Snapshot
-from carla_mr.world.camera_spec import CameraSpec
+from carla_mr.config.camera import CameraSpec
 from carla_mr.world.scene import (FACE_SHADE, GRASS, POST, SIGN_BACK, SKY_HORIZON, SKY_TOP, BOX_FACES, RoadScene,
                                   build_road_scene, ground_height_under, vehicle_boxes, vehicle_colour, CAR_SIZE)
 from carla_mr.world.sign_geometry import (POST_WIDTH_M, SignGeometry, build_sign_geometry, class_name, fit_to_shape,

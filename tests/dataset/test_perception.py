@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from carla_mr.cli import main
 from carla_mr.config import scenario_from_dict
-from carla_mr.dataset.config import PerceptionConfig
+from carla_mr.config.dataset import PerceptionConfig
 from carla_mr.dataset.models import DEFAULT_CLASSES, TemplateMatcher, load_model
 from carla_mr.dataset.perception import Evaluator, PerceptionStage, crop
 from carla_mr.dataset.recorder import record

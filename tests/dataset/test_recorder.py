@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from carla_mr.config import scenario_from_dict
-from carla_mr.dataset.config import RecorderConfig
+from carla_mr.config.dataset import RecorderConfig
 from carla_mr.dataset.recorder import record
 from carla_mr.dataset.testworld import KinematicWorld, start_before_sign
 from carla_mr.errors import InputError, RunError
-from carla_mr.world.camera_spec import CameraSpec
+from carla_mr.config.camera import CameraSpec
 from carla_mr.world.render import carla_matrix
 
 SPEC = {"width": 320, "height": 240, "fov_deg": 60.0}

@@ -59,7 +59,7 @@ def test_folder_then_generator_then_procedural(tmp_path):
 
 
 def test_texture_source_modes(tmp_path):
-    from carla_mr.dataset.config import RecorderConfig
+    from carla_mr.config.dataset import RecorderConfig
     from carla_mr.dataset.textures import swaps_for
 
     t = table(KINDS)
@@ -75,7 +75,7 @@ def test_texture_source_modes(tmp_path):
 def test_genai_model_generates_the_swaps_deterministically(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("diffusers")
-    from carla_mr.dataset.config import RecorderConfig
+    from carla_mr.config.dataset import RecorderConfig
     from carla_mr.dataset.textures import swaps_for
     from carla_mr.genai.model import build_tiny, save_model
 

@@ -57,7 +57,7 @@ def test_bad_input_exits_2(tiny_model_dir, tmp_path):
 
 def test_run_from_config_with_the_committed_models(tmp_path):
     from carla_mr.genai.api import run_from_config
-    from carla_mr.genai.config import GenaiConfig
+    from carla_mr.config.genai import GenaiConfig
 
     cfg = GenaiConfig(enabled=True, steps=4, theta=False,
                       preferences={"signs": ["stop", "parking"], "colours": ["blue"], "contexts": []})

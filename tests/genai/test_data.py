@@ -115,7 +115,7 @@ def test_preferences_to_prompts():
 def test_genai_config_section():
     from pydantic import ValidationError
 
-    from carla_mr.genai.config import GenaiConfig
+    from carla_mr.config.genai import GenaiConfig
 
     c = GenaiConfig()
     assert c.enabled is False and c.steps == 20 and set(c.preferences.signs) == set(SIGN_CLASSES)

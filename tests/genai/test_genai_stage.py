@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from carla_mr.genai.config import GenaiConfig
+from carla_mr.config.genai import GenaiConfig
 from carla_mr.genai.stage import SHARED_SCORES, GenaiStage
 from carla_mr.stages import RunContext
 from carla_mr.world.base import SignTable, Snapshot, World

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from carla_mr.market.config import MarketConfig
+from carla_mr.config.market import MarketConfig
 from carla_mr.market.stage import MarketStage
 from carla_mr.stages import RunContext
 from carla_mr.world.base import RsuTable, Snapshot

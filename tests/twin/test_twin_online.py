@@ -11,7 +11,7 @@ from carla_mr.errors import InputError
 from carla_mr.runner import Runner, build_stages
 from carla_mr.stages import RunContext, Stage
 from carla_mr.twin.accuracy import TwinAccuracy
-from carla_mr.twin.config import TwinConfig
+from carla_mr.config.twin import TwinConfig
 from carla_mr.twin.online import TwinStage, stride_for
 from carla_mr.world.base import ROLE_AV, ROLE_BACKGROUND, RsuTable, SignTable, Snapshot, World
 

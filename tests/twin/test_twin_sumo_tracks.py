@@ -7,15 +7,13 @@ import sys
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from carla_mr.twin import data
+from carla_mr.world.sumo_net import build_net
 
 
 def test_sumo_tracks_schema_and_load(tmp_path, town01):
-    net = town01.with_suffix(".net.xml")
-    if not net.is_file():
-        pytest.skip(f"{net} is not present")
+    net = build_net(town01).path  # SUMO's net of the committed town (netconvert, cached)
     out = tmp_path / "t.parquet"
     subprocess.run([sys.executable, "-m", "carla_mr.twin.sumo_tracks", str(net), str(out), "--vehicles", "15",
                     "--duration", "20", "--seed", "3"], check=True, capture_output=True, timeout=120)

@@ -10,7 +10,7 @@ carla = pytest.importorskip("carla")
 
 from carla_mr.world import carla_textures as ct  # noqa: E402
 from carla_mr.world.base import SignTexture  # noqa: E402
-from carla_mr.world.camera_spec import CameraSpec  # noqa: E402
+from carla_mr.config.camera import CameraSpec  # noqa: E402
 from carla_mr.world.carla_backend import CarlaWorld  # noqa: E402
 
 

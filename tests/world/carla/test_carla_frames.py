@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from carla_mr.world.base import Snapshot
-from carla_mr.world.camera_spec import CameraSpec
+from carla_mr.config.camera import CameraSpec
 from carla_mr.world.carla_backend import CarlaWorld, FrameMissed, bgra_to_rgb
 from carla_mr.world.carla_standin import frame_tag
 

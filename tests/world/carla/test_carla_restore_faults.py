@@ -72,7 +72,7 @@ def test_a_step_that_always_fails_does_not_stop_the_others(make_server, town_sce
     foreign = set(srv.actors)
     w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False, sensor_timeout_s=0.3)
     snap = w.reset()
-    from carla_mr.world.camera_spec import CameraSpec
+    from carla_mr.config.camera import CameraSpec
 
     w.attach_camera("front", CameraSpec(width=32, height=24), int(snap.ids[0]))
     w.tick()
@@ -258,7 +258,7 @@ def test_several_faults_at_once_then_the_next_run_recovers(make_server, town_sce
 
 
 def test_reset_again_respawns_and_keeps_one_marker(make_server, town_scenario):
-    from carla_mr.world.camera_spec import CameraSpec
+    from carla_mr.config.camera import CameraSpec
 
     srv = make_server()
     with CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False) as w:

@@ -9,7 +9,7 @@ import yaml
 
 from carla_mr.config import CarlaConfig
 
-DOCKER = Path(__file__).resolve().parents[2] / "docker"
+DOCKER = Path(__file__).resolve().parents[3] / "docker"
 
 
 def test_compose_runs_the_official_server_off_screen_on_a_gpu_beside_the_client():

@@ -7,7 +7,7 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator
 
 from carla_mr.schema import StrictModel
-from carla_mr.world.camera_spec import CameraSpec
+from carla_mr.config.camera import CameraSpec
 
 
 class RecorderConfig(StrictModel):

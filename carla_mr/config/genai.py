@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from carla_mr.config.vocab import COLOURS, SIGN_CLASSES
 from carla_mr.schema import StrictModel
 
 
@@ -14,17 +15,15 @@ class PreferencesConfig(StrictModel):
 
     signs: list[str] = Field(default_factory=lambda: ["stop", "yield", "speed_limit", "no_entry", "priority_road",
                                                       "parking", "warning", "mandatory_arrow"],
-                             description="Sign classes (carla_mr.genai.signs.SIGN_CLASSES).")
+                             description="Sign classes (carla_mr.config.vocab.SIGN_CLASSES).")
     colours: list[str] = Field(default_factory=lambda: ["red", "yellow", "green", "blue", "purple", "white",
                                                         "black", "gray"],
-                               description="Background colours (carla_mr.genai.prompts.COLOURS).")
+                               description="Background colours (carla_mr.config.vocab.COLOURS).")
     contexts: list[str] = Field(default_factory=list, description="Re-contextualisation phrases ('a snowy road').")
 
     @field_validator("signs")
     @classmethod
     def _signs(cls, v):
-        from carla_mr.genai.signs import SIGN_CLASSES
-
         bad = [s for s in v if s not in SIGN_CLASSES]
         if bad:
             raise ValueError(f"unknown sign classes {bad}; known: {', '.join(SIGN_CLASSES)}")
@@ -33,8 +32,6 @@ class PreferencesConfig(StrictModel):
     @field_validator("colours")
     @classmethod
     def _colours(cls, v):
-        from carla_mr.genai.prompts import COLOURS
-
         bad = [c for c in v if c not in COLOURS]
         if bad:
             raise ValueError(f"unknown colours {bad}; known: {', '.join(COLOURS)}")

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from carla_mr.world.base import SignTable, SignTexture, Snapshot
-from carla_mr.world.camera_spec import CameraSpec
+from carla_mr.config.camera import CameraSpec
 from carla_mr.world.render import (EmbeddedCameraRig, SceneRenderer, camera_pose, carla_matrix, clip_polygon)
 from carla_mr.world.scene import RoadScene
 from carla_mr.world.sign_geometry import build_sign_geometry

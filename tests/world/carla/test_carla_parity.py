@@ -47,7 +47,7 @@ def test_same_file_both_backends(scenario_file, town01_text, tmp_path, monkeypat
     car_sc = load_scenario(scenario_file, ["backend=carla"])
     assert emb_sc.model_dump(exclude={"backend"}) == car_sc.model_dump(exclude={"backend"})
 
-    from carla_mr.world.camera_spec import CameraSpec
+    from carla_mr.config.camera import CameraSpec
 
     spec = CameraSpec(width=96, height=64, fov_deg=80.0)
     with make_world(emb_sc) as emb:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Optional
 
 from pydantic import Field
 
+from carla_mr.config.vocab import MechanismName as Mechanism
+from carla_mr.config.vocab import ScoringName as Scoring
 from carla_mr.schema import StrictModel
-
-Mechanism = Literal["pvisa", "epvisa", "mtepvisa"]
-Scoring = Literal["reported", "expected"]
 
 
 class MarketConfig(StrictModel):

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 carla = pytest.importorskip("carla")
 
 from carla_mr.world import carla_signs as cs  # noqa: E402
-from carla_mr.world.camera_spec import CameraSpec  # noqa: E402
+from carla_mr.config.camera import CameraSpec  # noqa: E402
 from carla_mr.world.carla_backend import CarlaWorld  # noqa: E402
 
 angle = st.floats(-180.0, 180.0, allow_nan=False)

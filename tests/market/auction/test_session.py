@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from carla_mr.errors import InputError, RunError
 from carla_mr.market.clearing import clear_round, sample_round
-from carla_mr.market.config import MarketConfig
+from carla_mr.config.market import MarketConfig
 from carla_mr.market.ledger import Ledger, outcome_text, replay
 from carla_mr.market.session import MarketSession
 

@@ -1,28 +1,29 @@
-"""Scenario files: YAML validated by a strict schema, with ``extends`` and ``--set`` overrides.
+"""The scenario schema: the world's sections and one section per stage, strict pydantic.
 
 A scenario names the map, the backend, the seed, the tick length, the duration, the vehicles,
 the RSUs and signs, and one section per later stage (twin, market, genai, recorder,
-perception) that may be left empty. Every problem is reported before anything runs as an
-:class:`~carla_mr.errors.InputError` naming the file, the key path and what was expected.
+perception) that may be left empty. Reading files (``extends``, ``--set``) is
+:mod:`carla_mr.config.loader`'s job.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
-import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from carla_mr.dataset.config import PerceptionConfig, RecorderConfig
+from carla_mr.config.dataset import PerceptionConfig, RecorderConfig
+from carla_mr.config.genai import GenaiConfig
+from carla_mr.config.market import MarketConfig
+from carla_mr.config.twin import TwinConfig
+from carla_mr.config.vocab import SignKind
 from carla_mr.errors import InputError
-from carla_mr.genai.config import GenaiConfig
-from carla_mr.market.config import MarketConfig
 from carla_mr.schema import StrictModel
-from carla_mr.twin.config import TwinConfig
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+#: The ``carla_mr`` package directory (maps and data are looked up beside it).
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 #: Directories searched for a map given by bare name (after the scenario's own directory).
 MAP_SEARCH_ENV = "CARLA_MR_MAPS"
 
@@ -66,8 +67,7 @@ class RsusConfig(StrictModel):
 class SignSpec(StrictModel):
     """A static sign to inject into the map as an OpenDRIVE <signal> (see carla_mr.world.maps)."""
 
-    kind: Literal["stop", "yield", "speed_limit", "no_entry", "priority_road", "parking", "warning",
-                  "mandatory_arrow"]
+    kind: SignKind
     value: Optional[float] = Field(None, description="km/h for speed_limit.")
     road_id: Optional[int] = Field(None, description="OpenDRIVE road id; default: chosen by the seed.")
     s: Optional[float] = Field(None, ge=0, description="Distance along the road, metres.")
@@ -170,124 +170,3 @@ def resolve_map(name: str, scenario_path: str | os.PathLike | None = None, *, re
     raise InputError(f"map '{name}' not found (looked for it as a path and as <name>.xodr in {where}, ...); "
                      f"give a path to an .xodr file, run 'carla-mr maps build', or set {MAP_SEARCH_ENV}",
                      field="map", source=str(scenario_path) if scenario_path else None)
-
-
-# -- loading ------------------------------------------------------------------------------
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
-    if path in chain:
-        raise InputError(f"'extends' forms a cycle: {' -> '.join(map(str, chain + (path,)))}", field="extends",
-                         source=str(path))
-    if not path.is_file():
-        raise InputError("file not found" if not path.exists() else "not a file", source=str(path))
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InputError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", source=str(path)) from exc
-    except UnicodeDecodeError as exc:
-        raise InputError("not a UTF-8 text file", source=str(path)) from exc
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise InputError(f"the top level must be a mapping of keys, got {type(data).__name__}", source=str(path))
-    parent = data.pop("extends", None)
-    if parent is not None:
-        if not isinstance(parent, str):
-            raise InputError("must be a path to a base scenario file", field="extends", source=str(path))
-        base = _read_yaml((path.parent / parent).resolve(), chain + (path,))
-        data = _deep_merge(base, data)
-    return data
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b.c=value`` -> (["a","b","c"], YAML-parsed value)."""
-    if "=" not in text:
-        raise InputError(f"override '{text}' must look like key.path=value", field="--set")
-    key, _, raw = text.partition("=")
-    if not key.strip():
-        raise InputError(f"override '{text}' has an empty key", field="--set")
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip().split("."), value
-
-
-def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
-    data = dict(data)
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = data
-        for k in keys[:-1]:
-            nxt = node.get(k)
-            if not isinstance(nxt, dict):
-                nxt = {}
-            node[k] = dict(nxt)
-            node = node[k]
-        node[keys[-1]] = value
-    return data
-
-
-def format_validation_error(exc: ValidationError, source: str | None) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
-        msg = err.get("msg", "invalid")
-        if err.get("type") == "extra_forbidden":
-            msg = "unknown key (check the spelling; see docs/scenarios.md for the keys)"
-        elif err.get("type") == "missing":
-            msg = "required key is missing"
-        inp = err.get("input")
-        got = "" if err.get("type") in ("missing", "extra_forbidden") else f" (got {inp!r})"
-        lines.append(f"  {loc}: {msg}{got}")
-    head = f"{source}: invalid scenario" if source else "invalid scenario"
-    return head + "\n" + "\n".join(lines)
-
-
-class ScenarioError(InputError):
-    def __init__(self, text: str):
-        ValueError.__init__(self, text)
-        self.field = None
-        self.source = None
-
-
-def scenario_from_dict(data: dict, source: str | None = None) -> Scenario:
-    try:
-        sc = Scenario.model_validate(data)
-    except ValidationError as exc:
-        raise ScenarioError(format_validation_error(exc, source)) from None
-    if source:
-        sc.source_path = str(source)
-    return sc
-
-
-def load_scenario(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (), *,
-                  check_files: bool = True) -> Scenario:
-    """Read, merge (``extends``), override (``key.path=value``) and validate a scenario file.
-
-    With ``check_files`` (the default) the map and every other file the scenario names are
-    checked to exist, so a run never starts on a missing file.
-    """
-    path = Path(path)
-    data = _read_yaml(path.resolve())
-    data = apply_overrides(data, list(overrides))
-    sc = scenario_from_dict(data, str(path))
-    if check_files:
-        sc.resolved_map_path()
-    return sc
-
-
-def dump_scenario(sc: Scenario) -> str:
-    return yaml.safe_dump(sc.model_dump(mode="json"), sort_keys=False)

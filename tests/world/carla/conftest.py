@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from carla_mr.config import scenario_from_dict
-from carla_mr.world.camera_spec import CameraSpec
+from carla_mr.config.camera import CameraSpec
 
 PREFIX = "carla_mr/"
 
