@@ -173,6 +173,13 @@ class World(abc.ABC):
     tick_s: float
     rsus: RsuTable
     signs: SignTable
+    #: The OpenDRIVE file of the map (None when the server holds the map, e.g. a CARLA town).
+    xodr_path: Any = None
+    #: SUMO's netOffset (metres) between the SUMO net and the CARLA frame; (0, 0) without SUMO.
+    net_offset: tuple[float, float] = (0.0, 0.0)
+    #: False while a Runner drives the world: the runner owns SIGINT/SIGTERM and cleanup, and the
+    #: backend installs no signal handler of its own.
+    owns_signals: bool = True
 
     @abc.abstractmethod
     def reset(self) -> Snapshot: ...
@@ -230,6 +237,10 @@ class World(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} has no cameras")
 
     # -- metadata ---------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """Backend facts for the run's summary.json (empty by default)."""
+        return {}
+
     def landmark_summary(self) -> dict[str, Any]:
         return {"total": len(self.signs), "by_type": self.signs.counts_by_kind()}
 
