@@ -64,11 +64,10 @@ def _server_main(conn, cfg: dict) -> None:
     s.linger = 0
     s.sndhwm = s.rcvhwm = 100_000
     if cfg["curve"]:
-        from carla_mr.market.auctioneer import ZAP_DOMAIN, _AllowListAuthenticator
+        from carla_mr.market.zap import ZAP_DOMAIN, AllowListAuthenticator
 
-        auth = _AllowListAuthenticator(ctx, allow)
+        auth = AllowListAuthenticator(ctx, allow)
         auth.start()
-        auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=auth)
         s.zap_domain = ZAP_DOMAIN.encode()
         s.curve_server = True
         s.curve_publickey, s.curve_secretkey = server.public, server.secret

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import get_args
 
 import click
 
 from carla_mr.cli_common import common_options, emit, guarded, json_option, log, make_run_dir
+from carla_mr.config.vocab import MECHANISM_NAMES, ScoringName
 from carla_mr.errors import InputError, RunError
 
-MECHS = click.Choice(["pvisa", "epvisa", "mtepvisa"])
-SCORINGS = click.Choice(["reported", "expected"])
+# the registry's names (carla_mr.market.registry asserts they are MECHANISM_NAMES), without
+# importing numpy at CLI start-up
+MECHS = click.Choice(list(MECHANISM_NAMES))
+SCORINGS = click.Choice(list(get_args(ScoringName)))
 
 
 def _keys_from(keys_dir: Path | None, allowlist: Path | None, server_key: Path | None):
@@ -58,7 +62,8 @@ def serve_cmd(out, seed, as_json, keys_dir, allowlist, server_key, endpoint, pla
               deadline_s, period_s, max_rounds, linger_s, n_tasks, no_early_close, publish_first):
     """Run the auctioneer: rounds on a deadline, public data sampled from --seed per round."""
     from carla_mr.io import atomic_write_text
-    from carla_mr.market.auctioneer import Auctioneer, AuctioneerSettings, check_endpoint
+    from carla_mr.market.auctioneer import Auctioneer, AuctioneerSettings
+    from carla_mr.market.endpoints import check_endpoint
 
     check_endpoint(endpoint, not plain)
     allow, skey = _keys_from(keys_dir, allowlist, server_key)
@@ -85,7 +90,7 @@ def serve_cmd(out, seed, as_json, keys_dir, allowlist, server_key, endpoint, pla
         a.run()
     except KeyboardInterrupt:
         log("stopped")
-    result = {"endpoint": a.endpoint, "ledger": str(settings.ledger_path), "curve": not plain, **a.stats}
+    result = {"endpoint": a.endpoint, "ledger": str(settings.ledger_path), "curve": not plain, **a.counters}
     emit(result, as_json=as_json, title="auctioneer")
 
 

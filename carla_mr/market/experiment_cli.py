@@ -8,13 +8,18 @@ EPViSA by N. ``--json`` prints ``genai_gain``, ``mtepvisa_over_pvisa``,
 
 from __future__ import annotations
 
+import contextlib
+from typing import get_args
+
 import click
 
 from carla_mr.cli_common import common_options, emit, guarded, log, make_run_dir, progress
+from carla_mr.config.vocab import ScoringName
 from carla_mr.errors import InputError
+from carla_mr.market.figures import ALL
 
 DEFAULT_REPS = 500
-FIGURE_CHOICES = ("fig8a", "fig8b", "fig8c", "fig9", "fig10", "all")
+FIGURE_CHOICES = ALL + ("all",)
 
 
 def _fmt_ratio(d: dict | None) -> str:
@@ -35,7 +40,7 @@ def _fmt_ratio(d: dict | None) -> str:
 @click.option("--size-unit", type=float, default=None, help="1: sizes in Mbit (default); 8: strict MB.")
 @click.option("--noise-mode", type=click.Choice(["random", "fixed"]), default=None,
               help="Link noise: random sigma^2 = max(|N(0,1)|, 1e-3) (default) or fixed 1.")
-@click.option("--scoring", type=click.Choice(["reported", "expected"]), default="reported", show_default=True)
+@click.option("--scoring", type=click.Choice(list(get_args(ScoringName))), default="reported", show_default=True)
 @click.option("--no-plots", is_flag=True, default=False, help="Write CSVs and summary.json only.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes (results are identical for any number).")
@@ -47,44 +52,48 @@ def _fmt_ratio(d: dict | None) -> str:
 def experiment_cmd(figure, reps, c_max, beta0, size_unit, noise_mode, scoring, no_plots, workers, ray_address, out,
                    seed, as_json):
     """Run the paper's experiment FIGURE (or all) with common random numbers; CSV + PNG + summary."""
-    from carla_mr.market.experiments import ALL, FIGURES, make_tasks, run_experiments, write_outputs
+    from carla_mr.market.experiments import make_tasks, run_experiments, write_outputs
 
     figures = list(ALL) if figure == "all" else [figure]
     if ray_address is not None:
         from carla_mr.scale import parse_ray_address
 
-        address = parse_ray_address(ray_address)
+        ray_address = parse_ray_address(ray_address)
         if workers != 1:
             raise InputError("--workers and --ray both split the sweep; give one of them", field="--workers")
-    overrides = {}
-    if c_max is not None:
-        overrides["c_max"] = c_max
-    if beta0 is not None:
-        overrides["beta0"] = beta0
-    if size_unit is not None:
-        overrides["size_unit"] = size_unit
-    if noise_mode is not None:
-        overrides["noise_mode"] = noise_mode
+    overrides = {k: v for k, v in (("c_max", c_max), ("beta0", beta0), ("size_unit", size_unit),
+                                   ("noise_mode", noise_mode)) if v is not None}
     base = 0 if seed is None else seed
     run_dir = make_run_dir(out, "market-experiment")
     n_tasks = len(make_tasks(figures, reps, base, overrides=overrides, scoring=scoring))
     log(f"market experiment {figure}: {reps} reps per point, seed {base} -> {run_dir}")
-    with progress(n_tasks, f"market {figure}", enabled=True) as advance:
-        if ray_address is not None:
-            from carla_mr.scale import ray_map
-
-            result = run_experiments(figures, reps=reps, base_seed=base, overrides=overrides, scoring=scoring,
-                                     progress=advance, map_fn=lambda fn, tasks: ray_map(fn, tasks, address))
-        elif workers == 1:
-            result = run_experiments(figures, reps=reps, base_seed=base, overrides=overrides, scoring=scoring,
-                                     progress=advance)
-        else:
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                result = run_experiments(figures, reps=reps, base_seed=base, overrides=overrides, scoring=scoring,
-                                         progress=advance, map_fn=pool.map)
+    with progress(n_tasks, f"market {figure}", enabled=True) as advance, _mapper(workers, ray_address) as map_fn:
+        result = run_experiments(figures, reps=reps, base_seed=base, overrides=overrides, scoring=scoring,
+                                 progress=advance, map_fn=map_fn)
     files = write_outputs(result, run_dir, plots=not no_plots)
+    _report(figure, figures, reps, base, run_dir, result, files, as_json)
+
+
+@contextlib.contextmanager
+def _mapper(workers: int, ray_address: str | None):
+    """The map the sweep runs with: Ray's (--ray), a process pool's (--workers > 1) or the builtin."""
+    if ray_address is not None:
+        from carla_mr.scale import ray_map
+
+        yield lambda fn, tasks: ray_map(fn, tasks, ray_address)
+    elif workers == 1:
+        yield map
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            yield pool.map
+
+
+def _report(figure, figures, reps, base, run_dir, result, files, as_json) -> None:
+    """The headline on stdout: one JSON object (--json) or a table."""
+    from carla_mr.market.figures import FIGURES
+
     h = result.headline
     payload = {"figure": figure, "figures": figures, "reps": reps, "seed": base, "run_dir": str(run_dir),
                "seconds": round(result.seconds, 3), "genai_gain": h["genai_gain"],
@@ -99,9 +108,8 @@ def experiment_cmd(figure, reps, c_max, beta0, size_unit, noise_mode, scoring, n
     rows = [("figures", ", ".join(figures)), ("reps per point", reps), ("seconds", f"{result.seconds:.1f}"),
             ("genai gain (MTEPViSA, defaults)", _fmt_ratio(det.get("genai_gain"))),
             ("MTEPViSA / PViSA (defaults)", _fmt_ratio(det.get("mtepvisa_over_pvisa")))]
-    if h["mtepvisa_over_epvisa_by_n"]:
-        for n in h["mtepvisa_over_epvisa_by_n"]:
-            rows.append((f"MTEPViSA / EPViSA, N = {n}", _fmt_ratio(det.get(f"mtepvisa_over_epvisa_N{n}"))))
+    for n in h["mtepvisa_over_epvisa_by_n"] or {}:
+        rows.append((f"MTEPViSA / EPViSA, N = {n}", _fmt_ratio(det.get(f"mtepvisa_over_epvisa_N{n}"))))
     for claim, ok in h["claims"].items():
         rows.append((f"claim: {claim}", "holds" if ok else "FAILS"))
     rows.append(("run directory", str(run_dir)))

@@ -22,50 +22,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from carla_mr.errors import InputError
-from carla_mr.market.mechanisms import MECHANISMS, clear
+from carla_mr.market.figures import ALL, FIGURES, METRICS
+from carla_mr.market.mechanisms import clear_all
 from carla_mr.market.model import MarketParams, sample_market
-
-METRICS = ("total", "S_DT", "S_T", "S_D", "revenue", "payment", "helped")
-#: "helped": the share of feasible (AV, task, simulator) slots where generative AI raises the
-#: match quality, i.e. F > 1 <=> G Q > 2^theta - 1 (the same for every mechanism of a treatment).
-FIG10_THETAS = {"generated": 0.82, "background": 0.42, "recontextualised": 0.85}
-MECH_LABEL = {"pvisa": "PViSA", "epvisa": "EPViSA", "mtepvisa": "MTEPViSA"}
-
-
-@dataclass(frozen=True)
-class Figure:
-    name: str
-    code: int  # the figure's component of the spawn key
-    x_name: str
-    xs: tuple[float, ...]
-    title: str
-    default_x: float | None  # the x at which the market has the default parameters
-
-    def params_at(self, x: float) -> dict[str, Any]:
-        if self.name == "fig8a":
-            return {"n_avs": int(x)}
-        if self.name == "fig8b":
-            return {"n_traffic": int(x) - 1}  # x counts all simulators: 1 driving + K traffic
-        if self.name == "fig8c":
-            return {"g_lo": round(max(0.0, x - 0.1), 10), "g_hi": round(min(1.0, x + 0.1), 10)}
-        return {"n_tasks": int(x)}  # fig9, fig10
-
-    def treatments(self, theta: float) -> list[tuple[str, bool, float]]:
-        """(series suffix, genai, theta) evaluated on each draw."""
-        if self.name == "fig10":
-            return [(f"theta={label}", True, th) for label, th in FIG10_THETAS.items()] + [("none", False, theta)]
-        return [("genai", True, theta), ("none", False, theta)]
-
-
-FIGURES: dict[str, Figure] = {f.name: f for f in (
-    Figure("fig8a", 81, "n_avs", (10, 20, 30, 40, 50), "Total surplus vs number of AVs (N = 1)", 30),
-    Figure("fig8b", 82, "n_simulators", (10, 20, 30, 40, 50), "Total surplus vs number of simulators (N = 1)", 30),
-    Figure("fig8c", 83, "g_mean", (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
-           "Total surplus vs generative score G ~ U[g-0.1, g+0.1]", 0.5),
-    Figure("fig9", 9, "n_tasks", (1, 2, 3, 4, 5), "Total surplus and its split vs number of tasks N", 1),
-    Figure("fig10", 10, "n_tasks", (1, 2, 3, 4, 5), "Total surplus vs N for three kinds of generation", None),
-)}
-ALL = tuple(FIGURES)
 
 
 @dataclass(frozen=True)
@@ -94,9 +53,8 @@ def run_task(task: Task) -> dict[str, Any]:
             mk = market if (genai == params.genai and theta == params.theta) else market.with_genai(genai, theta=theta)
             feas = np.broadcast_to(mk.public.feasible[:, :, None], mk.F.shape)
             helped = float((mk.F[feas] > 1).mean()) if genai and feas.any() else 0.0
-            for mech in MECHANISMS:
-                out = clear(mk, mechanism=mech, scoring=task.scoring, epvisa_windows=task.epvisa_windows,
-                            r_acc=params.r_acc)
+            outcomes = clear_all(mk, scoring=task.scoring, epvisa_windows=task.epvisa_windows, r_acc=params.r_acc)
+            for mech, out in outcomes.items():
                 rec = series.setdefault(f"{mech}|{suffix}", {m: [] for m in METRICS})
                 for metric in METRICS:
                     rec[metric].append(helped if metric == "helped" else float(getattr(out, metric)))

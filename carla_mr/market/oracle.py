@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from carla_mr.market.mechanisms import Outcome
+from carla_mr.market.outcome import Outcome
 from carla_mr.market.model import EV, Market, MarketParams, PublicMarket
 
 # ---------------------------------------------------------------------------------------------

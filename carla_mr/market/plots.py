@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 
 from carla_mr.io import atomic_write_bytes
-
-COLORS = {"pvisa": "#1f77b4", "epvisa": "#ff7f0e", "mtepvisa": "#2ca02c"}
-LABEL = {"pvisa": "PViSA", "epvisa": "EPViSA", "mtepvisa": "MTEPViSA"}
+from carla_mr.market import registry
+from carla_mr.market.figures import FIGURES
 THETA_STYLE = {"theta=generated": ("#d62728", "o", "generated (θ=0.82)"),
                "theta=background": ("#9467bd", "s", "background (θ=0.42)"),
                "theta=recontextualised": ("#8c564b", "^", "re-contextualised (θ=0.85)"),
@@ -59,7 +58,7 @@ def _style(ax, x_name: str, ylabel: str = "Total surplus (mean, 95% CI; dotted: 
 def _mech_lines(ax, rows: list[dict[str, Any]], stat: str) -> None:
     """The six series (3 mechanisms x with/without generative AI); EPViSA drawn hollow so that
     MTEPViSA (identical at N = 1) stays visible on top of it."""
-    for mech in ("pvisa", "epvisa", "mtepvisa"):
+    for mech in registry.NAMES:
         hollow = dict(mfc="none", ms=9) if mech == "epvisa" else {}
         for treat, marker, ls, suffix in (("genai", "o", "-", "with generative AI"), ("none", "x", "--", "without")):
             sel = _select(rows, mechanism=mech, treatment=treat, metric="total")
@@ -67,14 +66,14 @@ def _mech_lines(ax, rows: list[dict[str, Any]], stat: str) -> None:
                 continue
             x = np.array([r["x"] for r in sel], float)
             y = np.array([r[stat] for r in sel])
-            label = f"{LABEL[mech]} {suffix}"
+            label = f"{registry.label(mech)} {suffix}"
             if stat == "mean":
                 lo = np.array([r["ci_low"] for r in sel])
                 hi = np.array([r["ci_high"] for r in sel])
-                ax.errorbar(x, y, yerr=[np.maximum(y - lo, 0), np.maximum(hi - y, 0)], color=COLORS[mech],
+                ax.errorbar(x, y, yerr=[np.maximum(y - lo, 0), np.maximum(hi - y, 0)], color=registry.colour(mech),
                             marker=marker, ls=ls, capsize=3, label=label, lw=1.6, **({"ms": 5} | hollow))
             else:
-                ax.plot(x, y, color=COLORS[mech], marker=marker, ls=ls, label=label, lw=1.6, **({"ms": 5} | hollow))
+                ax.plot(x, y, color=registry.colour(mech), marker=marker, ls=ls, label=label, lw=1.6, **({"ms": 5} | hollow))
 
 
 def _int_ticks(ax, x_name: str) -> None:
@@ -133,10 +132,10 @@ def plot_fig9(rows: list[dict[str, Any]], run_dir: Path) -> list[str]:
     axes[1].set_title("(a) total surplus vs N: median", fontsize=10)
     xs = sorted({r["x"] for r in rows})
     nmax = xs[-1]
-    mechs = ("pvisa", "epvisa", "mtepvisa")
+    mechs = registry.NAMES
     parts = {metric: np.array([_select(rows, mechanism=m, treatment="genai", metric=metric, x=nmax)[0]["mean"]
                                for m in mechs]) for metric, _, _ in SPLIT}
-    _split_bars(axes[2], [LABEL[m] for m in mechs], parts, True)
+    _split_bars(axes[2], [registry.label(m) for m in mechs], parts, True)
     axes[2].set_ylabel("Share of mean surplus")
     axes[2].set_title(f"(b) DT / traffic / driving split per mechanism (N = {int(nmax)})", fontsize=10)
     axes[2].legend(fontsize=7, loc="lower right")
@@ -172,15 +171,13 @@ def plot_fig10(rows: list[dict[str, Any]], run_dir: Path) -> list[str]:
                     ax.plot(x, y, color=color, marker=marker, ls=ls, label=label, lw=1.6, ms=5)
             _style(ax, "n_tasks", f"Total surplus ({stat}{', 95% bootstrap CI' if stat == 'mean' else ''})")
             _int_ticks(ax, "n_tasks")
-            ax.set_title(f"{LABEL[mech]}: total surplus vs N by kind of generation ({stat})", fontsize=10)
+            ax.set_title(f"{registry.label(mech)}: total surplus vs N by kind of generation ({stat})", fontsize=10)
             ax.legend(fontsize=7)
     return [_save(fig, run_dir / "fig10.png")]
 
 
 def plot_figure(name: str, rows: list[dict[str, Any]], run_dir) -> list[str]:
     """Draw one figure's PNG(s) into ``run_dir``; returns the file names."""
-    from carla_mr.market.experiments import FIGURES
-
     run_dir = Path(run_dir)
     fig = FIGURES[name]
     if name.startswith("fig8"):

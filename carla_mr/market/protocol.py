@@ -35,8 +35,6 @@ RESULT = "result"
 STATUS_REPLY = "status_reply"
 SERVER_TYPES = frozenset({WELCOME, ANNOUNCE, ACK, LATE, ERROR, RESULT, STATUS_REPLY})
 
-ALL_TYPES = CLIENT_TYPES | SERVER_TYPES
-
 # Roles on the allow-list.
 ROLE_AV = "av"
 ROLE_SIM = "sim"          # traffic simulator, k = 1..K

@@ -193,10 +193,38 @@ class MarketSession:
         """
         if self._closed:
             raise RunError("the market session is closed")
+        public, v, U, s_dt, e_dt, d = self._round_data(public, v, U, s_dt, e_dt, d)
+        t0 = time.monotonic()
+        ann = self.auctioneer.open_round(public, av_ids=self.av_ids, sim_ids=self.sim_ids, n_tasks=self.n_tasks,
+                                         deadline_s=deadline_s, params=self.params)
+        rid = int(ann["round_id"])
+        bodies = self._bodies(rid, v, U, s_dt, e_dt, d)
+        got, unanswered = self._send_bids(rid, bodies)
+        wait = (deadline_s or self.config.round_deadline_s) + self.config.request_timeout_s * 2 + 5.0
+        if self.config.early_close:  # every bid this session sends has been answered: close now
+            self.auctioneer.close_round(rid, timeout=wait)
+        view = self.auctioneer.wait_published(rid, timeout=wait)
+        delivered = self._await_results(rid, list(bodies), timeout=self.config.request_timeout_s)
+        outcome = view["outcome"]
+        refused = {b: r.body.get("code", "?") for b, r in got.items() if r.type == P.ERROR}
+        refused.update({b: "no_reply" for b in unanswered})
+        res = RoundResult(round_id=rid, outcome=outcome, schedule=Schedule.from_dict(view["schedule"]),
+                          receipts={b: r.body["receipt"] for b, r in got.items() if r.type == P.ACK},
+                          chain_hash=view["chain_hash"], ledger_path=self.ledger_path,
+                          late=sorted(b for b, r in got.items() if r.type == P.LATE), refused=refused,
+                          delivered=delivered, latency_s=time.monotonic() - t0, server_times=view.get("times", {}))
+        atomic_write_json(self.dir / "schedules" / f"round-{rid:06d}.json",
+                          {**view["schedule"], "winner_id": outcome.get("winner_id"),
+                           "payment_micro": outcome.get("payment_micro")})
+        self.rounds.append(res)
+        return res
+
+    def _round_data(self, public, v, U, s_dt, e_dt, d):
+        """The round's checked arrays; whatever is None comes from a model sample with seed
+        (seed, round number)."""
         I, N, K1 = len(self.av_ids), self.n_tasks, len(self.sim_ids)
-        rno = len(self.rounds) + 1
         if public is None or any(x is None for x in (v, U, s_dt, e_dt, d)):
-            spub, priv = sample_round(I, K1, N, seed=(self.seed, rno), params=self.params)
+            spub, priv = sample_round(I, K1, N, seed=(self.seed, len(self.rounds) + 1), params=self.params)
             public = spub if public is None else public
             v = priv["v"] if v is None else v
             U = priv["U"] if U is None else U
@@ -212,17 +240,18 @@ class MarketSession:
         v = _arr(v, (I,), "v", allow_nan=True)
         U = _arr(U, (I, N, K1), "U")
         s_dt, e_dt, d = (_arr(x, (I, N), n) for x, n in ((s_dt, "s_dt"), (e_dt, "e_dt"), (d, "d")))
-        t0 = time.monotonic()
-        ann = self.auctioneer.open_round(public, av_ids=self.av_ids, sim_ids=self.sim_ids, n_tasks=N,
-                                         deadline_s=deadline_s, params=self.params)
-        rid = int(ann["round_id"])
-        pending: dict[str, int] = {}
+        return public, v, U, s_dt, e_dt, d
+
+    def _bodies(self, rid: int, v, U, s_dt, e_dt, d) -> dict[str, tuple[str, dict, str]]:
+        """Every bidder's (kind, body, bid_id) for round ``rid`` (absent AVs: none; the driving
+        simulator confirms its contract)."""
         bodies: dict[str, tuple[str, dict, str]] = {}
         for i, a in enumerate(self.av_ids):
             if not np.isfinite(v[i]):
                 continue
             body = AVBidder.body(int(round(max(0.0, float(v[i])) * P.MICRO)),
-                                 [{"size": s_dt[i, n], "cycles": e_dt[i, n], "deadline": d[i, n]} for n in range(N)])
+                                 [{"size": s_dt[i, n], "cycles": e_dt[i, n], "deadline": d[i, n]}
+                                  for n in range(self.n_tasks)])
             bodies[a] = (P.BID_AV, body, f"r{rid}-{a}")
         micro = np.round(np.maximum(U, 0.0) * P.MICRO).astype(np.int64)
         for k, s in enumerate(self.sim_ids):
@@ -231,36 +260,22 @@ class MarketSession:
             else:
                 bodies[s] = (P.BID_SIM, {"values": {a: micro[i, :, k].tolist() for i, a in enumerate(self.av_ids)
                                                     if np.isfinite(v[i])}}, f"r{rid}-{s}")
-        for b, (kind, body, bid_id) in bodies.items():
-            pending[b] = self.clients[b].send(kind, body, round_id=rid, bid_id=bid_id)
+        return bodies
+
+    def _send_bids(self, rid: int, bodies: dict[str, tuple[str, dict, str]]) -> tuple[dict[str, Any], list[str]]:
+        """Send every bid at once and gather the replies; Lazy Pirate (same bid_id: idempotent)
+        for anything unanswered. Returns (replies by bidder, bidders that never answered)."""
+        pending = {b: self.clients[b].send(kind, body, round_id=rid, bid_id=bid_id)
+                   for b, (kind, body, bid_id) in bodies.items()}
         got = self._gather(pending, self.config.request_timeout_s)
-        for b in pending:  # Lazy Pirate for anything unanswered (same bid_id: idempotent)
+        for b in pending:
             if b not in got:
                 kind, body, bid_id = bodies[b]
                 try:
                     got[b] = self.clients[b].request(kind, body, round_id=rid, bid_id=bid_id)
                 except RunError:
                     pass
-        receipts = {b: r.body["receipt"] for b, r in got.items() if r.type == P.ACK}
-        late = sorted(b for b, r in got.items() if r.type == P.LATE)
-        refused = {b: r.body.get("code", "?") for b, r in got.items() if r.type == P.ERROR}
-        refused.update({b: "no_reply" for b in pending if b not in got})
-        wait = (deadline_s or self.config.round_deadline_s) + self.config.request_timeout_s * 2 + 5.0
-        if self.config.early_close:  # every bid this session sends has been answered: close now
-            self.auctioneer.close_round(rid, timeout=wait)
-        view = self.auctioneer.wait_published(rid, timeout=wait)
-        delivered = self._await_results(rid, [b for b in bodies], timeout=self.config.request_timeout_s)
-        latency = time.monotonic() - t0
-        outcome = view["outcome"]
-        res = RoundResult(round_id=rid, outcome=outcome, schedule=Schedule.from_dict(view["schedule"]),
-                          receipts=receipts, chain_hash=view["chain_hash"], ledger_path=self.ledger_path,
-                          late=late, refused=refused, delivered=delivered, latency_s=latency,
-                          server_times=view.get("times", {}))
-        atomic_write_json(self.dir / "schedules" / f"round-{rid:06d}.json",
-                          {**view["schedule"], "winner_id": outcome.get("winner_id"),
-                           "payment_micro": outcome.get("payment_micro")})
-        self.rounds.append(res)
-        return res
+        return got, [b for b in pending if b not in got]
 
     def _await_results(self, rid: int, bidders: list[str], timeout: float) -> int:
         end = time.monotonic() + timeout

@@ -33,7 +33,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from carla_mr.config.market import MarketConfig
-from carla_mr.reporting import md_table, plot_png, read_jsonl
+from carla_mr.config.vocab import MECHANISM_NAMES
 from carla_mr.stages import BaseStage, MarketRound, ReportSection, RunContext
 from carla_mr.world.base import Snapshot
 
@@ -52,7 +52,7 @@ class MarketStage(BaseStage):
         self._closed = False
         self._log: Optional[Path] = None
         self._latencies: list[float] = []
-        self._totals: dict[str, list[float]] = {"pvisa": [], "epvisa": [], "mtepvisa": []}
+        self._totals: dict[str, list[float]] = {m: [] for m in MECHANISM_NAMES}
         self._winners = 0
 
     # ---------------------------------------------------------------- lifecycle
@@ -99,8 +99,35 @@ class MarketStage(BaseStage):
         self._round(snapshot, rows, ctx)
 
     def _round(self, snap: Snapshot, rows: np.ndarray, ctx: RunContext) -> None:
-        from carla_mr.market.clearing import _public_market, _rows, make_public_from_channel
-        from carla_mr.market.mechanisms import clear
+        from carla_mr.market.clearing import public_market_of, select_avs
+
+        n = rows.size
+        vehicle_ids = snap.ids[rows]
+        public, v, r_acc, tasks = self._public_data(snap, rows, ctx)
+        s_dt, e_dt, d = tasks
+        # the present AVs' public market, built once: their truthful simulator values, and the
+        # same bids cleared by every mechanism below (absent slots bid nothing)
+        pm_n = public_market_of(select_avs(public, np.arange(n)), s_dt[:n], e_dt[:n], d[:n])
+        U = np.zeros((self.n_slots, self.config.tasks_per_av, self.config.num_simulators))
+        U[:n] = np.nan_to_num(v[:n, None, None] * pm_n.F * self.h[:n, None, :])
+        res = self.session.run_round(public=public, v=v, U=U, s_dt=s_dt, e_dt=e_dt, d=d,
+                                     deadline_s=self.config.round_deadline_s)
+        self.rounds += 1
+        self._latencies.append(res.latency_s)
+        by_mech = self._by_mechanism(pm_n, v[:n], U[:n], r_acc[:n], vehicle_ids)
+        rnd = self._market_round(res, snap, vehicle_ids)
+        ctx.board.market_round = rnd
+        self._winners += rnd.winner_vehicle_id is not None
+        info = {**rnd.to_record(), "r_acc_mean": float(np.mean(r_acc[:n])),
+                "G_mean": float(np.mean(public["G"][:n, 0, 1:])), "theta": float(public["theta"]),
+                "by_mechanism": by_mech}
+        with open(self._log, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(info) + "\n")
+
+    def _public_data(self, snap: Snapshot, rows: np.ndarray, ctx: RunContext):
+        """This round's public data (make_public form), the AVs' bids v (I,) (NaN: empty slot),
+        R_acc (I,) and the DT tasks (s_dt, e_dt, d), each (I, N)."""
+        from carla_mr.market.clearing import make_public_from_channel
 
         cfg, mp, I, n = self.config, self.params, self.n_slots, rows.size
         N, K1 = cfg.tasks_per_av, cfg.num_simulators
@@ -115,11 +142,10 @@ class MarketStage(BaseStage):
         bw_dn[:n] = rsus.bandwidth_down_hz[j] / 1e6
         v = np.full(I, np.nan)
         v[:n] = 0.2 + 0.8 * np.clip(snap.speed[rows] / SPEED_REF_MPS, 0.0, 1.0)
-        vehicle_ids = snap.ids[rows]
         r_acc = np.full(I, float(mp.r_acc))
         acc = ctx.board.twin_accuracy
         if acc is not None:
-            r_acc[:n] = np.clip(acc.get(vehicle_ids, default=float(mp.r_acc)), 0.0, 1.0)
+            r_acc[:n] = np.clip(acc.get(snap.ids[rows], default=float(mp.r_acc)), 0.0, 1.0)
         G, theta = self._scores(ctx.board.generation_scores, I, K1)
         s_dt = self.rng.uniform(0.0, mp.s_dt_max_mb, (I, N))
         e_dt = self.rng.uniform(0.0, mp.e_dt_max, (I, N))
@@ -129,43 +155,36 @@ class MarketStage(BaseStage):
             s_sim=self.s_sim, e_sim=self.e_sim, C=self.C, G=G, theta=theta, r_acc=r_acc,
             gamma=mp.gamma, beta0=mp.beta0, genai=mp.genai, size_unit=mp.size_unit,
             bandwidth_up_mhz=bw_up, bandwidth_down_mhz=bw_dn)
-        # the present AVs' public market, built once: their truthful simulator values, and the
-        # same bids cleared by every mechanism below (absent slots bid nothing)
-        pm_n = _public_market(_rows(public, np.arange(n)), s_dt[:n], e_dt[:n], d[:n])
-        U = np.zeros((I, N, K1))
-        U[:n] = np.nan_to_num(v[:n, None, None] * pm_n.F * self.h[:n, None, :])
-        res = self.session.run_round(public=public, v=v, U=U, s_dt=s_dt, e_dt=e_dt, d=d,
-                                     deadline_s=cfg.round_deadline_s)
-        self.rounds += 1
-        self._latencies.append(res.latency_s)
+        return public, v, r_acc, (s_dt, e_dt, d)
 
-        # the same bids through the pure functions, one per mechanism (present slots only)
+    def _by_mechanism(self, pm, v, U, r_acc, vehicle_ids) -> dict[str, dict[str, Any]]:
+        """The same bids cleared by every registered mechanism (the pure functions), per mechanism:
+        surplus parts, revenue and the winning vehicle id."""
+        from carla_mr.market.mechanisms import clear_all
+
         by_mech = {}
-        for mech in ("pvisa", "epvisa", "mtepvisa"):
-            o = clear(pm_n, v[:n], U[:n], mechanism=mech, scoring=cfg.scoring, r_acc=r_acc[:n])
+        for mech, o in clear_all(pm, v, U, scoring=self.config.scoring, r_acc=r_acc).items():
             by_mech[mech] = {"total": float(o.total), "S_DT": float(o.S_DT), "S_T": float(o.S_T),
                              "S_D": float(o.S_D), "revenue": float(o.revenue),
                              "winner_vehicle_id": int(vehicle_ids[o.winner]) if o.winner >= 0 else None}
             self._totals[mech].append(float(o.total))
+        return by_mech
 
-        slot_to_vehicle = {self.slot_ids[k]: int(vehicle_ids[k]) for k in range(n)}
+    def _market_round(self, res, snap: Snapshot, vehicle_ids: np.ndarray) -> MarketRound:
+        """The round as the board's MarketRound: bidder slots mapped back to vehicle ids."""
+        slot_to_vehicle = {self.slot_ids[k]: int(vehicle_ids[k]) for k in range(vehicle_ids.size)}
         winner_slot = res.outcome.get("winner_id")
-        winner_vehicle = slot_to_vehicle.get(winner_slot) if winner_slot else None
-        self._winners += winner_vehicle is not None
         sched = res.schedule.arrays()
         windows = [{"sim_id": str(sched["sim_id"][w]), "sim_index": int(sched["sim_index"][w]),
                     "vehicle_id": slot_to_vehicle.get(str(sched["av_id"][w])), "task": int(sched["task"][w]),
                     "start_s": float(sched["start_s"][w]), "duration_s": float(sched["duration_s"][w]),
                     "payment_micro": int(sched["payment_micro"][w])} for w in range(len(res.schedule))]
-        rnd = MarketRound.from_windows(
-            windows=windows, round_id=int(res.round_id), frame=int(snap.frame), time=float(snap.time), participants=n,
-            winner_vehicle_id=winner_vehicle, payment_micro=res.outcome.get("payment_micro"),
-            mechanism=cfg.mechanism, latency_s=float(res.latency_s), chain_hash=str(res.chain_hash))
-        ctx.board.market_round = rnd
-        info = {**rnd.to_record(), "r_acc_mean": float(np.mean(r_acc[:n])), "G_mean": float(np.mean(G[:n, 1:])),
-                "theta": theta, "by_mechanism": by_mech}
-        with open(self._log, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(info) + "\n")
+        return MarketRound.from_windows(
+            windows=windows, round_id=int(res.round_id), frame=int(snap.frame), time=float(snap.time),
+            participants=int(vehicle_ids.size),
+            winner_vehicle_id=slot_to_vehicle.get(winner_slot) if winner_slot else None,
+            payment_micro=res.outcome.get("payment_micro"), mechanism=self.config.mechanism,
+            latency_s=float(res.latency_s), chain_hash=str(res.chain_hash))
 
     def _scores(self, scores, I: int, K1: int) -> tuple[np.ndarray, float]:
         """G (I, K1) and theta for this round: each simulator's measured G (the driving simulator,
@@ -186,33 +205,9 @@ class MarketStage(BaseStage):
     @staticmethod
     def report_section(run_dir: Path, summary: Mapping[str, Any], figs: Path) -> Optional[ReportSection]:
         """This stage's part of report.md (see :class:`~carla_mr.stages.BaseStage`)."""
-        rounds = read_jsonl(run_dir / "market" / "rounds.jsonl")
-        if not rounds:
-            return None
-        t = np.array([r["time"] for r in rounds])
-        mechs = ["pvisa", "epvisa", "mtepvisa"]
-        tot = {m: np.array([r["by_mechanism"][m]["total"] for r in rounds]) for m in mechs}
+        from carla_mr.market.stage_report import market_section
 
-        def draw(ax):
-            for m in mechs:
-                ax.plot(t, tot[m], marker=".", label=m.upper())
-            ax.set_xlabel("simulation time (s)")
-            ax.set_ylabel("total surplus per round")
-            ax.set_title("Surplus per market round by mechanism (same bids)")
-            ax.legend()
-
-        png = plot_png(figs / "market_surplus.png", draw)
-        lat = np.array([r["latency_s"] for r in rounds]) * 1e3
-        means = {m: float(tot[m].mean()) for m in mechs}
-        rows = [(m.upper(), means[m], float(np.median(tot[m])),
-                 means[m] / means["pvisa"] if means["pvisa"] > 0 else None) for m in mechs]
-        winners = sum(r["winner_vehicle_id"] is not None for r in rounds)
-        text = (f"{len(rounds)} rounds over ZeroMQ ({rounds[0]['mechanism']} on the wire), "
-                f"{winners} with a winning AV; round latency p50 {np.percentile(lat, 50):.1f} ms, "
-                f"p99 {np.percentile(lat, 99):.1f} ms.\n\n"
-                + md_table(rows, ("mechanism", "mean total surplus", "median", "ratio to PViSA"))
-                + f"\n\n![surplus](report/{png})\n")
-        return ReportSection("Market", text, {"rounds": len(rounds), "mean_total_surplus": means})
+        return market_section(run_dir, summary, figs)
 
     def summary(self) -> dict[str, Any]:
         lat = np.asarray(self._latencies) if self._latencies else np.zeros(0)

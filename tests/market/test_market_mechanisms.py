@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from market_helpers import TOL, assert_same_outcome, av_utility, close, sim_utility, small_market
 
 from carla_mr.errors import InputError
-from carla_mr.market.mechanisms import clear, msb, score_auction, second_price
+from carla_mr.market.auctions import msb, score_auction, second_price
+from carla_mr.market.mechanisms import clear
 from carla_mr.market.model import public_market
 from carla_mr.market.oracle import clear_loop
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from carla_mr.errors import InputError, RunError
 from carla_mr.market import protocol as P
-from carla_mr.market.auctioneer import check_endpoint
+from carla_mr.market.endpoints import check_endpoint
 from carla_mr.market.bidders import AVBidder
 from carla_mr.market.clearing import bids_to_arrays, clear_round, make_public, sample_round, truthful_bids
 from carla_mr.market.codec import decode_server, encode
@@ -117,7 +117,7 @@ def test_deadline_absent_and_late(harness):
 def test_unknown_curve_key_gets_nothing(harness):
     h = harness(n_avs=2, n_traffic=2)
     ann, _, bids = _open(h)
-    before = dict(h.auctioneer.stats)
+    before = dict(h.auctioneer.counters)
     stranger = AVBidder(h.endpoint, "av-000", keypair=new_keypair(), server_public=h.server.public,
                         handshake_timeout_s=0.5, request_timeout_s=0.5, retries=0)
     with pytest.raises(RunError, match="no welcome"):
@@ -137,7 +137,7 @@ def test_unknown_curve_key_gets_nothing(harness):
                      handshake_timeout_s=0.5, request_timeout_s=0.5, retries=0)
     with pytest.raises(RunError):
         wrong.connect()
-    assert h.auctioneer.stats["messages"] == before["messages"]
+    assert h.auctioneer.counters["messages"] == before["messages"]
     assert Ledger(h.ledger_path).count("bids") == 0
     # the bid is bound to the authenticated key: av-001's key bids as av-001 whatever it claims
     c = h.client("av-001")
@@ -253,9 +253,9 @@ def test_wire_outcome_equals_pure_function_for_any_bids(prop_harness, present, p
     from carla_mr.market.model import public_market
 
     h = prop_harness
-    h.auctioneer.s.mechanism, h.auctioneer.s.scoring = mech, scoring
     pub, priv = sample_round(4, 5, 1, seed=seed)
-    rid = h.auctioneer.open_round(pub, av_ids=h.av_ids, sim_ids=h.sim_ids, n_tasks=1, deadline_s=30)["round_id"]
+    rid = h.auctioneer.open_round(pub, av_ids=h.av_ids, sim_ids=h.sim_ids, n_tasks=1, deadline_s=30, mechanism=mech,
+                                  scoring=scoring)["round_id"]
     avs = [a for a, p in zip(h.av_ids, present[:4]) if p]
     sims = [s for s, p in zip(h.sim_ids[1:], present[4:8]) if p]
     clients = {b: h.clients_by.get(b) or h.client(b) for b in avs + sims}

@@ -1,0 +1,88 @@
+"""One auction round as the auctioneer holds it in memory: its bids, state and waiters."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from carla_mr.market import protocol as P
+
+
+@dataclass
+class Bid:
+    """An accepted bid: ``canon`` is the canonical msgpack of the validated body (what the
+    ledger stores); ``receipt`` is empty until the bid's ledger transaction has committed."""
+
+    bid_id: str
+    kind: str
+    body: dict
+    canon: bytes
+    receipt: str
+
+
+@dataclass
+class Round:
+    """A round (deadline on the monotonic clock ``deadline_mono``, wall clock ``deadline_ns``).
+
+    ``public`` holds the round's public arrays (clearing.make_public form); ``bids`` the
+    committed bids by bidder id; ``waiters`` the futures of :meth:`Auctioneer.wait_published`;
+    ``sim_values`` (I, N, K+1) the traffic simulators' values in units, filled as their bids
+    commit (clearing then needs no per-bid work); ``result_body`` the encoded ``result`` once
+    published.
+    """
+
+    round_id: int
+    mechanism: str
+    scoring: str
+    n_tasks: int
+    av_ids: list[str]
+    sim_ids: list[str]
+    public: dict
+    public_digest: str
+    params: dict
+    deadline_mono: float
+    deadline_ns: int
+    state: str = P.OPEN
+    bids: dict[str, Bid] = field(default_factory=dict)
+    closed_at_ns: int = 0
+    result_body: bytes | None = None
+    eligible: frozenset = frozenset()
+    waiters: list[Future] = field(default_factory=list)
+    sim_values: np.ndarray | None = None
+    av_row: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.eligible = frozenset(self.av_ids) | frozenset(self.sim_ids)
+
+    def add_sim_values(self, bidder: str, body: dict) -> None:
+        """Lay a traffic simulator's committed values into ``sim_values`` (others: no-op)."""
+        from carla_mr.market.clearing import sim_bid_rows
+
+        if "values" not in body:
+            return
+        if self.sim_values is None:
+            self.sim_values = np.zeros((len(self.av_ids), self.n_tasks, len(self.sim_ids)))
+            self.av_row = {a: i for i, a in enumerate(self.av_ids)}
+        j, arr = sim_bid_rows(body["values"], self.av_row, self.n_tasks)
+        self.sim_values[j, :, self.sim_ids.index(bidder)] = arr
+
+    def everyone_bid(self) -> bool:
+        return len(self.bids) == len(self.eligible)
+
+
+def bid_misfit(kind: str, body: dict, r: Round) -> str | None:
+    """Why a validated bid body does not fit round ``r`` (task count, unknown AV), or None."""
+    if kind == P.BID_AV:
+        if len(body["tasks"]) != r.n_tasks:
+            return f"bid_av.tasks must have {r.n_tasks} entries (the round's n_tasks), got {len(body['tasks'])}"
+        return None
+    if "values" in body:
+        avs = set(r.av_ids)
+        for av, row in body["values"].items():
+            if av not in avs:
+                return f"bid_sim.values names {av!r}, which is not an AV of round {r.round_id}"
+            if len(row) != r.n_tasks:
+                return f"bid_sim.values[{av!r}] must have {r.n_tasks} entries, got {len(row)}"
+    return None
