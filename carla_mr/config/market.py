@@ -26,7 +26,8 @@ class MarketConfig(StrictModel):
     curve: bool = Field(True, description="CURVE-encrypt and authenticate every bidder.")
     num_simulators: int = Field(30, ge=3, le=10000,
                                 description="Virtual simulators: 1 driving + (num_simulators - 1) traffic.")
-    tasks_per_av: int = Field(1, ge=1, le=64, description="DT tasks (windows) per AV per round.")
+    tasks_per_av: int = Field(3, ge=1, le=64, description="DT tasks (windows) per AV per round; with 1, "
+                              "EPViSA and MTEPViSA are the same mechanism.")
     host: str = Field("127.0.0.1", description="Address the auctioneer binds.")
     port: Optional[int] = Field(None, ge=1, le=65535, description="TCP port; None picks a free one.")
     early_close: bool = Field(True, description="Close a round as soon as every eligible bidder has bid.")

@@ -70,6 +70,9 @@ class AuctioneerSettings:
     early_close: bool = True
     layout: str = "serial"
     publish_first: bool = False  # send results before the outcome's fsync (see RoundBook)
+    # Without a task spec in the public data: require an upload of every task and check each
+    # bid's task sizes against the measured uploads (docs/protocol.md, "Verified tasks").
+    verify_uploads: bool = False
     # Autonomous rounds (``carla-mr market serve``): open the next round ``period_s`` after the
     # previous one was published, with public data sampled from (seed, round_id).
     auto_rounds: bool = False
@@ -234,7 +237,8 @@ class Auctioneer:
         self.book = RoundBook(allow=s.allow, ledger=self.ledger, outbox=self.outbox, connections=self.connections,
                               clear_fn=self._clear_fn, mechanism=s.mechanism, scoring=s.scoring, layout=s.layout,
                               publish_first=s.publish_first, default_deadline_s=s.deadline_s,
-                              counters=self.counters, log=self._log, on_published=self._on_published)
+                              counters=self.counters, log=self._log, on_published=self._on_published,
+                              verify_uploads=s.verify_uploads)
         self.batch = BidBatch(self.ledger, self.outbox, self.counters)
         self.handlers = MessageHandlers(allow=s.allow, curve=s.curve, ledger=self.ledger, book=self.book,
                                         batch=self.batch, outbox=self.outbox, connections=self.connections,

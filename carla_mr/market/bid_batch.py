@@ -55,9 +55,14 @@ class BidBatch:
                                          for e in new])
         self.counters["commits"] += 1
         for e, receipt in zip(new, receipts):
-            e.bid.receipt = receipt
+            e.bid.receipt, e.bid.prev_hash, e.bid.at_ns = receipt
             e.round.bids[e.bidder] = e.bid
             e.round.add_sim_values(e.bidder, e.bid.body)
         for e in entries:  # acks only now, after the commit
             self.counters["acks"] += 1
-            self.outbox.reply(e.identity, P.ACK, {"receipt": e.bid.receipt, "duplicate": not e.new}, e.request)
+            self.outbox.reply(e.identity, P.ACK, ack_body(e.bid, duplicate=not e.new), e.request)
+
+
+def ack_body(bid: Bid, *, duplicate: bool) -> dict:
+    """An ack: the receipt with the parts a bidder needs to recompute it (docs/protocol.md)."""
+    return {"receipt": bid.receipt, "duplicate": duplicate, "prev_hash": bid.prev_hash, "at_ns": bid.at_ns}

@@ -245,6 +245,24 @@ class AVBidder(BidderClient):
                             bid_id=bid_id or self.new_bid_id())
 
 
+    def upload(self, round_id: int, task: int, data: bytes) -> Reply:
+        """Upload task ``task``'s data (rounds with ``verify: "upload"``); the reply
+        (``upload_ack``) carries the measured size in MB (bytes / 1e6) to report in the bid."""
+        return self.request(P.UPLOAD, {"task": int(task), "data": bytes(data)}, round_id=round_id)
+
+
+def receipt_of(*, round_id: int, bidder_id: str, bid_id: str, kind: str, body: dict, prev_hash: str,
+               at_ns: int) -> str:
+    """Recompute a bid's receipt as docs/protocol.md defines it, from what the bidder sent and
+    the ack's ``prev_hash`` and ``at_ns``: a bidder checks ``receipt_of(...) == ack.receipt``."""
+    from carla_mr.market.codec import canonical_bytes, decode_body, digest, encode_body
+    from carla_mr.market.ledger import bid_payload
+
+    canon = canonical_bytes(decode_body(kind, encode_body(body)))  # the server's canonical form
+    payload = canonical_bytes(bid_payload(bidder_id, bid_id, kind, canon))
+    return digest(prev_hash.encode(), b"bid", str(int(round_id)).encode(), str(int(at_ns)).encode(), payload)
+
+
 class SimulatorBidder(BidderClient):
     role = P.ROLE_SIM
 

@@ -27,17 +27,22 @@ from carla_mr.market import protocol as P
 from carla_mr.market.schedule import Schedule, build_schedule
 
 PER_AV = ("rate_up", "rate_down", "C")
+TASK_SPEC = ("s_dt", "e_dt")
 PER_AV_SIM = ("s_sim", "e_sim")
 BROADCAST = ("G", "theta")
 
 
 def make_public(*, rate_up, rate_down, s_sim, e_sim, C, G, theta: Any = 0.53, r_acc: Any = 0.5,
                 gamma: float = 1.0, beta0: float = 1.0, genai: bool = True, size_unit: float = 1.0,
-                f_c_ghz: float = 3.6, f_g_ghz: float = 19.0) -> dict[str, np.ndarray]:
+                f_c_ghz: float = 3.6, f_g_ghz: float = 19.0, s_dt: Any = None, e_dt: Any = None) -> dict[str, np.ndarray]:
     """Check and normalise a round's public data (units: see carla_mr.market.model).
 
-    G may be (I, K+1) (one score per AV and simulator, as sampled) or anything broadcastable
-    to (I, N, K+1) with a leading axis of 1 or I.
+    ``G`` and ``theta``: a scalar, one value per simulator (K+1,), per AV and simulator
+    (I, K+1), or anything broadcastable to (I, N, K+1) with a leading axis of 1 or I.
+    ``s_dt`` (MB) and ``e_dt`` (Gcycles/MB), each (I, N) or both None: the RSU's own record of
+    each AV's DT tasks (the *task spec*, e.g. the twin's task in the main job). With a task
+    spec, a bid must report exactly these sizes and cycles (the auctioneer refuses others with
+    ``task_mismatch``) and clearing uses the spec's values.
     """
     I = int(np.asarray(rate_up).reshape(-1).shape[0])
     pub = {"rate_up": np.asarray(rate_up, float), "rate_down": np.asarray(rate_down, float),
@@ -50,19 +55,46 @@ def make_public(*, rate_up, rate_down, s_sim, e_sim, C, G, theta: Any = 0.53, r_
     for name in PER_AV_SIM:
         if pub[name].ndim == 1:
             pub[name] = np.broadcast_to(pub[name], (I, pub[name].shape[0])).copy()
-    if pub["G"].ndim == 2:
-        pub["G"] = pub["G"][:, None, :]
     for name in BROADCAST:
-        a = pub[name]
-        if a.ndim not in (0, 3) or (a.ndim == 3 and a.shape[0] not in (1, I)):
-            raise InputError(f"must be a scalar or (1|I, 1|N, 1|K+1) with I = {I}, got shape {a.shape}",
-                             field=f"market.public.{name}")
+        pub[name] = _per_simulator(pub[name], I, K1, name)
     if pub["r_acc"].ndim not in (0, 1) or (pub["r_acc"].ndim == 1 and pub["r_acc"].shape[0] != I):
         raise InputError(f"must be a scalar or ({I},), got {pub['r_acc'].shape}", field="market.public.r_acc")
-    public_market_of(pub, np.zeros((I, 1)), np.zeros((I, 1)), np.ones((I, 1)))  # raises InputError on bad data
+    N = 1
+    if (s_dt is None) != (e_dt is None):
+        raise InputError("give both s_dt and e_dt (the task spec) or neither", field="market.public.s_dt")
+    if s_dt is not None:
+        for name, a in (("s_dt", s_dt), ("e_dt", e_dt)):
+            a = np.asarray(a, float)
+            if a.ndim != 2 or a.shape[0] != I or not np.all(np.isfinite(a)) or (a < 0).any():
+                raise InputError(f"the task spec must be finite, >= 0 and of shape ({I}, N), got {a.shape}",
+                                 field=f"market.public.{name}")
+            pub[name] = a
+        if pub["s_dt"].shape != pub["e_dt"].shape:
+            raise InputError("s_dt and e_dt must have the same shape", field="market.public.e_dt")
+        N = pub["s_dt"].shape[1]
+    public_market_of(pub, np.zeros((I, N)), np.zeros((I, N)), np.ones((I, N)))  # raises InputError on bad data
     if K1 < 3:  # pragma: no cover - public_market already refuses it
         raise InputError("needs at least 3 simulators", field="market.public.s_sim")
     return pub
+
+
+def _per_simulator(a: np.ndarray, I: int, K1: int, name: str) -> np.ndarray:
+    """G or theta as a scalar or (1|I, 1|N, 1|K+1): (K+1,) -> (1, 1, K+1), (I, K+1) -> (I, 1, K+1)."""
+    if a.ndim == 1 and a.shape[0] == K1:
+        a = a[None, None, :]
+    elif a.ndim == 2 and a.shape == (I, K1):
+        a = a[:, None, :]
+    if a.ndim not in (0, 3) or (a.ndim == 3 and a.shape[0] not in (1, I)):
+        raise InputError(f"must be a scalar, ({K1},) per simulator, ({I}, {K1}) per AV and simulator, or "
+                         f"(1|I, 1|N, 1|K+1); got shape {a.shape}", field=f"market.public.{name}")
+    return a
+
+
+def task_spec(public: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """The RSU's task spec (s_dt, e_dt), each (I, N), if the public data hold one."""
+    if "s_dt" in public:
+        return public["s_dt"], public["e_dt"]
+    return None
 
 
 def make_public_from_channel(*, g, p_av_mw, p_rsu_mw, s2_rsu, s2_av, bandwidth_up_mhz: float = 20.0,
@@ -95,8 +127,9 @@ def select_avs(pub: dict, idx: np.ndarray) -> dict:
     if idx.shape[0] == I and (idx.shape[0] == 0 or bool((idx == np.arange(I)).all())):
         return dict(pub)  # every AV bid (the usual case): no copies (public_market copies what it keeps)
     out = dict(pub)
-    for name in PER_AV + PER_AV_SIM:
-        out[name] = pub[name][idx]
+    for name in PER_AV + PER_AV_SIM + TASK_SPEC:
+        if name in pub:
+            out[name] = pub[name][idx]
     for name in BROADCAST:
         if pub[name].ndim == 3 and pub[name].shape[0] == I:
             out[name] = pub[name][idx]
@@ -170,6 +203,9 @@ def pure_outcome(*, mechanism: str, scoring: str, public: dict, params: dict, av
     if not participants:
         return participants, None
     pub = select_avs(public, idx)
+    spec = task_spec(pub)
+    if spec is not None:  # the RSU knows the tasks: their sizes and cycles are never taken from a bid
+        s_dt, e_dt = spec
     pm = public_market_of(pub, s_dt, e_dt, d)
     kw = check_params(params)
     return participants, clear(pm, b, U, mechanism=mechanism, scoring=scoring, r_acc=pub["r_acc"], **kw)

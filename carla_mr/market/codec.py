@@ -21,12 +21,16 @@ from carla_mr.market import protocol as P
 
 
 class ProtocolError(Exception):
-    """A message that violates the protocol; ``code`` is one of ``protocol.ERROR_CODES``."""
+    """A message that violates the protocol; ``code`` is one of ``protocol.ERROR_CODES``.
 
-    def __init__(self, code: str, message: str):
+    ``echo``: the header fields (round_id, bid_id, seq) that could be read and are valid, for
+    the error reply to echo (a header with one bad field still gets its seq back)."""
+
+    def __init__(self, code: str, message: str, echo: dict | None = None):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.echo = echo
 
 
 def _reject_ext(code, data):
@@ -131,6 +135,29 @@ def encode_header(type_: str, *, round_id: int = 0, bid_id: str = "", seq: int =
 def decode_header(data: bytes, *, from_server: bool = False) -> dict:
     """Decode and validate a header; raises ProtocolError (bad_header / version / bad_type)."""
     h = _unpack(data, P.MAX_HEADER_BYTES, "header", P.E_BAD_HEADER)
+    try:
+        return _check_header(h, from_server)
+    except ProtocolError as exc:
+        exc.echo = _readable_fields(h)
+        raise
+
+
+def _readable_fields(h: Any) -> dict:
+    """The valid round_id, bid_id and seq of a header that failed its checks (else defaults)."""
+    out: dict = {}
+    if type(h) is not dict:
+        return out
+    seq, rid, bid = h.get("seq"), h.get("round_id"), h.get("bid_id")
+    if type(seq) is int and 0 <= seq <= P.MAX_U64:
+        out["seq"] = seq
+    if type(rid) is int and 0 <= rid <= P.MAX_U63:
+        out["round_id"] = rid
+    if type(bid) is str and (bid == "" or P.BID_ID_RE.match(bid)):
+        out["bid_id"] = bid
+    return out
+
+
+def _check_header(h: Any, from_server: bool) -> dict:
     _map(h, "header", P.HEADER_KEYS, P.HEADER_KEYS, code=P.E_BAD_HEADER)
     version = _int(h["version"], "header.version", 0, P.MAX_U63, P.E_BAD_HEADER)
     if version != P.VERSION:
@@ -145,8 +172,8 @@ def decode_header(data: bytes, *, from_server: bool = False) -> dict:
         raise ProtocolError(P.E_BAD_HEADER, f"header.bid_id must match {P.BID_ID_RE.pattern}, got {bid_id!r}")
     if t in (P.BID_AV, P.BID_SIM) and not bid_id:
         raise ProtocolError(P.E_BAD_HEADER, "header.bid_id must be set on a bid")
-    if t in (P.BID_AV, P.BID_SIM) and rid == 0:
-        raise ProtocolError(P.E_BAD_HEADER, "header.round_id must name the round a bid is for")
+    if t in (P.BID_AV, P.BID_SIM, P.UPLOAD) and rid == 0:
+        raise ProtocolError(P.E_BAD_HEADER, f"header.round_id must name the round a {t} is for (not 0)")
     seq = _int(h["seq"], "header.seq", 0, P.MAX_U64, P.E_BAD_HEADER)
     return {"version": version, "type": t, "round_id": rid, "bid_id": bid_id, "seq": seq}
 
@@ -177,9 +204,9 @@ def _v_bid_av(b: dict) -> dict:
     for j, t in enumerate(_list(b["tasks"], "bid_av.tasks", 1, P.MAX_TASKS)):
         f = f"bid_av.tasks[{j}]"
         _map(t, f, ("size", "cycles", "deadline"), ("size", "cycles", "deadline"))
-        tasks.append({"size": _num(t["size"], f + ".size", 0.0, 1e6),
-                      "cycles": _num(t["cycles"], f + ".cycles", 0.0, 1e6),
-                      "deadline": _num(t["deadline"], f + ".deadline", 0.0, 3600.0, lo_open=True)})
+        tasks.append({"size": _num(t["size"], f + ".size", 0.0, P.MAX_TASK_SIZE_MB),
+                      "cycles": _num(t["cycles"], f + ".cycles", 0.0, P.MAX_TASK_CYCLES),
+                      "deadline": _num(t["deadline"], f + ".deadline", 0.0, P.MAX_DEADLINE_S, lo_open=True)})
     return {"price": price, "tasks": tasks}
 
 
@@ -208,7 +235,19 @@ def _v_status(b: dict) -> dict:
     return {}
 
 
-_CLIENT_VALIDATORS = {P.HELLO: _v_hello, P.BID_AV: _v_bid_av, P.BID_SIM: _v_bid_sim, P.STATUS: _v_status}
+def _v_upload(b: dict) -> dict:
+    _map(b, "upload", ("task", "data"), ("task", "data"))
+    task = _int(b["task"], "upload.task", 0, P.MAX_TASKS - 1)
+    data = b["data"]
+    if type(data) is not bytes:
+        raise ProtocolError(P.E_BAD_BODY, f"upload.data must be msgpack bin (bytes), got {type(data).__name__}")
+    if not 1 <= len(data) <= P.MAX_UPLOAD_BYTES:
+        raise ProtocolError(P.E_BAD_BODY, f"upload.data must hold 1..{P.MAX_UPLOAD_BYTES} bytes, got {len(data)}")
+    return {"task": task, "data": data}
+
+
+_CLIENT_VALIDATORS = {P.HELLO: _v_hello, P.BID_AV: _v_bid_av, P.BID_SIM: _v_bid_sim, P.STATUS: _v_status,
+                      P.UPLOAD: _v_upload}
 
 # Server bodies: required keys (clients check these; extra keys are allowed for forward compat).
 _SERVER_REQUIRED = {
@@ -219,6 +258,7 @@ _SERVER_REQUIRED = {
     P.ERROR: ("code", "message"),
     P.RESULT: ("round_id", "state", "outcome", "schedule", "chain_hash", "closed_at_ns"),
     P.STATUS_REPLY: ("round_id", "state", "deadline_ms", "n_bids"),
+    P.UPLOAD_ACK: ("task", "size", "sha256"),
 }
 
 

@@ -15,13 +15,13 @@ import msgpack
 import zmq
 
 from carla_mr.market import protocol as P
-from carla_mr.market.bid_batch import BidBatch
+from carla_mr.market.bid_batch import BidBatch, ack_body
 from carla_mr.market.codec import ProtocolError, canonical_bytes, decode_body, decode_header
 from carla_mr.market.keys import AllowList
 from carla_mr.market.ledger import Ledger
 from carla_mr.market.outbox import Connections, Outbox
 from carla_mr.market.round_book import RoundBook
-from carla_mr.market.rounds import Bid, Round, bid_misfit
+from carla_mr.market.rounds import Bid, Round, bid_misfit, task_problem
 
 Handler = Callable[[bytes, dict, dict, str], None]
 
@@ -43,7 +43,8 @@ class MessageHandlers:
         self.outbox = outbox
         self.connections = connections
         self.counters = counters
-        self.table: dict[str, Handler] = {P.STATUS: self.on_status, P.BID_AV: self.on_bid, P.BID_SIM: self.on_bid}
+        self.table: dict[str, Handler] = {P.STATUS: self.on_status, P.BID_AV: self.on_bid, P.BID_SIM: self.on_bid,
+                                          P.UPLOAD: self.on_upload}
 
     # ------------------------------------------------------------------ entry
     def handle(self, frames) -> None:
@@ -56,7 +57,7 @@ class MessageHandlers:
         try:
             header = decode_header(frames[1].bytes)
         except ProtocolError as exc:
-            self.outbox.error(identity, exc.code, exc.message, None)
+            self.outbox.error(identity, exc.code, exc.message, exc.echo)  # echoes what was readable
             return
         try:
             body = decode_body(header["type"], frames[2].bytes)
@@ -170,6 +171,10 @@ class MessageHandlers:
         if problem:
             self.outbox.error(identity, P.E_BAD_BODY, problem, header)
             return
+        problem = task_problem(body, r, bidder) if kind == P.BID_AV else None
+        if problem:
+            self.outbox.error(identity, P.E_TASK_MISMATCH, problem, header)
+            return
         self.batch.add(r, bidder, identity, header, Bid(header["bid_id"], kind, body, canon, ""))
 
     def _role_problem(self, bidder: str, kind: str, body: dict) -> str | None:
@@ -192,7 +197,11 @@ class MessageHandlers:
                               header)
         elif previous.receipt:
             self.counters["acks"] += 1
-            self.outbox.reply(identity, P.ACK, {"receipt": previous.receipt, "duplicate": True}, header)
+            if not previous.prev_hash:  # recovered from the ledger: fetch the receipt's parts once
+                proof = self.ledger.receipt(previous.receipt)
+                if proof is not None:
+                    previous.prev_hash, previous.at_ns = proof.prev_hash, proof.at_ns
+            self.outbox.reply(identity, P.ACK, ack_body(previous, duplicate=True), header)
         else:  # identical re-send of a bid in the current batch: ack it after the commit too
             self.batch.add_resend(r, bidder, identity, header, previous)
 
@@ -207,10 +216,50 @@ class MessageHandlers:
         old = self.ledger.bid(rid, bidder)
         if old is not None and old.bid_id == header["bid_id"]:
             if bytes(old.body) == canonical_bytes(body):
-                self.outbox.reply(identity, P.ACK, {"receipt": old.receipt, "duplicate": True}, header)
+                proof = self.ledger.receipt(old.receipt)
+                bid = Bid(old.bid_id, old.kind, body, bytes(old.body), old.receipt,
+                          proof.prev_hash if proof else "", proof.at_ns if proof else 0)
+                self.outbox.reply(identity, P.ACK, ack_body(bid, duplicate=True), header)
             else:
                 self.outbox.error(identity, P.E_BID_ID_REUSE, f"bid_id {header['bid_id']!r} was used for a different "
                                                               "bid", header)
             return
         self.counters["late"] += 1
         self.outbox.reply(identity, P.LATE, {"state": row.state, "reason": "round is over"}, header)
+
+    # ------------------------------------------------------------------ uploads
+    def on_upload(self, identity: bytes, header: dict, body: dict, bidder: str) -> None:
+        """An AV's task data: the server measures its size (MB = bytes / 1e6) and hashes it; in a
+        round with ``verify: "upload"`` the bid's task sizes must equal these measurements."""
+        import hashlib
+
+        if self.allow.by_id[bidder].role != P.ROLE_AV:
+            self.outbox.error(identity, P.E_ROLE, f"{bidder} is not an AV; only AVs upload tasks", header)
+            return
+        rid = header["round_id"]
+        r = self.book.get(rid)
+        if r is None:
+            row = self.ledger.round(rid)
+            if row is None:
+                self.outbox.error(identity, P.E_NO_ROUND, f"round {rid} is unknown", header)
+            else:
+                self.counters["late"] += 1
+                self.outbox.reply(identity, P.LATE, {"state": row.state, "reason": "round is over"}, header)
+            return
+        if r.state != P.OPEN or time.monotonic() >= r.deadline_mono:
+            self.counters["late"] += 1
+            self.outbox.reply(identity, P.LATE, {"state": r.state if r.state != P.OPEN else P.CLOSED,
+                                                 "reason": "the round's deadline has passed"}, header)
+            return
+        if bidder not in r.eligible:
+            self.outbox.error(identity, P.E_NOT_ELIGIBLE, f"{bidder} is not a participant of round {rid}", header)
+            return
+        task = body["task"]
+        if task >= r.n_tasks:
+            self.outbox.error(identity, P.E_BAD_BODY, f"upload.task must be < {r.n_tasks} (the round's n_tasks)",
+                              header)
+            return
+        size = len(body["data"]) / 1e6
+        r.uploads.setdefault(bidder, {})[task] = size
+        self.outbox.reply(identity, P.UPLOAD_ACK, {"task": task, "size": size,
+                                                   "sha256": hashlib.sha256(body["data"]).hexdigest()}, header)

@@ -20,7 +20,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from carla_mr.errors import InputError, RunError
 from carla_mr.market import protocol as P
@@ -101,6 +101,15 @@ class RoundRow:
     opened_at_ns: int
     deadline_ns: int
     closed_at_ns: int | None
+
+
+class Receipt(NamedTuple):
+    """A bid's receipt and what a bidder needs to recompute it: ``hash`` = sha256 over the
+    length-prefixed parts (prev_hash, "bid", round id, at_ns, payload); see docs/protocol.md."""
+
+    hash: str
+    prev_hash: str
+    at_ns: int
 
 
 @dataclass(frozen=True)
@@ -206,21 +215,27 @@ class Ledger:
                 "sim_ids": sim_ids, "public_digest": public_digest, "params": json.dumps(params, sort_keys=True),
                 "deadline_ns": deadline_ns}, now)
 
-    def add_bids(self, bids: list[tuple[int, str, str, str, bytes]]) -> list[str]:
+    def add_bids(self, bids: list[tuple[int, str, str, str, bytes]]) -> list[Receipt]:
         """Commit ``(round_id, bidder_id, bid_id, kind, canonical_body)`` rows in ONE transaction.
 
-        Returns the receipts (event hashes) in order. Only after this returns may bids be acked.
+        Returns the receipts in order. Only after this returns may bids be acked.
         """
         receipts = []
         with self._tx():
             for round_id, bidder_id, bid_id, kind, body in bids:
                 now = time.time_ns()
-                h = self._event("bid", round_id, {"bidder_id": bidder_id, "bid_id": bid_id, "kind": kind,
-                                                  "body_sha256": hashlib.sha256(body).hexdigest()}, now)
+                prev = self._head
+                h = self._event("bid", round_id, bid_payload(bidder_id, bid_id, kind, body), now)
                 self.db.execute("INSERT INTO bids VALUES (?,?,?,?,?,?,?)",
                                 (round_id, bidder_id, bid_id, kind, body, h, now))
-                receipts.append(h)
+                receipts.append(Receipt(h, prev, now))
         return receipts
+
+    def receipt(self, event_hash: str) -> Receipt | None:
+        """The receipt of the bid event ``event_hash`` with its prev_hash and time."""
+        r = self.db.execute("SELECT hash, prev_hash, at_ns FROM events WHERE hash=? AND kind='bid'",
+                            (event_hash,)).fetchone()
+        return Receipt(r[0], r[1], int(r[2])) if r else None
 
     def set_state(self, round_id: int, state: str, info: dict | None = None, *, kind: str | None = None) -> str:
         now = time.time_ns()
@@ -327,6 +342,11 @@ class Ledger:
         if len(bid_events) != self.count("bids"):
             problems.append(f"{len(bid_events)} bid events but {self.count('bids')} bid rows")
         return {"ok": not problems, "events": n, "head": prev, "first_bad_seq": first_bad, "problems": problems}
+
+
+def bid_payload(bidder_id: str, bid_id: str, kind: str, body: bytes) -> dict:
+    """The payload of a bid event, in this key order (its canonical msgpack is hashed)."""
+    return {"bidder_id": bidder_id, "bid_id": bid_id, "kind": kind, "body_sha256": hashlib.sha256(body).hexdigest()}
 
 
 class _Tx:

@@ -23,7 +23,8 @@ HELLO = "hello"
 BID_AV = "bid_av"
 BID_SIM = "bid_sim"
 STATUS = "status"
-CLIENT_TYPES = frozenset({HELLO, BID_AV, BID_SIM, STATUS})
+UPLOAD = "upload"
+CLIENT_TYPES = frozenset({HELLO, BID_AV, BID_SIM, STATUS, UPLOAD})
 
 # Server -> client.
 WELCOME = "welcome"
@@ -33,7 +34,16 @@ LATE = "late"
 ERROR = "error"
 RESULT = "result"
 STATUS_REPLY = "status_reply"
-SERVER_TYPES = frozenset({WELCOME, ANNOUNCE, ACK, LATE, ERROR, RESULT, STATUS_REPLY})
+UPLOAD_ACK = "upload_ack"
+SERVER_TYPES = frozenset({WELCOME, ANNOUNCE, ACK, LATE, ERROR, RESULT, STATUS_REPLY, UPLOAD_ACK})
+#: Server messages that are pushed (never a reply): tell them by type, not by seq.
+PUSH_TYPES = frozenset({ANNOUNCE, RESULT})
+
+# How a round verifies the AVs' task sizes and cycles (``announce.verify``).
+VERIFY_SPEC = "spec"      # the RSU knows every AV's tasks: a bid must report them exactly
+VERIFY_UPLOAD = "upload"  # each task's size must equal its measured upload (cycles: self-declared)
+VERIFY_NONE = "none"      # self-reported (only for demonstrations; an under-report can pay)
+VERIFY_MODES = (VERIFY_SPEC, VERIFY_UPLOAD, VERIFY_NONE)
 
 # Roles on the allow-list.
 ROLE_AV = "av"
@@ -61,11 +71,12 @@ E_ROLE = "wrong_role"            # e.g. an AV sending a simulator bid
 E_NO_ROUND = "no_round"          # round_id is not a known round
 E_NOT_ELIGIBLE = "not_eligible"  # the bidder is not a participant of this round
 E_ALREADY_BID = "already_bid"    # a second, different bid in the same round (policy: refused)
-E_BID_ID_REUSE = "bid_id_reuse"  # same bid_id with a different body
+E_BID_ID_REUSE = "bid_id_reuse"  # same bid_id with a different body (per bidder and round)
+E_TASK_MISMATCH = "task_mismatch"  # a task's size or cycles differ from what the RSU verified
 E_INTERNAL = "internal"
 ERROR_CODES = (E_BAD_FRAME, E_BAD_HEADER, E_VERSION, E_BAD_TYPE, E_BAD_BODY, E_UNKNOWN_BIDDER,
                E_NOT_HELLO, E_ROLE, E_NO_ROUND, E_NOT_ELIGIBLE, E_ALREADY_BID, E_BID_ID_REUSE,
-               E_INTERNAL)
+               E_TASK_MISMATCH, E_INTERNAL)
 
 # Limits, enforced before and while decoding.
 MAX_HEADER_BYTES = 512
@@ -76,6 +87,12 @@ MAX_ARRAY = 100_000
 MAX_MAP = 100_000
 MAX_DEPTH = 6
 MAX_TASKS = 64
+MAX_TASK_SIZE_MB = 1e6            # bid_av task size range [0, 1e6] MB
+MAX_TASK_CYCLES = 1e6             # bid_av task cycles range [0, 1e6] Gcycles/MB
+MAX_DEADLINE_S = 3600.0           # bid_av task deadline range (0, 3600] s
+MAX_UPLOAD_BYTES = MAX_BODY_BYTES - 1024  # one task's data in an upload message
+#: Relative tolerance when a reported task size or cycles is compared with the verified value.
+TASK_RTOL = 1e-9
 MAX_PRICE_MICRO = 10**15          # one billion units
 MAX_U63 = (1 << 63) - 1
 MAX_U64 = (1 << 64) - 1

@@ -14,6 +14,7 @@ import time
 from typing import Callable
 
 import msgpack
+import numpy as np
 
 from carla_mr.errors import InputError, RunError
 from carla_mr.market import protocol as P
@@ -40,7 +41,7 @@ class RoundBook:
     def __init__(self, *, allow: AllowList, ledger: Ledger, outbox: Outbox, connections: Connections,
                  clear_fn: Callable, mechanism: str, scoring: str, layout: str, publish_first: bool,
                  default_deadline_s: float, counters: dict[str, int], log: Callable[[str], None],
-                 on_published: Callable[[Round], None]):
+                 on_published: Callable[[Round], None], verify_uploads: bool = False):
         self.allow = allow
         self.ledger = ledger
         self.outbox = outbox
@@ -54,6 +55,7 @@ class RoundBook:
         self.counters = counters
         self.log = log
         self.on_published = on_published
+        self.verify_uploads = verify_uploads
         self.live: dict[int, Round] = {}
         self.timings: dict[int, dict] = {}
 
@@ -87,6 +89,9 @@ class RoundBook:
         if scoring not in SCORINGS:
             raise InputError(f"must be one of {list(SCORINGS)}, got {scoring!r}", field="scoring")
         self._check_participants(av_ids, sim_ids, n_tasks)
+        if "s_dt" in public and np.shape(public["s_dt"]) != (len(av_ids), n_tasks):
+            raise InputError(f"the task spec must have shape ({len(av_ids)}, {n_tasks}) (AVs, n_tasks), got "
+                             f"{np.shape(public['s_dt'])}", field="public.s_dt")
         deadline_s = float(self.default_deadline_s if deadline_s is None else deadline_s)
         if not deadline_s > 0:
             raise InputError("deadline_s must be > 0", field="deadline_s")
@@ -95,7 +100,7 @@ class RoundBook:
         rid = self.ledger.last_round_id() + 1
         now_m, now_ns = time.monotonic(), time.time_ns()
         r = Round(rid, mechanism, scoring, n_tasks, list(av_ids), list(sim_ids), dict(public), public_digest,
-                  dict(params), now_m + deadline_s, now_ns + int(deadline_s * 1e9))
+                  dict(params), now_m + deadline_s, now_ns + int(deadline_s * 1e9), verify=self._verify_mode(public))
         self.ledger.open_round(round_id=rid, mechanism=r.mechanism, scoring=r.scoring, n_tasks=n_tasks,
                                av_ids=r.av_ids, sim_ids=r.sim_ids, public=blob, public_digest=public_digest,
                                params=r.params, deadline_ns=r.deadline_ns)
@@ -118,6 +123,12 @@ class RoundBook:
         if not 1 <= n_tasks <= P.MAX_TASKS:
             raise InputError(f"n_tasks must be in 1..{P.MAX_TASKS}", field="n_tasks")
 
+    def _verify_mode(self, public: dict) -> str:
+        """spec when the public data carry the RSU's task spec, else upload if required, else none."""
+        if "s_dt" in public:
+            return P.VERIFY_SPEC
+        return P.VERIFY_UPLOAD if self.verify_uploads else P.VERIFY_NONE
+
     def _install(self, r: Round) -> None:
         self.live[r.round_id] = r
         # keep memory bounded: forget finished rounds beyond the last KEEP_FINISHED (the ledger keeps them)
@@ -128,7 +139,7 @@ class RoundBook:
     def announce_body(self, r: Round) -> dict:
         return {"round_id": r.round_id, "mechanism": r.mechanism, "scoring": r.scoring,
                 "deadline_ms": max(0, int((r.deadline_mono - time.monotonic()) * 1000)), "n_tasks": r.n_tasks,
-                "av_ids": r.av_ids, "sim_ids": r.sim_ids, "public_digest": r.public_digest}
+                "av_ids": r.av_ids, "sim_ids": r.sim_ids, "public_digest": r.public_digest, "verify": r.verify}
 
     def announce(self, r: Round, only: list[bytes] | None = None) -> None:
         """Push the round's announce to ``only`` or to every participant that has spoken."""
@@ -239,10 +250,11 @@ class RoundBook:
 
         now_m, now_ns = time.monotonic(), time.time_ns()
         for row in self.ledger.rounds((P.OPEN, P.CLOSED, P.CLEARED)):
+            public = unpack_arrays(row.public)
             r = Round(row.round_id, row.mechanism, row.scoring, row.n_tasks, row.av_ids, row.sim_ids,
-                      unpack_arrays(row.public), row.public_digest, row.params,
+                      public, row.public_digest, row.params,
                       now_m + max(0.0, (row.deadline_ns - now_ns) / 1e9), row.deadline_ns, state=row.state,
-                      closed_at_ns=row.closed_at_ns or 0)
+                      closed_at_ns=row.closed_at_ns or 0, verify=self._verify_mode(public))
             for b in self.ledger.bids(row.round_id):
                 r.bids[b.bidder_id] = Bid(b.bid_id, b.kind, decode_bid_body(b.kind, b.body), b.body, b.receipt)
                 r.add_sim_values(b.bidder_id, r.bids[b.bidder_id].body)

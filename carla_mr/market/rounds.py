@@ -13,13 +13,17 @@ from carla_mr.market import protocol as P
 @dataclass
 class Bid:
     """An accepted bid: ``canon`` is the canonical msgpack of the validated body (what the
-    ledger stores); ``receipt`` is empty until the bid's ledger transaction has committed."""
+    ledger stores); ``receipt`` is empty until the bid's ledger transaction has committed, then
+    the hash of its ledger event, chained on ``prev_hash`` at ``at_ns`` (what a bidder needs to
+    verify it; "" / 0 when not known in memory, e.g. after a restart)."""
 
     bid_id: str
     kind: str
     body: dict
     canon: bytes
     receipt: str
+    prev_hash: str = ""
+    at_ns: int = 0
 
 
 @dataclass
@@ -30,7 +34,8 @@ class Round:
     committed bids by bidder id; ``waiters`` the futures of :meth:`Auctioneer.wait_published`;
     ``sim_values`` (I, N, K+1) the traffic simulators' values in units, filled as their bids
     commit (clearing then needs no per-bid work); ``result_body`` the encoded ``result`` once
-    published.
+    published. ``verify`` is how the AVs' task sizes and cycles are checked (protocol.VERIFY_*);
+    ``uploads[bidder][task]`` the measured size (MB) of each task an AV uploaded.
     """
 
     round_id: int
@@ -52,6 +57,8 @@ class Round:
     waiters: list[Future] = field(default_factory=list)
     sim_values: np.ndarray | None = None
     av_row: dict[str, int] = field(default_factory=dict)
+    verify: str = P.VERIFY_NONE
+    uploads: dict[str, dict[int, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.eligible = frozenset(self.av_ids) | frozenset(self.sim_ids)
@@ -86,3 +93,33 @@ def bid_misfit(kind: str, body: dict, r: Round) -> str | None:
             if len(row) != r.n_tasks:
                 return f"bid_sim.values[{av!r}] must have {r.n_tasks} entries, got {len(row)}"
     return None
+
+
+def task_problem(body: dict, r: Round, bidder: str) -> str | None:
+    """Why an AV bid's task sizes or cycles are not the verified ones (round ``r.verify``), or None.
+
+    "spec": each task's size and cycles must equal the RSU's task spec (public ``s_dt``,
+    ``e_dt``) within protocol.TASK_RTOL; "upload": each task's size must equal the measured
+    size of the AV's upload of that task (cycles are not measurable before execution)."""
+    if r.verify == P.VERIFY_NONE:
+        return None
+    tasks = body["tasks"]
+    if r.verify == P.VERIFY_SPEC:
+        i = r.av_ids.index(bidder)
+        for n, t in enumerate(tasks):
+            for name, key in (("s_dt", "size"), ("e_dt", "cycles")):
+                known = float(r.public[name][i, n])
+                if not _same(t[key], known):
+                    return f"bid_av.tasks[{n}].{key} = {t[key]!r}, but the RSU's task spec says {known!r}"
+        return None
+    got = r.uploads.get(bidder, {})
+    for n, t in enumerate(tasks):
+        if n not in got:
+            return f"task {n} was not uploaded: send an upload of it (round {r.round_id}) before the bid"
+        if not _same(t["size"], got[n]):
+            return f"bid_av.tasks[{n}].size = {t['size']!r} MB, but the upload measured {got[n]!r} MB"
+    return None
+
+
+def _same(reported: float, known: float) -> bool:
+    return abs(float(reported) - known) <= P.TASK_RTOL * max(1.0, abs(known))

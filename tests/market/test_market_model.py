@@ -134,3 +134,27 @@ def test_public_market_rejects_bad_arrays(kw, field):
     with pytest.raises(InputError) as exc:
         public_market(**base)
     assert exc.value.field == field
+
+
+def test_theta_and_G_per_simulator_in_make_public():
+    """theta (K+1,) and G (K+1,) per simulator broadcast into F = log2(1 + G Q) / theta."""
+    from carla_mr.market.clearing import make_public, public_market_of
+
+    m = sample_market(MarketParams(n_avs=4, n_traffic=3, n_tasks=2), 6)
+    theta = np.array([0.53, 0.3, 0.8, 1.0])
+    G = np.array([0.5, 1.0, 0.2, 0.7])
+    pub = make_public(rate_up=m.public.rate_up, rate_down=m.public.rate_down, s_sim=m.public.s_sim,
+                      e_sim=m.public.e_sim, C=m.C, G=G, theta=theta)
+    assert pub["theta"].shape == (1, 1, 4) and pub["G"].shape == (1, 1, 4)
+    pm = public_market_of(pub, m.public.s_dt, m.public.e_dt, m.public.d)
+    np.testing.assert_allclose(pm.F, np.log2(1 + G * m.public.Q) / theta, rtol=1e-12)
+    per_av = make_public(rate_up=m.public.rate_up, rate_down=m.public.rate_down, s_sim=m.public.s_sim,
+                         e_sim=m.public.e_sim, C=m.C, G=np.tile(G, (4, 1)), theta=np.tile(theta, (4, 1)))
+    assert per_av["theta"].shape == (4, 1, 4)
+    np.testing.assert_array_equal(public_market_of(per_av, m.public.s_dt, m.public.e_dt, m.public.d).F, pm.F)
+    with pytest.raises(InputError, match="theta"):
+        make_public(rate_up=m.public.rate_up, rate_down=m.public.rate_down, s_sim=m.public.s_sim,
+                    e_sim=m.public.e_sim, C=m.C, G=0.5, theta=np.array([0.5, 0.5]))
+    with pytest.raises(InputError, match="theta"):
+        make_public(rate_up=m.public.rate_up, rate_down=m.public.rate_down, s_sim=m.public.s_sim,
+                    e_sim=m.public.e_sim, C=m.C, G=0.5, theta=np.array([0.5, 0.0, 0.5, 0.5]))

@@ -75,3 +75,50 @@ def test_no_served_av_means_no_round(tmp_path):
     finally:
         stage.close()
     assert stage.summary()["rounds"] == 0 and ctx.board.market_round is None
+
+
+def test_generation_scores_per_simulator_with_prior_fallback():
+    from carla_mr.market.stage import generation_scores
+    from carla_mr.stages import GenerationScores
+
+    prior = np.full((2, 4), 0.5)
+    G, theta = generation_scores(None, prior, 0.53, 4)
+    assert np.array_equal(G, prior) and np.array_equal(theta, np.full(4, 0.53))
+    scores = GenerationScores(G=np.array([0.9, 1.0, np.nan, 0.2]), theta=np.array([0.3, 0.8, np.nan, np.nan]),
+                              images=np.array([0, 5, 0, 3]))
+    G, theta = generation_scores(scores, prior, 0.53, 4)
+    # index 0 (driving) never generates; NaN -> prior; G = 1 is used as measured
+    assert np.array_equal(G[:, 0], [0.5, 0.5]) and np.array_equal(G[:, 1], [1.0, 1.0])
+    assert np.array_equal(G[:, 2], [0.5, 0.5]) and np.array_equal(G[:, 3], [0.2, 0.2])
+    assert np.array_equal(theta, [0.53, 0.8, 0.53, 0.53])
+
+
+@pytest.mark.timeout(120)
+def test_rounds_redraw_values_and_use_measured_scores(tmp_path):
+    """Each round is a fresh draw of C and u (winners change); per-simulator G and theta from the
+    genai stage reach the market (theta per simulator in F)."""
+    from carla_mr.stages import GenerationScores
+
+    cfg = MarketConfig(enabled=True, round_period_ticks=1, num_simulators=6, tasks_per_av=3, scoring="expected")
+    stage = MarketStage(cfg, n_av_slots=6)
+    ctx = RunContext(scenario=None, world=_world(), run_dir=tmp_path, seed=5)
+    stage.start(ctx)
+    try:
+        snap = _snap(1, [1, 2, 3, 4, 5, 6], [1] * 6, [10, 30, 50, 70, 90, 110], [5, 6, 7, 8, 9, 10], [0] * 6)
+        ctx.board.generation_scores = GenerationScores(
+            G=np.array([np.nan, 0.9, 1.0, np.nan, 0.3, 0.7]), theta=np.array([np.nan, 0.4, 0.9, np.nan, 0.6, 0.5]),
+            images=np.array([0, 3, 3, 0, 3, 3]))
+        for _ in range(8):
+            stage.on_tick(snap, ctx)
+    finally:
+        stage.close()
+    lines = [json.loads(x) for x in (tmp_path / "market" / "rounds.jsonl").read_text().splitlines()]
+    assert len(lines) == 8 and all(x["n_tasks"] == 3 for x in lines)
+    assert len({x["winner_vehicle_id"] for x in lines}) >= 2
+    assert len({x["winner_C"] for x in lines}) >= 2
+    assert lines[0]["theta_min"] == pytest.approx(0.4) and lines[0]["theta_max"] == pytest.approx(0.9)
+    assert lines[0]["G_max"] == 1.0
+    s = stage.summary()
+    assert s["paid_rounds"] == 8 and s["n_tasks"] == 3 and s["distinct_winners"] >= 2
+    mech = [x["by_mechanism"] for x in lines]
+    assert any(m["epvisa"]["total"] != m["mtepvisa"]["total"] for m in mech)

@@ -50,7 +50,7 @@ def test_many_bidders_many_rounds_lose_nothing(tmp_path):
 
 
 def test_run_round_with_world_data_and_absent_avs(tmp_path):
-    cfg = MarketConfig(enabled=True, num_simulators=5, round_deadline_s=8.0, curve=False)  # plain, loopback
+    cfg = MarketConfig(enabled=True, num_simulators=5, round_deadline_s=8.0, curve=False, tasks_per_av=1)  # plain
     ids = ["ego", "car-1", "car-2", "car-3"]
     pub, priv = sample_round(4, 5, 1, seed=3)
     v = priv["v"].copy()
