@@ -23,8 +23,10 @@ import numpy as np
 
 from carla_mr.errors import InputError
 from carla_mr.market.figures import ALL, FIGURES, METRICS
-from carla_mr.market.mechanisms import clear_all
+from carla_mr.market.headline import headline
+from carla_mr.market.mechanisms import clear, clear_all
 from carla_mr.market.model import MarketParams, sample_market
+from carla_mr.market.stats import bootstrap_indices, summarise
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,10 @@ def run_task(task: Task) -> dict[str, Any]:
             feas = np.broadcast_to(mk.public.feasible[:, :, None], mk.F.shape)
             helped = float((mk.F[feas] > 1).mean()) if genai and feas.any() else 0.0
             outcomes = clear_all(mk, scoring=task.scoring, epvisa_windows=task.epvisa_windows, r_acc=params.r_acc)
+            if fig.both_epvisa_windows:  # EPViSA with the other setting too (where the gap comes from)
+                other = "all" if task.epvisa_windows == "first" else "first"
+                outcomes[f"epvisa:{other}"] = clear(mk, mechanism="epvisa", scoring=task.scoring,
+                                                    epvisa_windows=other, r_acc=params.r_acc)
             for mech, out in outcomes.items():
                 rec = series.setdefault(f"{mech}|{suffix}", {m: [] for m in METRICS})
                 for metric in METRICS:
@@ -78,45 +84,6 @@ def make_tasks(figures: Iterable[str], reps: int, base_seed: int, *, chunk: int 
 
 
 # ---------------------------------------------------------------------------------------------
-# Statistics
-# ---------------------------------------------------------------------------------------------
-
-
-def trimmed_mean(x: np.ndarray, frac: float = 0.1, axis: int = -1) -> np.ndarray:
-    x = np.sort(np.asarray(x, float), axis=axis)
-    n = x.shape[axis]
-    k = int(np.floor(frac * n))
-    sl = [slice(None)] * x.ndim
-    sl[axis] = slice(k, n - k if n - 2 * k > 0 else n)
-    return x[tuple(sl)].mean(axis=axis)
-
-
-def bootstrap_indices(n: int, base_seed: int, key: tuple[int, ...], n_boot: int = 2000) -> np.ndarray:
-    """Paired resampling indices (n_boot, n), deterministic for the key."""
-    rng = np.random.default_rng(np.random.SeedSequence(base_seed, spawn_key=(999,) + tuple(key)))
-    return rng.integers(0, n, size=(n_boot, n))
-
-
-def summarise(values: np.ndarray, idx: np.ndarray) -> dict[str, float]:
-    boot = values[idx].mean(axis=1)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return {"n": int(values.size), "mean": float(values.mean()), "median": float(np.median(values)),
-            "trimmed_mean": float(trimmed_mean(values)), "ci_low": float(lo), "ci_high": float(hi)}
-
-
-def ratio_of_means(num: np.ndarray, den: np.ndarray, idx: np.ndarray | None) -> dict[str, float]:
-    """mean(num) / mean(den) with a paired 95% bootstrap interval (CRN: same draws)."""
-    r = float(num.mean() / den.mean()) if den.mean() > 0 else float("nan")
-    out = {"ratio": r, "ratio_of_medians": float(np.median(num) / np.median(den)) if np.median(den) > 0 else float("nan")}
-    if idx is not None:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            b = num[idx].mean(1) / den[idx].mean(1)
-        lo, hi = np.nanpercentile(b, [2.5, 97.5])
-        out.update(ci_low=float(lo), ci_high=float(hi))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
 # Running
 # ---------------------------------------------------------------------------------------------
 
@@ -130,6 +97,7 @@ class ExperimentResult:
     base_seed: int
     overrides: dict[str, Any]
     scoring: str
+    epvisa_windows: str = "first"
     seconds: float = 0.0
     headline: dict[str, Any] = field(default_factory=dict)
 
@@ -168,59 +136,10 @@ def run_experiments(figures: Iterable[str] = ALL, *, reps: int = 300, base_seed:
                                  for m in METRICS}
             points.append(merged)
         out[name] = points
-    result = ExperimentResult(out, reps, base_seed, dict(overrides or {}), scoring,
+    result = ExperimentResult(out, reps, base_seed, dict(overrides or {}), scoring, epvisa_windows,
                               seconds=time.perf_counter() - t0)
-    result.headline = headline(result)
+    result.headline = headline(out, base_seed, epvisa_windows)
     return result
-
-
-def _pooled(result: ExperimentResult, label: str, metric: str = "total") -> np.ndarray | None:
-    arrs = []
-    for name, points in result.figures.items():
-        fig = FIGURES[name]
-        if fig.default_x is None:
-            continue
-        p = fig.xs.index(fig.default_x)
-        if label in points[p]:
-            arrs.append(points[p][label][metric])
-    return np.concatenate(arrs) if arrs else None
-
-
-def headline(result: ExperimentResult) -> dict[str, Any]:
-    """The paper's three claims as ratios of mean total surplus (paired bootstrap intervals).
-
-    genai_gain and mtepvisa_over_pvisa pool the points that have the default parameters
-    (fig8a I=30, fig8b 30 simulators, fig8c g=0.5, fig9 N=1); mtepvisa_over_epvisa_by_n comes
-    from fig9 (generative AI on).
-    """
-    h: dict[str, Any] = {"genai_gain": None, "mtepvisa_over_pvisa": None, "mtepvisa_over_epvisa_by_n": None,
-                         "mtepvisa_over_pvisa_by_n": None, "details": {}, "claims": {}}
-    mt, mt0, pv = (_pooled(result, lab) for lab in ("mtepvisa|genai", "mtepvisa|none", "pvisa|genai"))
-    if mt is not None:
-        idx = bootstrap_indices(mt.size, result.base_seed, (1,))
-        g = ratio_of_means(mt, mt0, idx)
-        r = ratio_of_means(mt, pv, idx)
-        h["genai_gain"], h["mtepvisa_over_pvisa"] = g["ratio"], r["ratio"]
-        h["details"]["genai_gain"] = g
-        h["details"]["mtepvisa_over_pvisa"] = r
-        h["claims"]["genai_gain >= 2.5"] = bool(g["ratio"] >= 2.5)
-        h["claims"]["mtepvisa_over_pvisa > 1.5"] = bool(r["ratio"] > 1.5)
-    if "fig9" in result.figures:
-        fig = FIGURES["fig9"]
-        by_n, pv_n = {}, {}
-        for p, x in enumerate(fig.xs):
-            s = result.figures["fig9"][p]
-            idx = bootstrap_indices(s["mtepvisa|genai"]["total"].size, result.base_seed, (2, p))
-            e = ratio_of_means(s["mtepvisa|genai"]["total"], s["epvisa|genai"]["total"], idx)
-            q = ratio_of_means(s["mtepvisa|genai"]["total"], s["pvisa|genai"]["total"], idx)
-            by_n[str(int(x))], pv_n[str(int(x))] = e["ratio"], q["ratio"]
-            h["details"][f"mtepvisa_over_epvisa_N{int(x)}"] = e
-        h["mtepvisa_over_epvisa_by_n"] = by_n
-        h["mtepvisa_over_pvisa_by_n"] = pv_n
-        vals = list(by_n.values())
-        h["claims"]["mtepvisa_over_epvisa grows with N"] = bool(all(b > a for a, b in zip(vals, vals[1:])))
-    h["claims_hold"] = bool(h["claims"]) and all(h["claims"].values())
-    return h
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,7 +207,7 @@ def write_outputs(result: ExperimentResult, run_dir, *, plots: bool = True) -> l
             for fname in plot_figure(name, rows, run_dir):
                 files.append(fname)
     summary = {"reps": result.reps, "seed": result.base_seed, "overrides": result.overrides,
-               "scoring": result.scoring, "figures": list(result.figures), "seconds": result.seconds,
+               "scoring": result.scoring, "epvisa_windows": result.epvisa_windows, "figures": list(result.figures), "seconds": result.seconds,
                **{k: v for k, v in result.headline.items()}, "files": files + ["summary.json"]}
     atomic_write_json(run_dir / "summary.json", summary)
     files.append("summary.json")
