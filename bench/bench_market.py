@@ -1,10 +1,15 @@
-"""Market clearing speed: the vectorised MTEPViSA vs the per-(AV, task) loop oracle, same run.
+"""Market clearing speed: the vectorised MTEPViSA against two baselines, same run, same market.
 
 1. One MTEPViSA market at I = 1000 AVs, K = 1000 traffic simulators, N = 10 tasks (quick:
    I = 200): ``clear()`` (exact alpha, MSB, scores, payments, surplus; alpha recomputed, not
-   cached) against ``oracle.clear_loop()`` (plain Python loops written from the specification)
-   on the same public data and bids. Both are checked to give the same outcome. CPU time of
-   this process (``time.process_time``), vectorised best of 3. Target: >= 50x.
+   cached) against
+   - the **fair loop** ``oracle.clear_rowwise()``: a Python loop over the (AV, task) windows,
+     each step numpy over the K simulators with the same alpha method (the same shortcuts):
+     the gain of vectorising over windows alone (target >= 10x);
+   - the **pure-Python oracle** ``oracle.clear_loop()``: loops over everything, alpha by an
+     exact sort per window: interpretation, algorithm and vectorisation together.
+   All three are checked equal (winners, payments, prices, alpha, scores). CPU time of this
+   process (``time.process_time``), best of 3 (the oracle once).
 2. The whole ``carla-mr market experiment all`` sweep at the default reps (CSV + PNG included;
    quick: 40 reps, the simulation part scaled linearly to the default), CPU time of this
    process (= wall time on an idle core; the sweep is single-process) against the 300 s budget.
@@ -30,28 +35,40 @@ def _fresh(market):
     return dataclasses.replace(market, public=dataclasses.replace(market.public))
 
 
+def _check_same(out, ref, what: str) -> None:
+    import numpy as np
+
+    ok = (out.winner == ref.winner and abs(out.payment - ref.payment) <= 1e-9 * max(1, abs(ref.payment))
+          and np.array_equal(out.offline_winner, ref.offline_winner)
+          and np.allclose(out.offline_price, ref.offline_price, rtol=1e-9, atol=0)
+          and np.allclose(out.alpha, ref.alpha, rtol=1e-9, atol=0)
+          and np.allclose(out.scores, ref.scores, rtol=1e-9, atol=0)
+          and abs(out.total - ref.total) <= 1e-9 * max(1, abs(ref.total)))
+    if not ok:
+        raise AssertionError(f"vectorised and {what} outcomes differ: {out.to_dict()} vs {ref.to_dict()}")
+
+
+def _best_of(fn, n: int = 3) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(n):
+        t = time.process_time()
+        out = fn()
+        best = min(best, time.process_time() - t)
+    return best, out
+
+
 def bench_clear(n_avs: int, n_traffic: int = 1000, n_tasks: int = 10, seed: int = 1) -> dict:
     from carla_mr.market.mechanisms import clear
     from carla_mr.market.model import MarketParams, sample_market
-    from carla_mr.market.oracle import clear_loop
+    from carla_mr.market.oracle import clear_loop, clear_rowwise
 
     market = sample_market(MarketParams(n_avs=n_avs, n_traffic=n_traffic, n_tasks=n_tasks), seed)
-    best = float("inf")
-    for _ in range(3):
-        m = _fresh(market)
-        t = time.process_time()
-        out = clear(m, mechanism="mtepvisa")
-        best = min(best, time.process_time() - t)
-    m = _fresh(market)
-    t = time.process_time()
-    ref = clear_loop(m, mechanism="mtepvisa")
-    loop = time.process_time() - t
-    same = (out.winner == ref.winner and abs(out.payment - ref.payment) <= 1e-9 * max(1, abs(ref.payment))
-            and abs(out.total - ref.total) <= 1e-9 * max(1, abs(ref.total))
-            and list(out.offline_winner) == list(ref.offline_winner))
-    if not same:
-        raise AssertionError(f"vectorised and loop outcomes differ: {out.to_dict()} vs {ref.to_dict()}")
-    return {"vectorised_s": best, "loop_s": loop}
+    vec, out = _best_of(lambda: clear(_fresh(market), mechanism="mtepvisa"))
+    fair, row = _best_of(lambda: clear_rowwise(_fresh(market), mechanism="mtepvisa"))
+    _check_same(out, row, "fair-loop")
+    loop, ref = _best_of(lambda: clear_loop(_fresh(market), mechanism="mtepvisa"), n=1)
+    _check_same(out, ref, "pure-Python")
+    return {"vectorised_s": vec, "fair_loop_s": fair, "loop_s": loop}
 
 
 def bench_sweep(reps: int, scale_to: int) -> float:
@@ -73,9 +90,12 @@ def run(quick: bool) -> list[dict]:
 
     n_avs = 200 if quick else 1000
     c = bench_clear(n_avs)
-    rows = [{"name": f"MTEPViSA clear, I={n_avs} K=1000 N=10 (vectorised vs loop oracle)",
+    rows = [{"name": f"MTEPViSA clear, I={n_avs} K=1000 N=10 (vectorised vs fair loop over windows)",
+             "value": round(c["vectorised_s"], 4), "unit": "s (CPU)", "baseline": round(c["fair_loop_s"], 3),
+             "ratio": round(c["fair_loop_s"] / c["vectorised_s"], 1), "target": ">= 10x"},
+            {"name": f"MTEPViSA clear, I={n_avs} K=1000 N=10 (vectorised vs pure-Python oracle)",
              "value": round(c["vectorised_s"], 4), "unit": "s (CPU)", "baseline": round(c["loop_s"], 3),
-             "ratio": round(c["loop_s"] / c["vectorised_s"], 1), "target": ">= 50x"}]
+             "ratio": round(c["loop_s"] / c["vectorised_s"], 1), "target": "report"}]
     reps = 40 if quick else DEFAULT_REPS
     secs = bench_sweep(reps, DEFAULT_REPS)
     rows.append({"name": f"experiment all, {DEFAULT_REPS} reps" + (" (scaled from 40)" if quick else ""),

@@ -26,19 +26,38 @@ def msb(traffic_bids: np.ndarray, alpha: Any) -> tuple[np.ndarray, np.ndarray]:
     the traffic side win.
     """
     b = np.asarray(traffic_bids, dtype=float)
+    wins, _, price = msb_top(b, alpha)
+    winner = np.where(wins, np.argmax(b, axis=-1) + 1, 0)
+    return winner, price
+
+
+def msb_top(traffic_bids: np.ndarray, alpha: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The modified second bid without the winner's identity: (traffic wins (bool), b_(1), the
+    traffic winner's price alpha b_(2), 0 where the driving simulator wins). Enough to score a
+    window: the traffic winner's bid is b_(1)."""
+    b = np.asarray(traffic_bids, dtype=float)
     K = b.shape[-1]
     if K < 2:
         raise InputError(f"the modified second bid needs K >= 2 traffic bids, got {K}", field="sim_bids")
     al = np.asarray(alpha, dtype=float)
-    kstar = np.argmax(b, axis=-1)
-    b1 = np.take_along_axis(b, kstar[..., None], axis=-1)[..., 0]
-    b2 = np.partition(b, K - 2, axis=-1)[..., K - 2]
+    b1, b2 = top_two(b)
     with np.errstate(invalid="ignore"):
         thr = al * b2
     wins = np.isfinite(al) & (b1 > np.where(np.isfinite(thr), thr, np.inf))
-    winner = np.where(wins, kstar + 1, 0)
     price = np.where(wins, np.where(np.isfinite(thr), thr, 0.0), 0.0)
-    return winner, price
+    return wins, b1, price
+
+
+def top_two(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The largest and the second largest value along the last axis (equal when the maximum is
+    tied): a maximum, then a maximum over the values strictly below it, in a few passes and
+    without sorting or copying ``a`` (the same values as ``np.partition``)."""
+    a = np.asarray(a, dtype=float)
+    b1 = a.max(axis=-1)
+    below = a < b1[..., None]
+    b2 = a.max(axis=-1, where=below, initial=-np.inf)
+    tied = np.count_nonzero(below, axis=-1) <= a.shape[-1] - 2  # the maximum occurs twice or more
+    return b1, np.where(tied, b1, b2)
 
 
 def second_price(bids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

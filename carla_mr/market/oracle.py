@@ -269,4 +269,69 @@ def clear_loop(market: Market | PublicMarket, av_bids: Any = None, sim_bids: Any
                    revenue=payment + sum(pay), n_infeasible=n_inf, scores=np.array(scores))
 
 
-__all__ = ["EV", "derive_loop", "second_max_pair", "alpha_pair", "second_max_quad", "msb_win_quad", "clear_loop"]
+
+
+
+# ---------------------------------------------------------------------------------------------
+# The fair baseline: a Python loop over (AV, task), numpy over the K simulators
+# ---------------------------------------------------------------------------------------------
+
+
+def clear_rowwise(market: Market | PublicMarket, av_bids: Any = None, sim_bids: Any = None, *,
+                  mechanism: str = "mtepvisa", scoring: str = "reported", r_acc: Any = 0.5) -> Outcome:
+    """EPViSA / MTEPViSA cleared one (AV, task) window at a time: the loop over windows is Python,
+    each window's step is numpy over the K simulators with the same exact alpha (top-L shortcut
+    included) as the vectorised ``clear``. The benchmark's fair baseline: it separates the gain of
+    vectorising over (AV, task) from the algorithm (bench/bench_market.py). Served windows as
+    ``epvisa_windows = "first"``; ``dt_weight = "unit"``."""
+    from carla_mr.market.alpha import alpha_factor, msb_expected_surplus
+    from carla_mr.market.auctions import msb, score_auction
+
+    pub = market.public if isinstance(market, Market) else market
+    b = market.v if av_bids is None else np.asarray(av_bids, float)
+    U = market.U if sim_bids is None else np.asarray(sim_bids, float)
+    tv, tU = (market.v, market.U) if isinstance(market, Market) else (b, U)
+    I, N, K1 = pub.shape
+    racc = np.broadcast_to(np.asarray(r_acc, float), (I,))
+    scored = range(1) if mechanism == "epvisa" else range(N)
+    a, c = np.ones(I), np.zeros(I)
+    for i in range(I):
+        for n in scored:
+            F = pub.F[i, n]
+            al = alpha_factor(F[1:], F[0], gamma=pub.gamma, beta0=pub.beta0)
+            if scoring == "reported":
+                w, _ = msb(U[i, n, 1:], al)
+                if w == 0:
+                    a[i] += pub.gamma * pub.T[i, n] * pub.e_m0[i, n]
+                else:
+                    c[i] += pub.T[i, n] * U[i, n, int(w)]
+            else:
+                kappa = msb_expected_surplus(F[1:], F[0], al, gamma=pub.gamma, beta0=pub.beta0)
+                a[i] += pub.T[i, n] * pub.C[i] * kappa
+    scores = np.where(pub.av_feasible, a * b + c, -np.inf)
+    n_inf = int(I - pub.av_feasible.sum())
+    winner, payment = score_auction(scores, a, c)
+    if winner < 0:
+        return Outcome.nobody(mechanism, scoring, N, n_inf, scores)
+    served = np.array([n in scored if mechanism == "epvisa" else True for n in range(N)])
+    ow, price, alphas = np.full(N, -1), np.zeros(N), np.zeros(N)
+    for n in range(N):
+        F = pub.F[winner, n]
+        alphas[n] = alpha_factor(F[1:], F[0], gamma=pub.gamma, beta0=pub.beta0)
+        w, p = msb(U[winner, n, 1:], alphas[n])
+        if served[n]:
+            ow[n], price[n] = int(w), (pub.b0[winner, n] if w == 0 else float(p))
+    T_w = np.where(served, pub.T[winner], 0.0)
+    pay = T_w * price
+    val = np.array([tU[winner, n, max(ow[n], 0)] for n in range(N)])
+    s_t = float(np.sum(np.where(ow >= 1, T_w * val, 0.0)))
+    s_d = float(np.sum(np.where(ow == 0, T_w * val, 0.0)))
+    s_dt = float(racc[winner] * tv[winner])
+    return Outcome(mechanism=mechanism, scoring=scoring, winner=winner, payment=payment, served=served,
+                   offline_winner=ow, offline_price=price, offline_payment=pay, T=T_w, alpha=alphas, S_DT=s_dt,
+                   S_T=s_t, S_D=s_d, total=s_dt + pub.gamma * s_d + s_t, revenue=float(payment + pay.sum()),
+                   n_infeasible=n_inf, scores=scores)
+
+
+__all__ = ["EV", "derive_loop", "second_max_pair", "alpha_pair", "second_max_quad", "msb_win_quad", "clear_loop",
+           "clear_rowwise"]

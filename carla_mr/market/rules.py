@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from carla_mr.market.alpha import alpha_factor, msb_expected_surplus
-from carla_mr.market.auctions import msb, score_auction, second_price
+from carla_mr.market.auctions import msb, msb_top, score_auction, second_price
 from carla_mr.market.model import PublicMarket
 from carla_mr.market.outcome import Outcome
 
@@ -123,11 +123,10 @@ def score_terms(x: ClearingInput, scored: slice, *, fresh: bool) -> tuple[np.nda
     base = x.r_acc if x.dt_weight == "r_acc" else np.ones(I)
     T_S = pub.T[:, scored]
     if x.scoring == "reported":
-        w_S, _ = msb(x.sim_bids[:, scored, 1:], alpha_S)
-        drive = w_S == 0
+        traffic, b1, _ = msb_top(x.sim_bids[:, scored, 1:], alpha_S)
+        drive = ~traffic
         a = base + gamma * (T_S * pub.e_m0[:, scored] * drive).sum(axis=1)
-        val_w = np.take_along_axis(x.sim_bids[:, scored, :], w_S[..., None], axis=-1)[..., 0]
-        c = (T_S * np.where(drive, 0.0, val_w)).sum(axis=1)
+        c = (T_S * np.where(drive, 0.0, b1)).sum(axis=1)  # the traffic winner's bid is b_(1)
         return a, c
     if fresh and "kappa" not in pub.__dict__:
         kappa_S = msb_expected_surplus(pub.F[:, scored, 1:], pub.F[:, scored, 0], alpha_S, gamma=gamma,
