@@ -64,9 +64,9 @@ def _server_main(conn, cfg: dict) -> None:
     s.linger = 0
     s.sndhwm = s.rcvhwm = 100_000
     if cfg["curve"]:
-        from carla_mr.market.zap import ZAP_DOMAIN, AllowListAuthenticator
+        from carla_mr.market.zap import ZAP_DOMAIN, ZapHandler
 
-        auth = AllowListAuthenticator(ctx, allow)
+        auth = ZapHandler(ctx, allow)
         auth.start()
         s.zap_domain = ZAP_DOMAIN.encode()
         s.curve_server = True

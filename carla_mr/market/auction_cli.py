@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import get_args
@@ -57,9 +58,16 @@ def _keys_from(keys_dir: Path | None, allowlist: Path | None, server_key: Path |
 @click.option("--no-early-close", is_flag=True, help="Always wait for the deadline, even when all have bid.")
 @click.option("--publish-first", is_flag=True,
               help="Send results before the outcome's fsync (lower latency; outcomes are re-derivable).")
+@click.option("--wait-bidders", "wait_bidders_s", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="The first round opens once every allow-listed bidder has connected and spoken, or after "
+                   "this many seconds (a crowd's CURVE handshakes never eat the first round's deadline).")
+@click.option("--verify-uploads", is_flag=True,
+              help="AVs upload each task's data before bidding; a reported task size must equal the measured "
+                   "upload (docs/protocol.md, 'Verified tasks').")
 @guarded
 def serve_cmd(out, seed, as_json, keys_dir, allowlist, server_key, endpoint, plain, ledger, mechanism, scoring,
-              deadline_s, period_s, max_rounds, linger_s, n_tasks, no_early_close, publish_first):
+              deadline_s, period_s, max_rounds, linger_s, n_tasks, no_early_close, publish_first, wait_bidders_s,
+              verify_uploads):
     """Run the auctioneer: rounds on a deadline, public data sampled from --seed per round."""
     from carla_mr.io import atomic_write_text
     from carla_mr.market.auctioneer import Auctioneer, AuctioneerSettings
@@ -77,7 +85,8 @@ def serve_cmd(out, seed, as_json, keys_dir, allowlist, server_key, endpoint, pla
         ledger_path=ledger or run_dir / "ledger.sqlite", allow=allow, endpoint=endpoint, curve=not plain,
         server_key=skey, mechanism=mechanism, scoring=scoring, deadline_s=deadline_s,
         early_close=not no_early_close, auto_rounds=True, period_s=period_s, max_rounds=max_rounds, linger_s=linger_s,
-        n_tasks=n_tasks, seed=seed or 0, publish_first=publish_first, log=log)
+        n_tasks=n_tasks, seed=seed or 0, publish_first=publish_first, wait_bidders_s=wait_bidders_s,
+        verify_uploads=verify_uploads, log=log)
     a = Auctioneer(settings)
 
     def on_log(msg: str) -> None:
@@ -86,12 +95,31 @@ def serve_cmd(out, seed, as_json, keys_dir, allowlist, server_key, endpoint, pla
             atomic_write_text(run_dir / "endpoint.txt", a.endpoint + "\n")
 
     settings.log = on_log
-    try:
+    with _graceful_signals(a):
         a.run()
-    except KeyboardInterrupt:
-        log("stopped")
+    log("stopped")
     result = {"endpoint": a.endpoint, "ledger": str(settings.ledger_path), "curve": not plain, **a.counters}
     emit(result, as_json=as_json, title="auctioneer")
+
+
+@contextlib.contextmanager
+def _graceful_signals(auctioneer):
+    """SIGTERM (docker stop, systemd) and SIGINT (Ctrl-C) stop the auctioneer the same way: the
+    open round is closed, cleared and published with the bids committed so far, the ledger is
+    flushed, the summary printed, exit 0. A second SIGINT interrupts at once."""
+    import signal
+
+    def graceful(signum, frame):
+        log(f"{signal.Signals(signum).name}: stopping after the open round")
+        auctioneer.request_shutdown()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C is immediate
+
+    old = {sig: signal.signal(sig, graceful) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 @click.command("keys")

@@ -42,14 +42,14 @@ import zmq
 from carla_mr.errors import InputError, RunError
 from carla_mr.market import protocol as P
 from carla_mr.market.bid_batch import BidBatch
-from carla_mr.market.endpoints import check_endpoint
+from carla_mr.market.endpoints import check_endpoint, is_ipv6_endpoint
 from carla_mr.market.handlers import MessageHandlers
 from carla_mr.market.keys import AllowList, Keypair
 from carla_mr.market.ledger import Ledger
 from carla_mr.market.outbox import Connections, Outbox
 from carla_mr.market.round_book import RoundBook
 from carla_mr.market.rounds import Round
-from carla_mr.market.zap import ZAP_DOMAIN, AllowListAuthenticator
+from carla_mr.market.zap import ZAP_DOMAIN, ZapHandler
 
 #: Messages read from the socket per drain before the batch commits and timers run.
 MAX_BATCH = 512
@@ -79,6 +79,7 @@ class AuctioneerSettings:
     period_s: float = 0.0
     max_rounds: int = 0            # stop after this many published rounds (0: never)
     linger_s: float = 1.0          # ... and after answering status requests this much longer
+    wait_bidders_s: float = 0.0    # the first round opens when every bidder has spoken, or after this
     n_tasks: int = 1
     seed: int = 0
     params: dict = field(default_factory=dict)  # model parameters for sampling/clearing
@@ -110,7 +111,10 @@ class Auctioneer:
         self._exc: BaseException | None = None
         self.endpoint: str | None = None
         self.connections = Connections()
-        self.counters = {"messages": 0, "errors": 0, "acks": 0, "late": 0, "published": 0, "commits": 0}
+        self.counters = {"messages": 0, "errors": 0, "acks": 0, "late": 0, "published": 0, "commits": 0,
+                         "handshakes_accepted": 0, "handshakes_rejected": 0, "closed_on_shutdown": 0}
+        self._shutdown_requested = False
+        self._first_round_by: float | None = None  # waiting for the bidders until then (monotonic)
         self.book: RoundBook | None = None
         self.next_auto_open: float | None = None
         self.stop_at: float | None = None
@@ -170,6 +174,16 @@ class Auctioneer:
         """Void an open round: no outcome; its bids stay in the ledger."""
         return self.submit("void", round_id=round_id, reason=reason).result(timeout)
 
+    def request_shutdown(self) -> None:
+        """Stop gracefully (safe from a signal handler): no new round; an open round is closed now
+        with the bids committed so far, cleared and published; then the loop ends and the ledger
+        is checkpointed and closed."""
+        self._shutdown_requested = True
+        try:
+            self._wake_w.send(b"s")
+        except (BlockingIOError, OSError):
+            pass
+
     def stop(self, timeout: float = 10.0) -> None:
         if self._thread is None:
             self._stop = True
@@ -200,8 +214,9 @@ class Auctioneer:
             sock.router_mandatory = 0
             sock.sndhwm = 10_000
             sock.rcvhwm = 100_000
+            sock.ipv6 = is_ipv6_endpoint(s.endpoint)
             if s.curve:
-                auth = AllowListAuthenticator(ctx, s.allow)
+                auth = ZapHandler(ctx, s.allow, counters=self.counters, log=self._log)
                 auth.start()
                 sock.zap_domain = ZAP_DOMAIN.encode()
                 sock.curve_server = True
@@ -216,7 +231,10 @@ class Auctioneer:
             warm_up()  # first-call costs (lazy imports, numpy paths) off the first round's close
             self.book.recover()
             if s.auto_rounds and not self.book.open_rounds():
+                # the first round waits (at most wait_bidders_s) until every bidder has spoken, so
+                # that a crowd connecting at once loses no bid to its handshakes
                 self.next_auto_open = time.monotonic()
+                self._first_round_by = time.monotonic() + s.wait_bidders_s
             self._ready.set()
             self._log(f"auctioneer on {self.endpoint} ({'CURVE' if s.curve else 'plain, loopback only'}), "
                       f"ledger {s.ledger_path}")
@@ -250,6 +268,9 @@ class Auctioneer:
         poller.register(sock, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
         while not self._stop:
+            if self._shutdown_requested:
+                self._shutdown()
+                break
             events = dict(poller.poll(self._poll_timeout_ms()))
             if wake in events or wake.fileno() in events:
                 try:
@@ -268,7 +289,10 @@ class Auctioneer:
 
     def _poll_timeout_ms(self) -> int:
         now = time.monotonic()
-        due = [t for t in (self.book.next_deadline(), self.next_auto_open, self.stop_at) if t is not None]
+        auto = self.next_auto_open
+        if auto is not None and self._first_round_by is not None:  # waiting for bidders: messages wake us
+            auto = max(auto, self._first_round_by)
+        due = [t for t in (self.book.next_deadline(), auto, self.stop_at) if t is not None]
         if not due:
             return 1000
         return max(0, int(np.ceil((min(due) - now) * 1000)))
@@ -297,7 +321,7 @@ class Auctioneer:
         for r in self.book.open_rounds():
             if now >= r.deadline_mono or (s.early_close and r.everyone_bid()):
                 self._close(r)
-        if self.next_auto_open is not None and now >= self.next_auto_open:
+        if self.next_auto_open is not None and now >= self.next_auto_open and self._bidders_ready(now):
             self.next_auto_open = None
             if not s.max_rounds or self.counters["published"] < s.max_rounds:
                 self._open_auto()
@@ -308,6 +332,16 @@ class Auctioneer:
                 self.stop_at = now + s.linger_s
             if now >= self.stop_at:
                 self._stop = True
+
+    def _shutdown(self) -> None:
+        """Graceful stop: commit what arrived, close and publish every open round now."""
+        self._log("shutting down: closing the open round(s) with the bids committed so far")
+        if self.batch:
+            self.batch.commit()
+        for r in self.book.open_rounds():
+            self.counters["closed_on_shutdown"] += 1
+            self._close(r)
+        self._stop = True
 
     def _close(self, r: Round) -> None:
         if self.batch:  # bids received before the close commit first (they were on time)
@@ -322,6 +356,18 @@ class Auctioneer:
         rid = self.ledger.last_round_id() + 1
         public = sample_public(len(s.allow.av_ids), len(sim_ids), s.n_tasks, seed=(s.seed, rid), params=s.params)
         self.book.open(public, s.allow.av_ids, sim_ids, s.n_tasks, None, dict(s.params))
+
+    def _bidders_ready(self, now: float) -> bool:
+        """Before the first autonomous round: every allow-listed bidder has spoken, or the wait is over."""
+        by = self._first_round_by
+        if by is None:
+            return True
+        if now < by and len(self.connections.route_of) < len(self.settings.allow.entries):
+            return False
+        self._first_round_by = None
+        self._log(f"first round: {len(self.connections.route_of)} of {len(self.settings.allow.entries)} "
+                  "bidders connected")
+        return True
 
     def _on_published(self, r: Round) -> None:
         if self.settings.auto_rounds:
@@ -352,8 +398,8 @@ class Auctioneer:
     def _cmd_open(self, fut: Future, **kw) -> None:
         fut.set_result(self.book.open(**kw))
 
-    def _known(self, round_id: int) -> Round:
-        r = self.book.get(round_id)
+    def _known(self, round_id: int):
+        r = self.book.get_any(round_id)
         if r is None:
             raise InputError(f"round {round_id} is unknown", field="round_id")
         return r
@@ -371,6 +417,8 @@ class Auctioneer:
         r = self._known(round_id)
         if r.state == P.PUBLISHED:
             fut.set_result(self.book.published_view(r))
+        elif r.state == P.VOID:
+            raise RunError(f"round {round_id} was voided")
         else:
             r.waiters.append(fut)
 

@@ -27,6 +27,7 @@ import zmq
 from carla_mr.errors import RunError
 from carla_mr.market import protocol as P
 from carla_mr.market.codec import ProtocolError, decode_server, encode
+from carla_mr.market.endpoints import is_ipv6_endpoint
 from carla_mr.market.keys import Keypair
 
 
@@ -89,6 +90,7 @@ class BidderClient:
         s = self.ctx.socket(zmq.DEALER)
         s.linger = 0
         s.setsockopt(zmq.HANDSHAKE_IVL, int(self.handshake_timeout_s * 1000))
+        s.ipv6 = is_ipv6_endpoint(self.endpoint)
         if self.curve:
             s.curve_secretkey = self.keypair.secret
             s.curve_publickey = self.keypair.public

@@ -31,3 +31,14 @@ def check_endpoint(endpoint: str, curve: bool) -> None:
         raise InputError(f"plain mode (no CURVE) is refused on the non-loopback address {endpoint}: anyone on "
                          "the network could bid in another bidder's name. Bind 127.0.0.1, or enable CURVE "
                          "(drop --plain / set market.curve: true) and give an allow-list.", field="curve")
+
+
+def is_ipv6_endpoint(endpoint: str) -> bool:
+    """``tcp://[addr]:port``: ZeroMQ sockets must set ``ipv6`` to bind or connect there."""
+    host = urlsplit(endpoint).hostname or ""
+    return ":" in host
+
+
+def tcp_endpoint(host: str, port: int | str) -> str:
+    """``tcp://HOST:PORT`` with IPv6 addresses in brackets."""
+    return f"tcp://[{host}]:{port}" if ":" in host and not host.startswith("[") else f"tcp://{host}:{port}"

@@ -114,7 +114,7 @@ class MessageHandlers:
     # ------------------------------------------------------------------ status
     def on_status(self, identity: bytes, header: dict, body: dict, bidder: str) -> None:
         rid = header["round_id"]
-        r = self.book.get(rid) if rid else self.book.latest()
+        r = self.book.get_any(rid) if rid else self.book.latest()
         if r is None and rid:
             self._status_from_ledger(identity, header, rid)
             return
@@ -124,7 +124,7 @@ class MessageHandlers:
             return
         reply = {"round_id": r.round_id, "state": r.state,
                  "deadline_ms": max(0, int((r.deadline_mono - time.monotonic()) * 1000)) if r.state == P.OPEN else 0,
-                 "n_bids": -1 if r.state == P.OPEN else len(r.bids)}  # sealed: no count while open
+                 "n_bids": -1 if r.state == P.OPEN else r.n_bids}  # sealed: no count while open
         if r.state == P.PUBLISHED and r.result_body is not None:
             reply["result"] = msgpack.unpackb(r.result_body, raw=False)
         self.outbox.reply(identity, P.STATUS_REPLY, reply, header)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import time
+from collections import OrderedDict
 from typing import Callable
 
 import msgpack
@@ -22,10 +23,11 @@ from carla_mr.market.codec import digest, encode_body, pack_arrays, unpack_array
 from carla_mr.market.keys import AllowList
 from carla_mr.market.ledger import Ledger
 from carla_mr.market.outbox import Connections, Outbox
-from carla_mr.market.rounds import Bid, Round
+from carla_mr.market.rounds import Bid, FinishedRound, Round
 
-#: Published or void rounds kept in memory (older ones are answered from the ledger).
-KEEP_FINISHED = 64
+#: Finished (published or void) rounds whose result stays in memory, for status requests; their
+#: bids, public data and values are dropped at once (the ledger holds them). Older: ledger only.
+KEEP_FINISHED = 8
 #: Per-round server timings kept for benchmarks (the most recent).
 KEEP_TIMINGS = 1024
 
@@ -33,7 +35,8 @@ KEEP_TIMINGS = 1024
 class RoundBook:
     """Rounds in memory and their transitions.
 
-    ``live``: round id -> Round (open ones and the last KEEP_FINISHED finished ones);
+    ``live``: round id -> Round, the rounds not yet finished (open, closed, cleared);
+    ``finished``: round id -> FinishedRound, the last KEEP_FINISHED published or void rounds;
     ``timings``: round id -> {clear_s, publish_s, n_bids} (close -> cleared / -> results sent).
     ``on_published(round)`` is called after each round is marked PUBLISHED.
     """
@@ -57,14 +60,21 @@ class RoundBook:
         self.on_published = on_published
         self.verify_uploads = verify_uploads
         self.live: dict[int, Round] = {}
+        self.finished: OrderedDict[int, FinishedRound] = OrderedDict()
         self.timings: dict[int, dict] = {}
 
     # ------------------------------------------------------------------ queries
     def get(self, round_id: int) -> Round | None:
+        """An unfinished round (bids go here)."""
         return self.live.get(round_id)
 
-    def latest(self) -> Round | None:
-        return self.live[max(self.live)] if self.live else None
+    def get_any(self, round_id: int) -> Round | FinishedRound | None:
+        """An unfinished round, or a recently finished one."""
+        return self.live.get(round_id) or self.finished.get(round_id)
+
+    def latest(self) -> Round | FinishedRound | None:
+        ids = list(self.live) + list(self.finished)
+        return self.get_any(max(ids)) if ids else None
 
     def open_rounds(self) -> list[Round]:
         return [r for r in self.live.values() if r.state == P.OPEN]
@@ -131,10 +141,14 @@ class RoundBook:
 
     def _install(self, r: Round) -> None:
         self.live[r.round_id] = r
-        # keep memory bounded: forget finished rounds beyond the last KEEP_FINISHED (the ledger keeps them)
-        done = [k for k, v in self.live.items() if v.state in (P.PUBLISHED, P.VOID)]
-        for k in done[:-KEEP_FINISHED]:
-            del self.live[k]
+
+    def _finish(self, r: Round) -> None:
+        """Memory stays bounded: a published or void round leaves ``live`` at once (its bids and
+        arrays are freed) and only its result is kept, for the last KEEP_FINISHED rounds."""
+        self.live.pop(r.round_id, None)
+        self.finished[r.round_id] = FinishedRound(r.round_id, r.state, r.n_bids, r.result_body)
+        while len(self.finished) > KEEP_FINISHED:
+            self.finished.popitem(last=False)
 
     def announce_body(self, r: Round) -> dict:
         return {"round_id": r.round_id, "mechanism": r.mechanism, "scoring": r.scoring,
@@ -217,9 +231,10 @@ class RoundBook:
             if not fut.done():
                 fut.set_result(self.published_view(r))
         r.waiters.clear()
+        self._finish(r)
         self.ledger.checkpoint()  # off the close -> publish path
 
-    def published_view(self, r: Round) -> dict:
+    def published_view(self, r: Round | FinishedRound) -> dict:
         """The round's result body as a dict, plus the server's timings (``times``)."""
         body = msgpack.unpackb(r.result_body, raw=False)
         body["times"] = self.timings.get(r.round_id, {})
@@ -232,6 +247,7 @@ class RoundBook:
         r.state = P.VOID
         self.ledger.set_state(round_id, P.VOID, {"reason": reason})
         self.fail_waiters(r, RunError(f"round {round_id} was voided ({reason})"))
+        self._finish(r)
         return {"round_id": round_id, "state": P.VOID}
 
     @staticmethod

@@ -78,6 +78,23 @@ class Round:
     def everyone_bid(self) -> bool:
         return len(self.bids) == len(self.eligible)
 
+    @property
+    def n_bids(self) -> int:
+        return len(self.bids)
+
+
+@dataclass(frozen=True)
+class FinishedRound:
+    """What stays in memory of a published or void round once its ledger entries are written:
+    the encoded result (for status and late waiters), the state and the number of bids. Its
+    bids, public data and values are dropped (the ledger answers re-sent bids)."""
+
+    round_id: int
+    state: str
+    n_bids: int
+    result_body: bytes | None
+    deadline_mono: float = 0.0
+
 
 def bid_misfit(kind: str, body: dict, r: Round) -> str | None:
     """Why a validated bid body does not fit round ``r`` (task count, unknown AV), or None."""

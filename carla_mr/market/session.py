@@ -29,6 +29,7 @@ from carla_mr.market import protocol as P
 from carla_mr.market.auctioneer import Auctioneer, AuctioneerSettings
 from carla_mr.market.bidders import AVBidder, BidderClient, SimulatorBidder
 from carla_mr.market.clearing import make_public, sample_round
+from carla_mr.market.endpoints import tcp_endpoint
 from carla_mr.config.market import MarketConfig
 from carla_mr.market.keys import in_memory_keyring
 from carla_mr.market.schedule import Schedule
@@ -90,7 +91,7 @@ class MarketSession:
         self.server_key, self.keys, self.allow = in_memory_keyring(self.av_ids, self.sim_ids[1:], self.sim_ids[0])
         if not cfg.curve:
             self.server_key = None
-        endpoint = f"tcp://{cfg.host}:{cfg.port or '*'}"
+        endpoint = tcp_endpoint(cfg.host, cfg.port or "*")
         self.auctioneer = Auctioneer(AuctioneerSettings(
             ledger_path=self.ledger_path, allow=self.allow, endpoint=endpoint, curve=cfg.curve,
             server_key=self.server_key, mechanism=cfg.mechanism, scoring=cfg.scoring,

@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 def _serve(keys: Path, out: Path, port: int, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "carla_mr", "market", "serve", "--keys", str(keys), "--out", str(out),
-           "--bind", f"tcp://127.0.0.1:{port}", "--seed", "5", "--json", *extra]
+           "--bind", f"tcp://127.0.0.1:{port}", "--seed", "5", "--json", "--wait-bidders", "0", *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -179,3 +179,34 @@ def test_restart_after_deadline_closes_with_acknowledged_bids(tmp_path):
             proc.wait(5)
     with Ledger(out / "ledger.sqlite") as led:
         assert led.round(rid).state == P.PUBLISHED and led.verify_chain()["ok"]
+
+
+def test_sigterm_stops_like_sigint(tmp_path):
+    """SIGTERM (docker stop, systemd): the open round is closed with its committed bids, cleared and
+    published, the ledger flushed, the summary printed, exit 0."""
+    import json
+
+    keys = tmp_path / "keys"
+    make_keyring(keys, ["av-000", "av-001"], ["sim-001", "sim-002"], "sim-000")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        out, port = tmp_path / f"serve-{sig.name}", _free_port()
+        proc = _serve(keys, out, port, "--deadline", "60")
+        try:
+            _wait_ready(out, proc)
+            c = _client(keys, "av-000", port)
+            c.connect()
+            rid = c.wait_announce(5.0)["round_id"]
+            assert c.request(P.BID_AV, _av_body(0), round_id=rid, bid_id="a").ok
+            proc.send_signal(sig)
+            stdout, stderr = proc.communicate(timeout=20)
+            assert proc.returncode == 0, stderr
+            summary = json.loads(stdout.strip().splitlines()[-1])
+            assert summary["published"] == 1 and summary["closed_on_shutdown"] == 1 and summary["acks"] == 1
+            assert c.wait_result(rid, 1.0)["bidders"] == ["av-000"]
+            c.close()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        with Ledger(out / "ledger.sqlite") as led:
+            assert led.round(rid).state == P.PUBLISHED and led.verify_chain()["ok"]
