@@ -109,16 +109,17 @@ def make_public_from_channel(*, g, p_av_mw, p_rsu_mw, s2_rsu, s2_av, bandwidth_u
     return make_public(rate_up=r_u, rate_down=r_d, **kw)
 
 
-def public_market_of(pub: dict, s_dt, e_dt, d):
+def public_market_of(pub: dict, s_dt, e_dt, d, *, check: bool = True):
     """The :class:`~carla_mr.market.model.PublicMarket` of ``make_public`` data and the AVs' tasks
-    ``s_dt`` (MB), ``e_dt`` (Gcycles/MB), ``d`` (s), each (I, N)."""
+    ``s_dt`` (MB), ``e_dt`` (Gcycles/MB), ``d`` (s), each (I, N). ``check=False``: the data were
+    checked already (make_public at open, the codec for bids): shapes only."""
     from carla_mr.market.model import public_market
 
     return public_market(rate_up=pub["rate_up"], rate_down=pub["rate_down"], s_dt=s_dt, e_dt=e_dt, d=d,
                          s_sim=pub["s_sim"], e_sim=pub["e_sim"], C=pub["C"], G=pub["G"], theta=pub["theta"],
                          gamma=float(pub["gamma"]), beta0=float(pub["beta0"]), genai=bool(pub["genai"]),
                          size_unit=float(pub["size_unit"]), f_c_ghz=float(pub["f_c_ghz"]),
-                         f_g_ghz=float(pub["f_g_ghz"]))
+                         f_g_ghz=float(pub["f_g_ghz"]), check=check)
 
 
 def select_avs(pub: dict, idx: np.ndarray) -> dict:
@@ -206,7 +207,7 @@ def pure_outcome(*, mechanism: str, scoring: str, public: dict, params: dict, av
     spec = task_spec(pub)
     if spec is not None:  # the RSU knows the tasks: their sizes and cycles are never taken from a bid
         s_dt, e_dt = spec
-    pm = public_market_of(pub, s_dt, e_dt, d)
+    pm = public_market_of(pub, s_dt, e_dt, d, check=False)  # checked at open (make_public) and by the codec
     kw = check_params(params)
     return participants, clear(pm, b, U, mechanism=mechanism, scoring=scoring, r_acc=pub["r_acc"], **kw)
 
@@ -222,7 +223,9 @@ def clear_round(*, round_id: int, mechanism: str, scoring: str, public: dict, pa
                 sim_ids: list[str], n_tasks: int, bids: dict[str, tuple[str, dict]],
                 layout: str = "serial", sim_matrix: np.ndarray | None = None) -> tuple[dict, Schedule]:
     """Clear one round: (outcome dict, GPU-time schedule). Deterministic in its inputs;
-    ``sim_matrix`` is only a precomputed form of the simulators' bids (same result)."""
+    ``sim_matrix`` is only a precomputed form of the simulators' bids (same result). The
+    outcome holds JSON types only (str, int, float, bool, None, lists, dicts): it goes to the
+    ledger's text and the result message as it is. ``public`` must have passed make_public."""
     participants, out = pure_outcome(mechanism=mechanism, scoring=scoring, public=public, params=params,
                                      av_ids=av_ids, sim_ids=sim_ids, n_tasks=n_tasks, bids=bids,
                                      sim_matrix=sim_matrix)
@@ -316,7 +319,6 @@ def warm_up() -> None:
     of the clearing stack and numpy's first calls, by clearing a tiny sampled market with every
     mechanism in memory (no ledger, no sockets). Measured: without it the first round's close
     -> publish took ~10 ms instead of ~2 ms (60 bidders), which alone set the p99."""
-    from carla_mr.io import to_jsonable
     from carla_mr.market.codec import encode_body
     from carla_mr.market.registry import NAMES
 
@@ -335,6 +337,6 @@ def warm_up() -> None:
                                          av_ids=av, sim_ids=sims, n_tasks=1, bids=bids, sim_matrix=mat)
             except InputError:
                 continue
-            encode_body({"outcome": to_jsonable(out), "schedule": sched.to_dict()})
+            encode_body({"outcome": out, "schedule": sched.to_dict()})
     except Exception:  # noqa: BLE001 - a warm-up never stops the service; the real round reports errors
         pass

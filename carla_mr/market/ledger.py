@@ -126,8 +126,8 @@ class BidRow:
 def outcome_text(outcome: dict, *, jsonable: bool = False) -> str:
     """Canonical JSON of an outcome (sorted keys, repr floats): equal outcomes give equal text.
 
-    ``jsonable=True``: ``outcome`` already went through ``carla_mr.io.to_jsonable`` (which is
-    idempotent), so the conversion is not repeated; the text is the same either way."""
+    ``jsonable=True``: ``outcome`` holds JSON types already (``clearing.clear_round``'s
+    outcomes do), so ``carla_mr.io.to_jsonable`` is skipped; the text is the same either way."""
     if not jsonable:
         from carla_mr.io import to_jsonable
 

@@ -241,7 +241,9 @@ def rates(g, p_av_mw, p_rsu_mw, s2_rsu, s2_av, *, bandwidth_up_mhz: float = 20.0
     return r_u, r_d
 
 
-def _arr(name: str, x: Any, shape: tuple[int, ...], *, nonneg: bool = True) -> np.ndarray:
+def _arr(name: str, x: Any, shape: tuple[int, ...], *, nonneg: bool = True, check: bool = True) -> np.ndarray:
+    if not check:
+        return np.array(np.broadcast_to(np.asarray(x, dtype=float), shape))
     try:
         a = np.asarray(x, dtype=float)
         a = np.broadcast_to(a, shape)
@@ -257,13 +259,15 @@ def _arr(name: str, x: Any, shape: tuple[int, ...], *, nonneg: bool = True) -> n
 
 def public_market(*, rate_up, rate_down, s_dt, e_dt, d, s_sim, e_sim, C, G, theta: Any = 0.53,
                   gamma: float = 1.0, beta0: float = 1.0, genai: bool = True, size_unit: float = 1.0,
-                  f_c_ghz: float = 3.6, f_g_ghz: float = 19.0) -> PublicMarket:
+                  f_c_ghz: float = 3.6, f_g_ghz: float = 19.0, check: bool = True) -> PublicMarket:
     """Build the public market from explicit arrays (what the auctioneer received).
 
     Shapes: ``rate_up``, ``rate_down``, ``C`` (I,); ``s_dt``, ``e_dt``, ``d`` (I, N);
     ``s_sim``, ``e_sim`` (K+1,) or (I, K+1) (a simulator's job per AV); ``G`` and ``theta``
     anything broadcastable to (I, N, K+1) (e.g. (I, K+1)[:, None, :], or a scalar).
-    Units as in the module docstring. Raises InputError naming the bad array.
+    Units as in the module docstring. Raises InputError naming the bad array. ``check=False``
+    skips the value checks (NaN, signs, ranges; shapes are still broadcast) for data already
+    checked once (the auctioneer's public data at open, bids by the codec).
     """
     s_dt_a = np.asarray(s_dt, dtype=float)
     if s_dt_a.ndim != 2:
@@ -277,27 +281,28 @@ def public_market(*, rate_up, rate_down, s_dt, e_dt, d, s_sim, e_sim, C, G, thet
         raise InputError(f"needs at least one AV and one task, got shape {(I, N)}", field="s_dt")
     if K1 < 3:
         raise InputError(f"needs K >= 2 traffic simulators (K+1 >= 3 columns), got K+1 = {K1}", field="s_sim")
-    _positive(size_unit, "size_unit")
-    _positive(f_c_ghz, "f_c_ghz")
-    _positive(f_g_ghz, "f_g_ghz")
-    _nonneg(gamma, "gamma")
-    _nonneg(beta0, "beta0")
-    _theta_ok(theta, "theta")
-    r_u = _arr("rate_up", rate_up, (I,))
-    r_d = _arr("rate_down", rate_down, (I,))
-    s_dt_a = _arr("s_dt", s_dt_a, (I, N))
-    e_dt_a = _arr("e_dt", e_dt, (I, N))
-    d_a = _arr("d", d, (I, N))
-    s_sim_a = _arr("s_sim", s_sim_a, (I, K1))
-    if (s_sim_a <= 0).any():
+    if check:
+        _positive(size_unit, "size_unit")
+        _positive(f_c_ghz, "f_c_ghz")
+        _positive(f_g_ghz, "f_g_ghz")
+        _nonneg(gamma, "gamma")
+        _nonneg(beta0, "beta0")
+        _theta_ok(theta, "theta")
+    r_u = _arr("rate_up", rate_up, (I,), check=check)
+    r_d = _arr("rate_down", rate_down, (I,), check=check)
+    s_dt_a = _arr("s_dt", s_dt_a, (I, N), check=check)
+    e_dt_a = _arr("e_dt", e_dt, (I, N), check=check)
+    d_a = _arr("d", d, (I, N), check=check)
+    s_sim_a = _arr("s_sim", s_sim_a, (I, K1), check=check)
+    if check and (s_sim_a <= 0).any():
         raise InputError("simulation job sizes must be positive (a zero-size job would fit infinitely often)",
                          field="s_sim")
-    e_sim_a = _arr("e_sim", e_sim, (I, K1))
-    C_a = _arr("C", C, (I,))
-    G_a = _arr("G", G, (I, N, K1))
-    if (G_a > 1).any():
+    e_sim_a = _arr("e_sim", e_sim, (I, K1), check=check)
+    C_a = _arr("C", C, (I,), check=check)
+    G_a = _arr("G", G, (I, N, K1), check=check)
+    if check and (G_a > 1).any():
         raise InputError("generative scores must lie in [0, 1]", field="G")
-    theta_a = _arr("theta", theta, (I, N, K1))
+    theta_a = _arr("theta", theta, (I, N, K1), check=check)
     return _derive_public(r_u, r_d, s_dt_a, e_dt_a, d_a, s_sim_a, e_sim_a, C_a, G_a, theta_a,
                           gamma=float(gamma), beta0=float(beta0), genai=bool(genai),
                           size_unit=float(size_unit), f_c_ghz=float(f_c_ghz), f_g_ghz=float(f_g_ghz))

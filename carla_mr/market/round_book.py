@@ -183,15 +183,12 @@ class RoundBook:
                 gc.enable()
 
     def _clear_and_publish(self, r: Round, t_close: float, close_info: dict | None) -> None:
-        from carla_mr.io import to_jsonable
-
         bids = {b: (x.kind, x.body) for b, x in r.bids.items()}
         outcome, schedule = self.clear_fn(round_id=r.round_id, mechanism=r.mechanism, scoring=r.scoring,
                                           public=r.public, params=r.params, av_ids=r.av_ids, sim_ids=r.sim_ids,
                                           n_tasks=r.n_tasks, bids=bids, layout=self.layout,
                                           sim_matrix=r.sim_values)
         t_cleared = time.monotonic()
-        outcome = to_jsonable(outcome)  # once: the ledger's text and the result body share it
         sched = schedule.to_dict()
         chain = self.ledger.bids_head(r.round_id)  # covers every bid the outcome was computed from
         if self.publish_first:
@@ -214,7 +211,7 @@ class RoundBook:
         self.mark_published(r)
 
     def send_result(self, r: Round, outcome: dict, sched: dict, chain: str) -> None:
-        """``outcome`` is already JSON-typed (to_jsonable'd after clearing, or read from the ledger)."""
+        """``outcome`` holds JSON types (clear_round's promise, or read from the ledger)."""
         body = {"round_id": r.round_id, "state": P.PUBLISHED, "outcome": outcome, "schedule": sched,
                 "chain_hash": chain, "closed_at_ns": int(r.closed_at_ns), "n_bids": len(r.bids),
                 "bidders": sorted(r.bids)}

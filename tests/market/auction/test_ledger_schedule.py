@@ -119,3 +119,22 @@ def test_make_public_from_channel_uses_the_model_rates():
     r_u, r_d = rates(g, p_av, 2.0, np.ones(2), np.full(2, 0.5))
     assert np.array_equal(pub["rate_up"], r_u) and np.array_equal(pub["rate_down"], r_d)
     assert pub["G"].shape == (2, 1, 3) and pub["s_sim"].shape == (2, 3)
+
+
+def test_clear_round_outcomes_hold_json_types_only():
+    """The auctioneer writes clear_round's outcome to the ledger and the wire without converting it."""
+    from carla_mr.io import to_jsonable
+
+    def plain(x):
+        if isinstance(x, dict):
+            return all(type(k) is str and plain(v) for k, v in x.items())
+        if isinstance(x, list):
+            return all(plain(v) for v in x)
+        return x is None or type(x) in (str, int, float, bool)
+
+    for seed, mech, scoring in ((0, "mtepvisa", "reported"), (1, "epvisa", "expected"), (2, "pvisa", "reported")):
+        pub, priv = sample_round(4, 5, 2, seed=seed)
+        av, sims = [f"av-{i}" for i in range(4)], [f"sim-{k}" for k in range(5)]
+        out, sched = clear_round(round_id=1, mechanism=mech, scoring=scoring, public=pub, params={}, av_ids=av,
+                                 sim_ids=sims, n_tasks=2, bids=truthful_bids(priv, av, sims))
+        assert plain(out) and to_jsonable(out) == out and plain(sched.to_dict())
