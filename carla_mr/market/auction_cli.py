@@ -56,8 +56,9 @@ def _keys_from(keys_dir: Path | None, allowlist: Path | None, server_key: Path |
 @click.option("--tasks", "n_tasks", type=click.IntRange(1, 64), default=1, show_default=True,
               help="DT tasks per AV per round.")
 @click.option("--no-early-close", is_flag=True, help="Always wait for the deadline, even when all have bid.")
-@click.option("--publish-first", is_flag=True,
-              help="Send results before the outcome's fsync (lower latency; outcomes are re-derivable).")
+@click.option("--commit-first", is_flag=True,
+              help="Commit the outcome (fsync) before sending results; default: send first, then commit (the "
+                   "outcome is a pure function of the committed bids, so a crash in between re-derives it).")
 @click.option("--wait-bidders", "wait_bidders_s", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="The first round opens once every allow-listed bidder has connected and spoken, or after "
                    "this many seconds (a crowd's CURVE handshakes never eat the first round's deadline).")
@@ -66,7 +67,7 @@ def _keys_from(keys_dir: Path | None, allowlist: Path | None, server_key: Path |
                    "upload (docs/protocol.md, 'Verified tasks').")
 @guarded
 def serve_cmd(out, seed, as_json, keys_dir, allowlist, server_key, endpoint, plain, ledger, mechanism, scoring,
-              deadline_s, period_s, max_rounds, linger_s, n_tasks, no_early_close, publish_first, wait_bidders_s,
+              deadline_s, period_s, max_rounds, linger_s, n_tasks, no_early_close, commit_first, wait_bidders_s,
               verify_uploads):
     """Run the auctioneer: rounds on a deadline, public data sampled from --seed per round."""
     from carla_mr.io import atomic_write_text
@@ -85,7 +86,7 @@ def serve_cmd(out, seed, as_json, keys_dir, allowlist, server_key, endpoint, pla
         ledger_path=ledger or run_dir / "ledger.sqlite", allow=allow, endpoint=endpoint, curve=not plain,
         server_key=skey, mechanism=mechanism, scoring=scoring, deadline_s=deadline_s,
         early_close=not no_early_close, auto_rounds=True, period_s=period_s, max_rounds=max_rounds, linger_s=linger_s,
-        n_tasks=n_tasks, seed=seed or 0, publish_first=publish_first, wait_bidders_s=wait_bidders_s,
+        n_tasks=n_tasks, seed=seed or 0, publish_first=not commit_first, wait_bidders_s=wait_bidders_s,
         verify_uploads=verify_uploads, log=log)
     a = Auctioneer(settings)
 

@@ -69,7 +69,9 @@ class AuctioneerSettings:
     deadline_s: float = 0.5
     early_close: bool = True
     layout: str = "serial"
-    publish_first: bool = False  # send results before the outcome's fsync (see RoundBook)
+    # send results before the outcome's commit (fsync), then commit CLOSED, the outcome, CLEARED
+    # and PUBLISHED in one transaction; False: commit first, send, then commit PUBLISHED (RoundBook)
+    publish_first: bool = True
     # Without a task spec in the public data: require an upload of every task and check each
     # bid's task sizes against the measured uploads (docs/protocol.md, "Verified tasks").
     verify_uploads: bool = False

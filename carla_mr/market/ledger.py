@@ -247,11 +247,13 @@ class Ledger:
             return self._event(kind or "round_" + state.lower(), round_id, {"state": state, **(info or {})}, now)
 
     def save_outcome(self, round_id: int, outcome: dict, schedule: dict, *, close_info: dict | None = None,
-                     closed_at_ns: int | None = None, jsonable: bool = False) -> str:
+                     closed_at_ns: int | None = None, jsonable: bool = False,
+                     published_info: dict | None = None) -> str:
         """Store the outcome and schedule and move the round to CLEARED, in one transaction.
 
         With ``close_info`` the round's CLOSED transition is written in the same transaction
-        (one fsync on the close -> publish path instead of two). ``jsonable``: see outcome_text.
+        (one fsync on the close -> publish path instead of two); with ``published_info`` (the
+        results were sent already) the PUBLISHED transition too. ``jsonable``: see outcome_text.
         """
         text = outcome_text(outcome, jsonable=jsonable)
         sched = json.dumps(schedule, sort_keys=True, separators=(",", ":"))
@@ -263,7 +265,11 @@ class Ledger:
                 self._event("round_closed", round_id, {"state": P.CLOSED, **close_info}, now)
             self.db.execute("INSERT INTO outcomes VALUES (?,?,?,?)", (round_id, text, sched, d))
             self.db.execute("UPDATE rounds SET state=? WHERE round_id=?", (P.CLEARED, round_id))
-            return self._event("round_cleared", round_id, {"state": P.CLEARED, "outcome_digest": d})
+            h = self._event("round_cleared", round_id, {"state": P.CLEARED, "outcome_digest": d})
+            if published_info is not None:
+                self.db.execute("UPDATE rounds SET state=? WHERE round_id=?", (P.PUBLISHED, round_id))
+                h = self._event("round_published", round_id, {"state": P.PUBLISHED, **published_info})
+            return h
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database file (PASSIVE: never blocks readers or waits)."""

@@ -192,23 +192,25 @@ class RoundBook:
         sched = schedule.to_dict()
         chain = self.ledger.bids_head(r.round_id)  # covers every bid the outcome was computed from
         if self.publish_first:
-            # Results go out before the outcome's commit: clearing is a pure function of the
-            # committed bids, so a crash here re-derives the same outcome on restart.
+            # Results go out before the commit: clearing is a pure function of the committed bids,
+            # so a crash before the commit re-derives the same outcome on restart (and publishes it
+            # again). CLOSED, the outcome, CLEARED and PUBLISHED then take one transaction.
             r.closed_at_ns = r.closed_at_ns or time.time_ns()
             self.send_result(r, outcome, sched, chain)
+            t_sent = time.monotonic()
             self.ledger.save_outcome(r.round_id, outcome, sched, close_info=close_info, closed_at_ns=r.closed_at_ns,
-                                     jsonable=True)
+                                     jsonable=True, published_info={"recipients": self._recipients(r)})
         else:
             self.ledger.save_outcome(r.round_id, outcome, sched, close_info=close_info, closed_at_ns=r.closed_at_ns,
                                      jsonable=True)
             r.state = P.CLEARED
             self.send_result(r, outcome, sched, chain)
-        t_pub = time.monotonic()
-        self.timings[r.round_id] = {"clear_s": t_cleared - t_close, "publish_s": t_pub - t_close,
-                                    "n_bids": len(r.bids)}
+            t_sent = time.monotonic()
+        self.timings[r.round_id] = {"clear_s": t_cleared - t_close, "publish_s": t_sent - t_close,
+                                    "committed_s": time.monotonic() - t_close, "n_bids": len(r.bids)}
         if len(self.timings) > KEEP_TIMINGS:
             del self.timings[min(self.timings)]
-        self.mark_published(r)
+        self.mark_published(r, recorded=self.publish_first)
 
     def send_result(self, r: Round, outcome: dict, sched: dict, chain: str) -> None:
         """``outcome`` holds JSON types (clear_round's promise, or read from the ledger)."""
@@ -218,10 +220,14 @@ class RoundBook:
         r.result_body = encode_body(body)
         self.outbox.push(self.connections.routes(r.eligible), P.RESULT, r.round_id, r.result_body)
 
-    def mark_published(self, r: Round) -> None:
+    def _recipients(self, r: Round) -> int:
+        return sum(b in self.connections.route_of for b in r.eligible)
+
+    def mark_published(self, r: Round, *, recorded: bool = False) -> None:
+        """The round's results are out: PUBLISHED (written now unless ``recorded`` already)."""
         r.state = P.PUBLISHED
-        self.ledger.set_state(r.round_id, P.PUBLISHED,
-                              {"recipients": sum(b in self.connections.route_of for b in r.eligible)})
+        if not recorded:
+            self.ledger.set_state(r.round_id, P.PUBLISHED, {"recipients": self._recipients(r)})
         self.counters["published"] += 1
         self.on_published(r)
         for fut in r.waiters:
