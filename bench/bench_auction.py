@@ -286,6 +286,7 @@ def run(quick: bool) -> list[dict]:
 def run_load(n_bidders: int = 1000, rounds: int = 100, deadline_s: float = 10.0) -> list[dict]:
     """1000 bidders x 100 rounds against `carla-mr market serve` (CURVE, loopback): nothing lost,
     server memory bounded, the first round not lost to the crowd's handshakes."""
+    import json
     import os
 
     from carla_mr.market.load import keyring, run_load as drive, start_serve
@@ -296,14 +297,17 @@ def run_load(n_bidders: int = 1000, rounds: int = 100, deadline_s: float = 10.0)
         try:
             rep = drive(endpoint, allow, keys, spub, rounds=rounds, timeout_s=3600, server_pid=proc.pid,
                         log=lambda m: print(m, file=sys.stderr, flush=True)).to_dict()
-            proc.communicate(timeout=120)
+            stdout, _ = proc.communicate(timeout=120)
         finally:
             if proc.poll() is None:
                 proc.kill()
+    print(json.dumps({"load": rep, "server": json.loads(stdout.strip().splitlines()[-1])}), file=sys.stderr)
     load = f"load {os.getloadavg()[0]:.1f}"
     return [
         {"name": f"load test {n_bidders} bidders x {rounds} rounds: bids or results lost", "value": rep["lost"],
-         "unit": "count", "baseline": rep["bids_sent"], "ratio": None, "target": "0"},
+         "unit": "count", "baseline": rep["bids_sent"], "ratio": None,
+         "target": f"0 (late {rep['late']}, refused {rep['errors']}, unanswered {rep['unanswered']}, "
+                   f"results missing {rep['missing_results']})"},
         {"name": "load test: server RSS, steady (max over the second half)", "value": round(rep["rss_mb_steady_max"], 1),
          "unit": "MB", "baseline": round(rep["rss_mb_first"], 1), "ratio": None, "target": "<= 300 MB"},
         {"name": "load test: server RSS, max / last", "value": round(rep["rss_mb_max"], 1), "unit": "MB",

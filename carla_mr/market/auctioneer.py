@@ -53,6 +53,8 @@ from carla_mr.market.zap import ZAP_DOMAIN, ZapHandler
 
 #: Messages read from the socket per drain before the batch commits and timers run.
 MAX_BATCH = 512
+#: A WAL checkpoint waits for an idle moment, but no longer than this (s).
+CHECKPOINT_WITHIN_S = 2.0
 
 
 @dataclass
@@ -284,6 +286,13 @@ class Auctioneer:
             if sock in events:
                 self._drain_socket(sock)
             self._tick()
+            due = self.book.checkpoint_due
+            if due is not None and (not events or time.monotonic() - due > CHECKPOINT_WITHIN_S):
+                # WAL checkpoint when nothing else waits (not on the close -> publish path, nor
+                # while a round's results are being encrypted and sent), at the latest after
+                # CHECKPOINT_WITHIN_S under a steady stream of messages
+                self.book.checkpoint_due = None
+                self.ledger.checkpoint()
 
     def _log(self, msg: str) -> None:
         if self.settings.log:
@@ -295,6 +304,8 @@ class Auctioneer:
         if auto is not None and self._first_round_by is not None:  # waiting for bidders: messages wake us
             auto = max(auto, self._first_round_by)
         due = [t for t in (self.book.next_deadline(), auto, self.stop_at) if t is not None]
+        if self.book.checkpoint_due is not None:
+            due.append(now + 0.02)  # idle for 20 ms: checkpoint
         if not due:
             return 1000
         return max(0, int(np.ceil((min(due) - now) * 1000)))

@@ -33,7 +33,7 @@ def market_section(run_dir: Path, summary: Mapping[str, Any], figs: Path) -> Opt
     tot = {m: np.array([r["by_mechanism"][m]["total"] for r in rounds]) for m in mechs}
     winners = [r["winner_vehicle_id"] for r in rounds if r["winner_vehicle_id"] is not None]
     pays = np.array([r["payment_micro"] or 0 for r in rounds if r["winner_vehicle_id"] is not None]) / 1e6
-    png = _figure(Path(figs) / "market.png", rounds, tot, winners)
+    png = _figure(Path(figs) / "market_surplus.png", rounds, tot, winners)
     lat = np.array([r["latency_s"] for r in rounds]) * 1e3
     n_tasks = rounds[0].get("n_tasks", 1)
     base = mechs[0]  # the baseline (PViSA) comes first
