@@ -299,7 +299,7 @@ def test_carla_hosts_one_server_per_world(tmp_path, town01):
     (CARLA stand-in servers in this process; the Ray path ships the same Shard to an actor)."""
     pytest.importorskip("carla")
     from carla_mr.world.carla_backend import CarlaWorld
-    from carla_mr.world.carla_standin import StandinServer
+    from carla_mr.testing.carla_standin import StandinServer
 
     text = town01.read_text(encoding="utf-8")
     servers = {}

@@ -404,10 +404,10 @@ class CarlaWorld(World):
                  client_factory: Optional[Callable[[str, int], Any]] = None,
                  sensor_timeout_s: Optional[float] = None, depth: Optional[bool] = None,
                  cache_dir: str | Path | None = None, install_handlers: bool = True):
+        super().__init__(scenario.tick_s)
         self.scenario = scenario
         self.cfg = scenario.carla
         self.seed = int(scenario.seed if seed is None else seed)
-        self.tick_s = float(scenario.tick_s)
         self.sensor_timeout_s = float(self.cfg.sensor_timeout_s if sensor_timeout_s is None else sensor_timeout_s)
         self.depth = bool(self.cfg.depth_camera if depth is None else depth)
         self._factory = client_factory
@@ -422,7 +422,6 @@ class CarlaWorld(World):
         self.client: Any = None
         self.world: Any = None
         self.tm: Any = None
-        self.map: Any = None
         self._orig_settings: Any = None
         self._we_enabled_sync = False
         self._settings_touched = False
@@ -437,9 +436,6 @@ class CarlaWorld(World):
         self.stats: dict[str, Any] = {"leftovers_removed": 0, "spawn_retries": 0, "spawn_shortfall": 0,
                                       "vanished": 0, "rsu_props": 0, "texture_noops": [], "texture_no_object": [],
                                       "texture_not_restorable": []}
-        self.signs = SignTable.empty()
-        z = np.zeros(0)
-        self.rsus = RsuTable(z, z, z, z, z, z, z, z)  # filled by reset()
         self.last: Optional[Snapshot] = None
         self._frame0: Optional[int] = None
         self._t0 = 0.0
@@ -989,7 +985,7 @@ class CarlaWorld(World):
         if not self._connected or self._closed:
             raise RunError("apply_sign_textures() needs a reset() world")
         names_by_sign = self.sign_objects()
-        current = self.__dict__.get("_sign_textures", {})
+        current = self.texture_store
         before = self._visible_patches(list(textures))
         for sid, tex in list(textures.items()):  # type: ignore[union-attr]
             names = names_by_sign.get(str(sid), [])

@@ -18,7 +18,7 @@ def town01_text(town01) -> str:
 
 @pytest.fixture
 def make_server(town01_text):
-    from carla_mr.world.carla_standin import StandinServer
+    from carla_mr.testing.carla_standin import StandinServer
 
     servers = []
 

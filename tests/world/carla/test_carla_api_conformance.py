@@ -16,7 +16,7 @@ import pytest
 
 carla = pytest.importorskip("carla")
 
-from carla_mr.world import carla_standin  # noqa: E402
+from carla_mr.testing import carla_standin  # noqa: E402
 from carla_mr.world.carla_backend import CARLA_API, CarlaWorld  # noqa: E402
 
 _HEAD = re.compile(r"^\s*(\w+)\((.*)\)\s*->\s*(.+?)\s*:\s*$")

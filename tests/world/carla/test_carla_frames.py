@@ -8,7 +8,7 @@ import pytest
 from carla_mr.world.base import Snapshot
 from carla_mr.config.camera import CameraSpec
 from carla_mr.world.carla_backend import CarlaWorld, FrameMissed, bgra_to_rgb
-from carla_mr.world.carla_standin import frame_tag
+from carla_mr.testing.carla_standin import frame_tag
 
 
 def _world(srv, sc, timeout=0.3):

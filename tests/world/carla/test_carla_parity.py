@@ -40,7 +40,7 @@ def _fields(s: Snapshot):
 
 def test_same_file_both_backends(scenario_file, town01_text, tmp_path, monkeypatch):
     monkeypatch.setenv("CARLA_MR_CACHE", str(tmp_path / "cache"))
-    from carla_mr.world.carla_standin import StandinServer
+    from carla_mr.testing.carla_standin import StandinServer
     from carla_mr.world.factory import make_world
 
     emb_sc = load_scenario(scenario_file)

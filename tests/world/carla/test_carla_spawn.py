@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from carla_mr.world import carla_standin
+from carla_mr.testing import carla_standin
 from carla_mr.world.carla_backend import CarlaWorld
 
 

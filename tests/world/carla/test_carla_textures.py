@@ -136,7 +136,7 @@ def test_original_cannot_be_restored_and_labels_stay_truthful(make_server, town_
 
 
 def test_servers_without_the_plural_call_get_one_call_per_object(make_server, town_scenario, face_sign, monkeypatch):
-    from carla_mr.world.carla_standin import StandinWorld
+    from carla_mr.testing.carla_standin import StandinWorld
 
     monkeypatch.delattr(StandinWorld, "apply_textures_to_objects")
     srv = make_server()

@@ -18,7 +18,7 @@ def make_run_dir(tmp_path, town01):
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     carla = pytest.importorskip("carla")
-    from carla_mr.dataset.testworld import KinematicWorld
+    from carla_mr.testing.fake_world import KinematicWorld
 
     run = tmp_path / "run"
     run.mkdir()
@@ -111,7 +111,7 @@ def test_window_mode_keys(town01, monkeypatch):
     carla = pytest.importorskip("carla")
     pg = pytest.importorskip("pygame")
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
-    from carla_mr.dataset.testworld import KinematicWorld
+    from carla_mr.testing.fake_world import KinematicWorld
     from carla_mr.viewer import Source, run_viewer
     from carla_mr.world.scene import build_road_scene
 
