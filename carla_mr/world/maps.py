@@ -18,17 +18,11 @@ import numpy as np
 from carla_mr.errors import InputError
 from carla_mr.world.base import SignTable
 from carla_mr.world.coords import wrap_deg
-from carla_mr.world.opendrive import SIGN_KINDS, SignPlacement, inject_signs, parse_xodr, to_text
+from carla_mr.world.opendrive import SignPlacement, inject_signs, parse_xodr, to_text
+from carla_mr.world.sign_geometry import kind_geometry
 
 if TYPE_CHECKING:  # pragma: no cover
     import carla
-
-#: Default face size (width, height in metres) per kind when the map gives none.
-FACE_SIZE: dict[str, tuple[float, float]] = {k: (v["width"], v["height"]) for k, v in SIGN_KINDS.items()}
-FACE_SIZE.update({"traffic_light": (0.5, 1.2), "other": (0.6, 0.6)})
-#: Default face-centre height above the road (m) per kind when the map's is implausible.
-FACE_Z: dict[str, float] = {k: v["z"] for k, v in SIGN_KINDS.items()}
-FACE_Z.update({"traffic_light": 3.0, "other": 2.0})
 
 KINDS = ("stop", "yield", "speed_limit", "no_entry", "priority_road", "parking", "warning", "mandatory_arrow",
          "traffic_light", "other")
@@ -131,14 +125,14 @@ def landmarks_to_signs(cmap: "carla.Map") -> SignTable:
             value[i] = v if v > 0 else np.nan
         tf = lm.transform
         x[i], y[i] = tf.location.x, tf.location.y
-        dw, dh = FACE_SIZE[k]
+        dw, dh, dz = kind_geometry(k)  # defaults when the map gives none
         w[i] = float(lm.width) if lm.width and lm.width > 0.05 else dw
         h[i] = float(lm.height) if lm.height and lm.height > 0.05 else dh
         # zOffset is the height of the face's lower edge above the road (OpenDRIVE); CARLA's
         # towns carry negative offsets for their props, so fall back to the kind's default.
         zoff = float(lm.z_offset)
         road_z = tf.location.z - zoff
-        z[i] = road_z + (zoff + h[i] / 2 if zoff > 0.3 else FACE_Z[k])
+        z[i] = road_z + (zoff + h[i] / 2 if zoff > 0.3 else dz)
         yaw[i] = tf.rotation.yaw + 180.0
         try:
             road[i] = int(lm.road_id)
@@ -365,7 +359,6 @@ def build_project_map(name: str, out_dir: str | Path) -> dict:
             ET.SubElement(header, "geoReference").text = GEO_REFERENCE
     # road -> the SUMO node it ends at (junction name = SUMO node id)
     junction_name = {j.get("id"): j.get("name") for j in root.findall("junction")}
-    edge_of: dict[str, tuple[str, str]] = {}  # road id -> (from node, to node) of its SUMO edge
     by_nodes = {(e["from"], e["to"]): e["id"] for e in layout["edges"]}
     placements: list[SignPlacement] = []
     from carla_mr.world.opendrive import roads
@@ -383,7 +376,6 @@ def build_project_map(name: str, out_dir: str | Path) -> dict:
         eid = by_nodes.get((a, b))
         if eid is None:
             continue
-        edge_of[r.id] = (a, b)
         lanes = r.right if r.right else r.left
         o = "+" if r.right else "-"
         if not lanes or r.length < 20:
