@@ -163,6 +163,7 @@ class EmbeddedWorld(World):
                              source=str(self.xodr_path))
         self._edge_arr = np.array(self._edges, dtype=object)
         self._respawn: list[int] = []  # roles still to add (no route found yet); retried every tick
+        self._signal_links: Optional[dict[str, list[tuple[str, int]]]] = None
         for role, count in ((ROLE_AV, self.n_avs), (ROLE_BACKGROUND, self.n_background)):
             for _ in range(count):
                 if not self._spawn(role):
@@ -347,6 +348,50 @@ class EmbeddedWorld(World):
             return {}
         tl = self.sumo.trafficlight
         return {t: tl.getRedYellowGreenState(t) for t in tl.getIDList()}
+
+    def remove_vehicle(self, vehicle_id: int) -> None:
+        """Take a vehicle out of the simulation now; as for any vehicle that leaves, a new one of
+        the same role departs in its place (the population stays constant)."""
+        if not self._started or self._closed:
+            raise RunError("remove_vehicle() needs a reset() world")
+        vid = str(int(vehicle_id))
+        veh = self.sumo.vehicle
+        veh.unsubscribe(vid)  # libsumo fails the next step for a removed vehicle still subscribed
+        veh.remove(vid)
+        self._route_len.pop(vid, None)
+        self._respawn.append(int(self._role_by_id[int(vid)]))
+
+    # -- per-vehicle and signal facts for co-simulation (not part of the hot path) ---------------
+    def vehicle_class(self, vehicle_id: int) -> tuple[str, float]:
+        """(SUMO vehicle class, length in metres) of a vehicle in the simulation."""
+        veh = self.sumo.vehicle
+        vid = str(int(vehicle_id))
+        return str(veh.getVehicleClass(vid)), float(veh.getLength(vid))
+
+    def slopes(self, ids: np.ndarray) -> np.ndarray:
+        """Each vehicle's slope (degrees, positive uphill: CARLA's pitch), 0 for unknown ids."""
+        veh = self.sumo.vehicle
+        out = np.zeros(len(ids))
+        for k, vid in enumerate(np.asarray(ids).tolist()):
+            try:
+                out[k] = veh.getSlope(str(vid))
+            except self.sumo.TraCIException:
+                out[k] = 0.0
+        return out
+
+    def signal_link_states(self) -> dict[str, str]:
+        """For each OpenDRIVE signal id the SUMO net's traffic lights control (netconvert keeps
+        it as the ``linkSignalID:<i>`` parameter), the SUMO state characters of its links now."""
+        tl = self.sumo.trafficlight
+        if self._signal_links is None:
+            links: dict[str, list[tuple[str, int]]] = {}
+            for t in tl.getIDList():
+                for i in range(len(tl.getRedYellowGreenState(t))):
+                    for sig in tl.getParameter(t, f"linkSignalID:{i}").split():
+                        links.setdefault(sig, []).append((t, i))
+            self._signal_links = links
+        states = {t: tl.getRedYellowGreenState(t) for t in {t for v in self._signal_links.values() for t, _ in v}}
+        return {sig: "".join(states[t][i] for t, i in v) for sig, v in self._signal_links.items()}
 
     # -- shutdown -------------------------------------------------------------------------------
     def _shutdown(self) -> None:

@@ -34,6 +34,6 @@ def test_client_and_server_versions_match():
     server = re.search(r"carlasim/carla:\$\{CARLA_VERSION:-([0-9.]+)\}", compose).group(1)
     arg = re.search(r"ARG CARLA_VERSION=([0-9.]+)", (DOCKER / "Dockerfile").read_text()).group(1)
     assert server == arg
-    from carla_mr.world.carla_backend import MIN_VERSION, parse_version
+    from carla_mr.world.carla_api import MIN_VERSION, parse_version
 
     assert parse_version(server) >= MIN_VERSION
