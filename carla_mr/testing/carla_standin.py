@@ -64,6 +64,7 @@ class Fault:
     when: str = "before"  # "before" the effect, or "after" it
     persistent: bool = False  # keep failing every later matching call
     lost: bool = False  # the server is gone: every later call times out
+    timeout: bool = False  # this call times out, but the server is still there (a slow server)
     action: Optional[Callable[[], None]] = None  # run instead of raising
     fired: bool = False
 
@@ -721,8 +722,10 @@ class StandinServer:
 
     # -- faults and the call log ------------------------------------------------------------
     def fail(self, *, index: Optional[int] = None, name: Optional[str] = None, nth: int = 1, when: str = "before",
-             persistent: bool = False, lost: bool = False, action: Optional[Callable[[], None]] = None) -> Fault:
-        f = Fault(index=index, name=name, nth=nth, when=when, persistent=persistent, lost=lost, action=action)
+             persistent: bool = False, lost: bool = False, timeout: bool = False,
+             action: Optional[Callable[[], None]] = None) -> Fault:
+        f = Fault(index=index, name=name, nth=nth, when=when, persistent=persistent, lost=lost, timeout=timeout,
+                  action=action)
         self.faults.append(f)
         return f
 
@@ -748,8 +751,8 @@ class StandinServer:
         if f is not None and f.action is not None:
             f.action()
             return
-        if self.lost or (f is not None and f.lost):
-            self.lost = True
+        if self.lost or (f is not None and (f.lost or f.timeout)):
+            self.lost = self.lost or f is None or f.lost
             raise StandinError(f"time-out of 2000ms while waiting for the simulator, make sure the simulator is "
                                f"ready and connected to localhost:2000 ({name})")
         raise StandinError(f"injected fault in {name}")

@@ -523,16 +523,18 @@ class CarlaWorld(World):
         self._closed = True
         try:
             with deferred_signals(self.owns_signals and is_open(self)):
-                if self._restore is None:
-                    self._restore = self._restore_sequence()
-                self._restore.run()
-                self._add_marker_step(self._restore)
-                self._restore.run()
-            self._close_done = True
+                seq = self._restore = self._restore or self._restore_sequence()
+                interrupt = seq.run()
+                if seq.finished:  # the marker step comes last, once the others are through
+                    self._add_marker_step(seq)
+                    interrupt = seq.run() or interrupt
+                if seq.finished:
+                    self._close_done = True
+                    unregister(self)  # before held signals are delivered (their handler closes open worlds)
         finally:
             self._closing = False
-            if self._close_done:
-                unregister(self)
+        if interrupt is not None:
+            raise interrupt
 
     def _restore_sequence(self) -> RestoreSequence:
         """The restore steps, in order: stop sensors, SUMO and traffic-light control, destroy

@@ -4,8 +4,9 @@
 them:
 
 - each step runs once and catches ``BaseException``: an error is recorded and the next step
-  runs; a ``KeyboardInterrupt``/``SystemExit`` caught inside a step leaves that step pending,
-  the others still run, and the interrupt is raised again when the sequence has gone through;
+  runs; a ``KeyboardInterrupt``/``SystemExit`` caught inside a step is handed back to the
+  caller (who raises it when the sequence has gone through), the other steps still run and
+  the interrupted step is tried again after them;
 - a pending step (interrupted, or never reached because the interrupt landed between steps)
   runs when :meth:`RestoreSequence.run` is called again: a world's ``close()`` can be resumed;
 - a step that fails with a time-out does not mean the server is gone: the server is asked
@@ -87,21 +88,22 @@ class RestoreSequence:
     def finished(self) -> bool:
         return not self._pending
 
-    def run(self) -> None:
-        """Run every pending step; raise a caught interrupt again at the end."""
+    def run(self) -> Optional[BaseException]:
+        """Run every pending step. Returns the interrupt (KeyboardInterrupt/SystemExit) caught
+        inside a step, if any, for the caller to raise once it is done; an interrupted step is
+        tried again after the others, and stays pending if interrupted again."""
         interrupt: Optional[BaseException] = None
         while self._pending:
             step = self._pending[0]
             caught = self._run_one(step)
-            if caught is not None:  # interrupted inside the step: keep it for a later run()
-                interrupt = interrupt or caught
-                self._pending.append(self._pending.pop(0))
-                if all(s.name in self.report.pending for s in self._pending):
-                    break
+            if caught is None:
+                self._pending.pop(0)
                 continue
-            self._pending.pop(0)
-        if interrupt is not None:
-            raise interrupt
+            interrupt = interrupt or caught
+            self._pending.append(self._pending.pop(0))
+            if all(s.name in self.report.pending for s in self._pending):
+                break
+        return interrupt
 
     def _run_one(self, step: Step) -> Optional[BaseException]:
         rep = self.report
@@ -153,6 +155,10 @@ def _discard(items: list, value: Any) -> None:
         items.remove(value)
 
 
+#: The handlers each active :func:`deferred_signals` block replaced (innermost last).
+_DEFERRED: list[dict[int, Any]] = []
+
+
 @contextlib.contextmanager
 def deferred_signals(enabled: bool) -> Iterator[None]:
     """Hold SIGINT and SIGTERM inside the block (main thread only) and deliver them after it,
@@ -167,9 +173,11 @@ def deferred_signals(enabled: bool) -> Iterator[None]:
             previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
         except (ValueError, OSError):  # pragma: no cover - not the main interpreter
             continue
+    _DEFERRED.append(previous)
     try:
         yield
     finally:
+        _DEFERRED.remove(previous)
         for sig, prev in previous.items():
             signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
         for sig in dict.fromkeys(held):
@@ -250,14 +258,19 @@ def install_handlers() -> None:
 
 
 def uninstall_handlers() -> None:
-    """Put back the handlers :func:`install_handlers` replaced (where ours are still in place)."""
+    """Put back the handlers :func:`install_handlers` replaced (where ours are still in place,
+    or will be again when a :func:`deferred_signals` block ends)."""
     with _LOCK:
         if threading.current_thread() is not threading.main_thread():
             return
         for sig, prev in list(_HANDLERS.items()):
+            prev = prev if prev is not None else signal.SIG_DFL
             try:
                 if signal.getsignal(sig) is signal_handler:
-                    signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+                    signal.signal(sig, prev)
             except (ValueError, OSError):  # pragma: no cover
                 pass
+            for saved in _DEFERRED:
+                if saved.get(sig) is signal_handler:
+                    saved[sig] = prev
             _HANDLERS.pop(sig, None)
