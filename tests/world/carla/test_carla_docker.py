@@ -82,3 +82,25 @@ def test_the_probe_says_ready_only_for_a_matching_loaded_server(make_server, cap
     # the command line: a closed port with the real client is "not ready", exit 1, one line
     assert probe_main(["--host", "127.0.0.1", "--port", "1", "--timeout-s", "0.2"]) == 1
     assert "is not ready" in capsys.readouterr().out
+
+
+def test_the_texture_check_runs_its_pattern_and_saves_the_frame(make_server, town_scenario, face_sign, tmp_path):
+    """Plumbing only: the stand-in paints a sign in one mean colour, so the row order itself can
+    only be read on a real server (docs/carla.md)."""
+    from carla_mr.config.camera import CameraSpec
+    from carla_mr.world.carla_backend import CarlaWorld
+    from carla_mr.world.carla_probe import texture_check
+
+    srv = make_server()
+    with CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False,
+                    cache_dir=tmp_path) as w:
+        snap = w.reset()
+        av = int(snap.ids[snap.role == 1][0])
+        w.attach_camera("front", CameraSpec(width=160, height=120, fov_deg=60.0), av)
+        i = next(i for i, k in enumerate(w.signs.kind) if k == "speed_limit")
+        face_sign(srv, av, int(w._box_index[i]), dist=10.0)
+        rep = texture_check(w, str(tmp_path / "check.png"), max_ticks=3)
+    assert rep["sign"] == str(w.signs.ids[i]) and (tmp_path / "check.png").is_file()
+    assert set(rep) >= {"top", "bottom", "left", "right", "other_meshes"} and rep["other_meshes"]
+    names = srv.texture_calls[-1][0]
+    assert names == [rep["other_meshes"][0].rsplit("_SM_", 1)[0]]  # the sign's actor got the pattern
