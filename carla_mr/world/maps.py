@@ -314,6 +314,45 @@ def _xml_nodes_edges(layout: dict) -> tuple[str, str]:
     return nod, edg
 
 
+def _layout_placements(root, tree, layout: dict) -> list[SignPlacement]:
+    """The signs of a project layout on the netconvert-made OpenDRIVE: a stop or yield sign 3 m
+    before the end of every road whose SUMO edge the layout marks so, and a speed-limit sign
+    (the edge's speed in km/h, rounded to 10) 6 m after the start of every road of 20 m or more.
+    Roads are matched to SUMO edges through their junctions (junction name = SUMO node id)."""
+    junction_name = {j.get("id"): j.get("name") for j in root.findall("junction")}
+    by_nodes = {(e["from"], e["to"]): e["id"] for e in layout["edges"]}
+    placements: list[SignPlacement] = []
+    from carla_mr.world.opendrive import roads
+
+    for r in roads(tree):
+        if r.in_junction:
+            continue
+        link = r.element.find("link")
+        pre = link.find("predecessor") if link is not None else None
+        suc = link.find("successor") if link is not None else None
+        if pre is None or suc is None:
+            continue
+        a = junction_name.get(pre.get("elementId"))
+        b = junction_name.get(suc.get("elementId"))
+        eid = by_nodes.get((a, b))
+        if eid is None:
+            continue
+        lanes = r.right if r.right else r.left
+        o = "+" if r.right else "-"
+        if not lanes or r.length < 20:
+            continue
+        end_s = r.length - 3.0 if o == "+" else 3.0
+        start_s = 6.0 if o == "+" else r.length - 6.0
+        if eid in layout["stop"]:
+            placements.append(SignPlacement("stop", r.id, end_s, o))
+        elif eid in layout["yield"]:
+            placements.append(SignPlacement("yield", r.id, end_s, o))
+        edge = next(e for e in layout["edges"] if e["id"] == eid)
+        kmh = float(round(edge["speed"] * 3.6 / 10.0) * 10)
+        placements.append(SignPlacement("speed_limit", r.id, start_s, o, value=kmh))
+    return placements
+
+
 def build_project_map(name: str, out_dir: str | Path) -> dict:
     """Build one of :data:`PROJECT_MAPS` into ``out_dir/<name>.xodr``; returns its landmark counts.
 
@@ -357,38 +396,7 @@ def build_project_map(name: str, out_dir: str | Path) -> dict:
         header.set("date", "")
         if header.find("geoReference") is None:
             ET.SubElement(header, "geoReference").text = GEO_REFERENCE
-    # road -> the SUMO node it ends at (junction name = SUMO node id)
-    junction_name = {j.get("id"): j.get("name") for j in root.findall("junction")}
-    by_nodes = {(e["from"], e["to"]): e["id"] for e in layout["edges"]}
-    placements: list[SignPlacement] = []
-    from carla_mr.world.opendrive import roads
-
-    for r in roads(tree):
-        if r.in_junction:
-            continue
-        link = r.element.find("link")
-        pre = link.find("predecessor") if link is not None else None
-        suc = link.find("successor") if link is not None else None
-        if pre is None or suc is None:
-            continue
-        a = junction_name.get(pre.get("elementId"))
-        b = junction_name.get(suc.get("elementId"))
-        eid = by_nodes.get((a, b))
-        if eid is None:
-            continue
-        lanes = r.right if r.right else r.left
-        o = "+" if r.right else "-"
-        if not lanes or r.length < 20:
-            continue
-        end_s = r.length - 3.0 if o == "+" else 3.0
-        start_s = 6.0 if o == "+" else r.length - 6.0
-        if eid in layout["stop"]:
-            placements.append(SignPlacement("stop", r.id, end_s, o))
-        elif eid in layout["yield"]:
-            placements.append(SignPlacement("yield", r.id, end_s, o))
-        edge = next(e for e in layout["edges"] if e["id"] == eid)
-        kmh = float(round(edge["speed"] * 3.6 / 10.0) * 10)
-        placements.append(SignPlacement("speed_limit", r.id, start_s, o, value=kmh))
+    placements = _layout_placements(root, tree, layout)
     base_text = to_text(tree)
     out_text, ids = inject_text(base_text, placements, name=name)
     out = Path(out_dir) / f"{name}.xodr"
