@@ -131,11 +131,18 @@ class SignTable:
 
 @dataclass
 class SignTexture:
-    """What one sign shows: ``source`` is "original" or "generated"; ``ref`` names the image."""
+    """What one sign shows: ``source`` is "original" or "generated"; ``ref`` names the image.
+
+    ``label_class`` is the class a dataset label must carry for this face when it differs from
+    the sign's own (kind, value): for a generated face, what the independent validator read on
+    it (``speed_limit_30``), or the generic kind (``speed_limit``) when no value could be read,
+    so a label never names a value the face does not show. None: the sign's own class.
+    """
 
     source: str = "original"
     ref: str | None = None
     image: Any = field(default=None, repr=False)  # (H, W, 3|4) uint8 RGB(A), None for the original
+    label_class: str | None = None
 
 
 class FrameMissed(RunError):
