@@ -48,7 +48,8 @@ def run(quick: bool) -> list[dict]:
         return [{"name": "scale (Ray not installed)", "value": None, "unit": "-", "baseline": None, "ratio": None,
                  "target": "pip install 'carla-mr[scale]'"}]
     from carla_mr.market.experiments import run_experiments
-    from carla_mr.scale import ray_map, record_shards
+    from carla_mr.dataset.shards import record_shards
+    from carla_mr.scale import ray_map
 
     rows = []
     started_here = not ray.is_initialized()

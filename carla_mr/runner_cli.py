@@ -23,7 +23,7 @@ def run_cmd(scenario: Path, overrides: tuple[str, ...], duration: float | None, 
     world.json, trajectories.parquet, each enabled stage's output (predictions, market ledger
     and schedules, generated signs, dataset, perception), summary.json and report.md."""
     from carla_mr.config import load_scenario
-    from carla_mr.runner import Runner, build_stages
+    from carla_mr.pipeline import run_scenario
 
     ovr = list(overrides)
     if duration is not None:
@@ -31,16 +31,9 @@ def run_cmd(scenario: Path, overrides: tuple[str, ...], duration: float | None, 
     sc = load_scenario(scenario, ovr)
     run_dir = make_run_dir(out, "run")
     log(f"run {sc.name}: map {sc.map}, backend {sc.backend}, {sc.ticks} ticks of {sc.tick_s} s -> {run_dir}")
-    runner = Runner(sc, run_dir, build_stages(sc), seed, progress=not quiet)
-    summary = runner.run()
-    from carla_mr.io import atomic_write_json
-    from carla_mr.report import write_report
-
-    report, headline = write_report(run_dir)
-    summary["report"] = str(report)
-    summary["headline"] = headline
-    atomic_write_json(run_dir / "summary.json", summary)
-    log(f"report: {report}")
+    summary = run_scenario(sc, run_dir, seed=seed, progress=not quiet)
+    headline = summary["headline"]
+    log(f"report: {summary['report']}")
     keys = ("status", "ticks", "avs", "vehicles", "mean_speed", "distance_driven_m", "rsu_coverage_share",
             "wall_time_s", "ticks_per_s", "seed", "run_dir")
     rows = [(k, summary.get(k)) for k in keys]

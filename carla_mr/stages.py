@@ -243,13 +243,27 @@ class Board:
 @dataclass
 class RunContext:
     """What every stage gets: the scenario, the world (read it; the one write is
-    ``apply_sign_textures``), the run directory, the run's seed and the board."""
+    ``apply_sign_textures``), the run directory, the run's seed and the board.
+
+    A stage that has finished its job for the whole run (a recording that reached
+    ``max_frames``) may call :meth:`request_stop`; the runner then ends the run after the
+    current tick, as a completed run. ``completed`` is set by the runner before it closes the
+    stages: True when every tick ran (or a stage asked to stop), False after an error or an
+    interrupt, so a stage's ``close`` can tell a finished job from an interrupted one.
+    """
 
     scenario: "Scenario"
     world: "World"
     run_dir: Path
     seed: int
     board: Board = field(default_factory=Board)
+    stop_requested: Optional[str] = None
+    completed: bool = False
+
+    def request_stop(self, reason: str) -> None:
+        """End the run after this tick (``reason`` goes to the summary's ``stopped_early``)."""
+        if self.stop_requested is None:
+            self.stop_requested = str(reason)
 
 
 @dataclass(frozen=True)
@@ -264,6 +278,8 @@ class ReportSection:
 
 @runtime_checkable
 class Stage(Protocol):
+    """The core interface (see the module docstring); :class:`BaseStage` gives defaults."""
+
     name: str
 
     def start(self, ctx: RunContext) -> None: ...
@@ -275,10 +291,37 @@ class Stage(Protocol):
     def summary(self) -> dict[str, Any]: ...
 
 
+class BaseStage:
+    """Defaults for a stage: nothing to start, close or summarise, and no report section.
+
+    Subclasses set ``name`` and override what they need. ``report_section`` is a static
+    method (the report is written from the run directory after the run, with no stage
+    object) returning a :class:`ReportSection`, or None when the stage has nothing to show.
+    """
+
+    name = "stage"
+
+    def start(self, ctx: RunContext) -> None:
+        pass
+
+    def on_tick(self, snapshot: "Snapshot", ctx: RunContext) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def summary(self) -> dict[str, Any]:
+        return {}
+
+    @staticmethod
+    def report_section(run_dir: Path, summary: Mapping[str, Any], figures_dir: Path) -> Optional[ReportSection]:
+        return None
+
+
 def board_slots() -> tuple[str, ...]:
     """The board's slot names, in tick order."""
     return tuple(Board._SLOTS)
 
 
-__all__ = ["Board", "CameraFrames", "GenerationScores", "MarketRound", "ReportSection", "RunContext", "Stage",
+__all__ = ["BaseStage", "Board", "CameraFrames", "GenerationScores", "MarketRound", "ReportSection", "RunContext", "Stage",
            "TwinAccuracy", "board_slots"]

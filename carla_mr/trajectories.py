@@ -8,7 +8,7 @@ from typing import Any, Optional
 import numpy as np
 
 from carla_mr.io import ParquetSink
-from carla_mr.stages import RunContext
+from carla_mr.stages import BaseStage, RunContext
 from carla_mr.world.base import Snapshot
 
 #: trajectories.parquet's columns: frame, time (s), id, role (1 = AV), x, y, z (m, CARLA frame),
@@ -18,7 +18,7 @@ TRAJECTORY_COLUMNS = (("frame", "int64"), ("time", "float64"), ("id", "int64"), 
                       ("speed", "float64"), ("rsu", "int32"))
 
 
-class TrajectoryStage:
+class TrajectoryStage(BaseStage):
     """Streams every vehicle's state at every tick to ``run_dir/trajectories.parquet``.
 
     Columns: :data:`TRAJECTORY_COLUMNS`. Rows are buffered and written as row groups of about

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from carla_mr.config import scenario_from_dict
 from carla_mr.errors import InputError, RunError
 from carla_mr.market.experiments import run_experiments
-from carla_mr.scale import (NO_RAY_NOTE, SHARDED_FORMAT, parse_carla_hosts, parse_ray_address, ray_map,
-                            record_shards, shard_plan)
+from carla_mr.dataset.shards import SHARDED_FORMAT, record_shards, shard_plan
+from carla_mr.scale import NO_RAY_NOTE, parse_carla_hosts, parse_ray_address, ray_map
 
 REC = {"enabled": True, "cameras": 3, "camera": {"width": 160, "height": 120, "fov_deg": 90.0},
        "max_frames": 4, "every_k": 5, "min_box_px": 1}
@@ -158,7 +158,7 @@ def shard_sets(draw):
 def test_merge_renumbers_and_remaps_by_class_name(shard_specs):
     from types import SimpleNamespace
 
-    from carla_mr.scale import Shard, merge_shards
+    from carla_mr.dataset.shards import Shard, merge_shards
 
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)

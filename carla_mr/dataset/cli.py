@@ -73,7 +73,8 @@ def record_cmd(scenario, overrides, frames, every_k, min_box, swap_share, textur
 
 
 def _record_sharded(sc, run_dir, cfg, seed, worlds, ray_address, carla_hosts, as_json):
-    from carla_mr.scale import parse_carla_hosts, parse_ray_address, record_shards
+    from carla_mr.dataset.shards import record_shards
+    from carla_mr.scale import parse_carla_hosts, parse_ray_address
 
     address = parse_ray_address(ray_address)
     hosts = parse_carla_hosts(carla_hosts)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
@@ -19,6 +19,8 @@ from carla_mr.config.dataset import PerceptionConfig
 from carla_mr.dataset.models import load_model
 from carla_mr.errors import InputError
 from carla_mr.io import atomic_write, atomic_write_json, atomic_write_text
+from carla_mr.reporting import fmt, md_table, plot_png
+from carla_mr.stages import BaseStage, ReportSection
 from carla_mr.world.base import FrameMissed
 
 
@@ -186,17 +188,18 @@ def _model_classes(classes):
     return out or DEFAULT_CLASSES
 
 
-class PerceptionStage:
+class PerceptionStage(BaseStage):
     """The runner's perception stage: scores the model under test on every k-th tick.
 
-    Uses the recorder's frames for the tick when ``ctx.shared["camera_frames"]`` has them,
+    Uses the recorder's frames for the tick when ``ctx.board.camera_frames`` has them,
     else renders its own camera ``perception`` on the lowest-id AV. Writes
     ``run_dir/perception/{report.json, table.csv, crops.csv, accuracy.png}`` on close.
     """
 
     name = "perception"
 
-    def __init__(self, cfg: PerceptionConfig, *, camera=None, subdir: str = "perception"):
+    def __init__(self, cfg: PerceptionConfig, *, camera=None, subdir: Optional[str] = "perception"):
+        """``subdir``: where the report files go under the run directory (None: write none)."""
         self.cfg = cfg
         self.camera = cfg.camera or camera
         self.subdir = subdir
@@ -220,14 +223,14 @@ class PerceptionStage:
             cam = rec.camera if rec is not None else CameraSpec()
         self._slots = CameraSlots(ctx.world, ["perception"], cam)
         self._world = ctx.world
-        self._out = Path(ctx.run_dir) / self.subdir
+        self._out = Path(ctx.run_dir) / self.subdir if self.subdir is not None else None
 
     def on_tick(self, snapshot, ctx) -> None:
         if int(snapshot.frame) % self.cfg.every_k:
             return
-        shared = ctx.shared.get("camera_frames")
-        if shared and shared.get("frame") == int(snapshot.frame) and shared.get("frames"):
-            frames = shared["frames"]
+        shared = ctx.board.camera_frames
+        if shared is not None and shared.frame == int(snapshot.frame) and shared.frames:
+            frames = shared.frames
         else:
             self._slots.update(snapshot)
             if "perception" not in self._slots.vehicle_of:
@@ -247,6 +250,32 @@ class PerceptionStage:
         self._closed = True
         self.files = write_report(self.evaluator.report(), self._out, records=self.evaluator.records)
 
+    @staticmethod
+    def report_section(run_dir: Path, summary: Mapping[str, Any], figs: Path) -> Optional[ReportSection]:
+        """This stage's part of report.md (see :class:`~carla_mr.stages.BaseStage`)."""
+        path = run_dir / "perception" / "report.json"
+        if not path.is_file():
+            return None
+        rep = json.loads(path.read_text(encoding="utf-8"))
+        table = rep.get("table", [])
+        src = [r for r in table if r.get("group") == "source"]
+
+        def draw(ax):
+            ax.bar([r["bin"] for r in src], [r["accuracy"] for r in src], color=["tab:blue", "tab:orange"][: len(src)])
+            ax.set_ylim(0, 1.05)
+            ax.set_ylabel("accuracy")
+            ax.set_title(f"Model under test ({rep.get('model')}) by texture source")
+
+        png = plot_png(figs / "perception_by_source.png", draw) if src else None
+        rows = [(r["group"], r["bin"], r["n"], r["accuracy"]) for r in table]
+        overall = rep.get("overall", {})
+        text = (f"Model {rep.get('model')}: accuracy {fmt(overall.get('accuracy'))} "
+                f"on {overall.get('n')} crops.\n\n" + md_table(rows, ("group", "bin", "crops", "accuracy"))
+                + (f"\n\n![perception](report/{png})\n" if png else "\n"))
+        return ReportSection("Perception in the loop", text,
+                             {"n": overall.get("n"), "accuracy": overall.get("accuracy"),
+                              "accuracy_by_source": {r["bin"]: r["accuracy"] for r in src}})
+
     def summary(self) -> dict[str, Any]:
         if self.evaluator is None:
             return {}
@@ -258,30 +287,16 @@ class PerceptionStage:
 
 def evaluate_scenario(scenario, *, seed: int, model: str | None = None, checkpoint: str | None = None,
                       ticks: Optional[int] = None, world=None) -> dict:
-    """Run ``scenario``'s world with the perception stage alone (swaps from the recorder section)."""
-    from carla_mr.dataset.textures import swaps_for
-    from carla_mr.stages import RunContext
+    """Run ``scenario``'s world with the perception stage alone (swaps from the recorder section),
+    through a :class:`~carla_mr.runner.Runner`; returns the perception report."""
+    from carla_mr.dataset.textures import RecorderSwapsStage
+    from carla_mr.runner import Runner
 
     cfg = scenario.perception
     upd = {k: v for k, v in {"model": model, "checkpoint": checkpoint}.items() if v is not None}
-    cfg = cfg.model_copy(update=upd)
-    if world is None:
-        from carla_mr.world.factory import make_world
-
-        world = make_world(scenario, seed=seed)
-    stage = PerceptionStage(cfg)
-    with world:
-        snap = world.reset()
-        swaps = swaps_for(scenario.recorder, world.signs, seed)
-        if swaps:
-            world.apply_sign_textures(swaps)
-        ctx = RunContext(scenario=scenario, world=world, run_dir=Path("."), seed=seed)
-        stage.start(ctx)
-        n = int(ticks if ticks is not None else scenario.ticks)
-        for t in range(n):
-            if t > 0:
-                snap = world.tick()
-            stage.on_tick(snap, ctx)
+    stage = PerceptionStage(cfg.model_copy(update=upd), subdir=None)
+    Runner(scenario, Path("."), [RecorderSwapsStage(scenario.recorder), stage], seed, progress=False, world=world,
+           ticks=ticks, run_files=False).run()
     rep = stage.evaluator.report()
     rep["source"] = f"scenario:{scenario.name}"
     rep["records"] = stage.evaluator.records

@@ -23,17 +23,19 @@ import errno
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
+from carla_mr.config.dataset import RecorderConfig
 from carla_mr.errors import InputError, RunError
 from carla_mr.io import atomic_write, atomic_write_json, atomic_write_text, fsync_dir, to_jsonable
+from carla_mr.reporting import md_table
+from carla_mr.stages import BaseStage, CameraFrames, ReportSection
 from carla_mr.world.base import CameraFrame, FrameMissed, Snapshot, World
 from carla_mr.world.render import carla_matrix
 from carla_mr.world.sign_geometry import class_name
 
-from carla_mr.config.dataset import RecorderConfig
 from carla_mr.dataset.formats import exported_box
 from carla_mr.dataset.slots import CameraSlots
 from carla_mr.dataset.textures import swaps_for
@@ -361,77 +363,80 @@ class Recorder:
                 "complete": self.done}
 
 
-class RecorderStage:
-    """The runner's recorder stage: records ``ctx.run_dir / "dataset"``.
+class RecorderStage(BaseStage):
+    """The recorder as a stage: records ``ctx.run_dir / subdir`` (``subdir=""``: the run
+    directory itself).
 
-    Publishes the frames it renders as ``ctx.shared["camera_frames"] = {"frame": f,
-    "frames": {slot: CameraFrame}}`` so the perception stage does not render them again.
+    Publishes the frames it renders as ``ctx.board.camera_frames`` so the perception stage
+    does not render them again. With ``stop_when_done`` (a recording on its own) it asks the
+    runner to stop once ``max_frames`` are recorded. ``on_frame(1)`` is called after each
+    recorded tick (progress bars). The recording is marked complete when the run completed.
     """
 
     name = "recorder"
 
-    def __init__(self, cfg: RecorderConfig, *, subdir: str = "dataset"):
+    def __init__(self, cfg: RecorderConfig, *, subdir: str = "dataset", stop_when_done: bool = False,
+                 on_frame: Optional[Callable[[int], None]] = None):
         self.cfg = cfg
         self.subdir = subdir
+        self.stop_when_done = stop_when_done
+        self.on_frame = on_frame
         self.recorder: Optional[Recorder] = None
+        self._ctx = None
 
     def start(self, ctx) -> None:
+        self._ctx = ctx
         self.recorder = Recorder(self.cfg, Path(ctx.run_dir) / self.subdir, seed=ctx.seed, scenario=ctx.scenario)
         self.recorder.start(ctx.world)
 
     def on_tick(self, snapshot: Snapshot, ctx) -> None:
         frames = self.recorder.on_snapshot(snapshot)
         if frames:
-            ctx.shared["camera_frames"] = {"frame": int(snapshot.frame), "frames": frames}
+            ctx.board.camera_frames = CameraFrames(frame=int(snapshot.frame), frames=frames)
+            if self.on_frame is not None:
+                self.on_frame(1)
+        if self.stop_when_done and self.recorder.done:
+            ctx.request_stop(f"recorded max_frames={self.cfg.max_frames}")
 
     def close(self) -> None:
         if self.recorder is not None:
-            self.recorder.close()
+            completed = bool(self._ctx is not None and self._ctx.completed)
+            self.recorder.done = self.recorder.done or completed
+            self.recorder.close(complete=completed)
 
     def summary(self) -> dict[str, Any]:
         return self.recorder.summary() if self.recorder is not None else {}
 
+    @staticmethod
+    def report_section(run_dir: Path, summary: Mapping[str, Any], figs: Path) -> Optional[ReportSection]:
+        """The recording's counters from the run summary."""
+        rec = (summary.get("stages") or {}).get("recorder")
+        if not rec:
+            return None
+        rows = [(k, v) for k, v in rec.items() if not isinstance(v, (dict, list))]
+        return ReportSection("Dataset", md_table(rows, ("metric", "value")) + "\n")
+
 
 def record(scenario, out: str | os.PathLike, *, seed: Optional[int] = None, cfg: Optional[RecorderConfig] = None,
-           ticks: Optional[int] = None, world=None, on_frame=None) -> dict[str, Any]:
+           ticks: Optional[int] = None, world=None, on_frame=None, world_factory=None) -> dict[str, Any]:
     """Record ``scenario`` into ``out`` (resuming what is there). Returns the summary.
 
-    ``world`` defaults to the scenario's backend (``make_world``); ``ticks`` to what
-    ``max_frames`` needs when set, else the scenario's duration;
-    ``on_frame(n)`` is called after each recorded tick (progress bars).
+    The recorder runs as the only stage of a :class:`~carla_mr.runner.Runner` (the one loop).
+    ``world`` (constructed, not reset) or ``world_factory(scenario, seed)`` default to the
+    scenario's backend; ``ticks`` to what ``max_frames`` needs when set, else the scenario's
+    duration; ``on_frame(n)`` is called after each recorded tick (progress bars).
     """
+    from carla_mr.runner import Runner
+
     cfg = cfg or scenario.recorder
     seed = int(scenario.seed if seed is None else seed)
-    if world is None:
-        from carla_mr.world.factory import make_world
-
-        world = make_world(scenario, seed=seed)
     if ticks is None:
         if cfg.max_frames is not None:  # as many ticks as the frames need, whatever the duration
             warm = int(round(cfg.warmup_s / float(scenario.tick_s)))
             ticks = warm + (cfg.max_frames - 1) * cfg.every_k + 1
         else:
             ticks = scenario.ticks
-    total = int(ticks)
-    rec = Recorder(cfg, out, seed=seed, scenario=scenario)
-    finished = False
-    with world:
-        snap = world.reset()
-        rec.start(world)
-        try:
-            for t in range(total):
-                if t > 0:
-                    snap = world.tick()
-                if rec.on_snapshot(snap) and on_frame is not None:
-                    on_frame(1)
-                if rec.done:
-                    break
-            finished = True
-        finally:
-            rec.done = rec.done or finished
-            try:
-                rec.close(complete=finished)
-            except RunError:
-                if finished:
-                    raise
-    return rec.summary()
+    stage = RecorderStage(cfg, subdir="", stop_when_done=True, on_frame=on_frame)
+    Runner(scenario, out, [stage], seed, progress=False, world=world, world_factory=world_factory, ticks=int(ticks),
+           run_files=False).run()
+    return stage.summary()

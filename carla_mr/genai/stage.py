@@ -1,7 +1,8 @@
 """GenaiStage: the market's GPU-time schedule drives sign generation, scored and swapped in.
 
-For every published market round (``ctx.shared["market_round"]``, from
-:class:`~carla_mr.market.stage.MarketStage`) each served window is a generation job: the
+For every published market round (``ctx.board.market_round``, a
+:class:`~carla_mr.stages.MarketRound` from :class:`~carla_mr.market.stage.MarketStage`) each
+served window is a generation job: the
 window's simulator generates, for the window's AV, the signs nearest that AV (traffic lights
 excluded, within ``genai.swap_radius_m``), each as ``"a {sign} sign on a {colour} background"``
 with the AV's preferred background colour (its preference cache, drawn once per AV from
@@ -9,8 +10,9 @@ with the AV's preferred background colour (its preference cache, drawn once per 
 slot (round time + ``start_s``) and its wall time is recorded beside the slot's length.
 
 Every image is scored by the validator (recognised as the prompted class or not); the running
-share recognised is the generative score G, published in ``ctx.shared["genai_scores"]`` with
-theta (``genai.theta_value``, else the market's default) for the next market round. Recognised
+share recognised is the generative score G, published as ``ctx.board.generation_scores`` (a
+:class:`~carla_mr.stages.GenerationScores`, one entry per market simulator) with theta
+(``genai.theta_value``, else unmeasured: the market's default) for the next market round. Recognised
 images (all, with ``swap_only_recognised: false``) are swapped onto their signs with
 ``world.apply_sign_textures``. Images and a manifest (prompt, seed, model, class, verdict,
 confidence, sign, vehicle, round, simulator, slot) go to ``RUN_DIR/genai/``.
@@ -22,23 +24,25 @@ import json
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
 from carla_mr.config.genai import GenaiConfig
-from carla_mr.stages import RunContext
+from carla_mr.reporting import md_table, plot_png, read_jsonl
+from carla_mr.stages import BaseStage, GenerationScores, ReportSection, RunContext
 from carla_mr.world.base import SignTexture, Snapshot
 
-SHARED_SCORES = "genai_scores"
 TEXTURE_PX = 128  # generated images are upscaled to this many pixels for the sign face
 
 
-class GenaiStage:
+class GenaiStage(BaseStage):
     name = "genai"
 
-    def __init__(self, config: GenaiConfig):
+    def __init__(self, config: GenaiConfig, n_simulators: int = 1):
+        """``n_simulators``: the market's simulators K (the length of the published scores)."""
         self.config = config
+        self.n_simulators = max(1, int(n_simulators))
         self._closed = False
         self._seen_rounds: set[int] = set()
         self._queue: list[dict] = []
@@ -64,8 +68,11 @@ class GenaiStage:
         signs = ctx.world.signs
         self.sign_ok = np.array([k not in ("traffic_light", "other") and k in self.config.preferences.signs
                                  for k in signs.kind.astype(str)], dtype=bool)
+        self.theta = np.full(self.n_simulators, np.nan if self.config.theta_value is None
+                             else float(self.config.theta_value))
         if self.config.theta_value is not None:
-            ctx.shared[SHARED_SCORES] = {"G": None, "theta": float(self.config.theta_value)}
+            ctx.board.generation_scores = GenerationScores(G=np.full(self.n_simulators, np.nan), theta=self.theta,
+                                                           images=np.zeros(self.n_simulators, np.int64))
 
     def _colour(self, vehicle_id: int) -> str:
         colours = self.config.preferences.colours
@@ -74,12 +81,12 @@ class GenaiStage:
 
     # ---------------------------------------------------------------- per tick
     def on_tick(self, snapshot: Snapshot, ctx: RunContext) -> None:
-        rnd = ctx.shared.get("market_round")
-        if rnd and rnd["round_id"] not in self._seen_rounds:
-            self._seen_rounds.add(rnd["round_id"])
-            windows = [w for w in rnd["windows"] if w.get("vehicle_id") is not None and w["duration_s"] > 0]
+        rnd = ctx.board.market_round
+        if rnd is not None and rnd.round_id not in self._seen_rounds:
+            self._seen_rounds.add(rnd.round_id)
+            windows = [w for w in rnd.windows() if w["vehicle_id"] is not None and w["duration_s"] > 0]
             for w in windows[: self.config.jobs_per_round]:
-                self._queue.append({**w, "round_id": rnd["round_id"], "due": rnd["time"] + w["start_s"]})
+                self._queue.append({**w, "round_id": rnd.round_id, "due": rnd.time + w["start_s"]})
         due = [j for j in self._queue if j["due"] <= snapshot.time + 1e-9]
         if not due:
             return
@@ -156,8 +163,13 @@ class GenaiStage:
             for line in lines:
                 fh.write(json.dumps(line) + "\n")
         G = self._recognised / self._images if self._images else None
-        prev = ctx.shared.get(SHARED_SCORES) or {}
-        ctx.shared[SHARED_SCORES] = {"G": G, "theta": prev.get("theta")}
+        # one running G for every traffic simulator (index 0, the driving simulator, does not generate)
+        g = np.full(self.n_simulators, np.nan)
+        g[1:] = G
+        images = np.zeros(self.n_simulators, np.int64)
+        images[1:] = self._images
+        ctx.board.generation_scores = GenerationScores(G=g, theta=self.theta, images=images,
+                                                       round_id=int(job["round_id"]))
         self._per_round.append({"round_id": job["round_id"], "G_job": float(verdict["G"]), "G_running": G,
                                 "time": snap.time})
 
@@ -167,6 +179,39 @@ class GenaiStage:
         self._closed = True
         self.model = None
         self.validator = None
+
+    @staticmethod
+    def report_section(run_dir: Path, summary: Mapping[str, Any], figs: Path) -> Optional[ReportSection]:
+        """This stage's part of report.md (see :class:`~carla_mr.stages.BaseStage`)."""
+        lines = read_jsonl(run_dir / "genai" / "manifest.jsonl")
+        if not lines:
+            return None
+        rid = np.array([x["round_id"] for x in lines])
+        rec = np.array([bool(x["recognised"]) for x in lines], dtype=float)
+        rounds = np.unique(rid)
+        g = np.array([rec[rid == r].mean() for r in rounds])
+
+        def draw(ax):
+            ax.plot(rounds, g, marker="o", label="G per round")
+            ax.plot(rounds, np.cumsum([rec[rid == r].sum() for r in rounds]) / np.cumsum(
+                [(rid == r).sum() for r in rounds]), label="running G")
+            ax.set_ylim(-0.05, 1.05)
+            ax.set_xlabel("market round")
+            ax.set_ylabel("generative score G")
+            ax.set_title("Validator-recognised share of generated signs")
+            ax.legend()
+
+        png = plot_png(figs / "genai_G.png", draw)
+        by_class: dict[str, list[float]] = {}
+        for x, r in zip(lines, rec):
+            by_class.setdefault(x["class"], []).append(r)
+        rows = [(k, len(v), float(np.mean(v))) for k, v in sorted(by_class.items())]
+        swapped = sum(bool(x.get("swapped")) for x in lines)
+        stats = {"images": len(lines), "G": float(rec.mean()), "swapped": swapped}
+        text = (f"{len(lines)} images in {rounds.size} rounds, G = {rec.mean():.3f}, "
+                f"{swapped} swapped onto in-world signs.\n\n" + md_table(rows, ("class", "images", "G"))
+                + f"\n\n![G](report/{png})\n")
+        return ReportSection("Generated signs", text, stats)
 
     def summary(self) -> dict[str, Any]:
         G: Optional[float] = self._recognised / self._images if self._images else None

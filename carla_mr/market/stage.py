@@ -10,14 +10,16 @@ and runs it over ZeroMQ (CURVE on loopback) through :class:`~carla_mr.market.ses
 - Public data (known to the RSU). Channel gain from the distance to the serving RSU,
   ``g = clip(1 - dist / range, 0.01, 1)``; transmit powers and noise drawn once per AV slot as in
   the market model; R_acc from the twin's rolling accuracy when the twin runs
-  (``ctx.shared["twin_accuracy"]``), else ``market.r_acc``; G and theta from the genai stage's
-  latest scores (``ctx.shared["genai_scores"]``), else the model's U[0.4, 0.6] and 0.53.
+  (``ctx.board.twin_accuracy``), else ``market.r_acc``; G and theta per simulator from the
+  genai stage's latest scores (``ctx.board.generation_scores``, written after the jobs of the
+  previous round), else the model's U[0.4, 0.6] and 0.53 where a simulator has none.
 - Bids. An AV's value for its DT slot grows with its speed: ``v = 0.2 + 0.8 clip(speed / 15 m/s,
   0, 1)``, bid truthfully; the DT tasks (size MB, Gcycles/MB, deadline s) are drawn from the
   market model. Each simulator's value per second is the truthful ``v m`` of the model, with
   match qualities ``h = C u`` fixed per (AV slot, simulator) for the run (the preference cache).
-- Output. ``ctx.shared["market_round"]`` holds the latest round (winner vehicle id, schedule with
-  vehicle ids) for the genai stage; ``RUN_DIR/market/rounds.jsonl`` one line per round with the
+- Output. ``ctx.board.market_round`` holds the latest round (a
+  :class:`~carla_mr.stages.MarketRound`: winner vehicle id, schedule with vehicle ids) for the
+  genai stage; ``RUN_DIR/market/rounds.jsonl`` one line per round with the
   outcome, its latency, and the same bids cleared by PViSA, EPViSA and MTEPViSA with the pure
   functions (the report's surplus-by-mechanism plot).
 """
@@ -26,19 +28,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
 from carla_mr.config.market import MarketConfig
-from carla_mr.stages import RunContext
+from carla_mr.reporting import md_table, plot_png, read_jsonl
+from carla_mr.stages import BaseStage, MarketRound, ReportSection, RunContext
 from carla_mr.world.base import Snapshot
 
-SHARED_ROUND = "market_round"
 SPEED_REF_MPS = 15.0
 
 
-class MarketStage:
+class MarketStage(BaseStage):
     name = "market"
 
     def __init__(self, config: MarketConfig, n_av_slots: int):
@@ -115,16 +117,10 @@ class MarketStage:
         v[:n] = 0.2 + 0.8 * np.clip(snap.speed[rows] / SPEED_REF_MPS, 0.0, 1.0)
         vehicle_ids = snap.ids[rows]
         r_acc = np.full(I, float(mp.r_acc))
-        acc = ctx.shared.get("twin_accuracy")
+        acc = ctx.board.twin_accuracy
         if acc is not None:
             r_acc[:n] = np.clip(acc.get(vehicle_ids, default=float(mp.r_acc)), 0.0, 1.0)
-        scores = ctx.shared.get("genai_scores") or {}
-        if "G" in scores and scores["G"] is not None:
-            G = np.full((I, K1), float(scores["G"]))
-            G[:, 0] = self.rng.uniform(mp.g_lo, mp.g_hi, I)  # the driving simulator does not generate here
-        else:
-            G = self.rng.uniform(mp.g_lo, mp.g_hi, (I, K1))
-        theta = float(scores.get("theta") or mp.theta)
+        G, theta = self._scores(ctx.board.generation_scores, I, K1)
         s_dt = self.rng.uniform(0.0, mp.s_dt_max_mb, (I, N))
         e_dt = self.rng.uniform(0.0, mp.e_dt_max, (I, N))
         d = self.rng.uniform(mp.d_lo_s, mp.d_hi_s, (I, N))
@@ -161,14 +157,62 @@ class MarketStage:
                     "vehicle_id": slot_to_vehicle.get(str(sched["av_id"][w])), "task": int(sched["task"][w]),
                     "start_s": float(sched["start_s"][w]), "duration_s": float(sched["duration_s"][w]),
                     "payment_micro": int(sched["payment_micro"][w])} for w in range(len(res.schedule))]
-        info = {"round_id": res.round_id, "frame": snap.frame, "time": snap.time, "participants": n,
-                "winner_vehicle_id": winner_vehicle, "payment_micro": res.outcome.get("payment_micro"),
-                "windows": windows, "latency_s": res.latency_s, "mechanism": cfg.mechanism,
-                "r_acc_mean": float(np.mean(r_acc[:n])), "G_mean": float(np.mean(G[:n, 1:])), "theta": theta,
-                "by_mechanism": by_mech, "chain_hash": res.chain_hash}
-        ctx.shared[SHARED_ROUND] = info
+        rnd = MarketRound.from_windows(
+            windows=windows, round_id=int(res.round_id), frame=int(snap.frame), time=float(snap.time), participants=n,
+            winner_vehicle_id=winner_vehicle, payment_micro=res.outcome.get("payment_micro"),
+            mechanism=cfg.mechanism, latency_s=float(res.latency_s), chain_hash=str(res.chain_hash))
+        ctx.board.market_round = rnd
+        info = {**rnd.to_record(), "r_acc_mean": float(np.mean(r_acc[:n])), "G_mean": float(np.mean(G[:n, 1:])),
+                "theta": theta, "by_mechanism": by_mech}
         with open(self._log, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(info) + "\n")
+
+    def _scores(self, scores, I: int, K1: int) -> tuple[np.ndarray, float]:
+        """G (I, K1) and theta for this round: each simulator's measured G (the driving simulator,
+        index 0, does not generate here), the model's prior U[g_lo, g_hi] for the others; theta the
+        mean measured theta, else the model's."""
+        mp = self.params
+        G = np.empty((I, K1))
+        measured = np.zeros(K1, dtype=bool)
+        if scores is not None:
+            measured[1:] = np.isfinite(scores.G[1:K1])
+            G[:, measured] = scores.G[:K1][measured]
+        G[:, ~measured] = self.rng.uniform(mp.g_lo, mp.g_hi, (I, int((~measured).sum())))
+        theta = float(mp.theta)
+        if scores is not None and np.isfinite(scores.theta[:K1]).any():
+            theta = float(np.nanmean(scores.theta[:K1]))
+        return G, theta
+
+    @staticmethod
+    def report_section(run_dir: Path, summary: Mapping[str, Any], figs: Path) -> Optional[ReportSection]:
+        """This stage's part of report.md (see :class:`~carla_mr.stages.BaseStage`)."""
+        rounds = read_jsonl(run_dir / "market" / "rounds.jsonl")
+        if not rounds:
+            return None
+        t = np.array([r["time"] for r in rounds])
+        mechs = ["pvisa", "epvisa", "mtepvisa"]
+        tot = {m: np.array([r["by_mechanism"][m]["total"] for r in rounds]) for m in mechs}
+
+        def draw(ax):
+            for m in mechs:
+                ax.plot(t, tot[m], marker=".", label=m.upper())
+            ax.set_xlabel("simulation time (s)")
+            ax.set_ylabel("total surplus per round")
+            ax.set_title("Surplus per market round by mechanism (same bids)")
+            ax.legend()
+
+        png = plot_png(figs / "market_surplus.png", draw)
+        lat = np.array([r["latency_s"] for r in rounds]) * 1e3
+        means = {m: float(tot[m].mean()) for m in mechs}
+        rows = [(m.upper(), means[m], float(np.median(tot[m])),
+                 means[m] / means["pvisa"] if means["pvisa"] > 0 else None) for m in mechs]
+        winners = sum(r["winner_vehicle_id"] is not None for r in rounds)
+        text = (f"{len(rounds)} rounds over ZeroMQ ({rounds[0]['mechanism']} on the wire), "
+                f"{winners} with a winning AV; round latency p50 {np.percentile(lat, 50):.1f} ms, "
+                f"p99 {np.percentile(lat, 99):.1f} ms.\n\n"
+                + md_table(rows, ("mechanism", "mean total surplus", "median", "ratio to PViSA"))
+                + f"\n\n![surplus](report/{png})\n")
+        return ReportSection("Market", text, {"rounds": len(rounds), "mean_total_surplus": means})
 
     def summary(self) -> dict[str, Any]:
         lat = np.asarray(self._latencies) if self._latencies else np.zeros(0)

@@ -17,7 +17,6 @@ R_acc, 0.5). Predictions made while the AV was served by no RSU (rsu = -1) are k
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -80,43 +79,3 @@ class RollingAccuracy:
             r[hit] = self._r[pos_c[hit]]
             n[hit] = self._n[pos_c[hit]]
         return r, n
-
-
-@dataclass(frozen=True)
-class TwinAccuracy:
-    """What the twin publishes in ``ctx.shared["twin_accuracy"]`` after each sample.
-
-    For every predicted vehicle present now (sorted ``ids``): its serving RSU, R_{i, rsu_i}
-    (see the module docstring) and how many evaluated predictions it rests on (0: the prior).
-    """
-
-    frame: int
-    time: float
-    ids: np.ndarray  # (A,) int64, sorted
-    rsu: np.ndarray  # (A,) int32, serving RSU or -1
-    r: np.ndarray  # (A,) float64 in [0, 1]
-    n: np.ndarray  # (A,) int64
-    prior: float
-    hit_radius_m: float
-    window: int
-
-    def get(self, ids: np.ndarray, default: float | None = None) -> np.ndarray:
-        """R for each of ``ids`` (Q,); ``default`` (else the prior) for ids not present."""
-        ids = np.asarray(ids, np.int64)
-        out = np.full(ids.size, self.prior if default is None else float(default))
-        if self.ids.size and ids.size:
-            pos = np.minimum(np.searchsorted(self.ids, ids), self.ids.size - 1)
-            hit = self.ids[pos] == ids
-            out[hit] = self.r[pos[hit]]
-        return out
-
-    def as_dict(self) -> dict[int, float]:
-        return {int(i): float(r) for i, r in zip(self.ids, self.r)}
-
-    def per_rsu(self) -> dict[int, dict[str, float]]:
-        """For each RSU serving predicted vehicles now: how many, and their mean R."""
-        out: dict[int, dict[str, float]] = {}
-        for j in np.unique(self.rsu):
-            m = self.rsu == j
-            out[int(j)] = {"vehicles": int(m.sum()), "mean_r": float(self.r[m].mean())}
-        return out

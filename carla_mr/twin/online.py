@@ -10,7 +10,7 @@ Every ``stride`` world ticks (stride = tick rate / the predictor's ``sample_hz``
 3. predicts the next ``future`` samples for every vehicle with ``past`` samples of history --
    with ``spread`` (default) the batch is split into ``stride`` chunks predicted on the
    stride's successive ticks (each from the same sample), so no tick carries the whole batch;
-4. publishes ``ctx.shared["twin_accuracy"]``: a :class:`~carla_mr.twin.accuracy.TwinAccuracy`
+4. publishes ``ctx.board.twin_accuracy``: a :class:`~carla_mr.stages.TwinAccuracy`
    (per-AV R in [0, 1] keyed by vehicle id, at the RSU serving it), the market's R_acc.
 
 Files (written atomically when the stage closes):
@@ -29,19 +29,18 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
 from carla_mr.config.twin import TwinConfig
 from carla_mr.errors import InputError
 from carla_mr.io import ParquetSink
-from carla_mr.twin.accuracy import RollingAccuracy, TwinAccuracy
+from carla_mr.reporting import md_table, plot_png
+from carla_mr.stages import BaseStage, ReportSection, TwinAccuracy
+from carla_mr.twin.accuracy import RollingAccuracy
 from carla_mr.twin.buffers import TrackBuffer
 from carla_mr.twin.predictors import BASELINES, Predictor, load_predictor
-
-SHARED_KEY = "twin_accuracy"
-
 
 def resolve_model(model: str, scenario_path: str | os.PathLike | None = None) -> str:
     """A baseline name as is; a relative model path against the scenario's folder, then the cwd."""
@@ -84,7 +83,7 @@ EVAL_COLUMNS = (("frame", "int64"), ("id", "int64"), ("rsu", "int32"), ("ade", "
                 ("fde", "float64"), ("hit", "bool_"), ("r", "float64"))
 
 
-class TwinStage:
+class TwinStage(BaseStage):
     """The ``twin`` stage (see the module docstring). ``predictor`` overrides ``config.model``."""
 
     name = "twin"
@@ -127,7 +126,7 @@ class TwinStage:
             self._pred_sink = ParquetSink(run_dir / "predictions.parquet", PREDICTION_COLUMNS)
             self._eval_sink = ParquetSink(run_dir / "twin_eval.parquet", EVAL_COLUMNS)
             self._sinks = [self._pred_sink, self._eval_sink]
-        ctx.shared[SHARED_KEY] = self._publish(-1, 0.0, np.zeros(0, np.int64), np.zeros(0, np.int32))
+        ctx.board.twin_accuracy = self._publish(-1, 0.0, np.zeros(0, np.int64), np.zeros(0, np.int32))
 
     def on_tick(self, snapshot, ctx) -> None:
         self._ticks += 1
@@ -157,7 +156,7 @@ class TwinStage:
         n_chunks = self.stride if self.config.spread else 1
         self._todo = (k, int(snap.frame), float(snap.time), ids, rsu, past, np.array_split(np.arange(ids.size),
                                                                                            n_chunks))
-        ctx.shared[SHARED_KEY] = self._publish(int(snap.frame), float(snap.time), all_ids, all_rsu)
+        ctx.board.twin_accuracy = self._publish(int(snap.frame), float(snap.time), all_ids, all_rsu)
 
     def _predict_chunk(self, phase: int) -> None:
         k, frame, t, ids, rsu, past, chunks = self._todo
@@ -221,6 +220,50 @@ class TwinStage:
         self._closed = True
         for s in self._sinks:
             s.close()
+
+    @staticmethod
+    def report_section(run_dir: Path, summary: Mapping[str, Any], figs: Path) -> Optional[ReportSection]:
+        """This stage's part of report.md (see :class:`~carla_mr.stages.BaseStage`)."""
+        path = run_dir / "twin_eval.parquet"
+        if not path.is_file():
+            return None
+        import pyarrow.parquet as pq
+
+        tab = pq.read_table(path, columns=["frame", "ade", "fde"])
+        frame = tab.column("frame").to_numpy()
+        ade = tab.column("ade").to_numpy()
+        fde = tab.column("fde").to_numpy()
+        if frame.size == 0:
+            return ReportSection("Digital twin", "No prediction was scored (runs shorter than past + future "
+                                                 "steps).\n", {})
+        bins = np.unique(frame)
+        if bins.size > 60:
+            edges = np.linspace(frame.min(), frame.max() + 1, 61)
+            idx = np.digitize(frame, edges) - 1
+            xs = 0.5 * (edges[:-1] + edges[1:])
+        else:
+            idx = np.searchsorted(bins, frame)
+            xs = bins.astype(float)
+        cnt = np.bincount(idx, minlength=len(xs))
+        keep = cnt > 0
+        a = np.bincount(idx, weights=ade, minlength=len(xs))[keep] / cnt[keep]
+        f = np.bincount(idx, weights=fde, minlength=len(xs))[keep] / cnt[keep]
+
+        def draw(ax):
+            ax.plot(xs[keep], a, label="ADE")
+            ax.plot(xs[keep], f, label="FDE")
+            ax.set_xlabel("frame")
+            ax.set_ylabel("error (m)")
+            ax.set_title("Online prediction error over time")
+            ax.legend()
+
+        png = plot_png(figs / "twin_error.png", draw)
+        stats = {"scored": int(frame.size), "ade_m": float(ade.mean()), "fde_m": float(fde.mean()),
+                 "miss_rate": float((fde > 2.0).mean())}
+        text = (md_table([(stats["scored"], stats["ade_m"], stats["fde_m"], stats["miss_rate"])],
+                                               ("scored predictions", "ADE (m)", "FDE (m)", "miss rate (FDE > 2 m)"))
+                + f"\n\n![twin](report/{png})\n")
+        return ReportSection("Digital twin", text, stats)
 
     def summary(self) -> dict[str, Any]:
         s = self._stats

@@ -137,11 +137,18 @@ class SignTable:
 
 @dataclass
 class SignTexture:
-    """What one sign shows: ``source`` is "original" or "generated"; ``ref`` names the image."""
+    """What one sign shows: ``source`` is "original" or "generated"; ``ref`` names the image.
+
+    ``label_class`` is the class a dataset label must carry for this face when it differs from
+    the sign's own (kind, value): for a generated face, what the independent validator read on
+    it (``speed_limit_30``), or the generic kind (``speed_limit``) when no value could be read,
+    so a label never names a value the face does not show. None: the sign's own class.
+    """
 
     source: str = "original"
     ref: str | None = None
     image: Any = field(default=None, repr=False)  # (H, W, 3|4) uint8 RGB(A), None for the original
+    label_class: str | None = None
 
 
 class FrameMissed(RunError):
@@ -196,6 +203,13 @@ class World(abc.ABC):
     calling ``reset()``; a world that installs handlers (CarlaWorld) does so only when
     ``owns_signals`` is True, and never before ``reset()``.
     """
+
+    #: Class-level defaults of the immutable parts of the surface (a subclass that does not call
+    #: ``World.__init__`` still has them); ``__init__`` sets every attribute per instance.
+    xodr_path: Optional[Path] = None
+    net_offset: tuple[float, float] = (0.0, 0.0)
+    map: Any = None
+    owns_signals: bool = True
 
     def __init__(self, tick_s: float, *, xodr_path: Optional[Path] = None,
                  net_offset: tuple[float, float] = (0.0, 0.0)):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from carla_mr.config.genai import GenaiConfig
-from carla_mr.genai.stage import SHARED_SCORES, GenaiStage
-from carla_mr.stages import RunContext
+from carla_mr.genai.stage import GenaiStage
+from carla_mr.stages import MarketRound, RunContext
 from carla_mr.testing.fake_world import FakeWorld, sign_table
 from carla_mr.world.base import Snapshot
 
@@ -30,14 +30,17 @@ def test_windows_become_jobs_in_their_slots(tmp_path, tiny_model_dir):
                       swap_only_recognised=False, theta_value=0.8)
     world = _SignWorld()
     ctx = RunContext(scenario=None, world=world, run_dir=tmp_path, seed=1)
-    stage = GenaiStage(cfg)
+    stage = GenaiStage(cfg, n_simulators=5)
     stage.start(ctx)
-    assert ctx.shared[SHARED_SCORES] == {"G": None, "theta": 0.8}
-    ctx.shared["market_round"] = {"round_id": 1, "time": 1.0, "windows": [
+    scores = ctx.board.generation_scores
+    assert np.isnan(scores.G).all() and scores.theta.tolist() == [0.8] * 5
+    ctx.board.market_round = MarketRound.from_windows(round_id=1, frame=20, time=1.0, participants=1,
+                                                      winner_vehicle_id=11, payment_micro=10, mechanism="mtepvisa",
+                                                      windows=[
         {"sim_id": "sim-003", "sim_index": 3, "vehicle_id": 11, "task": 0, "start_s": 0.5, "duration_s": 0.4,
          "payment_micro": 10},
         {"sim_id": "sim-000", "sim_index": 0, "vehicle_id": None, "task": 0, "start_s": 0.0, "duration_s": 1.0,
-         "payment_micro": 0}]}
+         "payment_micro": 0}])
     stage.on_tick(_snap(1.0), ctx)
     assert stage.summary()["jobs"] == 0 and stage.summary()["pending_jobs"] == 1  # slot not reached yet
     stage.on_tick(_snap(1.5), ctx)
@@ -54,7 +57,8 @@ def test_windows_become_jobs_in_their_slots(tmp_path, tiny_model_dir):
     assert tex["a"].image.shape == (128, 128, 3) and tex["c"].source == "original"
     G = s["G"]
     assert G == pytest.approx(sum(x["recognised"] for x in lines) / 2)
-    assert ctx.shared[SHARED_SCORES] == {"G": G, "theta": 0.8}
+    scores = ctx.board.generation_scores
+    assert np.isnan(scores.G[0]) and scores.G[1:].tolist() == [G] * 4 and scores.round_id == 1
     stage.close()
     stage.close()
 
@@ -69,9 +73,11 @@ def test_only_recognised_images_are_swapped(tmp_path, tiny_model_dir, monkeypatc
     ctx = RunContext(scenario=None, world=world, run_dir=tmp_path, seed=1)
     stage = GenaiStage(cfg)
     stage.start(ctx)
-    ctx.shared["market_round"] = {"round_id": 4, "time": 0.0, "windows": [
+    ctx.board.market_round = MarketRound.from_windows(round_id=4, frame=0, time=0.0, participants=1,
+                                                      winner_vehicle_id=11, payment_micro=1, mechanism="mtepvisa",
+                                                      windows=[
         {"sim_id": "sim-001", "sim_index": 1, "vehicle_id": 11, "task": 0, "start_s": 0.0, "duration_s": 0.1,
-         "payment_micro": 1}]}
+         "payment_micro": 1}])
     stage.on_tick(_snap(0.0), ctx)
     tex = world.sign_textures()
     assert tex["a"].source == "generated" and tex["b"].source == "original"

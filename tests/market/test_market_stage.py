@@ -10,7 +10,7 @@ import pytest
 
 from carla_mr.config.market import MarketConfig
 from carla_mr.market.stage import MarketStage
-from carla_mr.stages import RunContext
+from carla_mr.stages import MarketRound, RunContext, TwinAccuracy
 from carla_mr.world.base import RsuTable, Snapshot
 
 
@@ -27,14 +27,10 @@ def _snap(frame, ids, role, x, speed, rsu):
                     np.asarray(rsu, np.int32))
 
 
-class _Acc:
-    def __init__(self, value):
-        self.value = value
-        self.asked = []
-
-    def get(self, ids, default=None):
-        self.asked.append(np.asarray(ids).tolist())
-        return np.full(len(ids), self.value)
+def _accuracy(ids, value):
+    ids = np.asarray(sorted(ids), np.int64)
+    return TwinAccuracy(frame=1, time=0.05, ids=ids, rsu=np.zeros(ids.size, np.int32), r=np.full(ids.size, value),
+                        n=np.ones(ids.size, np.int64), prior=0.5, hit_radius_m=2.0, window=20)
 
 
 @pytest.mark.timeout(60)
@@ -47,7 +43,7 @@ def test_rounds_clear_over_zmq_and_map_back_to_vehicles(tmp_path):
         # vehicle 7 is an AV out of range, 9 is background: neither bids
         snap = _snap(1, [3, 5, 7, 8, 9], [1, 1, 1, 1, 0], [10, 50, 900, 120, 5], [14, 3, 10, 9, 8],
                      [0, 0, -1, 0, 0])
-        ctx.shared["twin_accuracy"] = _Acc(0.9)
+        ctx.board.twin_accuracy = _accuracy([3, 5, 7, 8], 0.9)
         for f in range(4):  # ticks 1 and 3 run rounds
             stage.on_tick(snap, ctx)
     finally:
@@ -63,9 +59,11 @@ def test_rounds_clear_over_zmq_and_map_back_to_vehicles(tmp_path):
         # MTEPViSA over the wire equals the pure function on the same bids (up to micro-rounding)
         assert set(info["by_mechanism"]) == {"pvisa", "epvisa", "mtepvisa"}
         assert info["by_mechanism"]["mtepvisa"]["winner_vehicle_id"] == info["winner_vehicle_id"]
-    assert ctx.shared["twin_accuracy"].asked[0] == [3, 5, 8]
     assert (tmp_path / "market" / "ledger.sqlite").is_file()
-    assert ctx.shared["market_round"]["round_id"] == lines[-1]["round_id"]
+    rnd = ctx.board.market_round
+    assert isinstance(rnd, MarketRound) and rnd.round_id == lines[-1]["round_id"]
+    assert rnd.winner_vehicle_id == lines[-1]["winner_vehicle_id"] and rnd.windows() == lines[-1]["windows"]
+    assert MarketRound.from_record(lines[-1]).to_record() == rnd.to_record()
 
 
 def test_no_served_av_means_no_round(tmp_path):
@@ -76,4 +74,4 @@ def test_no_served_av_means_no_round(tmp_path):
         stage.on_tick(_snap(1, [1, 2], [1, 0], [0, 0], [5, 5], [-1, 0]), ctx)
     finally:
         stage.close()
-    assert stage.summary()["rounds"] == 0 and "market_round" not in ctx.shared
+    assert stage.summary()["rounds"] == 0 and ctx.board.market_round is None

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from carla_mr.errors import InputError
-from carla_mr.twin.accuracy import RollingAccuracy, TwinAccuracy
+from carla_mr.stages import TwinAccuracy
+from carla_mr.twin.accuracy import RollingAccuracy
 from carla_mr.twin.metrics import compare, evaluate
 
 

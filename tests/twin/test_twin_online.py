@@ -8,9 +8,10 @@ import pytest
 
 from carla_mr.config import scenario_from_dict
 from carla_mr.errors import InputError
-from carla_mr.runner import Runner, build_stages
+from carla_mr.pipeline import build_stages
+from carla_mr.runner import Runner
 from carla_mr.stages import RunContext, Stage
-from carla_mr.twin.accuracy import TwinAccuracy
+from carla_mr.stages import TwinAccuracy
 from carla_mr.config.twin import TwinConfig
 from carla_mr.twin.online import TwinStage, stride_for
 from carla_mr.testing.fake_world import FakeWorld
@@ -73,7 +74,7 @@ def test_online_constant_velocity_run(tmp_path):
     assert tw["samples"] == 20 and tw["stride_ticks"] == 10
     assert tw["predictions"] == 4 * 17 + 9
     assert tw["lost_before_truth"] == 3  # AV 5's last three predictions never matured
-    acc = runner.ctx.shared["twin_accuracy"]
+    acc = runner.ctx.board.twin_accuracy
     assert isinstance(acc, TwinAccuracy)
     assert acc.ids.tolist() == [1, 2, 3, 4]  # AVs present now; background 99 and departed 5 are not
     r = dict(zip(acc.ids.tolist(), acc.r.tolist()))
@@ -104,7 +105,7 @@ def test_missed_predictions_lower_r(tmp_path):
     runner = Runner(sc, tmp_path / "run", stages=[TwinStage(sc.twin)], world=ScriptedWorld(), progress=False,
                     ticks=80)
     runner.run()
-    acc = runner.ctx.shared["twin_accuracy"]
+    acc = runner.ctx.board.twin_accuracy
     r = dict(zip(acc.ids.tolist(), acc.r.tolist()))
     assert r[4] < 0.05 and r[1] == 1.0
     assert acc.get(np.array([4, 12345]), default=0.5).tolist() == [r[4], 0.5]
@@ -115,7 +116,7 @@ def test_all_vehicles_and_no_files(tmp_path):
     runner = Runner(sc, tmp_path / "run", stages=[TwinStage(sc.twin)], world=ScriptedWorld(), progress=False,
                     ticks=60)
     runner.run()
-    assert 99 in runner.ctx.shared["twin_accuracy"].ids.tolist()
+    assert 99 in runner.ctx.board.twin_accuracy.ids.tolist()
     assert not (tmp_path / "run" / "predictions.parquet").exists()
 
 
@@ -160,5 +161,5 @@ def test_spreading_the_batch_changes_nothing_but_timing(tmp_path):
         t = pq.read_table(run / "predictions.parquet").sort_by([("frame", "ascending"), ("id", "ascending"),
                                                                 ("step", "ascending")])
         out[spread] = (t.to_pydict(), summary["stages"]["twin"]["scored"],
-                       runner.ctx.shared["twin_accuracy"].r.tolist())
+                       runner.ctx.board.twin_accuracy.r.tolist())
     assert out[True] == out[False]
