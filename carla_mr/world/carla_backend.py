@@ -521,6 +521,7 @@ class CarlaWorld(World):
                 return
             self._closing = True
         self._closed = True
+        interrupt: Optional[BaseException] = None
         try:
             with deferred_signals(self.owns_signals and is_open(self)):
                 seq = self._restore = self._restore or self._restore_sequence()
