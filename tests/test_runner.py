@@ -17,39 +17,32 @@ from carla_mr.pipeline import StageEntry, StageRegistry, build_stages, default_r
 from carla_mr.runner import Runner, RunTerminated
 from carla_mr.stages import (BaseStage, Board, GenerationScores, MarketRound, ReportSection, TwinAccuracy,
                              board_slots)
-from carla_mr.world.base import Snapshot, World
+from carla_mr.testing.fake_world import FakeWorld
+from carla_mr.world.base import Snapshot
 
 PACKAGE = Path(__file__).resolve().parent.parent / "carla_mr"
 
 
-class CountingWorld(World):
-    """A world of one vehicle moving along x at 10 m/s; records its calls in ``log``."""
+def _one_vehicle(frame: int) -> Snapshot:
+    """One AV (id 7) moving along x at 10 m/s, no RSU."""
+    t = frame * 0.05
+    return Snapshot(frame, t, np.array([7]), np.array([1], np.uint8), np.array([10.0 * t]), np.zeros(1), np.zeros(1),
+                    np.zeros(1), np.array([10.0]), np.array([-1], np.int32))
 
-    def __init__(self, log: list, tick_s: float = 0.05):
-        from carla_mr.world.base import RsuTable, SignTable
 
-        z = np.zeros(0)
+class CountingWorld(FakeWorld):
+    """The shared fake world, logging reset (with its signal ownership) and close."""
+
+    def __init__(self, log: list):
+        super().__init__(_one_vehicle)
         self.log = log
-        self.tick_s = tick_s
-        self.rsus = RsuTable(z, z, z, z, z, z, z, z)
-        self.signs = SignTable.empty()
-        self.frame = 0
-
-    def _snap(self) -> Snapshot:
-        t = self.frame * self.tick_s
-        return Snapshot(self.frame, t, np.array([7]), np.array([1], np.uint8), np.array([10.0 * t]), np.zeros(1),
-                        np.zeros(1), np.zeros(1), np.array([10.0]), np.array([-1], np.int32))
 
     def reset(self):
         self.log.append(("world.reset", self.owns_signals))
-        self.frame = 0
-        return self._snap()
-
-    def tick(self):
-        self.frame += 1
-        return self._snap()
+        return super().reset()
 
     def close(self):
+        super().close()
         self.log.append(("world.close",))
 
 
