@@ -41,7 +41,7 @@ def _scene():
     import carla
     import numpy as np
 
-    from carla_mr.dataset.testworld import KinematicWorld
+    from carla_mr.testing.fake_world import KinematicWorld
     from carla_mr.world.base import SignTable
 
     cmap = carla.Map("Town01", TOWN01.read_text())

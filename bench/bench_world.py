@@ -2,8 +2,10 @@
 
 For each population (50, 200, 1000 vehicles; quick: 50, 200) on the project's arterial map:
 
-- ``embedded``: ``EmbeddedWorld.tick()`` (step, subscriptions -> numpy Snapshot in CARLA's
-  frame, RSU association, route extension, constant population);
+- ``embedded``: the :class:`~carla_mr.runner.Runner`'s loop (the only tick loop of the
+  package) driving ``EmbeddedWorld.tick()`` (step, subscriptions -> numpy Snapshot in CARLA's
+  frame, RSU association, route extension, constant population) with no stage but a clock, so
+  the row includes everything the loop adds per tick (running statistics, per-stage timing);
 - ``bare``: the same SUMO net and vehicle count, ``libsumo.simulationStep()`` plus subscribing
   departures, re-adding arrivals on a ready route, and ``getAllSubscriptionResults()``.
 
@@ -72,18 +74,44 @@ def _timed(step, ticks: int) -> tuple[float, float]:
     return total / ticks, clock.seconds / ticks
 
 
+class _LoopClock:
+    """A stage that reads the CPU clock (and SUMO's step clock) at tick ``warm`` and at the end."""
+
+    name = "clock"
+
+    def __init__(self, warm: int, steps: _StepClock):
+        self.warm, self.steps = warm, steps
+        self.k = 0
+        self.t0 = self.s0 = self.t1 = self.s1 = 0.0
+        self.vehicles = 0
+
+    def start(self, ctx) -> None:
+        pass
+
+    def on_tick(self, snapshot, ctx) -> None:
+        if self.k == self.warm:
+            self.t0, self.s0 = time.process_time(), self.steps.seconds
+        self.k += 1
+        self.t1, self.s1 = time.process_time(), self.steps.seconds
+        self.vehicles = len(snapshot)
+
+    def close(self) -> None:
+        pass
+
+    def summary(self) -> dict:
+        return {}
+
+
 def _embedded(n: int, warm: int, ticks: int):
+    from carla_mr.runner import Runner
     from carla_mr.world.embedded import EmbeddedWorld
 
-    w = EmbeddedWorld(_scenario(n), seed=1)
-    try:
-        w.reset()
-        for _ in range(warm):
-            w.tick()
-        per_tick, step = _timed(w.tick, ticks)
-        return per_tick, step, len(w.last), (w.net_path, w._edges)
-    finally:
-        w.close()
+    sc = _scenario(n)
+    w = EmbeddedWorld(sc, seed=1)
+    with _StepClock() as steps:
+        clock = _LoopClock(warm, steps)
+        Runner(sc, REPO, [clock], 1, progress=False, world=w, ticks=warm + ticks + 1, run_files=False).run()
+    return (clock.t1 - clock.t0) / ticks, (clock.s1 - clock.s0) / ticks, clock.vehicles, (w.net_path, w._edges)
 
 
 def _bare(n: int, warm: int, ticks: int, net_path, edges) -> tuple[float, int]:

@@ -12,7 +12,8 @@ import click
 
 from carla_mr import __version__
 
-#: verb -> (module, attribute). A module that is not there yet is reported, not crashed on.
+#: verb -> (module, attribute, help). A verb whose optional dependency is missing is listed, and
+#: says which package to install when used.
 VERBS: dict[str, tuple[str, str, str]] = {
     "run": ("carla_mr.runner_cli", "run_cmd", "Run a scenario: world, twin, market, genai, recorder."),
     "maps": ("carla_mr.world.maps_cli", "maps_group", "Build the project's maps, list landmarks, inject signs."),
@@ -36,8 +37,8 @@ class LazyGroup(click.Group):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name and (exc.name == module or module.startswith(exc.name + ".")):
-                return _unavailable(name, help_text, f"this build of carla_mr does not have the '{name}' verb yet")
+            if exc.name and (exc.name == "carla_mr" or exc.name.startswith("carla_mr.")):
+                raise  # a broken installation, not an optional dependency
             return _unavailable(name, help_text, f"missing dependency '{exc.name}': {exc}")
         return getattr(mod, attr)
 

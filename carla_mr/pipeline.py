@@ -112,20 +112,27 @@ def build_stages(scenario: "Scenario", registry: Optional[StageRegistry] = None)
     return (registry or default_registry()).build(scenario)
 
 
+def write_run_report(run_dir: str | os.PathLike, *, registry: Optional[StageRegistry] = None) -> tuple[Path, dict]:
+    """(Re)write ``RUN_DIR/report.md`` from a run directory; ``registry`` defaults to the built-in
+    stages. Returns (path, headline figures by stage)."""
+    from carla_mr.report import write_report
+
+    return write_report(run_dir, registry or default_registry())
+
+
 def run_scenario(scenario: "Scenario", run_dir: str | os.PathLike, *, seed: Optional[int] = None,
                  registry: Optional[StageRegistry] = None, progress: bool = True, report: bool = True,
                  **runner_kw: Any) -> dict[str, Any]:
     """Run ``scenario``'s enabled stages into ``run_dir`` and write its report; returns the
     summary (with ``report`` and ``headline`` added when ``report``)."""
     from carla_mr.io import atomic_write_json
-    from carla_mr.report import write_report
     from carla_mr.runner import Runner
 
     registry = registry or default_registry()
     runner = Runner(scenario, run_dir, registry.build(scenario), seed, progress=progress, **runner_kw)
     summary = runner.run()
     if report:
-        path, headline = write_report(run_dir, registry=registry)
+        path, headline = write_run_report(run_dir, registry=registry)
         summary["report"] = str(path)
         summary["headline"] = headline
         atomic_write_json(Path(run_dir) / "summary.json", summary)

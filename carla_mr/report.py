@@ -11,13 +11,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any
 
 from carla_mr.io import atomic_write_text
 from carla_mr.reporting import fmt, md_table
-
-if TYPE_CHECKING:  # pragma: no cover
-    from carla_mr.pipeline import StageRegistry
 
 #: The summary's keys shown in the world table, in order.
 WORLD_ROWS = ("status", "backend", "map", "seed", "ticks", "sim_time_s", "avs", "vehicles", "mean_speed",
@@ -39,17 +36,15 @@ def world_section(summary: dict[str, Any]) -> str:
     return text
 
 
-def write_report(run_dir: str | os.PathLike, *, registry: "Optional[StageRegistry]" = None) -> tuple[Path, dict]:
+def write_report(run_dir: str | os.PathLike, registry: Any) -> tuple[Path, dict]:
     """Write ``RUN_DIR/report.md`` (+ ``RUN_DIR/report/*.png``); returns (path, headline figures
-    by stage name). ``registry`` (default: the built-in stages) maps the stage names recorded in
-    ``summary.json`` to the classes whose ``report_section`` builds each section."""
-    from carla_mr.pipeline import default_registry
-
+    by stage name). ``registry`` (a :class:`carla_mr.pipeline.StageRegistry`) maps the stage names
+    recorded in ``summary.json`` to the classes whose ``report_section`` builds each section
+    (:func:`carla_mr.pipeline.write_run_report` uses the built-in stages by default)."""
     run_dir = Path(run_dir)
     figs = run_dir / "report"
     spath = run_dir / "summary.json"
     summary = json.loads(spath.read_text(encoding="utf-8")) if spath.is_file() else {}
-    registry = registry or default_registry()
     parts = [f"# Run report: {summary.get('scenario', run_dir.name)}\n", world_section(summary)]
     headline: dict[str, Any] = {}
     for name in summary.get("stages") or {}:

@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
+import numpy as np
+
 from carla_mr.errors import InputError, RunError
 from carla_mr.io import atomic_write_json, atomic_write_text
 from carla_mr.stages import RunContext, Stage
@@ -67,6 +69,9 @@ class _Stats:
         self.av_ids: set[int] = set()
         self.max_vehicles = 0
         self._last_ids = None
+        self._last_role = None
+        self._av = np.zeros(0, dtype=bool)
+        self._n_av = 0
 
     def add(self, s: Snapshot) -> None:
         self.ticks += 1
@@ -76,8 +81,12 @@ class _Stats:
         if n == 0:
             return
         self.speed_sum += float(s.speed.sum())
-        av = s.role == ROLE_AV
-        self.av_ticks += int(av.sum())
+        if s.role is not self._last_role:  # backends reuse the role array while the set is unchanged
+            self._last_role = s.role
+            self._av = s.role == ROLE_AV
+            self._n_av = int(self._av.sum())
+        av = self._av
+        self.av_ticks += self._n_av
         self.av_covered += int((s.rsu[av] >= 0).sum())
         self.av_distance += float(s.speed[av].sum()) * self.tick_s
         if s.ids is not self._last_ids:  # backends reuse the ids array while the set is unchanged

@@ -14,7 +14,8 @@ from carla_mr.cli import main
 from carla_mr.cli_common import common_options, emit, guarded, make_run_dir
 from carla_mr.errors import InputError, RunError
 from carla_mr.io import atomic_write, atomic_write_json, to_jsonable
-from carla_mr.world.base import RsuTable, SignTable, SignTexture, Snapshot, World
+from carla_mr.testing.fake_world import FakeWorld, sign_table
+from carla_mr.world.base import SignTexture, Snapshot
 from carla_mr.config.camera import CameraSpec
 
 
@@ -79,32 +80,8 @@ def test_main_help_lists_every_verb():
         assert verb in res.output
 
 
-class _TwoSignWorld(World):
-    tick_s = 0.05
-
-    def __init__(self):
-        f = np.zeros(2)
-        self.signs = SignTable(np.array(["s1", "s2"], dtype=object), np.array(["stop", "yield"], dtype=object),
-                               np.full(2, np.nan), np.array(["206", "205"], dtype=object), f, f, f, f, f + 0.8,
-                               f + 0.8, np.zeros(2, np.int64))
-        self.rsus = RsuTable(*(np.zeros(0) for _ in range(8)))
-        self.pushed = []
-
-    def reset(self):
-        return Snapshot.empty()
-
-    def tick(self):
-        return Snapshot.empty()
-
-    def close(self):
-        pass
-
-    def _push_textures(self, textures):
-        self.pushed.append(dict(textures))
-
-
 def test_sign_texture_store_roundtrip_and_validation():
-    w = _TwoSignWorld()
+    w = FakeWorld(signs=sign_table(["s1", "s2"], ["stop", "yield"]))
     assert {k: v.source for k, v in w.sign_textures().items()} == {"s1": "original", "s2": "original"}
     img = np.zeros((8, 8, 3), np.uint8)
     w.apply_sign_textures({"s1": SignTexture("generated", "gen/0001.png", img)})

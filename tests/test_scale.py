@@ -299,7 +299,7 @@ def test_carla_hosts_one_server_per_world(tmp_path, town01):
     (CARLA stand-in servers in this process; the Ray path ships the same Shard to an actor)."""
     pytest.importorskip("carla")
     from carla_mr.world.carla_backend import CarlaWorld
-    from carla_mr.world.carla_standin import StandinServer
+    from carla_mr.testing.carla_standin import StandinServer
 
     text = town01.read_text(encoding="utf-8")
     servers = {}
@@ -307,7 +307,7 @@ def test_carla_hosts_one_server_per_world(tmp_path, town01):
     def factory(shard):
         srv = servers[shard.carla] = StandinServer(text, "Town01")
         return CarlaWorld(shard.scenario, seed=shard.seed, client_factory=srv.client_factory,
-                          install_handlers=False)
+                          owns_signals=False)
 
     # warmup_s > 0: on the CARLA backend a camera has no image on the reset tick (frame 0)
     sc = scenario_from_dict({"map": "Town01", "backend": "carla", "seed": 5, "vehicles": {"avs": 2, "background": 1},

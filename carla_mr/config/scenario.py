@@ -88,6 +88,14 @@ class CarlaConfig(StrictModel):
     sensor_timeout_s: float = Field(2.0, gt=0, description="Wait per tick for a camera image of that frame.")
     depth_camera: bool = Field(True, description="Attach a depth camera beside each RGB camera (label occlusion).")
     rsu_props: bool = Field(True, description="Show RSUs as static props beside the road (else purely logical).")
+    cosim_traffic_lights: bool = Field(False, description="With cosim_sumo: SUMO's signal states drive CARLA's "
+                                       "traffic lights (frozen while synchronised).")
+    allow_version_mismatch: bool = Field(False, description="Run although the carla client and server releases "
+                                         "differ (otherwise an error).")
+    heartbeat_s: float = Field(5.0, gt=0, description="Wall-clock seconds between this run's heartbeats (its "
+                               "marker actor's pose).")
+    heartbeat_stale_s: float = Field(60.0, ge=0, description="A session of the same role_name_prefix whose "
+                                     "heartbeat is older than this is taken as crashed and swept at start.")
 
 
 class Scenario(StrictModel):

@@ -6,7 +6,6 @@
   ``evaluate_dataset``, ``evaluate_scenario``, ``write_report``.
 - :mod:`carla_mr.dataset.models`: ``load_model`` (validator, template matcher, dotted paths).
 - :mod:`carla_mr.dataset.textures`: sign swaps (folder, genai model, procedural variants).
-- :mod:`carla_mr.dataset.testworld`: ``KinematicWorld`` (SUMO-free world for tests/benchmarks).
 
 See docs/dataset.md.
 """

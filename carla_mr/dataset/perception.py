@@ -285,32 +285,17 @@ class PerceptionStage(BaseStage):
                 "accuracy_by_source": by_source, "frames_missed": self.frames_missed, "files": self.files}
 
 
-class _ShowRecorderSwaps(BaseStage):
-    """Shows the recorder section's sign swaps (generated textures) from the first tick on."""
-
-    name = "swaps"
-
-    def __init__(self, recorder_cfg):
-        self.recorder_cfg = recorder_cfg
-
-    def start(self, ctx) -> None:
-        from carla_mr.dataset.textures import swaps_for
-
-        swaps = swaps_for(self.recorder_cfg, ctx.world.signs, ctx.seed)
-        if swaps:
-            ctx.world.apply_sign_textures(swaps)
-
-
 def evaluate_scenario(scenario, *, seed: int, model: str | None = None, checkpoint: str | None = None,
                       ticks: Optional[int] = None, world=None) -> dict:
     """Run ``scenario``'s world with the perception stage alone (swaps from the recorder section),
     through a :class:`~carla_mr.runner.Runner`; returns the perception report."""
+    from carla_mr.dataset.textures import RecorderSwapsStage
     from carla_mr.runner import Runner
 
     cfg = scenario.perception
     upd = {k: v for k, v in {"model": model, "checkpoint": checkpoint}.items() if v is not None}
     stage = PerceptionStage(cfg.model_copy(update=upd), subdir=None)
-    Runner(scenario, Path("."), [_ShowRecorderSwaps(scenario.recorder), stage], seed, progress=False, world=world,
+    Runner(scenario, Path("."), [RecorderSwapsStage(scenario.recorder), stage], seed, progress=False, world=world,
            ticks=ticks, run_files=False).run()
     rep = stage.evaluator.report()
     rep["source"] = f"scenario:{scenario.name}"

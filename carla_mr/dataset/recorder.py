@@ -129,7 +129,7 @@ class Recorder:
 
     # -- setup ----------------------------------------------------------------------------
     def _tick_s(self) -> float:
-        return float(getattr(self.world, "tick_s", 0.05) or 0.05)
+        return float(self.world.tick_s)
 
     def manifest(self, swaps: Mapping[str, Any]) -> dict:
         sc = self.scenario

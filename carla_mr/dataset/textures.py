@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from carla_mr.errors import InputError
+from carla_mr.stages import BaseStage
 from carla_mr.world.base import SignTable, SignTexture
 from carla_mr.world.sign_geometry import KIND_GEOMETRY, procedural_face
 
@@ -163,3 +164,23 @@ def swaps_for(cfg, signs: SignTable, seed: int) -> dict[str, SignTexture]:
         def gen(kinds, seeds):  # loaded only if the folder leaves signs without an image
             return genai_generator(cfg.genai_model, steps=cfg.genai_steps)(kinds, seeds)
     return choose_swaps(signs, cfg.swap_share, seed, folder, generator=gen)
+
+
+class RecorderSwapsStage(BaseStage):
+    """Shows the recorder section's sign swaps (generated textures) from the first tick on, for
+    runs that do not record (perception evaluation, the live viewer)."""
+
+    name = "swaps"
+
+    def __init__(self, recorder_cfg):
+        self.recorder_cfg = recorder_cfg
+        self.swapped = 0
+
+    def start(self, ctx) -> None:
+        swaps = swaps_for(self.recorder_cfg, ctx.world.signs, ctx.seed)
+        if swaps:
+            ctx.world.apply_sign_textures(swaps)
+        self.swapped = len(swaps)
+
+    def summary(self) -> dict:
+        return {"signs_swapped": self.swapped}

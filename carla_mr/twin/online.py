@@ -109,7 +109,7 @@ class TwinStage(BaseStage):
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self, ctx) -> None:
         cfg = self.config
-        self._tick_s = float(getattr(ctx.world, "tick_s", None) or ctx.scenario.tick_s)
+        self._tick_s = float(ctx.world.tick_s)
         if self.predictor is None:
             src = getattr(ctx.scenario, "source_path", None)
             self.predictor = load_predictor(resolve_model(cfg.model, src), past=cfg.past, future=cfg.future,

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -91,6 +92,11 @@ class RsuTable:
             for j in range(len(self))
         ]
 
+    @staticmethod
+    def empty() -> "RsuTable":
+        """A table with no RSU (a world before ``reset()``, or one without roadside units)."""
+        return RsuTable(*(np.zeros(0, dtype=np.float64) for _ in range(8)))
+
 
 @dataclass(frozen=True)
 class SignTable:
@@ -131,11 +137,18 @@ class SignTable:
 
 @dataclass
 class SignTexture:
-    """What one sign shows: ``source`` is "original" or "generated"; ``ref`` names the image."""
+    """What one sign shows: ``source`` is "original" or "generated"; ``ref`` names the image.
+
+    ``label_class`` is the class a dataset label must carry for this face when it differs from
+    the sign's own (kind, value): for a generated face, what the independent validator read on
+    it (``speed_limit_30``), or the generic kind (``speed_limit``) when no value could be read,
+    so a label never names a value the face does not show. None: the sign's own class.
+    """
 
     source: str = "original"
     ref: str | None = None
     image: Any = field(default=None, repr=False)  # (H, W, 3|4) uint8 RGB(A), None for the original
+    label_class: str | None = None
 
 
 class FrameMissed(RunError):
@@ -163,23 +176,52 @@ class CameraFrame:
 
 
 class World(abc.ABC):
-    """A world backend. Subclasses: EmbeddedWorld (default) and CarlaWorld.
+    """A world backend. Subclasses: EmbeddedWorld (default), CarlaWorld, and the test doubles
+    in :mod:`carla_mr.testing`.
 
-    Lifecycle: ``reset()`` spawns actors and returns the first Snapshot; ``tick()`` advances
-    one fixed step (``tick_s`` seconds); ``close()`` is idempotent and restores whatever the
-    backend changed. Use as a context manager so close() runs on every exit path.
+    Lifecycle: ``reset()`` loads the world (signs, RSUs, landmarks) and spawns actors and
+    returns the first Snapshot; ``tick()`` advances one fixed step (``tick_s`` seconds);
+    ``close()`` is idempotent and restores whatever the backend changed. Use as a context
+    manager so close() runs on every exit path.
+
+    The declared surface (every backend has all of it, so callers never probe with
+    ``getattr``/``hasattr``):
+
+    - ``tick_s`` (s), ``xodr_path`` (the OpenDRIVE file the world runs on, or None when the
+      map lives on a server), ``net_offset`` (metres, SUMO's netOffset; (0, 0) without SUMO),
+      ``map`` (the ``carla.Map``, or None before ``reset()`` on a server backend);
+    - ``signs`` (:class:`SignTable`) and ``rsus`` (:class:`RsuTable`): empty until the world is
+      loaded; complete after ``reset()`` on every backend (a server backend learns them from
+      the server's map);
+    - :meth:`map_info`, :meth:`landmark_summary` and :meth:`summary` for ``world.json`` and
+      the run summary;
+    - the sign-texture store (:meth:`apply_sign_textures`, :meth:`sign_textures`).
+
+    **Signal ownership.** ``owns_signals`` (default True: standalone use) says whether the
+    world may install SIGINT/SIGTERM handlers to close itself. A driver that owns the signals
+    (the :class:`~carla_mr.runner.Runner`) sets ``world.owns_signals = False`` *before*
+    calling ``reset()``; a world that installs handlers (CarlaWorld) does so only when
+    ``owns_signals`` is True, and never before ``reset()``.
     """
 
-    tick_s: float
-    rsus: RsuTable
-    signs: SignTable
-    #: The OpenDRIVE file of the map (None when the server holds the map, e.g. a CARLA town).
-    xodr_path: Any = None
-    #: SUMO's netOffset (metres) between the SUMO net and the CARLA frame; (0, 0) without SUMO.
+    #: Class-level defaults of the immutable parts of the surface (a subclass that does not call
+    #: ``World.__init__`` still has them); ``__init__`` sets every attribute per instance.
+    xodr_path: Optional[Path] = None
     net_offset: tuple[float, float] = (0.0, 0.0)
-    #: False while a Runner drives the world: the runner owns SIGINT/SIGTERM and cleanup, and the
-    #: backend installs no signal handler of its own.
+    map: Any = None
     owns_signals: bool = True
+
+    def __init__(self, tick_s: float, *, xodr_path: Optional[Path] = None,
+                 net_offset: tuple[float, float] = (0.0, 0.0)):
+        self.tick_s = float(tick_s)
+        self.xodr_path: Optional[Path] = Path(xodr_path) if xodr_path is not None else None
+        self.net_offset: tuple[float, float] = (float(net_offset[0]), float(net_offset[1]))
+        self.map: Any = None
+        self.rsus: RsuTable = RsuTable.empty()
+        self.signs: SignTable = SignTable.empty()
+        self.owns_signals: bool = True
+        #: What each sign shows, by sign id (only signs that were ever given a texture).
+        self.texture_store: dict[str, SignTexture] = {}
 
     @abc.abstractmethod
     def reset(self) -> Snapshot: ...
@@ -197,7 +239,7 @@ class World(abc.ABC):
         A value is an RGB(A) uint8 image (H, W, 3|4), a :class:`SignTexture`, or None to restore
         the original face. Unknown sign ids raise ``KeyError`` naming them; nothing is applied
         then. Backends that must push pixels somewhere (the CARLA server) override
-        :meth:`_push_textures` and call this.
+        :meth:`_push_textures`; it may replace an entry by what the sign really shows.
         """
         known = set(map(str, self.signs.ids))
         unknown = [k for k in textures if str(k) not in known]
@@ -216,15 +258,14 @@ class World(abc.ABC):
                                      f"{img.dtype} {img.shape}")
                 staged[str(sid)] = SignTexture(source="generated", ref=None, image=img)
         self._push_textures(staged)
-        store = self.__dict__.setdefault("_sign_textures", {})
-        store.update(staged)
+        self.texture_store.update(staged)
 
-    def _push_textures(self, textures: Mapping[str, SignTexture]) -> None:
+    def _push_textures(self, textures: dict[str, SignTexture]) -> None:
         """Backend hook: make ``textures`` visible in the simulator (no-op for in-process renderers)."""
 
     def sign_textures(self) -> dict[str, SignTexture]:
         """What each sign shows now (original, or which generated image), for every sign."""
-        store = self.__dict__.get("_sign_textures", {})
+        store = self.texture_store
         return {str(sid): store.get(str(sid), SignTexture()) for sid in self.signs.ids}
 
     # -- cameras ----------------------------------------------------------------------------
@@ -237,12 +278,20 @@ class World(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} has no cameras")
 
     # -- metadata ---------------------------------------------------------------------------
-    def summary(self) -> dict[str, Any]:
-        """Backend facts for the run's summary.json (empty by default)."""
-        return {}
+    def map_info(self) -> dict[str, Any]:
+        """The static map facts of ``world.json``: ``xodr_path`` (str or None), ``net_offset``
+        [x, y] metres, ``frame`` (the coordinate convention)."""
+        return {"xodr_path": None if self.xodr_path is None else str(self.xodr_path),
+                "net_offset": [float(self.net_offset[0]), float(self.net_offset[1])],
+                "frame": "CARLA (left-handed: x east, y south, z up, yaw clockwise, deg)"}
 
     def landmark_summary(self) -> dict[str, Any]:
+        """The map's signs for a run summary: ``total`` and ``by_type`` (kind -> count)."""
         return {"total": len(self.signs), "by_type": self.signs.counts_by_kind()}
+
+    def summary(self) -> dict[str, Any]:
+        """Backend facts for a run summary (server version, spawn and camera figures, ...); {} here."""
+        return {}
 
     def __enter__(self) -> "World":
         return self

@@ -1,12 +1,18 @@
-"""Texture streaming to a CARLA server: images -> ``carla.TextureColor``, sign object names, checks.
+"""Texture streaming to a CARLA server: images -> ``carla.TextureColor``, the exact object each
+sign's texture goes to, and the checks around it.
 
 - :func:`to_texture_color` turns an RGB(A) uint8 image into a ``TextureColor``. Colours are
   cast to ``int`` (Boost.Python rejects numpy integers) and the image orientation is fixed in
-  this one place: CARLA's texture origin is the bottom-left corner, so row ``y`` of the image
-  goes to texture row ``h - 1 - y`` (what CARLA's own texture example does).
-- :class:`SignObjectIndex` discovers at run time which level objects belong to each sign
-  (``World.get_names_of_all_objects`` joined through ``World.get_environment_objects``' boxes)
-  and caches the result per town, in memory and optionally as JSON on disk.
+  this one place (:data:`FLIP_ROWS`: CARLA's texture example writes row ``y`` of an image to
+  texture row ``h - 1 - y``). **Unverified on a real server**: docs/carla.md says how to check
+  it with :func:`orientation_pattern`.
+- :class:`SignObjectIndex` finds, once per town, the **actor** that carries each sign's
+  face: the ``TrafficSigns`` environment object nearest the sign's level box is named
+  ``<Actor>_SM_<n>`` or ``<Actor>_Inst_<n>``; the suffix is stripped (:func:`actor_name`) and
+  the result must be, exactly, one of ``World.get_names_of_all_objects()``. The texture calls
+  take actor names only; environment-object names are never sent. The texture call recolours
+  every mesh of the actor: when the actor carries other meshes than the sign's face (a sign
+  merged into a larger actor) the index lists them, and the run summary says so.
 - :func:`patch_changed` is the re-rendered pixel check: after a texture is applied, the sign's
   pixels in the next camera frame must differ from before, else the apply was a no-op.
 """
@@ -15,8 +21,9 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -81,43 +88,61 @@ def empty_float_texture(api: Any):
     return api.TextureFloatColor(0, 0)
 
 
-def apply_texture(world: Any, api: Any, names: Sequence[str], texture: Any) -> None:
-    """Put ``texture`` on the diffuse channel of the named level objects, in one call where the
-    server has ``apply_textures_to_objects``, else one ``apply_color_texture_to_object`` per name."""
-    names = [str(n) for n in names]
-    if not names:
-        return
-    if hasattr(world, "apply_textures_to_objects"):
-        empty = empty_float_texture(api)
-        world.apply_textures_to_objects(names, texture, empty, empty, empty)
-    else:  # servers without the plural call
-        for n in names:
-            world.apply_color_texture_to_object(n, api.MaterialParameter.Diffuse, texture)
+def apply_texture(world: Any, api: Any, actor: str, texture: Any) -> None:
+    """Put ``texture`` on the diffuse channel of every mesh of the named actor (one call;
+    empty emissive/normal/ORM textures leave those channels alone). Raises what the server
+    raises for an unknown name (``RuntimeError``: "unable to find Actor to apply the texture")."""
+    empty = empty_float_texture(api)
+    world.apply_textures_to_objects([str(actor)], texture, empty, empty, empty)
 
 
-# -- object names -----------------------------------------------------------------------------
+def orientation_pattern(size: int = 128) -> np.ndarray:
+    """An RGB test pattern whose orientation shows at a glance: top third red, bottom third
+    blue, a green bar down the left edge, white elsewhere. Applied to a sign on a real server,
+    a camera must show red at the top and green on the left (docs/carla.md)."""
+    img = np.full((size, size, 3), 255, np.uint8)
+    third = max(1, size // 3)
+    img[:third] = (220, 20, 20)
+    img[-third:] = (20, 40, 220)
+    img[:, : max(1, size // 8)] = (20, 200, 40)
+    return img
 
-_SIGNISH = re.compile(r"sign|speed|stop|yield|limit|warning|parking|priority|entry|arrow", re.IGNORECASE)
+
+# -- which actor carries each sign ------------------------------------------------------------
+
+_MESH_SUFFIX = re.compile(r"^(?P<actor>.+)_(?:SM|Inst)_\d+$")
 
 
-def _related(a: str, b: str) -> bool:
-    a, b = a.lower(), b.lower()
-    return a == b or a.startswith(b) or b.startswith(a)
+def actor_name(env_object_name: str) -> str:
+    """``BP_SpeedLimit30_20_SM_0`` -> ``BP_SpeedLimit30_20`` (an environment object's actor);
+    a name without the ``_SM_<n>`` / ``_Inst_<n>`` suffix is returned unchanged."""
+    m = _MESH_SUFFIX.match(str(env_object_name))
+    return m.group("actor") if m else str(env_object_name)
 
 
-def match_names(env_names: Iterable[str], all_names: Sequence[str]) -> list[list[str]]:
-    """For each environment-object name, the texture-addressable object names that belong to it
-    (equal, or one a prefix of the other: UE appends component and instance suffixes)."""
-    all_names = [str(n) for n in all_names]
-    out = []
-    for e in env_names:
-        hits = [n for n in all_names if _related(str(e), n)]
-        out.append(sorted(set(hits)))
-    return out
+@dataclass
+class SignTarget:
+    """Where one sign's texture goes: ``object`` (an actor name the texture calls accept) or
+    None with the ``reason``; ``other_meshes``: the actor's meshes besides the sign's own
+    (non-empty when the sign is merged into a larger actor, which the texture recolours too)."""
+
+    object: str | None
+    reason: str = ""
+    other_meshes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"object": self.object, "reason": self.reason, "other_meshes": list(self.other_meshes)}
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> "SignTarget":
+        return SignTarget(None if d["object"] is None else str(d["object"]), str(d["reason"]),
+                          [str(x) for x in d["other_meshes"]])
 
 
 #: The in-process cache shared by every SignObjectIndex made without its own: town -> table.
-_MEMORY: dict[str, dict[str, list[str]]] = {}
+_MEMORY: dict[str, dict[str, SignTarget]] = {}
+#: Version of the on-disk table (older files are rediscovered).
+CACHE_FORMAT = 2
 
 
 def clear_memory_cache() -> None:
@@ -125,17 +150,18 @@ def clear_memory_cache() -> None:
 
 
 class SignObjectIndex:
-    """Which level objects carry each sign's face, discovered at run time and cached per town.
+    """Which actor carries each sign's face, discovered at run time and cached per town.
 
     ``discover(world, api, town, sign_ids, sign_xyz)`` asks the server once per town:
-    ``get_names_of_all_objects()`` (what the texture calls accept) and
-    ``get_environment_objects(TrafficSigns)`` (names with boxes), joins each sign to the nearest
-    environment object, and keeps the names related to that object. Later calls for the same
-    town are answered from the cache (``cache_dir`` adds a JSON file per town).
+    ``get_environment_objects(TrafficSigns)`` (mesh names with boxes; each sign is joined to
+    the nearest within ``max_dist_m``), ``get_environment_objects(Any)`` (every mesh, to find
+    the actor's other meshes) and ``get_names_of_all_objects()`` (the names the texture
+    calls accept). Later calls for the same town are answered from the cache (``cache_dir``
+    adds a JSON file per town).
     """
 
     def __init__(self, cache_dir: str | Path | None = None, memory: dict | None = None):
-        self._mem: dict[str, dict[str, list[str]]] = _MEMORY if memory is None else memory
+        self._mem: dict[str, dict[str, SignTarget]] = _MEMORY if memory is None else memory
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.server_queries = 0
 
@@ -145,14 +171,16 @@ class SignObjectIndex:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", town) or "town"
         return self.cache_dir / f"sign_objects_{safe}.json"
 
-    def cached(self, town: str) -> dict[str, list[str]] | None:
+    def cached(self, town: str) -> dict[str, SignTarget] | None:
         if town in self._mem:
             return self._mem[town]
         p = self._path(town)
         if p is not None and p.is_file():
             try:
                 data = json.loads(p.read_text(encoding="utf-8"))
-                table = {str(k): [str(x) for x in v] for k, v in data["signs"].items()}
+                if data.get("format") != CACHE_FORMAT:
+                    return None
+                table = {str(k): SignTarget.from_json(v) for k, v in data["signs"].items()}
             except (ValueError, KeyError, TypeError, AttributeError):
                 return None
             self._mem[town] = table
@@ -160,30 +188,39 @@ class SignObjectIndex:
         return None
 
     def discover(self, world: Any, api: Any, town: str, sign_ids: Sequence[str], sign_xyz: np.ndarray, *,
-                 max_dist_m: float = 6.0) -> dict[str, list[str]]:
+                 max_dist_m: float = 6.0) -> dict[str, SignTarget]:
         hit = self.cached(town)
         if hit is not None:
             return hit
         self.server_queries += 1
-        all_names = [str(n) for n in world.get_names_of_all_objects()]
-        env = list(world.get_environment_objects(api.CityObjectLabel.TrafficSigns))
+        names = {str(n) for n in world.get_names_of_all_objects()}
+        signs_env = list(world.get_environment_objects(api.CityObjectLabel.TrafficSigns))
+        meshes: dict[str, list[str]] = {}
+        for o in world.get_environment_objects(api.CityObjectLabel.Any):
+            meshes.setdefault(actor_name(str(o.name)), []).append(str(o.name))
         env_xyz = np.array([[o.bounding_box.location.x, o.bounding_box.location.y, o.bounding_box.location.z]
-                            for o in env], dtype=np.float64).reshape(-1, 3)
-        env_names = [str(o.name) for o in env]
-        related = match_names(env_names, all_names)
+                            for o in signs_env], dtype=np.float64).reshape(-1, 3)
         j = join_boxes_to_signs(np.asarray(sign_xyz).reshape(-1, 3), env_xyz, max_dist_m=max_dist_m)
-        table: dict[str, list[str]] = {}
+        table: dict[str, SignTarget] = {}
         for sid, k in zip(sign_ids, j):
-            names = related[k] if k >= 0 else []
-            if k >= 0 and not names and _SIGNISH.search(env_names[k]):
-                names = [env_names[k]]
-            table[str(sid)] = names
+            if k < 0:
+                table[str(sid)] = SignTarget(None, f"no TrafficSigns object within {max_dist_m:g} m")
+                continue
+            env = str(signs_env[k].name)
+            actor = actor_name(env)
+            if actor not in names:
+                table[str(sid)] = SignTarget(None, f"environment object '{env}': no object named '{actor}' on the "
+                                                   f"server")
+                continue
+            others = sorted(m for m in meshes.get(actor, []) if m != env)
+            table[str(sid)] = SignTarget(actor, "", others)
         self._mem[town] = table
         p = self._path(town)
         if p is not None:
             from carla_mr.io import atomic_write_json
 
-            atomic_write_json(p, {"town": town, "signs": table})
+            atomic_write_json(p, {"format": CACHE_FORMAT, "town": town,
+                                  "signs": {k: v.to_json() for k, v in table.items()}})
         return table
 
 

@@ -76,9 +76,8 @@ def _new_snapshot(frame, time, ids, role, x, y, z, yaw, speed, rsu) -> Snapshot:
 class EmbeddedWorld(World):
     """SUMO traffic on an OpenDRIVE map, no server. See the module docstring.
 
-    Attributes: ``map`` (carla.Map), ``xodr_path`` (the .xodr used, with injected signs),
-    ``tick_s`` (s), ``rsus`` (RsuTable), ``signs`` (SignTable), ``net_offset`` ((x, y) m),
-    ``net_path``, ``seed``, ``sumo`` (the libsumo module, for read-only inspection),
+    Attributes (besides :class:`World`'s): ``map`` (carla.Map), ``xodr_path`` (the .xodr used,
+    with injected signs), ``net_path``, ``seed``, ``sumo`` (the libsumo module, for read-only inspection),
     ``last`` (the latest Snapshot or None).
     """
 
@@ -88,7 +87,6 @@ class EmbeddedWorld(World):
                            "process); close() it first")
         self.scenario = scenario
         self.seed = int(scenario.seed if seed is None else seed)
-        self.tick_s = float(scenario.tick_s)
         src = scenario.resolved_map_path()
         if src is None:
             raise InputError("the embedded backend needs an .xodr map", field="map", source=scenario.source_path)
@@ -97,29 +95,27 @@ class EmbeddedWorld(World):
         except UnicodeDecodeError as exc:
             raise InputError("not a UTF-8 OpenDRIVE text file", field="map", source=str(src)) from exc
         new_text, self.injected_sign_ids = signs_for_scenario(text, scenario.signs, self.seed, name=Path(src).stem)
+        xodr_path = Path(src)
         if self.injected_sign_ids:
             key = hashlib.sha256(new_text.encode()).hexdigest()[:16]
-            out = cache_dir() / "maps" / f"{Path(src).stem}-{key}.xodr"
-            if not out.is_file():
+            xodr_path = cache_dir() / "maps" / f"{Path(src).stem}-{key}.xodr"
+            if not xodr_path.is_file():
                 from carla_mr.io import atomic_write_text
 
-                atomic_write_text(out, new_text)
-            self.xodr_path = out
-        else:
-            self.xodr_path = Path(src)
-        self.source_map_path = Path(src)
+                atomic_write_text(xodr_path, new_text)
+        net = build_net(xodr_path)
+        super().__init__(scenario.tick_s, xodr_path=xodr_path, net_offset=net.net_offset)
+        self.net_path = net.path
         self.map = map_from_text(Path(src).stem, new_text)
         self.signs = landmarks_to_signs(self.map)
         self._landmarks = landmark_counts(self.map)
-        net = build_net(self.xodr_path)
-        self.net_path = net.path
-        self.net_offset = net.net_offset
         self.rsus = make_rsus(scenario.rsus, self.map)
         self._assoc = RsuAssociator(self.rsus)
         self.n_avs = int(scenario.vehicles.avs)
         self.n_background = int(scenario.vehicles.background)
         self.sumo = None
         self.last: Optional[Snapshot] = None
+        self._camera_rig = None
         self._closed = False
         self._started = False
 
@@ -167,6 +163,7 @@ class EmbeddedWorld(World):
                              source=str(self.xodr_path))
         self._edge_arr = np.array(self._edges, dtype=object)
         self._respawn: list[int] = []  # roles still to add (no route found yet); retried every tick
+        self._signal_links: Optional[dict[str, list[tuple[str, int]]]] = None
         for role, count in ((ROLE_AV, self.n_avs), (ROLE_BACKGROUND, self.n_background)):
             for _ in range(count):
                 if not self._spawn(role):
@@ -327,20 +324,18 @@ class EmbeddedWorld(World):
     # -- cameras (rendered by carla_mr.world.render; the rig is built on first attach) ------------
     def attach_camera(self, name: str, spec: Any, vehicle_id: int) -> None:
         """Attach an RGB camera (CameraSpec) to a vehicle; see EmbeddedCameraRig."""
-        rig = self.__dict__.get("_camera_rig")
-        if rig is None:
+        if self._camera_rig is None:
             from carla_mr.world.render import EmbeddedCameraRig
 
-            rig = self.__dict__["_camera_rig"] = EmbeddedCameraRig(self.map, self.signs)
-        rig.attach(name, spec, vehicle_id)
+            self._camera_rig = EmbeddedCameraRig(self.map, self.signs)
+        self._camera_rig.attach(name, spec, vehicle_id)
 
     def read_camera(self, name: str):
         """The named camera's CameraFrame for the latest tick (rendered now, with sign labels)."""
-        rig = self.__dict__.get("_camera_rig")
-        if rig is None or self.last is None:
+        if self._camera_rig is None or self.last is None:
             raise RunError(f"read_camera({name!r}) needs attach_camera() and reset() first")
         # the texture store itself (keys are str ids; the renderer falls back to the original face)
-        return rig.render(name, self.last, self.__dict__.get("_sign_textures", {}))
+        return self._camera_rig.render(name, self.last, self.texture_store)
 
     def traffic_light_ids(self) -> list[str]:
         """SUMO ids of the running traffic lights (empty before reset)."""
@@ -353,6 +348,50 @@ class EmbeddedWorld(World):
             return {}
         tl = self.sumo.trafficlight
         return {t: tl.getRedYellowGreenState(t) for t in tl.getIDList()}
+
+    def remove_vehicle(self, vehicle_id: int) -> None:
+        """Take a vehicle out of the simulation now; as for any vehicle that leaves, a new one of
+        the same role departs in its place (the population stays constant)."""
+        if not self._started or self._closed:
+            raise RunError("remove_vehicle() needs a reset() world")
+        vid = str(int(vehicle_id))
+        veh = self.sumo.vehicle
+        veh.unsubscribe(vid)  # libsumo fails the next step for a removed vehicle still subscribed
+        veh.remove(vid)
+        self._route_len.pop(vid, None)
+        self._respawn.append(int(self._role_by_id[int(vid)]))
+
+    # -- per-vehicle and signal facts for co-simulation (not part of the hot path) ---------------
+    def vehicle_class(self, vehicle_id: int) -> tuple[str, float]:
+        """(SUMO vehicle class, length in metres) of a vehicle in the simulation."""
+        veh = self.sumo.vehicle
+        vid = str(int(vehicle_id))
+        return str(veh.getVehicleClass(vid)), float(veh.getLength(vid))
+
+    def slopes(self, ids: np.ndarray) -> np.ndarray:
+        """Each vehicle's slope (degrees, positive uphill: CARLA's pitch), 0 for unknown ids."""
+        veh = self.sumo.vehicle
+        out = np.zeros(len(ids))
+        for k, vid in enumerate(np.asarray(ids).tolist()):
+            try:
+                out[k] = veh.getSlope(str(vid))
+            except self.sumo.TraCIException:
+                out[k] = 0.0
+        return out
+
+    def signal_link_states(self) -> dict[str, str]:
+        """For each OpenDRIVE signal id the SUMO net's traffic lights control (netconvert keeps
+        it as the ``linkSignalID:<i>`` parameter), the SUMO state characters of its links now."""
+        tl = self.sumo.trafficlight
+        if self._signal_links is None:
+            links: dict[str, list[tuple[str, int]]] = {}
+            for t in tl.getIDList():
+                for i in range(len(tl.getRedYellowGreenState(t))):
+                    for sig in tl.getParameter(t, f"linkSignalID:{i}").split():
+                        links.setdefault(sig, []).append((t, i))
+            self._signal_links = links
+        states = {t: tl.getRedYellowGreenState(t) for t in {t for v in self._signal_links.values() for t, _ in v}}
+        return {sig: "".join(states[t][i] for t, i in v) for sig, v in self._signal_links.items()}
 
     # -- shutdown -------------------------------------------------------------------------------
     def _shutdown(self) -> None:

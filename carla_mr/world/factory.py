@@ -18,12 +18,7 @@ def make_world(scenario: "Scenario", seed: Optional[int] = None) -> "World":
 
         return EmbeddedWorld(scenario, seed=seed)
     if scenario.backend == "carla":
-        try:
-            from carla_mr.world.carla_backend import CarlaWorld
-        except ModuleNotFoundError as exc:
-            if exc.name == "carla_mr.world.carla_backend":
-                raise InputError("this build has no CARLA backend yet; use backend: embedded",
-                                 field="backend") from exc
-            raise
+        from carla_mr.world.carla_backend import CarlaWorld
+
         return CarlaWorld(scenario, seed=seed)
     raise InputError(f"unknown backend '{scenario.backend}'; expected 'embedded' or 'carla'", field="backend")

@@ -18,17 +18,11 @@ import numpy as np
 from carla_mr.errors import InputError
 from carla_mr.world.base import SignTable
 from carla_mr.world.coords import wrap_deg
-from carla_mr.world.opendrive import SIGN_KINDS, SignPlacement, inject_signs, parse_xodr, to_text
+from carla_mr.world.opendrive import SignPlacement, inject_signs, parse_xodr, to_text
+from carla_mr.world.sign_geometry import kind_geometry
 
 if TYPE_CHECKING:  # pragma: no cover
     import carla
-
-#: Default face size (width, height in metres) per kind when the map gives none.
-FACE_SIZE: dict[str, tuple[float, float]] = {k: (v["width"], v["height"]) for k, v in SIGN_KINDS.items()}
-FACE_SIZE.update({"traffic_light": (0.5, 1.2), "other": (0.6, 0.6)})
-#: Default face-centre height above the road (m) per kind when the map's is implausible.
-FACE_Z: dict[str, float] = {k: v["z"] for k, v in SIGN_KINDS.items()}
-FACE_Z.update({"traffic_light": 3.0, "other": 2.0})
 
 KINDS = ("stop", "yield", "speed_limit", "no_entry", "priority_road", "parking", "warning", "mandatory_arrow",
          "traffic_light", "other")
@@ -131,14 +125,14 @@ def landmarks_to_signs(cmap: "carla.Map") -> SignTable:
             value[i] = v if v > 0 else np.nan
         tf = lm.transform
         x[i], y[i] = tf.location.x, tf.location.y
-        dw, dh = FACE_SIZE[k]
+        dw, dh, dz = kind_geometry(k)  # defaults when the map gives none
         w[i] = float(lm.width) if lm.width and lm.width > 0.05 else dw
         h[i] = float(lm.height) if lm.height and lm.height > 0.05 else dh
         # zOffset is the height of the face's lower edge above the road (OpenDRIVE); CARLA's
         # towns carry negative offsets for their props, so fall back to the kind's default.
         zoff = float(lm.z_offset)
         road_z = tf.location.z - zoff
-        z[i] = road_z + (zoff + h[i] / 2 if zoff > 0.3 else FACE_Z[k])
+        z[i] = road_z + (zoff + h[i] / 2 if zoff > 0.3 else dz)
         yaw[i] = tf.rotation.yaw + 180.0
         try:
             road[i] = int(lm.road_id)
@@ -320,6 +314,45 @@ def _xml_nodes_edges(layout: dict) -> tuple[str, str]:
     return nod, edg
 
 
+def _layout_placements(root, tree, layout: dict) -> list[SignPlacement]:
+    """The signs of a project layout on the netconvert-made OpenDRIVE: a stop or yield sign 3 m
+    before the end of every road whose SUMO edge the layout marks so, and a speed-limit sign
+    (the edge's speed in km/h, rounded to 10) 6 m after the start of every road of 20 m or more.
+    Roads are matched to SUMO edges through their junctions (junction name = SUMO node id)."""
+    junction_name = {j.get("id"): j.get("name") for j in root.findall("junction")}
+    by_nodes = {(e["from"], e["to"]): e["id"] for e in layout["edges"]}
+    placements: list[SignPlacement] = []
+    from carla_mr.world.opendrive import roads
+
+    for r in roads(tree):
+        if r.in_junction:
+            continue
+        link = r.element.find("link")
+        pre = link.find("predecessor") if link is not None else None
+        suc = link.find("successor") if link is not None else None
+        if pre is None or suc is None:
+            continue
+        a = junction_name.get(pre.get("elementId"))
+        b = junction_name.get(suc.get("elementId"))
+        eid = by_nodes.get((a, b))
+        if eid is None:
+            continue
+        lanes = r.right if r.right else r.left
+        o = "+" if r.right else "-"
+        if not lanes or r.length < 20:
+            continue
+        end_s = r.length - 3.0 if o == "+" else 3.0
+        start_s = 6.0 if o == "+" else r.length - 6.0
+        if eid in layout["stop"]:
+            placements.append(SignPlacement("stop", r.id, end_s, o))
+        elif eid in layout["yield"]:
+            placements.append(SignPlacement("yield", r.id, end_s, o))
+        edge = next(e for e in layout["edges"] if e["id"] == eid)
+        kmh = float(round(edge["speed"] * 3.6 / 10.0) * 10)
+        placements.append(SignPlacement("speed_limit", r.id, start_s, o, value=kmh))
+    return placements
+
+
 def build_project_map(name: str, out_dir: str | Path) -> dict:
     """Build one of :data:`PROJECT_MAPS` into ``out_dir/<name>.xodr``; returns its landmark counts.
 
@@ -363,40 +396,7 @@ def build_project_map(name: str, out_dir: str | Path) -> dict:
         header.set("date", "")
         if header.find("geoReference") is None:
             ET.SubElement(header, "geoReference").text = GEO_REFERENCE
-    # road -> the SUMO node it ends at (junction name = SUMO node id)
-    junction_name = {j.get("id"): j.get("name") for j in root.findall("junction")}
-    edge_of: dict[str, tuple[str, str]] = {}  # road id -> (from node, to node) of its SUMO edge
-    by_nodes = {(e["from"], e["to"]): e["id"] for e in layout["edges"]}
-    placements: list[SignPlacement] = []
-    from carla_mr.world.opendrive import roads
-
-    for r in roads(tree):
-        if r.in_junction:
-            continue
-        link = r.element.find("link")
-        pre = link.find("predecessor") if link is not None else None
-        suc = link.find("successor") if link is not None else None
-        if pre is None or suc is None:
-            continue
-        a = junction_name.get(pre.get("elementId"))
-        b = junction_name.get(suc.get("elementId"))
-        eid = by_nodes.get((a, b))
-        if eid is None:
-            continue
-        edge_of[r.id] = (a, b)
-        lanes = r.right if r.right else r.left
-        o = "+" if r.right else "-"
-        if not lanes or r.length < 20:
-            continue
-        end_s = r.length - 3.0 if o == "+" else 3.0
-        start_s = 6.0 if o == "+" else r.length - 6.0
-        if eid in layout["stop"]:
-            placements.append(SignPlacement("stop", r.id, end_s, o))
-        elif eid in layout["yield"]:
-            placements.append(SignPlacement("yield", r.id, end_s, o))
-        edge = next(e for e in layout["edges"] if e["id"] == eid)
-        kmh = float(round(edge["speed"] * 3.6 / 10.0) * 10)
-        placements.append(SignPlacement("speed_limit", r.id, start_s, o, value=kmh))
+    placements = _layout_placements(root, tree, layout)
     base_text = to_text(tree)
     out_text, ids = inject_text(base_text, placements, name=name)
     out = Path(out_dir) / f"{name}.xodr"

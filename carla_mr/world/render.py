@@ -244,6 +244,57 @@ class _Pyramid:
         return self.levels[0]
 
 
+@dataclass
+class _VehicleView:
+    """The vehicles within draw distance of one frame, as boxes in world and camera space.
+
+    Index k runs over the selected vehicles: ``box`` (V, 8, 3) and ``normal`` (V, 5, 3) world
+    corners and face normals, ``cam`` the corners in camera space, ``uv`` their pixels where
+    the whole box is ``inside`` the clip volume, ``face_centre`` (V, 5, 3), ``facing`` (V, 5)
+    faces turned to the camera, ``dist`` (V,) metres, ``visible`` the indices in the image's
+    frustum.
+    """
+
+    ids: np.ndarray
+    av: np.ndarray
+    box: np.ndarray
+    normal: np.ndarray
+    cam: np.ndarray
+    uv: np.ndarray
+    inside: np.ndarray
+    face_centre: np.ndarray
+    facing: np.ndarray
+    dist: np.ndarray
+    visible: np.ndarray
+
+    @staticmethod
+    def of(vehicles: Snapshot | None, view: _View, draw_distance_m: float, size: tuple[float, float, float],
+           exclude_id: int | None) -> "_VehicleView | None":
+        """The view of ``vehicles`` (None when no vehicle is within ``draw_distance_m``)."""
+        if vehicles is None or not len(vehicles):
+            return None
+        px, py = view.pos[0], view.pos[1]
+        sel = (vehicles.x - px) ** 2 + (vehicles.y - py) ** 2 <= draw_distance_m ** 2
+        if exclude_id is not None:
+            sel &= vehicles.ids != exclude_id
+        vidx = np.nonzero(sel)[0]
+        if not len(vidx):
+            return None
+        box, normal = vehicle_boxes(vehicles.x[vidx], vehicles.y[vidx], vehicles.z[vidx], vehicles.yaw[vidx], size)
+        cam = view.to_cam(box)  # (V, 8, 3)
+        side = np.einsum("pj,vkj->vkp", view.cull_planes, cam) >= view.cull_offsets  # (V, 8, 5)
+        in_view = ~(~side).all(axis=1).any(axis=1)
+        inside = (np.einsum("pj,vkj->vkp", view.planes, cam) >= view.offsets).all(axis=(1, 2))
+        uv = np.zeros(cam.shape[:2] + (2,))
+        if inside.any():
+            uv[inside] = view.project(cam[inside])
+        fc = box[:, BOX_FACES].mean(axis=2)  # (V, 5, 3)
+        facing = np.einsum("vfk,vfk->vf", normal, view.pos[None, None, :] - fc) > 0
+        dist = np.sqrt(((box.mean(axis=1) - view.pos) ** 2).sum(axis=1))
+        return _VehicleView(vehicles.ids[vidx], vehicles.role[vidx] == 1, box, normal, cam, uv, inside, fc, facing,
+                            dist, np.nonzero(in_view)[0])
+
+
 class SceneRenderer:
     """Renders a map's roads, vehicles and signs from any camera pose.
 
@@ -393,9 +444,22 @@ class SceneRenderer:
         img = self._sky_image(view.w, view.h).copy()
         ids = np.zeros((view.h, view.w), np.int32)
         textures = textures or {}
-        gz = self.ground_z
-        # Ground plane: a big square around the camera.
+        self._draw_ground(img, view)
+        cars = _VehicleView.of(vehicles, view, self.draw_distance_m, self.vehicle_size, exclude_id)
+        objects = [(float(cars.dist[k]), 0, int(k)) for k in cars.visible] if cars is not None else []
+        sign_dist = self._signs_in_range(view, objects)
+        if cars is not None:
+            objects = _painter_order(objects, view.pos, self.geom, cars.box, cars.normal, cars.face_centre,
+                                     cars.facing)
+        else:
+            objects.sort(key=lambda o: -o[0])
+        faces = self._draw_objects(img, ids, view, objects, cars, sign_dist, textures)
+        return img, ids, self._labels(ids, faces, textures)
+
+    def _draw_ground(self, img: np.ndarray, view: _View) -> None:
+        """The bottom layer: grass (a big square around the camera), road quads, lane markings."""
         px, py = view.pos[0], view.pos[1]
+        gz = self.ground_z
         big = 2000.0
         ground = np.array([[px - big, py - big, gz], [px + big, py - big, gz], [px + big, py + big, gz],
                            [px - big, py + big, gz]])
@@ -405,93 +469,84 @@ class SceneRenderer:
         self._fill_world_polys(img, view, self.scene.road, self._road_centre, self._road_col)
         self._fill_world_polys(img, view, self.scene.marks, self._mark_centre, self._mark_col)
 
-        objects: list[tuple[float, int, int]] = []  # (distance, type 0=vehicle 1=sign, index)
-        vbox = vnorm = fc = facing = None
-        if vehicles is not None and len(vehicles):
-            d2 = (vehicles.x - px) ** 2 + (vehicles.y - py) ** 2
-            sel = d2 <= self.draw_distance_m ** 2
-            if exclude_id is not None:
-                sel &= vehicles.ids != exclude_id
-            vidx = np.nonzero(sel)[0]
-            if len(vidx):
-                vbox, vnorm = vehicle_boxes(vehicles.x[vidx], vehicles.y[vidx], vehicles.z[vidx], vehicles.yaw[vidx],
-                                            self.vehicle_size)
-                vcam = view.to_cam(vbox)  # (V, 8, 3)
-                side = np.einsum("pj,vkj->vkp", view.cull_planes, vcam) >= view.cull_offsets  # (V, 8, 5)
-                in_view = ~(~side).all(axis=1).any(axis=1)
-                inside = (np.einsum("pj,vkj->vkp", view.planes, vcam) >= view.offsets).all(axis=(1, 2))
-                vuv = np.zeros(vcam.shape[:2] + (2,))
-                if inside.any():
-                    vuv[inside] = view.project(vcam[inside])
-                fc = vbox[:, BOX_FACES].mean(axis=2)  # (V, 5, 3)
-                facing = np.einsum("vfk,vfk->vf", vnorm, view.pos[None, None, :] - fc) > 0
-                vdist = np.sqrt(((vbox.mean(axis=1) - view.pos) ** 2).sum(axis=1))
-                for k in np.nonzero(in_view)[0]:
-                    objects.append((float(vdist[k]), 0, int(k)))
+    def _signs_in_range(self, view: _View, objects: list[tuple[float, int, int]]) -> np.ndarray:
+        """Append (distance, 1, sign index) for every sign within range and not far behind the
+        camera to ``objects``; returns every sign's distance from the camera (metres)."""
         geom = self.geom
-        if len(geom):
-            dc = geom.center - view.pos
-            dist = np.sqrt((dc ** 2).sum(axis=1))
-            camc = view.to_cam(geom.center)
-            for i in np.nonzero((dist <= self.sign_range_m) & (camc[:, 0] > -2.0))[0]:
-                objects.append((float(dist[i]), 1, int(i)))
-        if vbox is not None:
-            objects = _painter_order(objects, view.pos, geom, vbox, vnorm, fc, facing)
-        else:
-            objects.sort(key=lambda o: -o[0])
+        if not len(geom):
+            return np.zeros(0)
+        dist = np.sqrt(((geom.center - view.pos) ** 2).sum(axis=1))
+        camc = view.to_cam(geom.center)
+        for i in np.nonzero((dist <= self.sign_range_m) & (camc[:, 0] > -2.0))[0]:
+            objects.append((float(dist[i]), 1, int(i)))
+        return dist
 
+    def _draw_objects(self, img, ids, view: _View, objects, cars: "_VehicleView | None", sign_dist: np.ndarray,
+                      textures: Mapping[str, SignTexture]) -> dict[int, tuple[int, tuple[int, int, int, int], float]]:
+        """Paint vehicles and signs in ``objects`` order; returns, per sign whose face was drawn,
+        (face pixels, face box, distance)."""
+        geom = self.geom
         faces: dict[int, tuple[int, tuple[int, int, int, int], float]] = {}
         for _key, typ, k in objects:
             if typ == 0:
-                vid = int(vehicles.ids[vidx[k]])
-                col = np.array(vehicle_colour(vid, bool(vehicles.role[vidx[k]] == 1)))
-                for fi in np.nonzero(facing[k])[0]:
-                    face = BOX_FACES[fi]
-                    shade = tuple(int(c) for c in np.clip(col * FACE_SHADE[fi], 0, 255))
-                    if inside[k]:
-                        p = _pts(vuv[k, face])
-                        cv2.fillConvexPoly(img, p, shade, cv2.LINE_8, _SHIFT)
-                        cv2.fillConvexPoly(ids, p, 0, cv2.LINE_8, _SHIFT)
-                    else:
-                        self._fill(img, ids, view, vcam[k, face], shade, 0)
+                self._draw_vehicle(img, ids, view, cars, k)
+                continue
+            front = float(np.dot(geom.normal[k], view.pos - geom.center[k])) > 0
+            post = self._post_quad(view, k)
+            cam_corners = view.to_cam(geom.corners[k])
+            if front:
+                if post is not None:
+                    self._fill(img, ids, view, post, POST, 0)
+                n, box = self._draw_face(img, ids, view, k, cam_corners, textures.get(str(geom.ids[k])), k + 1)
+                if n:
+                    faces[k] = (n, box, float(sign_dist[k]))
             else:
-                front = float(np.dot(geom.normal[k], view.pos - geom.center[k])) > 0
-                post = self._post_quad(view, k)
-                cam_corners = view.to_cam(geom.corners[k])
-                if front:
-                    if post is not None:
-                        self._fill(img, ids, view, post, POST, 0)
-                    n, box = self._draw_face(img, ids, view, k, cam_corners, textures.get(str(geom.ids[k])), k + 1)
-                    if n:
-                        faces[k] = (n, box, float(dist[k]))
-                else:
-                    self._fill(img, ids, view, cam_corners, SIGN_BACK, 0)
-                    if post is not None:
-                        self._fill(img, ids, view, post, POST, 0)
+                self._fill(img, ids, view, cam_corners, SIGN_BACK, 0)
+                if post is not None:
+                    self._fill(img, ids, view, post, POST, 0)
+        return faces
 
+    def _draw_vehicle(self, img, ids, view: _View, cars: "_VehicleView", k: int) -> None:
+        """Vehicle ``k`` of ``cars``: its camera-facing box faces, shaded, hiding what is behind."""
+        col = np.array(vehicle_colour(int(cars.ids[k]), bool(cars.av[k])))
+        for fi in np.nonzero(cars.facing[k])[0]:
+            face = BOX_FACES[fi]
+            shade = tuple(int(c) for c in np.clip(col * FACE_SHADE[fi], 0, 255))
+            if cars.inside[k]:
+                p = _pts(cars.uv[k, face])
+                cv2.fillConvexPoly(img, p, shade, cv2.LINE_8, _SHIFT)
+                cv2.fillConvexPoly(ids, p, 0, cv2.LINE_8, _SHIFT)
+            else:
+                self._fill(img, ids, view, cars.cam[k, face], shade, 0)
+
+    def _labels(self, ids: np.ndarray, faces: dict[int, tuple[int, tuple[int, int, int, int], float]],
+                textures: Mapping[str, SignTexture]) -> list[dict]:
+        """One label per drawn face with visible pixels left in the ID buffer, nearest first."""
+        geom = self.geom
         labels: list[dict] = []
-        if faces:
-            counts = np.bincount(ids.ravel(), minlength=len(geom) + 1)
-            for k in sorted(faces, key=lambda j: faces[j][2]):
-                n, box, dist_o = faces[k]
-                vis = int(counts[k + 1])
-                if vis == 0:
-                    continue
-                x0, y0, x1, y1 = box
-                sub = ids[y0:y1, x0:x1] == k + 1
-                rows = np.nonzero(sub.any(axis=1))[0]
-                cols = np.nonzero(sub.any(axis=0))[0]
-                tex = textures.get(str(geom.ids[k])) or SignTexture()
-                v = float(geom.value[k])
-                value = v if math.isfinite(v) else None
-                labels.append({
-                    "id": str(geom.ids[k]), "kind": str(geom.kind[k]), "class": class_name(str(geom.kind[k]), value),
-                    "value": value, "box": [x0, y0, x1, y1], "visible": vis / n, "distance": dist_o,
-                    "source": tex.source, "ref": tex.ref, "pixels": vis, "face_pixels": n,
-                    "visible_box": [x0 + int(cols[0]), y0 + int(rows[0]), x0 + int(cols[-1]) + 1,
-                                    y0 + int(rows[-1]) + 1],
-                })
-        return img, ids, labels
+        if not faces:
+            return labels
+        counts = np.bincount(ids.ravel(), minlength=len(geom) + 1)
+        for k in sorted(faces, key=lambda j: faces[j][2]):
+            n, box, dist_o = faces[k]
+            vis = int(counts[k + 1])
+            if vis == 0:
+                continue
+            x0, y0, x1, y1 = box
+            sub = ids[y0:y1, x0:x1] == k + 1
+            rows = np.nonzero(sub.any(axis=1))[0]
+            cols = np.nonzero(sub.any(axis=0))[0]
+            tex = textures.get(str(geom.ids[k])) or SignTexture()
+            v = float(geom.value[k])
+            value = v if math.isfinite(v) else None
+            labels.append({
+                "id": str(geom.ids[k]), "kind": str(geom.kind[k]), "class": class_name(str(geom.kind[k]), value),
+                "value": value, "box": [x0, y0, x1, y1], "visible": vis / n, "distance": dist_o,
+                "source": tex.source, "ref": tex.ref, "pixels": vis, "face_pixels": n,
+                "visible_box": [x0 + int(cols[0]), y0 + int(rows[0]), x0 + int(cols[-1]) + 1,
+                                y0 + int(rows[-1]) + 1],
+            })
+        return labels
 
     def _post_quad(self, view: _View, k: int) -> np.ndarray | None:
         """A camera-facing quad for sign ``k``'s post (camera coordinates), or None."""

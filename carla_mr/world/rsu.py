@@ -92,20 +92,22 @@ class RsuAssociator:
         self.chunk = chunk
         # with one common range, the nearest RSU covers the vehicle iff any RSU does
         self.uniform = bool(len(self.r2) == 0 or np.all(self.r2 == self.r2[0]))
+        self._rows = np.arange(chunk)
 
     def _assign_block(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        dx = np.subtract.outer(x, self.rx)
-        dy = np.subtract.outer(y, self.ry)
+        dx = x[:, None] - self.rx
         d2 = dx * dx
-        d2 += dy * dy
+        dy = y[:, None] - self.ry
+        dy *= dy
+        d2 += dy
         if self.uniform:
             best = d2.argmin(axis=1)
-            ok = d2.min(axis=1) <= self.r2[0]
-        else:
-            d2[d2 > self.r2] = np.inf
-            best = d2.argmin(axis=1)
-            ok = np.isfinite(d2.min(axis=1))
-        return np.where(ok, best, -1).astype(np.int32)
+            out = best.astype(np.int32)
+            out[d2[self._rows[: len(x)], best] > self.r2[0]] = -1
+            return out
+        d2[d2 > self.r2] = np.inf
+        best = d2.argmin(axis=1)
+        return np.where(np.isfinite(d2.min(axis=1)), best, -1).astype(np.int32)
 
     def assign(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         n = len(x)

@@ -100,19 +100,29 @@ def _merge_strips(road: np.ndarray, colours: list, chains: dict, tol: float, max
     return out[keep], [c for c, k in zip(colours, keep) if k]
 
 
-def _lane_quad(a, b) -> list[np.ndarray] | None:
-    """The quad of a lane between two of its waypoints (left0, left1, right1, right0)."""
-    out = []
-    for wp in (a, b):
-        tf = wp.transform
-        rv = tf.get_right_vector()
-        r = np.array([rv.x, rv.y, 0.0])
-        r /= (math.hypot(r[0], r[1]) or 1.0)
-        out.append((np.array([tf.location.x, tf.location.y, tf.location.z]), r, wp.lane_width / 2.0))
-    (p0, r0, h0), (p1, r1, h1) = out
-    if np.linalg.norm(p1 - p0) > 10.0:
-        return None
+def _lane_frame(wp) -> tuple[np.ndarray, np.ndarray, float]:
+    """A waypoint's lane centre (3,) metres, unit right vector (3,) (horizontal) and half width (m)."""
+    tf = wp.transform
+    rv = tf.get_right_vector()
+    r = np.array([rv.x, rv.y, 0.0])
+    r /= (math.hypot(r[0], r[1]) or 1.0)
+    loc = tf.location
+    return np.array([loc.x, loc.y, loc.z]), r, wp.lane_width / 2.0
+
+
+def _quad(f0, f1) -> list[np.ndarray]:
+    """The quad between two lane frames: (left0, left1, right1, right0)."""
+    (p0, r0, h0), (p1, r1, h1) = f0, f1
     return [p0 - r0 * h0, p1 - r1 * h1, p1 + r1 * h1, p0 + r0 * h0]
+
+
+def _lane_quad(a, b, max_gap_m: float = 10.0) -> list[np.ndarray] | None:
+    """The quad of a lane between two of its waypoints, None when they lie more than
+    ``max_gap_m`` metres apart."""
+    f0, f1 = _lane_frame(a), _lane_frame(b)
+    if np.linalg.norm(f1[0] - f0[0]) > max_gap_m:
+        return None
+    return _quad(f0, f1)
 
 
 def _side_lanes(wp, nxt, road: list, colours: list, chains: dict) -> None:
@@ -143,26 +153,16 @@ def build_road_scene(carla_map, step_m: float = 2.0, merge_tol_m: float = 0.02) 
     chains: dict[tuple, list[tuple[float, int]]] = {}
     pieces: dict[tuple[int, int, int], list[tuple[float, float, float]]] = {}
     for wp in wps:
-        tf = wp.transform
-        loc = tf.location
-        rv = tf.get_right_vector()
-        r = np.array([rv.x, rv.y, 0.0])
-        nr = math.hypot(r[0], r[1]) or 1.0
-        r /= nr
-        p0 = np.array([loc.x, loc.y, loc.z])
-        hw0 = wp.lane_width / 2.0
+        f0 = _lane_frame(wp)
+        p0, r, hw0 = f0
+        loc = wp.transform.location
         pieces.setdefault((wp.road_id, wp.section_id, wp.lane_id), []).append((wp.s, loc.x, loc.y))
         for nxt in wp.next(step_m):
-            ntf = nxt.transform
-            nl = ntf.location
-            nrv = ntf.get_right_vector()
-            r1 = np.array([nrv.x, nrv.y, 0.0])
-            r1 /= (math.hypot(r1[0], r1[1]) or 1.0)
-            p1 = np.array([nl.x, nl.y, nl.z])
+            f1 = _lane_frame(nxt)
+            p1, r1, hw1 = f1
             if np.linalg.norm(p1 - p0) > 3.0 * step_m:
                 continue
-            hw1 = nxt.lane_width / 2.0
-            road.append([p0 - r * hw0, p1 - r1 * hw1, p1 + r1 * hw1, p0 + r * hw0])
+            road.append(_quad(f0, f1))
             road_col.append(JUNCTION_ASPHALT if wp.is_junction else ASPHALT)
             chains.setdefault((wp.road_id, wp.section_id, wp.lane_id, bool(wp.is_junction)), []).append(
                 (wp.s if wp.lane_id < 0 else -wp.s, len(road) - 1))

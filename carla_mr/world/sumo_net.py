@@ -121,7 +121,7 @@ def build_net(xodr: str | Path, *, cache: Optional[Path] = None, extra_options: 
                 raise InputError("netconvert could not build a SUMO net: " + " | ".join(msg), source=str(xodr))
             stop_nodes = stop_controlled_nodes(xodr.read_text(encoding="utf-8"), tmp)
             if stop_nodes:
-                _patch_node_types(tmp, stop_nodes, opts)
+                _patch_node_types(tmp, stop_nodes)
             os.replace(tmp, net_path)
         finally:
             if os.path.exists(tmp):
@@ -208,7 +208,7 @@ def stop_controlled_nodes(xodr_text: str, net_path: str | Path) -> dict[str, str
     return out
 
 
-def _patch_node_types(net_path: str, node_types: dict[str, str], opts: tuple[str, ...]) -> None:
+def _patch_node_types(net_path: str, node_types: dict[str, str]) -> None:
     """Rewrite ``net_path`` in place with netconvert, changing the given junctions' types."""
     from xml.sax.saxutils import quoteattr
 

@@ -15,7 +15,7 @@ from carla_mr.config.dataset import PerceptionConfig
 from carla_mr.dataset.models import DEFAULT_CLASSES, TemplateMatcher, load_model
 from carla_mr.dataset.perception import Evaluator, PerceptionStage, crop
 from carla_mr.dataset.recorder import record
-from carla_mr.dataset.testworld import KinematicWorld, start_before_sign
+from carla_mr.testing.fake_world import KinematicWorld, start_before_sign
 from carla_mr.errors import InputError
 from carla_mr.stages import RunContext
 from carla_mr.world.sign_geometry import original_face

@@ -19,7 +19,7 @@ import pytest
 from carla_mr.config import scenario_from_dict
 from carla_mr.config.dataset import RecorderConfig
 from carla_mr.dataset.recorder import record
-from carla_mr.dataset.testworld import KinematicWorld, start_before_sign
+from carla_mr.testing.fake_world import KinematicWorld, start_before_sign
 from carla_mr.errors import InputError, RunError
 from carla_mr.config.camera import CameraSpec
 from carla_mr.world.render import carla_matrix
@@ -112,7 +112,7 @@ CHILD = textwrap.dedent("""
     import sys, carla
     from carla_mr.config import scenario_from_dict
     from carla_mr.dataset.recorder import record
-    from carla_mr.dataset.testworld import KinematicWorld, start_before_sign
+    from carla_mr.testing.fake_world import KinematicWorld, start_before_sign
     from carla_mr.world.maps import landmarks_to_signs
     town, out = sys.argv[1], sys.argv[2]
     m = carla.Map("Town01", open(town).read()); s = landmarks_to_signs(m)

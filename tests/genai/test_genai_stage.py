@@ -10,28 +10,13 @@ import pytest
 from carla_mr.config.genai import GenaiConfig
 from carla_mr.genai.stage import GenaiStage
 from carla_mr.stages import MarketRound, RunContext
-from carla_mr.world.base import SignTable, Snapshot, World
+from carla_mr.testing.fake_world import FakeWorld, sign_table
+from carla_mr.world.base import Snapshot
 
 
-class _SignWorld(World):
-    tick_s = 0.05
-
-    def __init__(self):
-        self.signs = SignTable(np.array(["a", "b", "c", "tl"], dtype=object),
-                               np.array(["stop", "yield", "stop", "traffic_light"], dtype=object),
-                               np.full(4, np.nan), np.array(["206", "205", "206", "1000001"], dtype=object),
-                               np.array([5.0, 20.0, 400.0, 1.0]), np.zeros(4), np.full(4, 2.0), np.zeros(4),
-                               np.full(4, 0.8), np.full(4, 0.8), np.zeros(4, np.int64))
-        self.rsus = None
-
-    def reset(self):
-        return Snapshot.empty()
-
-    def tick(self):
-        return Snapshot.empty()
-
-    def close(self):
-        pass
+def _SignWorld() -> FakeWorld:
+    return FakeWorld(signs=sign_table(["a", "b", "c", "tl"], ["stop", "yield", "stop", "traffic_light"],
+                                      x=[5.0, 20.0, 400.0, 1.0]))
 
 
 def _snap(t):

@@ -14,42 +14,27 @@ from carla_mr.stages import RunContext, Stage
 from carla_mr.stages import TwinAccuracy
 from carla_mr.config.twin import TwinConfig
 from carla_mr.twin.online import TwinStage, stride_for
-from carla_mr.world.base import ROLE_AV, ROLE_BACKGROUND, RsuTable, SignTable, Snapshot, World
+from carla_mr.testing.fake_world import FakeWorld
+from carla_mr.world.base import ROLE_AV, ROLE_BACKGROUND, RsuTable, Snapshot
 
 
-class ScriptedWorld(World):
+def _script(frame: int) -> Snapshot:
     """AVs 1..3 drive straight at constant velocity; AV 4 zig-zags by 6 m every tick; AV 5 leaves
     at tick 120; background car 99 is never predicted. RSU = 0 west of x = 50, else 1."""
+    t = frame * 0.05
+    ids = [1, 2, 3, 4, 99] + ([5] if frame < 120 else [])
+    x = np.array([t * 10.0, 20 + t * 5.0, -t * 8.0, 30.0 + 6.0 * (frame % 2), 0.0, t * 3.0][:len(ids)])
+    y = np.array([0.0, t * 2.0, 5.0, 0.0, 0.0, 1.0][:len(ids)])
+    role = np.array([ROLE_AV] * 4 + [ROLE_BACKGROUND] + [ROLE_AV] * (len(ids) - 5), np.uint8)
+    z = np.zeros(len(ids))
+    return Snapshot(frame, t, np.array(ids, np.int64), role, x, y, z, z.copy(), z.copy(),
+                    np.where(x < 50, 0, 1).astype(np.int32))
 
-    tick_s = 0.05
 
-    def __init__(self):
-        f = np.zeros(2)
-        self.rsus = RsuTable(np.array([0.0, 100.0]), f, f, np.full(2, 250.0), f, f, f, f)
-        self.signs = SignTable.empty()
-        self.frame = 0
-        self.closed = False
-
-    def _snap(self) -> Snapshot:
-        t = self.frame * self.tick_s
-        ids = [1, 2, 3, 4, 99] + ([5] if self.frame < 120 else [])
-        x = np.array([t * 10.0, 20 + t * 5.0, -t * 8.0, 30.0 + 6.0 * (self.frame % 2), 0.0, t * 3.0][:len(ids)])
-        y = np.array([0.0, t * 2.0, 5.0, 0.0, 0.0, 1.0][:len(ids)])
-        role = np.array([ROLE_AV] * 4 + [ROLE_BACKGROUND] + [ROLE_AV] * (len(ids) - 5), np.uint8)
-        z = np.zeros(len(ids))
-        return Snapshot(self.frame, t, np.array(ids, np.int64), role, x, y, z, z.copy(), z.copy(),
-                        np.where(x < 50, 0, 1).astype(np.int32))
-
-    def reset(self):
-        self.frame = 0
-        return self._snap()
-
-    def tick(self):
-        self.frame += 1
-        return self._snap()
-
-    def close(self):
-        self.closed = True
+def ScriptedWorld() -> FakeWorld:
+    """The scripted world above with two RSUs (x = 0 and x = 100, 250 m range)."""
+    f = np.zeros(2)
+    return FakeWorld(_script, rsus=RsuTable(np.array([0.0, 100.0]), f, f, np.full(2, 250.0), f, f, f, f))
 
 
 def _scenario(tmp_path, **twin):

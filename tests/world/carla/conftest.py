@@ -18,7 +18,7 @@ def town01_text(town01) -> str:
 
 @pytest.fixture
 def make_server(town01_text):
-    from carla_mr.world.carla_standin import StandinServer
+    from carla_mr.testing.carla_standin import StandinServer
 
     servers = []
 
@@ -30,10 +30,18 @@ def make_server(town01_text):
     yield make
 
 
+#: Heartbeats off during a test's few ticks (deterministic call sequences for the fault sweeps),
+#: and every other session of the prefix taken as crashed (a "crash" in a test is seconds old).
+#: The heartbeat tests set their own values.
+TEST_HEARTBEAT = {"heartbeat_s": 1.0e6, "heartbeat_stale_s": 0.0}
+
+
 def _town_scenario(**over):
     data = {"name": "t", "map": "Town01", "backend": "carla", "seed": 3, "tick_s": 0.05,
             "vehicles": {"avs": 2, "background": 3}, "rsus": {"mode": "auto", "spacing_m": 150.0}}
+    carla_over = over.pop("carla", {})
     data.update(over)
+    data["carla"] = {**TEST_HEARTBEAT, **carla_over}
     return scenario_from_dict(data)
 
 
@@ -49,7 +57,7 @@ def _full_run(world, srv, *, ticks: int = 3, camera: bool = True, textures: bool
             try:
                 world.read_camera("front")
             except Exception as exc:  # FrameMissed is allowed in fault runs
-                from carla_mr.world.carla_backend import FrameMissed
+                from carla_mr.world.base import FrameMissed
 
                 if not isinstance(exc, FrameMissed):
                     raise

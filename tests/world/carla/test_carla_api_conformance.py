@@ -16,8 +16,9 @@ import pytest
 
 carla = pytest.importorskip("carla")
 
-from carla_mr.world import carla_standin  # noqa: E402
-from carla_mr.world.carla_backend import CARLA_API, CarlaWorld  # noqa: E402
+from carla_mr.testing import carla_standin  # noqa: E402
+from carla_mr.world.carla_api import CARLA_API
+from carla_mr.world.carla_backend import CarlaWorld  # noqa: E402
 
 _HEAD = re.compile(r"^\s*(\w+)\((.*)\)\s*->\s*(.+?)\s*:\s*$")
 _PARAM = re.compile(r"^\((\w+)\)(\w+)(?:=(.*))?$")
@@ -122,7 +123,7 @@ def test_declared_api_exists_with_compatible_signature(name):
 def test_every_call_of_a_full_run_is_declared_and_compatible(make_server, town_scenario, full_run, cosim):
     srv = make_server()
     sc = town_scenario(carla={"cosim_sumo": cosim})
-    w = CarlaWorld(sc, client_factory=srv.client_factory, install_handlers=False)
+    w = CarlaWorld(sc, client_factory=srv.client_factory, owns_signals=False)
     full_run(w, srv, ticks=2)
     assert srv.calls, "the stand-in logged no calls"
     used = sorted({c[0] for c in srv.calls})
@@ -167,7 +168,7 @@ def test_standin_offers_only_real_members(cls):
 
 def test_standin_instances_offer_only_real_attributes(make_server, town_scenario):
     srv = make_server()
-    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False)
+    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False)
     w.reset()
     samples = [w.world, w.client, w.tm, w.world.get_snapshot(), w.world.get_snapshot().timestamp,
                next(iter(srv.actors.values()))]
@@ -181,21 +182,23 @@ def test_standin_instances_offer_only_real_attributes(make_server, town_scenario
 
 def test_minimum_version_message():
     from carla_mr.errors import RunError
-    from carla_mr.world.carla_backend import check_version, parse_version
+    from carla_mr.world.carla_api import check_version, parse_version
 
-    assert parse_version("0.9.13-1-g8854804f4") == (0, 9, 13)
+    assert parse_version("0.9.15-1-g8854804f4") == (0, 9, 15)
     assert parse_version("0.9.16") == (0, 9, 16)
-    check_version("0.9.13", "server")
-    with pytest.raises(RunError, match=r"needs CARLA 0\.9\.13 or newer"):
-        check_version("0.9.12", "server")
+    check_version("0.9.15", "server")
+    check_version("0.9.16", "server")
+    for old in ("0.9.14", "0.9.13"):  # cp38-only wheels: not supported
+        with pytest.raises(RunError, match=r"supports CARLA 0\.9\.15 and 0\.9\.16"):
+            check_version(old, "server")
 
 
 def test_old_server_is_refused_and_nothing_is_changed(make_server, town_scenario):
     from carla_mr.errors import RunError
 
-    srv = make_server(version="0.9.12")
-    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False)
-    with pytest.raises(RunError, match="0.9.12"):
+    srv = make_server(version="0.9.14")
+    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False)
+    with pytest.raises(RunError, match="0.9.14"):
         w.reset()
     assert srv.settings["synchronous_mode"] is False
     assert not srv.tagged("carla_mr/")
@@ -206,7 +209,7 @@ def test_unreachable_server_message(make_server, town_scenario):
 
     srv = make_server()
     srv.refuse_connections = True
-    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False)
+    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False)
     with pytest.raises(RunError, match="cannot reach a CARLA server at 127.0.0.1:2000"):
         w.reset()
 
@@ -214,15 +217,16 @@ def test_unreachable_server_message(make_server, town_scenario):
 def test_every_declared_member_is_used_by_the_code():
     from pathlib import Path
 
-    import carla_mr.world.carla_backend as cb
+    import carla_mr.world.carla_api as api
 
-    here = Path(cb.__file__).parent
-    backend = (here / "carla_backend.py").read_text()
-    a = backend.index("CARLA_API: dict")
-    b = backend.index("\n}\n", a)
+    here = Path(api.__file__).parent
+    text = (here / "carla_api.py").read_text()
+    a = text.index("CARLA_API: dict")
+    b = text.index("\n}\n", a)
     # the backend also hands the server's map to the embedded backend's map and RSU helpers
-    code = backend[:a] + backend[b:] + "".join((here / f).read_text() for f in
-                                               ("carla_textures.py", "cosim.py", "maps.py", "rsu.py"))
+    code = text[:a] + text[b:] + "".join((here / f).read_text() for f in
+                                         ("carla_backend.py", "carla_connection.py", "carla_actors.py",
+                                          "carla_cameras.py", "carla_textures.py", "cosim.py", "maps.py", "rsu.py"))
     unused = []
     for name in CARLA_API:
         owner, member = name.rsplit(".", 1)

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from carla_mr.world import carla_backend as cb
+from carla_mr.world import carla_close as cc
 from carla_mr.world.carla_backend import CarlaWorld
 
 
@@ -23,13 +23,13 @@ def test_sigterm_closes_then_chains_to_the_previous_handler(make_server, town_sc
         srv = make_server()
         w = CarlaWorld(town_scenario(), client_factory=srv.client_factory)
         w.reset()
-        assert signal.getsignal(signal.SIGTERM) is cb._signal_handler
+        assert signal.getsignal(signal.SIGTERM) is cc.signal_handler
         os.kill(os.getpid(), signal.SIGTERM)
         assert seen == [signal.SIGTERM]
         _assert_clean(srv)
         assert w._closed
         # our handler is gone again; the user's is back
-        assert signal.getsignal(signal.SIGTERM) is not cb._signal_handler
+        assert signal.getsignal(signal.SIGTERM) is not cc.signal_handler
     finally:
         signal.signal(signal.SIGTERM, old)
 
@@ -60,17 +60,17 @@ def test_ctrl_c_closes_and_raises_keyboard_interrupt(make_server, town_scenario)
 
 def test_atexit_hook_closes_open_worlds(make_server, town_scenario):
     srv = make_server()
-    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False)
+    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False)
     w.reset()
-    cb.close_all_open_worlds()  # what the atexit hook runs
+    cc.close_all_open_worlds()  # what the atexit hook runs
     _assert_clean(srv)
-    assert w not in cb._OPEN
+    assert not cc.is_open(w)
 
 
 def test_exception_inside_the_with_block_closes(make_server, town_scenario):
     srv = make_server()
     with pytest.raises(ZeroDivisionError):
-        with CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False) as w:
+        with CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False) as w:
             w.reset()
             w.tick()
             1 / 0

@@ -7,12 +7,14 @@ import pytest
 
 from carla_mr.world.base import Snapshot
 from carla_mr.config.camera import CameraSpec
-from carla_mr.world.carla_backend import CarlaWorld, FrameMissed, bgra_to_rgb
-from carla_mr.world.carla_standin import frame_tag
+from carla_mr.world.base import FrameMissed
+from carla_mr.world.carla_api import bgra_to_rgb
+from carla_mr.world.carla_backend import CarlaWorld
+from carla_mr.testing.carla_standin import frame_tag
 
 
 def _world(srv, sc, timeout=0.3):
-    w = CarlaWorld(sc, client_factory=srv.client_factory, install_handlers=False, sensor_timeout_s=timeout)
+    w = CarlaWorld(sc, client_factory=srv.client_factory, owns_signals=False, sensor_timeout_s=timeout)
     snap = w.reset()
     w.attach_camera("front", CameraSpec(width=64, height=48), int(snap.ids[snap.role == 1][0]))
     return w
@@ -86,7 +88,7 @@ def test_bgra_to_rgb_swaps_channels():
 
 def test_snapshot_arrays_come_from_one_world_snapshot_per_tick(make_server, town_scenario):
     srv = make_server()
-    with CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False) as w:
+    with CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False) as w:
         first = w.reset()
         # synchronous with the scenario's fixed step; the Traffic Manager synchronous and seeded
         assert srv.settings["synchronous_mode"] is True and srv.settings["fixed_delta_seconds"] == 0.05
@@ -108,7 +110,7 @@ def test_snapshot_arrays_come_from_one_world_snapshot_per_tick(make_server, town
 
 def test_vanished_vehicle_is_dropped_from_snapshots(make_server, town_scenario):
     srv = make_server()
-    with CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False) as w:
+    with CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False) as w:
         s = w.reset()
         gone = int(s.ids[-1])
         srv._destroy(gone)

@@ -40,7 +40,7 @@ def _fields(s: Snapshot):
 
 def test_same_file_both_backends(scenario_file, town01_text, tmp_path, monkeypatch):
     monkeypatch.setenv("CARLA_MR_CACHE", str(tmp_path / "cache"))
-    from carla_mr.world.carla_standin import StandinServer
+    from carla_mr.testing.carla_standin import StandinServer
     from carla_mr.world.factory import make_world
 
     emb_sc = load_scenario(scenario_file)
@@ -58,7 +58,7 @@ def test_same_file_both_backends(scenario_file, town01_text, tmp_path, monkeypat
         emb_signs, emb_rsus = emb.signs, emb.rsus
 
     srv = StandinServer(town01_text, "Town01")
-    with CarlaWorld(car_sc, client_factory=srv.client_factory, install_handlers=False) as car:
+    with CarlaWorld(car_sc, client_factory=srv.client_factory, owns_signals=False) as car:
         c0 = car.reset()
         car.attach_camera("front", spec, int(c0.ids[c0.av_mask][0]))
         c1 = car.tick()
@@ -116,24 +116,24 @@ def test_map_names_resolve_to_towns_or_xodr_files(make_server, town_scenario, tm
     # a town of the server is loaded by name (no OpenDRIVE generation)
     srv = make_server()
     srv.towns_text["Town02"] = srv.towns_text["Town01"]
-    with CarlaWorld(town_scenario(map="Town02"), client_factory=srv.client_factory, install_handlers=False) as w:
+    with CarlaWorld(town_scenario(map="Town02"), client_factory=srv.client_factory, owns_signals=False) as w:
         w.reset()
         assert srv.map.name == "Carla/Maps/Town02" and w.town == "Town02"
         assert srv.counts.get("Client.generate_opendrive_world", 0) == 0
     # a bare name the server lacks but the map search path has -> generated from the .xodr
     srv = make_server()
     srv.towns_text.pop("Town01")
-    with CarlaWorld(town_scenario(map="Town01"), client_factory=srv.client_factory, install_handlers=False) as w:
+    with CarlaWorld(town_scenario(map="Town01"), client_factory=srv.client_factory, owns_signals=False) as w:
         w.reset()
         assert srv.counts["Client.generate_opendrive_world"] == 1
     # neither: a clear error naming the field
     srv = make_server()
-    w = CarlaWorld(town_scenario(map="NoSuchTown"), client_factory=srv.client_factory, install_handlers=False)
+    w = CarlaWorld(town_scenario(map="NoSuchTown"), client_factory=srv.client_factory, owns_signals=False)
     with pytest.raises(InputError, match="map: map 'NoSuchTown' is neither a town of this server"):
         w.reset()
     # signs cannot be injected into a town's level
     w = CarlaWorld(town_scenario(signs={"inject": [{"kind": "stop"}]}), client_factory=make_server().client_factory,
-                   install_handlers=False)
+                   owns_signals=False)
     with pytest.raises(InputError, match="signs"):
         w.reset()
 
@@ -143,7 +143,7 @@ def test_the_runner_drives_the_carla_backend(make_server, town_scenario, tmp_pat
 
     srv = make_server()
     sc = town_scenario()
-    w = CarlaWorld(sc, client_factory=srv.client_factory, install_handlers=False)
+    w = CarlaWorld(sc, client_factory=srv.client_factory, owns_signals=False)
     summary = Runner(sc, tmp_path / "run", stages=[], world=w, ticks=20, progress=False).run()
     assert summary["status"] == "completed" and summary["ticks"] == 20
     assert summary["avs"] == 2 and summary["vehicles"] == 5

@@ -13,7 +13,7 @@ PREFIX = "carla_mr/"
 
 def _clean_points(make_server, town_scenario, full_run):
     srv = make_server()
-    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False, sensor_timeout_s=0.3)
+    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False, sensor_timeout_s=0.3)
     full_run(w, srv, ticks=2)
     return [(k, srv.calls[k][0]) for k in srv.fault_points]
 
@@ -32,7 +32,7 @@ def _run_with_fault(make_server, town_scenario, full_run, **fault):
     srv = make_server()
     foreign = set(srv.actors)
     srv.fail(**fault)
-    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False, sensor_timeout_s=0.3)
+    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False, sensor_timeout_s=0.3)
     try:
         full_run(w, srv, ticks=2)
     except Exception:  # noqa: BLE001 - the injected fault (or what follows from it) surfaces here
@@ -70,7 +70,7 @@ def test_fail_every_step_once(make_server, town_scenario, full_run, when):
 def test_a_step_that_always_fails_does_not_stop_the_others(make_server, town_scenario, full_run, name):
     srv = make_server()
     foreign = set(srv.actors)
-    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False, sensor_timeout_s=0.3)
+    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False, sensor_timeout_s=0.3)
     snap = w.reset()
     from carla_mr.config.camera import CameraSpec
 
@@ -92,7 +92,7 @@ def test_a_step_that_always_fails_does_not_stop_the_others(make_server, town_sce
         else:
             assert not left, left
     # a later run cleans up whatever could not be undone, and restores the pre-crash settings
-    w2 = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False)
+    w2 = CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False)
     w2.reset()
     w2.close()
     _assert_restored(srv, foreign)
@@ -107,7 +107,7 @@ def test_server_lost_at_every_step_then_next_run_recovers(make_server, town_scen
         # a lost server is not waited on step after step
         assert len(w.close_report.failed) <= 1, w.close_report
         srv.heal()
-        w2 = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False)
+        w2 = CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False)
         w2.reset()
         w2.tick()
         w2.close()
@@ -121,7 +121,7 @@ def test_server_lost_at_every_step_then_next_run_recovers(make_server, town_scen
 def test_only_the_client_that_switched_sync_on_switches_it_off(make_server, town_scenario):
     # another client runs the server synchronously: we leave it synchronous, delta restored
     srv = make_server(synchronous=True, fixed_delta=0.1)
-    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False)
+    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False)
     w.reset()
     assert srv.settings["fixed_delta_seconds"] == 0.05
     w.close()
@@ -129,10 +129,10 @@ def test_only_the_client_that_switched_sync_on_switches_it_off(make_server, town
     assert srv.settings["fixed_delta_seconds"] == 0.1
     # two of ours: A switches it on, B finds it on; B closing first leaves it on, A turns it off
     srv = make_server()
-    a = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False)
+    a = CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False)
     a.reset()
     b = CarlaWorld(town_scenario(**{"carla": {"role_name_prefix": "other_run"}}), client_factory=srv.client_factory,
-                   install_handlers=False)
+                   owns_signals=False)
     b.reset()
     b.close()
     assert srv.settings["synchronous_mode"] is True
@@ -146,7 +146,7 @@ def test_leftovers_of_a_crashed_run_are_removed_at_start(make_server, town_scena
     srv = make_server()
     planted = srv.plant_leftovers(PREFIX, n=3)
     assert len(planted) == 3
-    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False)
+    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False)
     w.reset()
     assert not set(planted) & set(srv.actors)
     assert w.stats["leftovers_removed"] == 3
@@ -157,14 +157,14 @@ def test_leftovers_of_a_crashed_run_are_removed_at_start(make_server, town_scena
 def test_a_crashed_run_is_recovered_from_its_marker(make_server, town_scenario):
     # run 1 "crashes": the process dies without close() (we simply never call it)
     srv = make_server(synchronous=False)
-    w1 = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False)
+    w1 = CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False)
     w1.reset()
-    w1._closed = True  # as if the process died here
-    from carla_mr.world import carla_backend as cb
+    w1._closed = w1._close_done = True  # as if the process died here
+    from carla_mr.world import carla_close
 
-    cb._OPEN.discard(w1)
+    carla_close.unregister(w1)
     assert srv.settings["synchronous_mode"] is True and srv.tagged(w1.tag)
-    w2 = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False)
+    w2 = CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False)
     w2.reset()
     assert w2.stats["recovered_settings"] is True
     # the pre-crash settings were put back before this run changed them again
@@ -177,11 +177,11 @@ def test_a_crashed_run_is_recovered_from_its_marker(make_server, town_scenario):
 
 def test_close_is_idempotent_and_safe_before_reset(make_server, town_scenario):
     srv = make_server()
-    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False)
+    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False)
     w.close()
     w.close()
     assert srv.calls == []  # nothing was touched
-    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False)
+    w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False)
     with w:
         w.reset()
         w.tick()
@@ -197,7 +197,7 @@ def test_close_is_idempotent_and_safe_before_reset(make_server, town_scenario):
 def _cosim_sweep(make_server, town_scenario, full_run, stride: int):
     sc = town_scenario(carla={"cosim_sumo": True}, vehicles={"avs": 1, "background": 3})
     srv = make_server()
-    w = CarlaWorld(sc, client_factory=srv.client_factory, install_handlers=False, sensor_timeout_s=0.3)
+    w = CarlaWorld(sc, client_factory=srv.client_factory, owns_signals=False, sensor_timeout_s=0.3)
     full_run(w, srv, ticks=2)
     points = [(k, srv.calls[k][0]) for k in srv.fault_points]
     failures = []
@@ -205,7 +205,7 @@ def _cosim_sweep(make_server, town_scenario, full_run, stride: int):
         srv = make_server()
         foreign = set(srv.actors)
         srv.fail(index=k, when="after" if k % 2 else "before")
-        w = CarlaWorld(sc, client_factory=srv.client_factory, install_handlers=False, sensor_timeout_s=0.3)
+        w = CarlaWorld(sc, client_factory=srv.client_factory, owns_signals=False, sensor_timeout_s=0.3)
         try:
             full_run(w, srv, ticks=2)
         except Exception:  # noqa: BLE001
@@ -239,7 +239,7 @@ def test_several_faults_at_once_then_the_next_run_recovers(make_server, town_sce
         foreign = set(srv.actors)
         for k, when in faults:
             srv.fail(index=k, when=when)
-        w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False,
+        w = CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False,
                        sensor_timeout_s=0.2)
         try:
             full_run(w, srv, ticks=2)
@@ -249,7 +249,7 @@ def test_several_faults_at_once_then_the_next_run_recovers(make_server, town_sce
             w.close()
         srv.heal()
         # whatever this run could not undo, the next run removes and restores
-        w2 = CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False)
+        w2 = CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False)
         w2.reset()
         w2.close()
         _assert_restored(srv, foreign)
@@ -261,7 +261,7 @@ def test_reset_again_respawns_and_keeps_one_marker(make_server, town_scenario):
     from carla_mr.config.camera import CameraSpec
 
     srv = make_server()
-    with CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False) as w:
+    with CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False) as w:
         s1 = w.reset()
         w.attach_camera("front", CameraSpec(width=32, height=24), int(s1.ids[0]))
         w.tick()

@@ -113,7 +113,7 @@ def test_depth_encoding_round_trip_and_visible_share():
 
 def test_level_boxes_are_joined_to_the_right_landmarks(make_server, town_scenario):
     srv = make_server(decoy_boxes=4)
-    with CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False) as w:
+    with CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False) as w:
         w.reset()
         truth = [lid for _, lid in srv.sign_boxes]  # the landmark each box was made for ("" = decoy)
         static = [i for i, k in enumerate(w.signs.kind) if k != "traffic_light"]
@@ -134,7 +134,7 @@ def _speed_limit(w, srv):
 
 def test_labels_match_the_rendered_pixels(make_server, town_scenario, face_sign):
     srv = make_server()
-    with CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False) as w:
+    with CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False) as w:
         snap = w.reset()
         av = int(snap.ids[snap.role == 1][0])
         w.attach_camera("front", CameraSpec(width=160, height=120, fov_deg=60.0), av)

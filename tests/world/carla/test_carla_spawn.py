@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from carla_mr.world import carla_standin
+from carla_mr.testing import carla_standin
 from carla_mr.world.carla_backend import CarlaWorld
 
 
@@ -16,10 +16,10 @@ def test_fallback_blueprints_and_tags(make_server, town_scenario, monkeypatch):
     # a server without the AV table's cars: AVs fall back to "vehicle.*", sharing the blueprint
     # object with the background; every actor must still carry its own kind
     bps = {k: v for k, v in carla_standin.BLUEPRINTS.items()
-           if k not in ("vehicle.tesla.model3", "vehicle.audi.a2")}
+           if k not in ("vehicle.tesla.model3", "vehicle.audi.a2", "vehicle.mitsubishi.fusorosa")}
     monkeypatch.setattr(carla_standin, "BLUEPRINTS", bps)
     srv = make_server(foreign=())
-    with CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False) as w:
+    with CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False) as w:
         s = w.reset()
         kinds = _kinds(srv, w)
         for vid, role in zip(s.ids, s.role):
@@ -36,7 +36,7 @@ def test_blocked_spawn_points_are_retried(make_server, town_scenario):
     for t in sp[::2]:
         srv._spawn(srv._bp("vehicle.audi.a2", "parked"), t, None)
     with CarlaWorld(town_scenario(vehicles={"avs": 5, "background": 25}), client_factory=srv.client_factory,
-                    install_handlers=False) as w:
+                    owns_signals=False) as w:
         s = w.reset()
         assert len(s) == 30
         assert w.stats["spawn_retries"] > 0 and w.stats["spawn_shortfall"] == 0
@@ -47,7 +47,7 @@ def test_more_vehicles_than_spawn_points_is_a_shortfall_not_a_crash(make_server,
     srv = make_server(foreign=())
     n_points = len(srv.map.get_spawn_points())
     with CarlaWorld(town_scenario(vehicles={"avs": 2, "background": n_points + 10}),
-                    client_factory=srv.client_factory, install_handlers=False) as w:
+                    client_factory=srv.client_factory, owns_signals=False) as w:
         s = w.reset()
         assert len(s) + w.stats["spawn_shortfall"] == n_points + 12
         assert len(s) <= n_points and w.stats["spawn_shortfall"] >= 12
@@ -56,7 +56,7 @@ def test_more_vehicles_than_spawn_points_is_a_shortfall_not_a_crash(make_server,
 
 def test_rsu_props_stand_at_the_curb_and_can_be_off(make_server, town_scenario):
     srv = make_server(foreign=())
-    with CarlaWorld(town_scenario(), client_factory=srv.client_factory, install_handlers=False) as w:
+    with CarlaWorld(town_scenario(), client_factory=srv.client_factory, owns_signals=False) as w:
         w.reset()
         props = [a for a in srv.tagged(w.tag) if a.attributes["role_name"].endswith("/rsu")]
         assert len(props) == len(w.rsus) > 0
@@ -67,6 +67,6 @@ def test_rsu_props_stand_at_the_curb_and_can_be_off(make_server, town_scenario):
             assert 1.0 <= d <= wp.lane_width / 2 + 1.0 + 1e-3 + 0.5
     srv = make_server(foreign=())
     with CarlaWorld(town_scenario(carla={"rsu_props": False}), client_factory=srv.client_factory,
-                    install_handlers=False) as w:
+                    owns_signals=False) as w:
         w.reset()
         assert w.stats["rsu_props"] == 0 and len(w.rsus) > 0  # logical RSUs, same table

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import cv2
 import numpy as np
@@ -11,14 +10,15 @@ import pytest
 from click.testing import CliRunner
 
 from carla_mr.cli import main
-from carla_mr.viewer import AV, PRED, read_winners, winner_vehicle
+from carla_mr.stages import MarketRound
+from carla_mr.viewer import AV, PRED, WINNER, Rounds, round_line
 
 
 def make_run_dir(tmp_path, town01):
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     carla = pytest.importorskip("carla")
-    from carla_mr.dataset.testworld import KinematicWorld
+    from carla_mr.testing.fake_world import KinematicWorld
 
     run = tmp_path / "run"
     run.mkdir()
@@ -50,13 +50,15 @@ def make_run_dir(tmp_path, town01):
     pq.write_table(pa.table(rows), run / "trajectories.parquet")
     pq.write_table(pa.table(preds), run / "predictions.parquet")
     (run / "market").mkdir()
-    con = sqlite3.connect(run / "market" / "ledger.sqlite")
-    con.execute("CREATE TABLE outcomes (round_id INTEGER PRIMARY KEY, outcome TEXT, schedule TEXT, digest TEXT)")
-    outcome = {"winner_id": "av-1", "payment_micro": 1200, "sim_ids": ["sim-000", "sim-001"],
-               "core": {"offline_winner": [1, -1, 1]}}
-    con.execute("INSERT INTO outcomes VALUES (3, ?, '{}', 'x')", (json.dumps(outcome),))
-    con.commit()
-    con.close()
+    # one market round at frame 2 whose winner is the first AV (a vehicle id, not a bidder slot)
+    av = int(np.sort(snap.ids[snap.av_mask])[0])
+    rnd = MarketRound.from_windows(round_id=3, frame=2, time=0.1, participants=2, winner_vehicle_id=av,
+                                   payment_micro=1200, mechanism="mtepvisa", windows=[
+                                       {"sim_id": "sim-001", "sim_index": 1, "vehicle_id": av, "task": 0,
+                                        "start_s": 0.0, "duration_s": 0.2, "payment_micro": 1200},
+                                       {"sim_id": "sim-000", "sim_index": 0, "vehicle_id": av, "task": 1,
+                                        "start_s": 0.2, "duration_s": 0.2, "payment_micro": 0}])
+    (run / "market" / "rounds.jsonl").write_text(json.dumps({**rnd.to_record(), "by_mechanism": {}}) + "\n")
     return run
 
 
@@ -66,8 +68,10 @@ def colour_present(img_rgb, colour, tol=8):
 
 def test_view_run_dir_headless_png_and_mp4(tmp_path, town01):
     run = make_run_dir(tmp_path, town01)
-    assert read_winners(run) == ["round 3: winner av-1 (pays 1200 micro), GPU windows: sim-001"]
-    assert winner_vehicle(read_winners(run)) == 1
+    rounds = Rounds.read(run)
+    assert rounds.at(1) is None and rounds.at(2).round_id == 3 and rounds.at(5).round_id == 3
+    av = rounds.at(2).winner_vehicle_id
+    assert round_line(rounds.at(4)) == f"round 3: winner vehicle {av} (pays 1200 micro), GPU windows: sim-001"
     out = tmp_path / "view"
     res = CliRunner().invoke(main, ["view", str(run), "--headless", "--frames", "5", "--png-every", "2",
                                     "--mp4", "v.mp4", "--zoom", "4", "--out", str(out), "--json"])
@@ -80,6 +84,10 @@ def test_view_run_dir_headless_png_and_mp4(tmp_path, town01):
     assert img.shape == (720, 960, 3)
     assert colour_present(img, AV) > 20  # the followed AV at the centre
     assert colour_present(img, PRED, tol=3) > 20  # its predicted trajectory
+    # the round's winning vehicle (by vehicle id, from rounds.jsonl) is ringed in gold from frame 2 on
+    assert colour_present(img, WINNER, tol=3) > 20
+    first = cv2.imread(str(pngs[0]))[:, :, ::-1]
+    assert colour_present(first, WINNER, tol=3) == 0
     assert np.array_equal(img[360, 480], [255, 255, 255]) or colour_present(img[340:380, 460:500], AV) > 0
     cap = cv2.VideoCapture(str(out / "v.mp4"))
     n = 0
@@ -111,7 +119,7 @@ def test_window_mode_keys(town01, monkeypatch):
     carla = pytest.importorskip("carla")
     pg = pytest.importorskip("pygame")
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
-    from carla_mr.dataset.testworld import KinematicWorld
+    from carla_mr.testing.fake_world import KinematicWorld
     from carla_mr.viewer import Source, run_viewer
     from carla_mr.world.scene import build_road_scene
 

@@ -10,15 +10,26 @@ difference, and it is built on the real ``carla`` wheel wherever the wheel works
 - vehicles on autopilot follow their lanes (``Waypoint.next``) at a steady speed;
 - ``get_level_bbs(TrafficSigns)`` gives one box per static sign landmark, offset from the
   landmark the way level meshes are (up on a post, beside the road), plus decoy boxes far
-  from any landmark; ``get_environment_objects`` and ``get_names_of_all_objects`` name them;
-  ``apply_textures_to_objects`` records each call and changes what the cameras render;
+  from any landmark. Objects are named the way CARLA names them: each box belongs to an
+  actor ``BP_Sign_<k>`` whose meshes are the environment objects ``BP_Sign_<k>_SM_0`` (the
+  plate, TrafficSigns) and ``BP_Sign_<k>_SM_1`` (the post, Poles); boxes listed in
+  ``merged_boxes`` belong to a larger actor ``BP_Corner_<k>`` that also carries a building
+  mesh. ``get_names_of_all_objects`` lists actor names; ``apply_textures_to_objects``
+  raises for any other name (as the server does), records each call, and recolours every
+  mesh of the actor in what the cameras render;
+- traffic lights are actors (one per traffic-light landmark, ``World.get_traffic_light``)
+  with a state that can be set and frozen;
+- settings follow CARLA's physics rule, stricter than the server (which only warns): a fixed
+  step longer than ``max_substep_delta_time * max_substeps`` with substepping on, or more
+  than 16 substeps, is refused;
 - cameras deliver BGRA images from a streaming thread, each tagged with its frame number
   (``image.frame`` and the first pixel's B, G, R bytes); depth cameras encode metres the way
   CARLA does. Frames can be dropped or delayed on request.
 
 Fault injection: :meth:`StandinServer.fail` makes the n-th API call (or the n-th call of one
 named method) raise, before or after its effect, once or from then on; ``"lost"`` makes every
-later call time out like a dead server. Every call is logged in :attr:`StandinServer.calls`
+later call time out like a dead server; ``action`` runs a callable instead of raising (e.g.
+one that sends a signal or raises KeyboardInterrupt). Every call is logged in :attr:`StandinServer.calls`
 as (name, args, kwargs) for the API conformance test.
 """
 
@@ -53,6 +64,8 @@ class Fault:
     when: str = "before"  # "before" the effect, or "after" it
     persistent: bool = False  # keep failing every later matching call
     lost: bool = False  # the server is gone: every later call times out
+    timeout: bool = False  # this call times out, but the server is still there (a slow server)
+    action: Optional[Callable[[], None]] = None  # run instead of raising
     fired: bool = False
 
 
@@ -130,6 +143,7 @@ BLUEPRINTS: dict[str, dict[str, str]] = {
     "vehicle.audi.a2": {"number_of_wheels": "4"},
     "vehicle.nissan.micra": {"number_of_wheels": "4"},
     "vehicle.yamaha.yzf": {"number_of_wheels": "2"},
+    "vehicle.mitsubishi.fusorosa": {"number_of_wheels": "4"},
     "sensor.camera.rgb": {"image_size_x": "800", "image_size_y": "600", "fov": "90"},
     "sensor.camera.depth": {"image_size_x": "800", "image_size_y": "600", "fov": "90"},
     "static.prop.streetsign": {},
@@ -203,6 +217,31 @@ class StandinVehicle(StandinActor):
     @_api("Vehicle.set_autopilot")
     def set_autopilot(self, enabled: bool = True, tm_port: int = 8000) -> None:
         self._srv._set_autopilot(self.id, enabled, tm_port)
+
+
+class StandinTrafficLight(StandinActor):
+    _carla_class = "TrafficLight"
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self._state = carla.TrafficLightState.Red
+        self._frozen = False
+
+    @_api("TrafficLight.set_state")
+    def set_state(self, state) -> None:
+        if not isinstance(state, carla.TrafficLightState):
+            raise TypeError("set_state takes a carla.TrafficLightState")
+        self._state = state
+
+    def get_state(self):
+        return self._state
+
+    @_api("TrafficLight.freeze")
+    def freeze(self, freeze: bool) -> None:
+        self._frozen = bool(freeze)
+
+    def is_frozen(self) -> bool:
+        return self._frozen
 
 
 class StandinSensor(StandinActor):
@@ -315,12 +354,12 @@ class StandinImage:
 class StandinEnvObject:
     _carla_class = "EnvironmentObject"
 
-    def __init__(self, obj_id: int, name: str, bb: carla.BoundingBox):
+    def __init__(self, obj_id: int, name: str, bb: carla.BoundingBox, label=carla.CityObjectLabel.TrafficSigns):
         self.id = obj_id
         self.name = name
         self.bounding_box = bb
         self.transform = carla.Transform(bb.location, bb.rotation)
-        self.type = carla.CityObjectLabel.TrafficSigns
+        self.type = label
 
 
 class StandinMap:
@@ -424,7 +463,7 @@ class StandinApi:
 
     def __init__(self, srv: "StandinServer"):
         for n in ("Transform", "Location", "Rotation", "Vector3D", "BoundingBox", "WorldSettings", "Color",
-                  "TextureColor", "TextureFloatColor", "CityObjectLabel", "MaterialParameter", "LaneType",
+                  "TextureColor", "TextureFloatColor", "CityObjectLabel", "LaneType", "TrafficLightState",
                   "OpendriveGenerationParameters"):
             setattr(self, n, getattr(carla, n))
         self.command = StandinCommands(srv)
@@ -484,7 +523,7 @@ class StandinClient:
 
     @_api("Client.get_client_version")
     def get_client_version(self) -> str:
-        return self._srv.version
+        return self._srv.client_version
 
     @_api("Client.get_available_maps")
     def get_available_maps(self) -> list:
@@ -536,6 +575,7 @@ class StandinWorld:
     def apply_settings(self, settings: carla.WorldSettings, seconds: float = 0.0) -> int:
         if not isinstance(settings, carla.WorldSettings):
             raise TypeError("apply_settings needs a carla.WorldSettings")
+        check_physics(settings)
         for k in self._srv.settings:
             self._srv.settings[k] = getattr(settings, k)
         return self._srv.frame
@@ -586,21 +626,11 @@ class StandinWorld:
 
     @_api("World.get_environment_objects")
     def get_environment_objects(self, object_type: Any = carla.CityObjectLabel.Any) -> list:
-        if object_type not in (carla.CityObjectLabel.TrafficSigns, carla.CityObjectLabel.Any):
-            return []
-        return [StandinEnvObject(1000 + k, n, b) for k, ((b, _), n) in
-                enumerate(zip(self._srv.sign_boxes, self._srv.env_names))]
+        return [o for o in self._srv.env_objects if object_type in (carla.CityObjectLabel.Any, o.type)]
 
     @_api("World.get_names_of_all_objects")
     def get_names_of_all_objects(self) -> list:
         return list(self._srv.object_names)
-
-    @_api("World.apply_color_texture_to_object")
-    def apply_color_texture_to_object(self, object_name: str, material_parameter, texture) -> None:
-        if not isinstance(object_name, str) or not isinstance(texture, carla.TextureColor):
-            raise TypeError("apply_color_texture_to_object(str, MaterialParameter, TextureColor)")
-        if material_parameter == carla.MaterialParameter.Diffuse:
-            self._srv._texture([object_name], texture)
 
     @_api("World.apply_textures_to_objects")
     def apply_textures_to_objects(self, objects_name_list: list, diffuse_texture, emissive_texture, normal_texture,
@@ -609,7 +639,30 @@ class StandinWorld:
             raise TypeError("objects_name_list must be a list")  # Boost.Python takes a list only
         if not isinstance(diffuse_texture, carla.TextureColor):
             raise TypeError("diffuse_texture must be a carla.TextureColor")
+        unknown = [n for n in objects_name_list if n not in self._srv.object_names]
+        if unknown:
+            raise StandinError(f"unable to find Actor to apply the texture ({unknown[0]})")
         self._srv._texture(list(objects_name_list), diffuse_texture)
+
+    @_api("World.get_traffic_light")
+    def get_traffic_light(self, landmark) -> Optional[StandinTrafficLight]:
+        aid = self._srv.light_of.get(str(landmark.id))
+        return self._srv.actors.get(aid) if aid is not None else None
+
+
+def check_physics(settings: carla.WorldSettings) -> None:
+    """CARLA's substepping rule (the server only warns; the stand-in refuses): with a fixed step
+    and substepping on, ``max_substep_delta_time * max_substeps >= fixed_delta_seconds`` and
+    ``1 <= max_substeps <= 16``."""
+    delta = settings.fixed_delta_seconds
+    if not settings.substepping or delta is None:
+        return
+    if not 1 <= int(settings.max_substeps) <= 16:
+        raise StandinError(f"max_substeps must be 1..16, got {settings.max_substeps}")
+    covered = float(settings.max_substep_delta_time) * int(settings.max_substeps)
+    if covered + 1e-9 < float(delta):
+        raise StandinError(f"physics substeps cover {covered:g} s of a {delta:g} s step "
+                           f"(max_substep_delta_time * max_substeps < fixed_delta_seconds)")
 
 
 # -- the server -------------------------------------------------------------------------------
@@ -624,16 +677,23 @@ class StandinServer:
 
     def __init__(self, town_xodr: str, town: str = "Town01", *, version: str = "0.9.16", synchronous: bool = False,
                  fixed_delta: Optional[float] = None, foreign: tuple = (("vehicle.audi.a2", "hero"),),
-                 decoy_boxes: int = 3, seed: int = 0):
+                 decoy_boxes: int = 3, merged_boxes: tuple[int, ...] = (), seed: int = 0,
+                 client_version: Optional[str] = None):
         self.version = version
+        self.client_version = client_version or version
+        self.merged_boxes = set(int(k) for k in merged_boxes)
+        self.light_of: dict[str, int] = {}  # traffic-light landmark id -> actor id
         self.calls: list[tuple[str, tuple, dict]] = []
         self.fault_points: list[int] = []  # indices of calls a fault can hit (server round trips)
         self.faults: list[Fault] = []
         self.counts: dict[str, int] = {}
         self.lost = False
         self.refuse_connections = False
+        #: spawns for which this returns True fail with "collision at spawn position"
+        self.refuse_spawn: Optional[Callable[[Any, carla.Transform], bool]] = None
         self.settings = {"synchronous_mode": bool(synchronous), "no_rendering_mode": False,
-                         "fixed_delta_seconds": fixed_delta, "substepping": True}
+                         "fixed_delta_seconds": fixed_delta, "substepping": True, "max_substep_delta_time": 0.01,
+                         "max_substeps": 10}
         self.tms: dict[int, StandinTrafficManager] = {}
         self.towns_text = {town: town_xodr}
         self.actors: dict[int, StandinActor] = {}
@@ -662,8 +722,10 @@ class StandinServer:
 
     # -- faults and the call log ------------------------------------------------------------
     def fail(self, *, index: Optional[int] = None, name: Optional[str] = None, nth: int = 1, when: str = "before",
-             persistent: bool = False, lost: bool = False) -> Fault:
-        f = Fault(index=index, name=name, nth=nth, when=when, persistent=persistent, lost=lost)
+             persistent: bool = False, lost: bool = False, timeout: bool = False,
+             action: Optional[Callable[[], None]] = None) -> Fault:
+        f = Fault(index=index, name=name, nth=nth, when=when, persistent=persistent, lost=lost, timeout=timeout,
+                  action=action)
         self.faults.append(f)
         return f
 
@@ -686,8 +748,11 @@ class StandinServer:
         return False
 
     def _raise(self, name: str, f: Optional[Fault]) -> None:
-        if self.lost or (f is not None and f.lost):
-            self.lost = True
+        if f is not None and f.action is not None:
+            f.action()
+            return
+        if self.lost or (f is not None and (f.lost or f.timeout)):
+            self.lost = self.lost or f is None or f.lost
             raise StandinError(f"time-out of 2000ms while waiting for the simulator, make sure the simulator is "
                                f"ready and connected to localhost:2000 ({name})")
         raise StandinError(f"injected fault in {name}")
@@ -732,6 +797,18 @@ class StandinServer:
             if reset_settings:
                 self.settings.update(synchronous_mode=False, fixed_delta_seconds=None)
             self._make_sign_boxes(cmap)
+            self._make_traffic_lights(cmap)
+
+    def _make_traffic_lights(self, cmap: carla.Map) -> None:
+        """One traffic-light actor per traffic-light landmark id (ids from 10000 up)."""
+        self.light_of = {}
+        for lm in cmap.get_all_landmarks_of_type("1000001"):
+            lid = str(lm.id)
+            if lid in self.light_of:
+                continue
+            aid = 10000 + len(self.light_of)
+            self.actors[aid] = StandinTrafficLight(self, aid, "traffic.traffic_light", {}, lm.transform)
+            self.light_of[lid] = aid
 
     def _make_sign_boxes(self, cmap: carla.Map) -> None:
         """One level box per static sign landmark (up on its post, 0.6 m beside the road-level
@@ -763,15 +840,27 @@ class StandinServer:
             boxes.append((bb, ""))
             decoys += 1
         self.sign_boxes = boxes
-        self.env_names = [f"SM_TrafficSign_{k:03d}" for k in range(len(boxes))]
-        self.object_names = (["BP_Apartment04_v05_Opt_2", "SM_Road_01", "BP_Fence_3"] +
-                             [f"{n}_SM_Plate" for n in self.env_names] + [f"{n}_SM_Post" for n in self.env_names])
+        self.box_actor = [f"BP_Corner_{k}" if k in self.merged_boxes else f"BP_Sign_{k}" for k in range(len(boxes))]
+        L = carla.CityObjectLabel
+        objs = []
+        for k, ((bb, _), actor) in enumerate(zip(boxes, self.box_actor)):
+            objs.append(StandinEnvObject(1000 + 3 * k, f"{actor}_SM_0", bb, L.TrafficSigns))
+            post = carla.BoundingBox(carla.Location(bb.location.x, bb.location.y, bb.location.z - 1.2),
+                                     carla.Vector3D(0.05, 0.05, 1.2))
+            objs.append(StandinEnvObject(1001 + 3 * k, f"{actor}_SM_1", post, L.Poles))
+            if k in self.merged_boxes:
+                objs.append(StandinEnvObject(1002 + 3 * k, f"{actor}_SM_2", post, L.Buildings))
+        objs.append(StandinEnvObject(999, "BP_Apartment04_v05_Opt_2_SM_0", carla.BoundingBox(), L.Buildings))
+        self.env_objects = objs
+        self.object_names = ["BP_Apartment04_v05_Opt_2", "SM_Road_01", "BP_Fence_3"] + list(self.box_actor)
         self.object_colour = {}
 
     def _spawn(self, bp: StandinBlueprint, tf: carla.Transform, parent) -> tuple[Optional[StandinActor], str]:
         with self._lock:
             if parent is not None and int(getattr(parent, "id", parent)) not in self.actors:
                 return None, "parent actor not found"
+            if self.refuse_spawn is not None and self.refuse_spawn(bp, tf):
+                return None, "Spawn failed because of collision at spawn position"
             if bp.id.startswith("vehicle."):
                 for a in self.actors.values():
                     if a.type_id.startswith("vehicle.") and a._parent is None:
@@ -849,11 +938,7 @@ class StandinServer:
                 self.object_colour[nm] = mean
 
     def _box_colour(self, k: int) -> tuple[float, float, float]:
-        n = self.env_names[k]
-        for suffix in ("_SM_Plate", ""):
-            if n + suffix in self.object_colour:
-                return self.object_colour[n + suffix]
-        return (200.0, 30.0, 30.0)
+        return self.object_colour.get(self.box_actor[k], (200.0, 30.0, 30.0))
 
     # -- stepping ---------------------------------------------------------------------------
     def _tick(self) -> int:
