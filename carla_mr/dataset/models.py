@@ -142,15 +142,38 @@ class _TorchModel:
 
 def _load_state(module, checkpoint: str) -> None:
     p = Path(checkpoint)
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(p))
-    else:
-        import torch
+            state = load_file(str(p))
+        else:
+            import torch
 
-        state = torch.load(str(p), map_location="cpu", weights_only=True)
-    module.load_state_dict(state)
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
+        raise InputError(f"cannot read {checkpoint} as weights: {type(exc).__name__}: {exc}",
+                         field="perception.checkpoint") from exc
+    check_state_keys(module, state, checkpoint)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:  # shapes that do not fit the module
+        raise InputError(f"{checkpoint} does not fit {type(module).__name__}: {str(exc).splitlines()[-1].strip()}",
+                         field="perception.checkpoint") from exc
+
+
+def check_state_keys(module, state, checkpoint) -> None:
+    """Raise InputError naming the missing / unexpected keys when ``state`` is not ``module``'s."""
+    if not isinstance(state, dict):
+        raise InputError(f"{checkpoint} holds a {type(state).__name__}, not a state dict (name -> tensor)",
+                         field="perception.checkpoint")
+    want, got = set(module.state_dict()), set(state)
+    missing, unexpected = sorted(want - got), sorted(got - want)
+    if missing or unexpected:
+        def few(keys):
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "") if keys else "none"
+        raise InputError(f"{checkpoint} does not match {type(module).__name__}: missing keys {few(missing)}; "
+                         f"unexpected keys {few(unexpected)}", field="perception.checkpoint")
 
 
 def _resolve(spec: str) -> Any:
