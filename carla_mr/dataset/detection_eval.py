@@ -26,10 +26,17 @@ from carla_mr.config.dataset import PerceptionConfig
 from carla_mr.dataset.detectors import Detections
 
 
-def _band(x: float, edges: list[float], unit: str) -> str:
-    from carla_mr.dataset.perception import _band as band
+def band(x: float, edges: list[float], unit: str) -> str:
+    """The name of the band of ``x`` between increasing ``edges`` (``"10-20 m"``, ``">=80 m"``)."""
+    lo = 0.0
+    for e in edges:
+        if x < e:
+            return f"{lo:g}-{e:g}{unit}"
+        lo = e
+    return f">={lo:g}{unit}"
 
-    return band(x, edges, unit)
+
+_band = band
 
 
 class DetectionEvaluator:

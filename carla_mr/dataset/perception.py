@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Optional
 import numpy as np
 
 from carla_mr.config.dataset import PerceptionConfig
+from carla_mr.dataset.detection_eval import band as _band
 from carla_mr.dataset.models import load_model
 from carla_mr.errors import InputError
 from carla_mr.io import atomic_write, atomic_write_json, atomic_write_text
@@ -35,13 +36,6 @@ def crop(image: np.ndarray, box, margin: float) -> np.ndarray:
     return np.ascontiguousarray(image[b:d, a:c])
 
 
-def _band(x: float, edges: list[float], unit: str) -> str:
-    lo = 0.0
-    for e in edges:
-        if x < e:
-            return f"{lo:g}-{e:g}{unit}"
-        lo = e
-    return f">={lo:g}{unit}"
 
 
 class Evaluator:
