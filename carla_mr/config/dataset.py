@@ -54,8 +54,9 @@ class PerceptionConfig(StrictModel):
     """Perception in the loop: a model under test on the crops of visible signs."""
 
     enabled: bool = False
-    model: str = Field("default", description="'default' (the genai validator when one is trained, else the "
-                                              "template matcher), 'template', or a dotted path 'module:attr' to a "
+    model: str = Field("default", description="'default' (the project's crop CNN trained on original-texture "
+                                              "frames, else the template matcher without torch), 'validator' (the "
+                                              "genai validator), 'template', or a dotted path 'module:attr' to a "
                                               "callable or torch module.")
     checkpoint: Optional[str] = Field(None, description="Weights for the model (a torch state_dict / validator dir).")
     every_k: int = Field(1, ge=1, description="Evaluate every k-th tick.")

@@ -152,3 +152,41 @@ def eval_cmd(source, model, checkpoint, overrides, frames, no_plots, detector, d
             emit(result, as_json=False, title=f"detector: {detection['detector']} (mAP {o.get('mAP', float('nan')):.3f}"
                  f", {detection['false_positives_per_image']:.2f} false positives per frame)",
                  rows=detection_rows(detection), columns=("group", "bin", "signs", "mAP", "AP50", "recall@0.5"))
+
+
+@dataset_group.command("train-default")
+@click.option("--frames", type=click.IntRange(min=1), default=75, show_default=True,
+              help="Recorded ticks per map and texture source.")
+@click.option("--cameras", type=click.IntRange(min=1, max=64), default=6, show_default=True)
+@click.option("--signs", type=click.IntRange(min=0), default=400, show_default=True,
+              help="Random signs injected into each map (signs.random_count).")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--texture-source", type=click.Choice(["procedural", "auto", "genai"]), default="procedural",
+              show_default=True, help="Where the generated textures come from.")
+@click.option("--install", is_flag=True, default=False,
+              help="Copy the model trained on original textures to carla_mr/data/perception/crop_net.")
+@common_options
+@guarded
+def train_default_cmd(frames, cameras, signs, epochs, texture_source, install, out, seed, as_json):
+    """Train the default model under test (a crop CNN) on frames with original textures and test it
+    on an unseen map with original and with generated textures (and the reverse), beside the
+    template baseline. Writes crop_net/, train_log.csv, results.json and results.md to --out."""
+    import shutil
+
+    from carla_mr.dataset.crop_net import default_crop_net_path
+    from carla_mr.dataset.train_default import results_markdown, run
+
+    run_dir = make_run_dir(out, "dataset-train-default")
+    results = run(run_dir, seed=0 if seed is None else seed, frames=frames, cameras=cameras, signs=signs,
+                  epochs=epochs, texture_source=texture_source, progress=log)
+    results["run_dir"] = str(run_dir)
+    if install:
+        dst = default_crop_net_path()
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in ("crop_net.json", "model.safetensors"):
+            shutil.copyfile(run_dir / "crop_net" / name, dst / name)
+        results["installed"] = str(dst)
+    if as_json:
+        emit(results, as_json=True)
+    else:
+        click.echo(results_markdown(results))
