@@ -47,7 +47,7 @@ def build_net(n_classes: int, widths: Sequence[int] = (16, 32, 64)):
 
 def to_batch(crops: list[np.ndarray], size: int) -> np.ndarray:
     """(N, 3, size, size) float32 in [0, 1] from RGB uint8 crops of any size."""
-    from carla_mr.dataset.models import _resize
+    from carla_mr.dataset.model_io import resize as _resize
 
     x = np.stack([_resize(np.asarray(c, np.uint8), size) for c in crops]).astype(np.float32) / 255.0
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
@@ -96,7 +96,7 @@ def load_crop_net(folder: str | os.PathLike, name: Optional[str] = None) -> Crop
     """Load a crop-net folder; InputError naming the path when it is missing or does not match."""
     from safetensors.torch import load_file
 
-    from carla_mr.dataset.models import check_state_keys
+    from carla_mr.dataset.model_io import check_state_keys
 
     folder = Path(folder)
     if not is_crop_net_dir(folder):

@@ -27,15 +27,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from carla_mr.dataset.model_io import check_state_keys, resize as _resize
 from carla_mr.errors import InputError
 from carla_mr.world.sign_geometry import original_face
-
-
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
-    import cv2
-
-    interp = cv2.INTER_AREA if min(img.shape[:2]) > size else cv2.INTER_LINEAR
-    return cv2.resize(img, (size, size), interpolation=interp)
 
 
 DEFAULT_CLASSES = ("stop", "yield", "no_entry", "priority_road", "parking", "warning", "mandatory_arrow",
@@ -163,20 +157,6 @@ def _load_state(module, checkpoint: str) -> None:
     except RuntimeError as exc:  # shapes that do not fit the module
         raise InputError(f"{checkpoint} does not fit {type(module).__name__}: {str(exc).splitlines()[-1].strip()}",
                          field="perception.checkpoint") from exc
-
-
-def check_state_keys(module, state, checkpoint) -> None:
-    """Raise InputError naming the missing / unexpected keys when ``state`` is not ``module``'s."""
-    if not isinstance(state, dict):
-        raise InputError(f"{checkpoint} holds a {type(state).__name__}, not a state dict (name -> tensor)",
-                         field="perception.checkpoint")
-    want, got = set(module.state_dict()), set(state)
-    missing, unexpected = sorted(want - got), sorted(got - want)
-    if missing or unexpected:
-        def few(keys):
-            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "") if keys else "none"
-        raise InputError(f"{checkpoint} does not match {type(module).__name__}: missing keys {few(missing)}; "
-                         f"unexpected keys {few(unexpected)}", field="perception.checkpoint")
 
 
 def _resolve(spec: str) -> Any:
