@@ -163,11 +163,13 @@ def eval_cmd(source, model, checkpoint, overrides, frames, no_plots, detector, d
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--texture-source", type=click.Choice(["procedural", "auto", "genai"]), default="procedural",
               show_default=True, help="Where the generated textures come from.")
+@click.option("--reverse/--no-reverse", default=True, show_default=True,
+              help="Also train on generated textures and test on both (the reverse direction; doubles training).")
 @click.option("--install", is_flag=True, default=False,
               help="Copy the model trained on original textures to carla_mr/data/perception/crop_net.")
 @common_options
 @guarded
-def train_default_cmd(frames, cameras, signs, epochs, texture_source, install, out, seed, as_json):
+def train_default_cmd(frames, cameras, signs, epochs, texture_source, reverse, install, out, seed, as_json):
     """Train the default model under test (a crop CNN) on frames with original textures and test it
     on an unseen map with original and with generated textures (and the reverse), beside the
     template baseline. Writes crop_net/, train_log.csv, results.json and results.md to --out."""
@@ -178,7 +180,7 @@ def train_default_cmd(frames, cameras, signs, epochs, texture_source, install, o
 
     run_dir = make_run_dir(out, "dataset-train-default")
     results = run(run_dir, seed=0 if seed is None else seed, frames=frames, cameras=cameras, signs=signs,
-                  epochs=epochs, texture_source=texture_source, progress=log)
+                  epochs=epochs, texture_source=texture_source, reverse=reverse, progress=log)
     results["run_dir"] = str(run_dir)
     if install:
         dst = default_crop_net_path()

@@ -151,7 +151,8 @@ def score(model, data: dict) -> dict[str, Any]:
 
 
 def run(out: Path, *, seed: int = 0, frames: int = 75, cameras: int = 6, every_k: int = 5, signs: int = 400,
-        epochs: int = 30, texture_source: str = "procedural", progress: Callable[[str], None] = print) -> dict:
+        epochs: int = 30, texture_source: str = "procedural", reverse: bool = True,
+        progress: Callable[[str], None] = print) -> dict:
     """The whole pipeline (see the module docstring); returns the results written to results.json."""
     from carla_mr.dataset.crop_net import CropNet  # noqa: F401 - fail early without torch
     from carla_mr.dataset.models import TemplateMatcher
@@ -177,7 +178,7 @@ def run(out: Path, *, seed: int = 0, frames: int = 75, cameras: int = 6, every_k
     log_rows = ["trained_on,epoch,loss,train_acc"]
     baseline = TemplateMatcher(classes)
     results["models"]["template (baseline)"] = {f"test_{s}": score(baseline, d) for s, d in tests.items()}
-    for src in ("original", "generated"):
+    for src in ("original", "generated") if reverse else ("original",):
         progress(f"training on {src} textures ({len(train_sets[src]['cls'])} crops)")
         net = train(train_sets[src], classes, epochs=epochs, seed=seed,
                     log=lambda r, s=src: log_rows.append(f"{s},{r['epoch']},{r['loss']:.5f},{r['train_acc']:.5f}"))

@@ -74,3 +74,17 @@ def test_committed_default_crop_net_loads_if_present():
     assert m.predict([np.zeros((20, 20, 3), np.uint8)])[0] in m.classes
     rec = json.loads((path / "crop_net.json").read_text())
     assert rec["trained_on"] == "original textures"
+
+
+@pytest.mark.slow
+def test_train_default_cli_end_to_end(tmp_path):
+    from click.testing import CliRunner
+
+    from carla_mr.cli import main
+
+    res = CliRunner().invoke(main, ["dataset", "train-default", "--frames", "6", "--cameras", "2", "--signs", "150",
+                                    "--epochs", "1", "--no-reverse", "--json", "--out", str(tmp_path / "t")])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert set(out["models"]) == {"template (baseline)", "crop_net trained on original"}
+    assert crop_net.is_crop_net_dir(tmp_path / "t" / "crop_net") and (tmp_path / "t" / "train_log.csv").is_file()
