@@ -36,7 +36,10 @@ def build_cmd(out: Path, only: tuple[str, ...], seed, as_json: bool):
         raise InputError(f"unknown map(s) {unknown}; expected some of {sorted(PROJECT_MAPS)}", field="--only")
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} is not a folder", field="--out")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create {out}: {exc.strerror or exc}; pick another --out", field="--out") from exc
     results = []
     for n in names:
         log(f"building {n} ...")

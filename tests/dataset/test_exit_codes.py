@@ -112,3 +112,10 @@ def test_checkpoint_with_other_keys_is_exit_2(tmp_path, monkeypatch, town01):
                       str(tmp_path / "other.safetensors"), "--frames", "1", "--no-plots", "--out", str(tmp_path / "e")])
     assert code == 2, out
     assert "other.safetensors" in out and "missing keys" in out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_maps_build_out_under_proc_is_exit_2():
+    code, out = _run(["maps", "build", "--only", "mr_town", "--out", "/proc/carla_mr_test/maps"])
+    assert code == 2, out
+    assert "/proc/carla_mr_test/maps" in out
