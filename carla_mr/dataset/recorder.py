@@ -427,8 +427,8 @@ class RecorderStage(BaseStage):
     def close(self) -> None:
         if self.recorder is not None:
             completed = bool(self._ctx is not None and self._ctx.completed)
-            self.recorder.done = self.recorder.done or completed
-            self.recorder.close(complete=completed)
+            self.recorder.done = self.recorder.done or completed  # max_frames reached, or the whole run
+            self.recorder.close(complete=self.recorder.done)
 
     def summary(self) -> dict[str, Any]:
         return self.recorder.summary() if self.recorder is not None else {}

@@ -115,3 +115,27 @@ def test_filtered_labels_say_which_filter(tmp_path, town01, town01_map, town01_s
                                     start=start_before_sign(town01_map, town01_signs)))
     assert s["labels_exported"] == 0 and "box_below_min_box_px" in s["no_labels_because"]
     assert s["labels_filtered"]["box_below_min_box_px"] == s["labels_in_view"] > 0
+
+
+def test_recording_that_reached_max_frames_is_complete_even_if_the_run_is_interrupted(
+        tmp_path, town01, town01_map, town01_signs):
+    """The recorder inside a longer run: max_frames recorded, then the run stops early."""
+    from carla_mr.dataset.recorder import RecorderStage
+    from carla_mr.runner import Runner
+
+    sc = scenario(town01, max_frames=3)
+    w = KinematicWorld(town01_map, town01_signs, seed=5, start=start_before_sign(town01_map, town01_signs))
+    orig, calls = w.tick, {"n": 0}
+
+    def tick():
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise KeyboardInterrupt
+        return orig()
+
+    w.tick = tick
+    stage = RecorderStage(sc.recorder, subdir="ds")
+    with pytest.raises(KeyboardInterrupt):
+        Runner(sc, tmp_path, [stage], 5, progress=False, world=w, ticks=50, run_files=False).run()
+    assert stage.summary()["complete"] is True
+    assert json.loads((tmp_path / "ds" / "progress.json").read_text())["complete"] is True
