@@ -143,6 +143,19 @@ def _plot(report: dict, path: Path) -> Path:
     return atomic_write(path, lambda fh: fh.write(buf.getvalue()))
 
 
+def _summary_lines(per: Mapping[str, Any]) -> str:
+    """95% intervals by source and the template baseline on the same crops (from the run summary)."""
+    ci, base = per.get("accuracy_ci95_by_source") or {}, per.get("baseline_template_accuracy_by_source") or {}
+    out = ""
+    if ci:
+        out += "\n95% Wilson intervals by source: " + "; ".join(
+            f"{k} [{fmt(v[0])}, {fmt(v[1])}] (n={(per.get('n_by_source') or {}).get(k)})" for k, v in ci.items()) + ".\n"
+    if base:
+        out += ("\nBaseline (template matcher on the same crops): "
+                + "; ".join(f"{k} {fmt(v)}" for k, v in base.items()) + ".\n")
+    return out
+
+
 def _detection_section(run_dir: Path) -> str:
     """The detection table of report.md (empty when no detector was under test)."""
     path = run_dir / "perception" / "detection.json"
@@ -314,6 +327,7 @@ class PerceptionStage(BaseStage):
         text = (f"Model {rep.get('model')}: accuracy {fmt(overall.get('accuracy'))} "
                 f"on {overall.get('n')} crops.\n\n" + md_table(rows, ("group", "bin", "crops", "accuracy"))
                 + (f"\n\n![perception](report/{png})\n" if png else "\n"))
+        text += _summary_lines((summary.get("stages") or {}).get("perception") or {})
         text += _detection_section(run_dir)
         return ReportSection("Perception in the loop", text,
                              {"n": overall.get("n"), "accuracy": overall.get("accuracy"),
