@@ -214,7 +214,9 @@ def make_detection_evaluator(cfg: PerceptionConfig) -> Optional[DetectionEvaluat
     if not cfg.detector:
         return None
     from carla_mr.dataset.detectors import load_detector
+    from carla_mr.errors import require
 
+    require("pycocotools.cocoeval", extra="dataset", feature="Scoring a detector (COCOeval)")
     return DetectionEvaluator(cfg, load_detector(cfg.detector, cfg.detector_checkpoint,
                                                  min_score=cfg.detector_min_score))
 
