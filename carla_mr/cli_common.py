@@ -37,7 +37,11 @@ def default_run_dir(verb: str) -> Path:
 
 
 def make_run_dir(out: str | os.PathLike | None, verb: str, *, exist_ok: bool = True) -> Path:
-    """Create (or reuse) the run directory; a file in the way is an InputError on --out."""
+    """Create (or reuse) the run directory and check it takes files.
+
+    Anything in the way (a regular file on the path, a read-only or virtual file system such
+    as ``/proc``, no permission) is an :class:`InputError` on ``--out`` naming the path.
+    """
     path = Path(out) if out else default_run_dir(verb)
     if path.exists() and not path.is_dir():
         raise InputError(f"{path} exists and is not a directory; pick another --out", field="--out")
@@ -45,9 +49,38 @@ def make_run_dir(out: str | os.PathLike | None, verb: str, *, exist_ok: bool = T
         path.mkdir(parents=True, exist_ok=exist_ok)
     except FileExistsError as exc:
         raise InputError(f"{path} already exists; pick another --out", field="--out") from exc
-    except PermissionError as exc:
-        raise InputError(f"cannot create {path}: permission denied; pick another --out", field="--out") from exc
+    except OSError as exc:
+        raise InputError(f"cannot create {path}: {_why(exc, path)}; pick another --out", field="--out") from exc
+    check_writable_dir(path, field="--out")
     return path
+
+
+def _why(exc: OSError, path: Path) -> str:
+    """A short reason for an OSError on ``path`` (names the ancestor that is a regular file)."""
+    if isinstance(exc, NotADirectoryError) or exc.errno == 20:
+        for parent in [path, *path.parents]:
+            if parent.exists() and not parent.is_dir():
+                return f"{parent} is a regular file, not a folder"
+    if exc.errno == 2:  # ENOENT although mkdir(parents=True): a file system that takes no new entries
+        existing = next((p for p in path.parents if p.exists()), None)
+        if existing is not None:
+            return f"{existing} does not accept new folders (a virtual or read-only file system such as /proc?)"
+    return exc.strerror or str(exc)
+
+
+def check_writable_dir(folder: Path, *, field: str) -> None:
+    """Raise InputError (``field``) unless a file can be created in the existing ``folder``."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".carla_mr-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if exc.errno == 2:
+            why = "it does not accept new files (a virtual or read-only file system such as /proc?)"
+        raise InputError(f"cannot write into {folder}: {why}; pick another {field}", field=field) from exc
 
 
 def out_option(f):

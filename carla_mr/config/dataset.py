@@ -37,6 +37,10 @@ class RecorderConfig(StrictModel):
     genai_model: Optional[str] = Field(None, description="A TSDreamBooth model folder (default: the committed one).")
     genai_steps: int = Field(20, ge=1, le=1000, description="Sampling steps for genai_model.")
     durable_every: int = Field(50, ge=1, description="fsync the frames written so far every N recorded ticks.")
+    skip_stationary_after_s: Optional[float] = Field(
+        2.0, ge=0, description="Skip a camera's frames once its vehicle has been stationary for longer than this "
+                               "(simulated seconds; the first seconds of each stop are kept). null: never skip.")
+    stationary_speed_mps: float = Field(0.3, ge=0, description="Below this speed (m/s) a vehicle is stationary.")
 
     @field_validator("kinds")
     @classmethod
@@ -50,8 +54,9 @@ class PerceptionConfig(StrictModel):
     """Perception in the loop: a model under test on the crops of visible signs."""
 
     enabled: bool = False
-    model: str = Field("default", description="'default' (the genai validator when one is trained, else the "
-                                              "template matcher), 'template', or a dotted path 'module:attr' to a "
+    model: str = Field("default", description="'default' (the project's crop CNN trained on original-texture "
+                                              "frames, else the template matcher without torch), 'validator' (the "
+                                              "genai validator), 'template', or a dotted path 'module:attr' to a "
                                               "callable or torch module.")
     checkpoint: Optional[str] = Field(None, description="Weights for the model (a torch state_dict / validator dir).")
     every_k: int = Field(1, ge=1, description="Evaluate every k-th tick.")
@@ -62,6 +67,11 @@ class PerceptionConfig(StrictModel):
     distance_bands_m: list[float] = Field(default_factory=lambda: [10.0, 20.0, 40.0, 80.0])
     visibility_bands: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75])
     camera: Optional[CameraSpec] = Field(None, description="Default: the recorder's camera.")
+    detector: Optional[str] = Field(None, description="A detector under test on full frames ('module:attr': a "
+                                                      "torchvision-style or Ultralytics model, or an object with "
+                                                      "detect()); scored with COCOeval. null: crops only.")
+    detector_checkpoint: Optional[str] = Field(None, description="Weights (state dict) for the detector.")
+    detector_min_score: float = Field(0.0, ge=0, le=1, description="Drop detections scoring below this.")
 
     @field_validator("distance_bands_m", "visibility_bands")
     @classmethod

@@ -103,9 +103,14 @@ def _record_sharded(sc, run_dir, cfg, seed, worlds, ray_address, carla_hosts, as
 @click.option("--frames", type=click.IntRange(min=1), default=None,
               help="When SOURCE is a scenario: evaluate this many ticks.")
 @click.option("--no-plots", is_flag=True, default=False, help="Skip the PNG plots.")
+@click.option("--detector", default=None, metavar="MODULE:ATTR",
+              help="Also score a detector on full frames (COCOeval): a torchvision-style or Ultralytics model, "
+                   "or an object with detect(images).")
+@click.option("--detector-checkpoint", type=click.Path(exists=True), default=None, help="Weights for --detector.")
 @common_options
 @guarded
-def eval_cmd(source, model, checkpoint, overrides, frames, no_plots, out, seed, as_json):
+def eval_cmd(source, model, checkpoint, overrides, frames, no_plots, detector, detector_checkpoint, out, seed,
+             as_json):
     """Run a model under test on the visible signs of SOURCE and report its accuracy.
 
     SOURCE is a recorded dataset folder (carla-mr dataset record) or a scenario file (the
@@ -116,18 +121,74 @@ def eval_cmd(source, model, checkpoint, overrides, frames, no_plots, out, seed, 
 
     run_dir = make_run_dir(out, "dataset-eval")
     if source.is_dir():
-        report = evaluate_dataset(source, model=model, checkpoint=checkpoint)
+        report = evaluate_dataset(source, model=model, checkpoint=checkpoint, detector=detector,
+                                  detector_checkpoint=detector_checkpoint)
     else:
         sc = _load(source, overrides)
         report = evaluate_scenario(sc, seed=sc.seed if seed is None else seed, model=model, checkpoint=checkpoint,
-                                   ticks=frames)
+                                   ticks=frames, detector=detector, detector_checkpoint=detector_checkpoint)
+    detection = report.pop("detection", None)
     paths = write_report(report, run_dir, plots=not no_plots)
+    if detection is not None:
+        from carla_mr.dataset.detection_eval import detection_summary, write_detection_report
+
+        paths.update(write_detection_report(detection, run_dir))
     rows = [(r["group"], r["bin"], r["n"], r["accuracy"]) for r in report["table"]]
     result = {"run_dir": str(run_dir), "model": report["model"], "n": report["overall"]["n"],
               "accuracy": report["overall"]["accuracy"], "table": report["table"], "files": paths}
+    if detection is not None:
+        result["detection"] = detection_summary(detection)
+        result["detection_table"] = detection["table"]
     if as_json:
         emit(result, as_json=True)
     else:
         emit(result, as_json=False, title=f"perception: {report['model']} (overall "
              f"{report['overall']['accuracy']:.3f} on {report['overall']['n']} crops)",
              rows=rows, columns=("group", "bin", "n", "accuracy"))
+        if detection is not None:
+            from carla_mr.dataset.detection_eval import detection_rows
+
+            o = detection["overall"]
+            emit(result, as_json=False, title=f"detector: {detection['detector']} (mAP {o.get('mAP', float('nan')):.3f}"
+                 f", {detection['false_positives_per_image']:.2f} false positives per frame)",
+                 rows=detection_rows(detection), columns=("group", "bin", "signs", "mAP", "AP50", "recall@0.5"))
+
+
+@dataset_group.command("train-default")
+@click.option("--frames", type=click.IntRange(min=1), default=75, show_default=True,
+              help="Recorded ticks per map and texture source.")
+@click.option("--cameras", type=click.IntRange(min=1, max=64), default=6, show_default=True)
+@click.option("--signs", type=click.IntRange(min=0), default=400, show_default=True,
+              help="Random signs injected into each map (signs.random_count).")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--texture-source", type=click.Choice(["procedural", "auto", "genai"]), default="procedural",
+              show_default=True, help="Where the generated textures come from.")
+@click.option("--reverse/--no-reverse", default=True, show_default=True,
+              help="Also train on generated textures and test on both (the reverse direction; doubles training).")
+@click.option("--install", is_flag=True, default=False,
+              help="Copy the model trained on original textures to carla_mr/data/perception/crop_net.")
+@common_options
+@guarded
+def train_default_cmd(frames, cameras, signs, epochs, texture_source, reverse, install, out, seed, as_json):
+    """Train the default model under test (a crop CNN) on frames with original textures and test it
+    on an unseen map with original and with generated textures (and the reverse), beside the
+    template baseline. Writes crop_net/, train_log.csv, results.json and results.md to --out."""
+    import shutil
+
+    from carla_mr.dataset.crop_net import default_crop_net_path
+    from carla_mr.dataset.train_default import results_markdown, run
+
+    run_dir = make_run_dir(out, "dataset-train-default")
+    results = run(run_dir, seed=0 if seed is None else seed, frames=frames, cameras=cameras, signs=signs,
+                  epochs=epochs, texture_source=texture_source, reverse=reverse, progress=log)
+    results["run_dir"] = str(run_dir)
+    if install:
+        dst = default_crop_net_path()
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in ("crop_net.json", "model.safetensors"):
+            shutil.copyfile(run_dir / "crop_net" / name, dst / name)
+        results["installed"] = str(dst)
+    if as_json:
+        emit(results, as_json=True)
+    else:
+        click.echo(results_markdown(results))

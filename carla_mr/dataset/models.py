@@ -5,9 +5,12 @@ where ``crops`` is a list of RGB uint8 images (H, W, 3) of any size and each ans
 class name: a sign ``kind`` (``stop``) or a kind with its value (``speed_limit_30``).
 :func:`load_model` builds one from a spec:
 
-- ``"default"``: the genai validator loaded from ``checkpoint`` (a validator directory) or
-  the committed one (``carla_mr.genai.api.load_default_validator``) when this install has it
-  and torch; else the :class:`TemplateMatcher`.
+- ``"default"`` (or ``"crop_net"``): the project's crop CNN (:mod:`carla_mr.dataset.crop_net`),
+  trained on rendered frames with original textures only (``carla-mr dataset train-default``),
+  from ``checkpoint`` (a crop-net folder) or the committed one, when torch is installed; else
+  the :class:`TemplateMatcher`. It is independent of the genai validator. A validator folder as
+  ``checkpoint`` loads that validator instead (as before).
+- ``"validator"``: the genai validator (``checkpoint`` or the committed one).
 - ``"template"``: the :class:`TemplateMatcher` (no training, no torch).
 - ``"module:attr"`` (or ``module.attr``): a callable taking the crop list and returning
   class names (or ints indexing its ``class_names``/``classes`` attribute); a class is
@@ -24,15 +27,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from carla_mr.dataset.model_io import check_state_keys, resize as _resize
 from carla_mr.errors import InputError
 from carla_mr.world.sign_geometry import original_face
-
-
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
-    import cv2
-
-    interp = cv2.INTER_AREA if min(img.shape[:2]) > size else cv2.INTER_LINEAR
-    return cv2.resize(img, (size, size), interpolation=interp)
 
 
 DEFAULT_CLASSES = ("stop", "yield", "no_entry", "priority_road", "parking", "warning", "mandatory_arrow",
@@ -142,15 +139,24 @@ class _TorchModel:
 
 def _load_state(module, checkpoint: str) -> None:
     p = Path(checkpoint)
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(p))
-    else:
-        import torch
+            state = load_file(str(p))
+        else:
+            import torch
 
-        state = torch.load(str(p), map_location="cpu", weights_only=True)
-    module.load_state_dict(state)
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is bad input
+        raise InputError(f"cannot read {checkpoint} as weights: {type(exc).__name__}: {exc}",
+                         field="perception.checkpoint") from exc
+    check_state_keys(module, state, checkpoint)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:  # shapes that do not fit the module
+        raise InputError(f"{checkpoint} does not fit {type(module).__name__}: {str(exc).splitlines()[-1].strip()}",
+                         field="perception.checkpoint") from exc
 
 
 def _resolve(spec: str) -> Any:
@@ -185,29 +191,46 @@ def _resolve(spec: str) -> Any:
     return obj
 
 
+def _builtin(spec: str, checkpoint: Optional[str], classes):
+    """'default' / 'crop_net': the project-trained crop net (``checkpoint`` or the committed one);
+    'validator' (or a validator folder as checkpoint): the genai validator; else the template matcher."""
+    if checkpoint and spec != "validator":
+        from carla_mr.dataset.crop_net import is_crop_net_dir
+
+        if is_crop_net_dir(checkpoint):
+            from carla_mr.dataset.crop_net import load_crop_net
+
+            return load_crop_net(checkpoint)
+    if spec == "validator" or checkpoint:
+        try:
+            from carla_mr.genai import validator as vmod  # needs torch (extra 'genai')
+        except ImportError as exc:
+            raise InputError("the genai validator needs the 'genai' extra (torch)", field="perception.model") from exc
+        if checkpoint:
+            return _ValidatorModel(vmod.load_validator(checkpoint), f"validator:{Path(checkpoint).name}")
+        from carla_mr.genai.api import load_default_validator
+
+        return _ValidatorModel(load_default_validator(), "validator:default")
+    try:
+        from carla_mr.dataset.crop_net import default_crop_net_path, is_crop_net_dir, load_crop_net
+
+        if is_crop_net_dir(default_crop_net_path()):
+            return load_crop_net(default_crop_net_path(), name="crop_net:default")
+    except ImportError:  # no torch: the training-free baseline
+        pass
+    if spec == "crop_net":
+        raise InputError("no crop net is installed; train one with 'carla-mr dataset train-default --install'",
+                         field="perception.model")
+    return TemplateMatcher(classes or DEFAULT_CLASSES)
+
+
 def load_model(spec: str | None = "default", checkpoint: str | None = None, *, classes: Sequence[str] | None = None):
     """Build the model under test named by ``spec`` (see the module docstring)."""
     spec = spec or "default"
     if spec == "template":
         return TemplateMatcher(classes or DEFAULT_CLASSES)
-    if spec == "default":
-        try:
-            from carla_mr.genai import validator as vmod  # needs torch (extra 'genai')
-        except ImportError:
-            vmod = None
-        if vmod is not None and checkpoint:
-            return _ValidatorModel(vmod.load_validator(checkpoint), f"validator:{Path(checkpoint).name}")
-        if vmod is not None:
-            try:
-                from carla_mr.genai.api import default_validator_path, load_default_validator
-
-                if (Path(default_validator_path()) / "validator.json").is_file():
-                    return _ValidatorModel(load_default_validator(), "validator:default")
-            except ImportError:
-                pass
-        if checkpoint:
-            raise InputError("a validator checkpoint needs the 'genai' extra (torch)", field="perception.checkpoint")
-        return TemplateMatcher(classes or DEFAULT_CLASSES)
+    if spec in ("default", "crop_net", "validator"):
+        return _builtin(spec, checkpoint, classes)
     obj = _resolve(spec)
     if isinstance(obj, type):
         obj = obj()

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
 from carla_mr.config.dataset import PerceptionConfig
+from carla_mr.dataset.detection_eval import band as _band
 from carla_mr.dataset.models import load_model
 from carla_mr.errors import InputError
 from carla_mr.io import atomic_write, atomic_write_json, atomic_write_text
@@ -34,13 +36,6 @@ def crop(image: np.ndarray, box, margin: float) -> np.ndarray:
     return np.ascontiguousarray(image[b:d, a:c])
 
 
-def _band(x: float, edges: list[float], unit: str) -> str:
-    lo = 0.0
-    for e in edges:
-        if x < e:
-            return f"{lo:g}-{e:g}{unit}"
-        lo = e
-    return f">={lo:g}{unit}"
 
 
 class Evaluator:
@@ -148,11 +143,43 @@ def _plot(report: dict, path: Path) -> Path:
     return atomic_write(path, lambda fh: fh.write(buf.getvalue()))
 
 
+def _summary_lines(per: Mapping[str, Any]) -> str:
+    """95% intervals by source and the template baseline on the same crops (from the run summary)."""
+    ci, base = per.get("accuracy_ci95_by_source") or {}, per.get("baseline_template_accuracy_by_source") or {}
+    out = ""
+    if ci:
+        out += "\n95% Wilson intervals by source: " + "; ".join(
+            f"{k} [{fmt(v[0])}, {fmt(v[1])}] (n={(per.get('n_by_source') or {}).get(k)})" for k, v in ci.items()) + ".\n"
+    if base:
+        out += ("\nBaseline (template matcher on the same crops): "
+                + "; ".join(f"{k} {fmt(v)}" for k, v in base.items()) + ".\n")
+    return out
+
+
+def _detection_section(run_dir: Path) -> str:
+    """The detection table of report.md (empty when no detector was under test)."""
+    path = run_dir / "perception" / "detection.json"
+    if not path.is_file():
+        return ""
+    from carla_mr.dataset.detection_eval import detection_rows
+
+    rep = json.loads(path.read_text(encoding="utf-8"))
+    o = rep.get("overall") or {}
+    return (f"\nDetector {rep.get('detector')} on {rep.get('images')} frames (COCOeval, bbox): mAP "
+            f"{fmt(o.get('mAP'))}, AP50 {fmt(o.get('AP50'))}, recall@0.5 {fmt(o.get('recall50'))}, "
+            f"{fmt(rep.get('false_positives_per_image'))} false positives per frame.\n\n"
+            + md_table(detection_rows(rep), ("group", "bin", "signs", "mAP", "AP50", "recall@0.5")) + "\n")
+
+
 # -- sources ---------------------------------------------------------------------------------
 
 def evaluate_dataset(root: str | Path, *, model: str | None = None, checkpoint: str | None = None,
-                     cfg: Optional[PerceptionConfig] = None) -> dict:
-    """Evaluate on a recorded dataset folder (its meta/ records and images)."""
+                     cfg: Optional[PerceptionConfig] = None, detector: str | None = None,
+                     detector_checkpoint: str | None = None) -> dict:
+    """Evaluate on a recorded dataset folder (its meta/ records and images): the crop model,
+    and the detector when one is named (the report's ``detection``)."""
+    from carla_mr.dataset.detection_eval import make_detection_evaluator, weather_name
+
     import cv2
 
     from carla_mr.dataset.formats import iter_meta
@@ -165,15 +192,23 @@ def evaluate_dataset(root: str | Path, *, model: str | None = None, checkpoint: 
     if cfg is None:
         sc = manifest.get("scenario") or {}
         cfg = PerceptionConfig.model_validate((sc.get("perception") or {}))
-    upd = {k: v for k, v in {"model": model, "checkpoint": checkpoint}.items() if v is not None}
+    upd = {k: v for k, v in {"model": model, "checkpoint": checkpoint, "detector": detector,
+                             "detector_checkpoint": detector_checkpoint}.items() if v is not None}
     cfg = cfg.model_copy(update=upd)
+    det = make_detection_evaluator(cfg)
+    scenario_weather = weather_name(SimpleNamespace(**(manifest.get("scenario") or {})))
     ev = Evaluator(cfg, load_model(cfg.model, cfg.checkpoint, classes=_model_classes(manifest.get("classes"))))
     for rec in iter_meta(root):
         img = cv2.imread(str(root / rec["image"]), cv2.IMREAD_COLOR)
         if img is None:
             raise InputError(f"cannot read {root / rec['image']}", field="SOURCE")
         ev.add_frame(img[:, :, ::-1], rec["labels"], frame=rec["frame"], camera=rec["camera"])
+        if det is not None:
+            w = weather_name(None, rec) if rec.get("weather") else scenario_weather
+            det.add_frame(img[:, :, ::-1], rec["labels"], frame=rec["frame"], camera=rec["camera"], weather=w)
     rep = ev.report()
+    if det is not None:
+        rep["detection"] = det.report()
     rep["source"] = str(root)
     rep["records"] = ev.records
     return rep
@@ -209,6 +244,9 @@ class PerceptionStage(BaseStage):
         self._closed = False
         self.frames_missed = 0
         self.files: dict[str, str] = {}
+        self.detection = None  # a DetectionEvaluator when cfg.detector names a detector
+        self.baseline: Optional[Evaluator] = None  # the template matcher on the same crops
+        self._weather = "default"
 
     def start(self, ctx) -> None:
         from carla_mr.dataset.recorder import dataset_classes
@@ -217,6 +255,9 @@ class PerceptionStage(BaseStage):
 
         classes = _model_classes(dataset_classes(ctx.world.signs))
         self.evaluator = Evaluator(self.cfg, load_model(self.cfg.model, self.cfg.checkpoint, classes=classes))
+        self.baseline = None if self.cfg.model == "template" else Evaluator(self.cfg, load_model("template",
+                                                                                                 classes=classes))
+        self._start_detection(ctx)
         cam = self.camera
         if cam is None:
             rec = getattr(ctx.scenario, "recorder", None)
@@ -242,6 +283,16 @@ class PerceptionStage(BaseStage):
                 return
         for name, fr in frames.items():
             self.evaluator.add_frame(fr.image, fr.labels, frame=fr.frame, camera=name)
+            if self.baseline is not None:
+                self.baseline.add_frame(fr.image, fr.labels, frame=fr.frame, camera=name)
+            if self.detection is not None:
+                self.detection.add_frame(fr.image, fr.labels, frame=fr.frame, camera=name, weather=self._weather)
+
+    def _start_detection(self, ctx) -> None:
+        from carla_mr.dataset.detection_eval import make_detection_evaluator, weather_name
+
+        self.detection = make_detection_evaluator(self.cfg)
+        self._weather = weather_name(ctx.scenario)
 
     def close(self) -> None:
         if self._closed or self.evaluator is None or self._out is None:
@@ -249,6 +300,10 @@ class PerceptionStage(BaseStage):
             return
         self._closed = True
         self.files = write_report(self.evaluator.report(), self._out, records=self.evaluator.records)
+        if self.detection is not None:
+            from carla_mr.dataset.detection_eval import write_detection_report
+
+            self.files.update(write_detection_report(self.detection.report(), self._out))
 
     @staticmethod
     def report_section(run_dir: Path, summary: Mapping[str, Any], figs: Path) -> Optional[ReportSection]:
@@ -272,6 +327,8 @@ class PerceptionStage(BaseStage):
         text = (f"Model {rep.get('model')}: accuracy {fmt(overall.get('accuracy'))} "
                 f"on {overall.get('n')} crops.\n\n" + md_table(rows, ("group", "bin", "crops", "accuracy"))
                 + (f"\n\n![perception](report/{png})\n" if png else "\n"))
+        text += _summary_lines((summary.get("stages") or {}).get("perception") or {})
+        text += _detection_section(run_dir)
         return ReportSection("Perception in the loop", text,
                              {"n": overall.get("n"), "accuracy": overall.get("accuracy"),
                               "accuracy_by_source": {r["bin"]: r["accuracy"] for r in src}})
@@ -281,23 +338,59 @@ class PerceptionStage(BaseStage):
             return {}
         rep = self.evaluator.report()
         by_source = {r["bin"]: r["accuracy"] for r in rep["table"] if r["group"] == "source"}
-        return {"model": rep["model"], "n": rep["overall"]["n"], "accuracy": rep["overall"]["accuracy"],
-                "accuracy_by_source": by_source, "frames_missed": self.frames_missed, "files": self.files}
+        out = {"model": rep["model"], "n": rep["overall"]["n"], "accuracy": rep["overall"]["accuracy"],
+               "accuracy_by_source": by_source, "frames_missed": self.frames_missed, "files": self.files}
+        out.update(_crop_extras(rep))
+        if self.baseline is not None:
+            base = self.baseline.report()
+            out["baseline_template_accuracy_by_source"] = {r["bin"]: r["accuracy"] for r in base["table"]
+                                                           if r["group"] == "source"}
+        if self.detection is not None:
+            from carla_mr.dataset.detection_eval import detection_summary
+
+            out["detection"] = detection_summary(self.detection.report())
+        return out
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (95% by default); (nan, nan) when n = 0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def _crop_extras(rep: dict) -> dict[str, Any]:
+    """Crop accuracy by distance and visibility band, and per source its n and 95% interval."""
+    t = rep["table"]
+    out: dict[str, Any] = {f"accuracy_by_{g}": {r["bin"]: r["accuracy"] for r in t if r["group"] == g}
+                           for g in ("distance", "visibility")}
+    out["n_by_source"] = {r["bin"]: r["n"] for r in t if r["group"] == "source"}
+    out["accuracy_ci95_by_source"] = {r["bin"]: list(wilson(int(round(r["accuracy"] * r["n"])), r["n"]))
+                                      for r in t if r["group"] == "source"}
+    return out
 
 
 def evaluate_scenario(scenario, *, seed: int, model: str | None = None, checkpoint: str | None = None,
-                      ticks: Optional[int] = None, world=None) -> dict:
+                      ticks: Optional[int] = None, world=None, detector: str | None = None,
+                      detector_checkpoint: str | None = None) -> dict:
     """Run ``scenario``'s world with the perception stage alone (swaps from the recorder section),
     through a :class:`~carla_mr.runner.Runner`; returns the perception report."""
     from carla_mr.dataset.textures import RecorderSwapsStage
     from carla_mr.runner import Runner
 
     cfg = scenario.perception
-    upd = {k: v for k, v in {"model": model, "checkpoint": checkpoint}.items() if v is not None}
+    upd = {k: v for k, v in {"model": model, "checkpoint": checkpoint, "detector": detector,
+                             "detector_checkpoint": detector_checkpoint}.items() if v is not None}
     stage = PerceptionStage(cfg.model_copy(update=upd), subdir=None)
     Runner(scenario, Path("."), [RecorderSwapsStage(scenario.recorder), stage], seed, progress=False, world=world,
            ticks=ticks, run_files=False).run()
     rep = stage.evaluator.report()
     rep["source"] = f"scenario:{scenario.name}"
     rep["records"] = stage.evaluator.records
+    if stage.detection is not None:
+        rep["detection"] = stage.detection.report()
     return rep

@@ -36,6 +36,7 @@ from carla_mr.world.base import CameraFrame, FrameMissed, Snapshot, World
 from carla_mr.world.render import carla_matrix
 from carla_mr.world.sign_geometry import class_name
 
+from carla_mr.dataset.diversity import LabelCounts, StationaryGate, why_no_labels
 from carla_mr.dataset.formats import exported_box
 from carla_mr.dataset.slots import CameraSlots
 from carla_mr.dataset.textures import swaps_for
@@ -126,6 +127,8 @@ class Recorder:
         self._started = False
         self._warmup = 0
         self.done = False
+        self._gate = StationaryGate(cfg.skip_stationary_after_s, cfg.stationary_speed_mps)
+        self._label_counts = LabelCounts()
 
     # -- setup ----------------------------------------------------------------------------
     def _tick_s(self) -> float:
@@ -227,6 +230,7 @@ class Recorder:
         if not self._started:
             raise RunError("Recorder.on_snapshot() before start()")
         self._cams.update(snap)
+        self._gate.update(snap, self.vehicle_of)
         f = int(snap.frame)
         if self.cfg.max_frames is not None and f >= self._warmup + (self.cfg.max_frames - 1) * self.cfg.every_k:
             self.done = True  # this is the last recordable tick (or past it)
@@ -238,6 +242,9 @@ class Recorder:
         frames = {}
         for slot in self.slots:
             if slot not in self.vehicle_of:
+                continue
+            if self._gate.skip(slot, snap.time):  # a near-duplicate of the frames before
+                self._gate.count(slot)
                 continue
             try:
                 fr = self.world.read_camera(slot)
@@ -278,6 +285,7 @@ class Recorder:
         labels, lines = [], []
         for lab in map(normalise_label, fr.labels):
             ok_lab, box = self._exported(lab)
+            self._label_counts.add(lab, box, self.cfg, self.classes)
             labels.append(dict(lab, exported=ok_lab))
             if ok_lab:
                 x0, y0, x1, y1 = box
@@ -357,10 +365,28 @@ class Recorder:
         return int(names[-1]) if names else -1
 
     def summary(self) -> dict[str, Any]:
-        return {"dir": str(self.root), "frames_recorded": self.frames_recorded, "frames_resumed_over":
-                self.frames_skipped, "resume_from_frame": self.resume_from, "labels_exported": self.labels_exported,
-                "frames_missed": self.frames_missed, "classes": len(self.classes), "cameras": len(self.slots), "last_frame": self.last_frame,
-                "complete": self.done}
+        """Counters of the recording. ``complete``: every due tick of the recording's span was
+        processed (``max_frames`` reached, or the run ran its whole duration); False when it
+        was stopped (Ctrl-C, an error) and can be resumed."""
+        out = {"dir": str(self.root), "frames_recorded": self.frames_recorded, "frames_resumed_over":
+               self.frames_skipped, "resume_from_frame": self.resume_from, "labels_exported": self.labels_exported,
+               "frames_missed": self.frames_missed, "classes": len(self.classes), "cameras": len(self.slots),
+               "last_frame": self.last_frame, "complete": self.done}
+        out.update(self._diversity_summary())
+        return out
+
+    def _diversity_summary(self) -> dict[str, Any]:
+        """Frames skipped as stationary, label filter counts, and why no label was exported (if so)."""
+        out: dict[str, Any] = {"frames_skipped_stationary": int(sum(self._gate.skipped.values())),
+                               "skip_stationary_after_s": self.cfg.skip_stationary_after_s,
+                               "labels_in_view": self._label_counts.seen,
+                               "labels_filtered": dict(self._label_counts.rejected)}
+        if self.labels_exported == 0 and self.world is not None:
+            why = why_no_labels(self.world.signs, self.cfg, self.classes, self._label_counts,
+                                self.frames_recorded + self.frames_skipped)
+            if why:
+                out["no_labels_because"] = why
+        return out
 
 
 class RecorderStage(BaseStage):
@@ -401,8 +427,8 @@ class RecorderStage(BaseStage):
     def close(self) -> None:
         if self.recorder is not None:
             completed = bool(self._ctx is not None and self._ctx.completed)
-            self.recorder.done = self.recorder.done or completed
-            self.recorder.close(complete=completed)
+            self.recorder.done = self.recorder.done or completed  # max_frames reached, or the whole run
+            self.recorder.close(complete=self.recorder.done)
 
     def summary(self) -> dict[str, Any]:
         return self.recorder.summary() if self.recorder is not None else {}

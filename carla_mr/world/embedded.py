@@ -73,6 +73,36 @@ def _new_snapshot(frame, time, ids, role, x, y, z, yaw, speed, rsu) -> Snapshot:
     return snap
 
 
+def stagger_traffic_lights(ls, seed: int) -> dict[str, float]:
+    """Advance each traffic-light program to a seeded offset into its cycle (seconds).
+
+    The offset of junction ``tls`` is uniform in [0, cycle) from a generator seeded with
+    (``seed``, crc32(``tls``)): deterministic per seed and junction, independent of the order
+    of junctions and of the route generator. Returns {tls id: offset in seconds}.
+    """
+    import zlib
+
+    tl = ls.trafficlight
+    offsets = {}
+    for tls in tl.getIDList():
+        logics = tl.getAllProgramLogics(tls)
+        prog = tl.getProgram(tls)
+        logic = next((lg for lg in logics if lg.programID == prog), logics[0] if logics else None)
+        durations = [float(p.duration) for p in (logic.phases if logic is not None else ())]
+        cycle = sum(durations)
+        if cycle <= 0 or len(durations) < 2:
+            continue
+        rng = np.random.default_rng([int(seed) % (2 ** 32), zlib.crc32(str(tls).encode())])
+        t = float(rng.uniform(0.0, cycle))
+        ends = np.cumsum(durations)
+        phase = int(np.searchsorted(ends, t, side="right"))
+        phase = min(phase, len(durations) - 1)
+        tl.setPhase(tls, phase)
+        tl.setPhaseDuration(tls, max(0.1, float(ends[phase]) - t))
+        offsets[str(tls)] = t
+    return offsets
+
+
 class EmbeddedWorld(World):
     """SUMO traffic on an OpenDRIVE map, no server. See the module docstring.
 
@@ -80,6 +110,10 @@ class EmbeddedWorld(World):
     with injected signs), ``net_path``, ``seed``, ``sumo`` (the libsumo module, for read-only inspection),
     ``last`` (the latest Snapshot or None).
     """
+
+    #: Start every traffic-light program at a seeded offset into its cycle, so that not all
+    #: junctions switch together (issue 17); False: SUMO's default (all in phase at t = 0).
+    stagger_signals: bool = True
 
     def __init__(self, scenario: "Scenario", *, seed: Optional[int] = None):
         if _LIVE is not None:
@@ -141,6 +175,8 @@ class EmbeddedWorld(World):
         _LIVE = self
         self.sumo = ls
         self._started = True
+        if self.stagger_signals:
+            self.signal_offsets_s = stagger_traffic_lights(ls, self.seed)
         self._closed = False
         tc = ls.constants
         self._vars = (tc.VAR_POSITION3D, tc.VAR_ANGLE, tc.VAR_SPEED)

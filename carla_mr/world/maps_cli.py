@@ -36,7 +36,10 @@ def build_cmd(out: Path, only: tuple[str, ...], seed, as_json: bool):
         raise InputError(f"unknown map(s) {unknown}; expected some of {sorted(PROJECT_MAPS)}", field="--only")
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} is not a folder", field="--out")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create {out}: {exc.strerror or exc}; pick another --out", field="--out") from exc
     results = []
     for n in names:
         log(f"building {n} ...")
@@ -176,11 +179,22 @@ def inject_cmd(map_name: str, out: Path, signs: tuple[str, ...], random_count: i
     if not placements:
         raise InputError("nothing to inject: give --sign kind:road_id:s[:value] and/or --random N", field="--sign")
     new_text, ids = inject_text(text, placements, name=path.stem)
-    from carla_mr.io import atomic_write_text
-
-    atomic_write_text(out, new_text)
-    os.chmod(out, 0o644)
+    _write_map(out, new_text)
     counts = landmark_counts(map_from_text(out.stem, new_text))
     emit({"map": str(path), "out": str(out), "injected": len(ids), "ids": ids, "landmarks": counts},
          as_json=as_json, rows=[("input", str(path)), ("output", str(out)), ("injected", len(ids)),
                                 ("landmarks", counts["total"])])
+
+
+def _write_map(out: Path, text: str) -> None:
+    """Write the injected map atomically; a folder that does not take it is an InputError on --out."""
+    from carla_mr.io import atomic_write_text
+
+    if out.exists() and out.is_dir():
+        raise InputError(f"{out} is a folder; give the .xodr file to write", field="--out")
+    try:
+        atomic_write_text(out, text)
+        os.chmod(out, 0o644)
+    except OSError as exc:
+        raise InputError(f"cannot write {out}: {exc.strerror or exc} (is {out.parent} a writable folder?); "
+                         f"pick another --out", field="--out") from exc
