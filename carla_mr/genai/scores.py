@@ -80,7 +80,8 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     d = 1 + z * z / n
     c = (p + z * z / (2 * n)) / d
     h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return float(max(0.0, c - h)), float(min(1.0, c + h))
+    lo, hi = (0.0 if successes == 0 else max(0.0, c - h)), (1.0 if successes == n else min(1.0, c + h))
+    return float(min(lo, p)), float(max(hi, p))
 
 
 def diversity(features: np.ndarray, kinds: Sequence[str]) -> dict:
