@@ -5,14 +5,17 @@ trained with the generated data; theta = 1 means the generated data brought no i
 and theta -> 0 means the model reached its optimum, so lower is better and eq. (1) divides the
 match quality by it: F = log2(1 + G Q) / theta.
 
-Operationally (:func:`theta_of`): a tiny sign classifier (:func:`tiny_net`, about 7 k
-parameters, fixed seed) is evaluated on a held-apart set from a source the generator never
-learned (crops of the independent painter, :mod:`carla_mr.genai.validator_art`, stream 2,
-restricted to the sign kinds the generated set covers): cross-entropy ``loss_before``. It is
-then fine-tuned for ``steps`` Adam steps on the generated images (labels = prompted kinds)
-and evaluated again: ``loss_after``. ``theta = clip(loss_after / loss_before, THETA_MIN, 1)``.
-Images that teach nothing transferable leave the loss where it was (theta 1); images that
-look like real signs of the prompted kind lower it. Deterministic for a seed and an image set;
+Operationally (:func:`theta_of`): the evaluation set is held apart and from a source the
+generator never learned (crops of the independent painter, :mod:`carla_mr.genai.validator_art`,
+stream 2, restricted to the sign kinds the generated set covers). ``loss_before`` is the
+cross-entropy there of the perception model before it sees the images: the best it can do
+from the training labels alone (predicting their frequencies; ln C for C balanced kinds). A
+tiny sign classifier (:func:`tiny_net`, about 7 k parameters, fixed seed) is trained for
+``steps`` Adam steps on the generated images (labels = prompted kinds) and evaluated:
+``loss_after``. ``theta = clip(loss_after / loss_before, THETA_MIN, 1)``. Images that teach
+nothing transferable leave the loss at the prior (theta 1); images that look like real signs
+of the prompted kind lower it. A set of one kind has nothing to tell apart: theta NaN (not
+measured; the market keeps its prior). Deterministic for a seed and an image set;
 a few hundred milliseconds on one CPU core.
 """
 
@@ -113,7 +116,15 @@ def theta_of(images: np.ndarray, kinds: Sequence[str], *, steps: int = 30, lr: f
             logits = net(ex_t)
             return float(ce(logits, ey_t)), float((logits.argmax(1) == ey_t).float().mean())
 
-    before, acc_before = evaluate()
+    _, acc_before = evaluate()
+    # "before": the best perception model that has not looked at the images, the prior of the
+    # training labels (cross-entropy of predicting their frequencies on the evaluation crops)
+    prior = np.bincount(y, minlength=len(SIGN_CLASSES)) / len(y)
+    before = float(-np.mean(np.log(prior[ey[keep]])))
+    if present.size < 2 or before <= 0:  # one kind: nothing to tell apart, theta not measurable
+        return {"theta": float("nan"), "loss_before": before, "loss_after": float("nan"), "acc_before": acc_before,
+                "acc_after": float("nan"), "n": int(len(images)), "kinds": [SIGN_CLASSES[i] for i in present],
+                "steps": int(steps)}
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     net.train()
     for _ in range(int(steps)):

@@ -132,3 +132,11 @@ def test_theta_is_1_without_improvement_and_lower_for_better_images():
     for G_good, G_bad in ((1.0, 0.6), (0.8, 0.8)):
         assert _F(G_good, t_good) >= _F(G_bad, t_noisy)
     assert np.isnan(theta_of(x[:0], [], steps=3)["theta"])
+
+
+def test_theta_of_a_single_kind_is_not_measurable():
+    from carla_mr.genai.theta import theta_of
+
+    x, kinds = _template_set(2)
+    stop = [i for i, k in enumerate(kinds) if k == "stop"]
+    assert np.isnan(theta_of(x[stop], ["stop"] * len(stop), steps=3)["theta"])
