@@ -82,6 +82,7 @@ class GenaiStage(BaseStage):
                 self.models[ck] = load_default_generator(ck)
         self.validator = load_default_validator(self.config.validator)
         self.seed = int(ctx.seed)
+        self._ctx = ctx  # close() applies the worker's last jobs while the world is still open
         self.dir = Path(ctx.run_dir) / "genai"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.manifest = self.dir / "manifest.jsonl"
@@ -280,13 +281,15 @@ class GenaiStage(BaseStage):
             return
         self._closed = True
         if self._pool is not None:
-            for _, fut in self._pending:
-                fut.cancel()
+            ctx = getattr(self, "_ctx", None)
+            if ctx is not None:  # the jobs already running or queued finish and are applied
+                self._collect(ctx, float("nan"), block=True)
             self._pool.shutdown(wait=True)
             self._pool = None
         self._pending = []
         self.models = {}
         self.validator = None
+        self._ctx = None
 
     @staticmethod
     def report_section(run_dir: Path, summary: Mapping[str, Any], figs: Path) -> Optional[ReportSection]:

@@ -140,3 +140,19 @@ def test_theta_of_a_single_kind_is_not_measurable():
     x, kinds = _template_set(2)
     stop = [i for i, k in enumerate(kinds) if k == "stop"]
     assert np.isnan(theta_of(x[stop], ["stop"] * len(stop), steps=3)["theta"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_base_model_beats_its_degraded_copy_on_theta_and_F():
+    """The committed base model vs a deliberately degraded copy (UNet weights + noise): the
+    better generator never gets a higher theta nor a lower F (same prompts, same seeds)."""
+    from carla_mr.genai.api import load_default_generator, load_default_validator
+    from carla_mr.genai.evaluate import degraded_copy, evaluate_generator
+
+    m, v = load_default_generator(), load_default_validator()
+    good = evaluate_generator(m, v, per_prompt=1, steps=10, seed=1)
+    bad = evaluate_generator(degraded_copy(m, noise=0.3), v, per_prompt=1, steps=10, seed=1)
+    assert good["theta"] <= bad["theta"] and good["G"] >= bad["G"]
+    for Q in (0.5, 1.0, 4.0):
+        assert _F(good["G"], good["theta"], Q) >= _F(bad["G"], bad["theta"], Q)
