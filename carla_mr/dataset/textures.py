@@ -108,7 +108,8 @@ def genai_generator(model_dir: str | Path | None = None, *, steps: int = 20):
 
 def _read_labels(reader: list, images, kinds: list[str]) -> list[str | None]:
     """The label class of each generated face (SignTexture.label_class): for a speed limit, the
-    value class the independent validator read on it (``speed_limit_30``), else the generic
+    value class the independent validator read on it with probability >= 0.9 (``speed_limit_30``),
+    else the generic
     ``speed_limit``; None (the sign's own class) for kinds without a value."""
     if "speed_limit" not in kinds:
         return [None] * len(kinds)
@@ -116,9 +117,9 @@ def _read_labels(reader: list, images, kinds: list[str]) -> list[str | None]:
         from carla_mr.genai.api import load_default_validator
 
         reader.append(load_default_validator())
-    read, _ = reader[0].read(np.asarray(images))
-    return [(r if r.startswith("speed_limit_") else "speed_limit") if k == "speed_limit" else None
-            for r, k in zip(read, kinds)]
+    read, conf = reader[0].read(np.asarray(images))
+    return [(r if r.startswith("speed_limit_") and c >= 0.9 else "speed_limit") if k == "speed_limit" else None
+            for r, c, k in zip(read, conf, kinds)]
 
 
 def choose_swaps(signs: SignTable, share: float, seed: int, texture_dir: str | Path | None = None,

@@ -69,7 +69,8 @@ def generative_score(validator, images: np.ndarray, kinds: Sequence[str]) -> dic
         conf = p[np.arange(len(target)), target]
     lo, hi = wilson_interval(int(ok.sum()), len(ok))
     return {"G": float(ok.mean()), "G_low": lo, "G_high": hi, "mean_confidence": float(conf.mean()),
-            "n": int(len(images)), "predicted": list(pred), "confidence": conf.tolist(), "recognised": ok.tolist()}
+            "n": int(len(images)), "predicted": list(pred), "confidence": conf.tolist(), "recognised": ok.tolist(),
+            "top_confidence": p.max(1).tolist()}
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

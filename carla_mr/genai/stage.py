@@ -34,6 +34,9 @@ from carla_mr.stages import BaseStage, GenerationScores, ReportSection, RunConte
 from carla_mr.world.base import SignTexture, Snapshot
 
 TEXTURE_PX = 128  # generated images are upscaled to this many pixels for the sign face
+#: A generated speed-limit face is labelled with the value the validator read only when it read
+#: it with at least this probability; else the generic ``speed_limit`` class.
+VALUE_LABEL_MIN = 0.9
 
 
 class GenaiStage(BaseStage):
@@ -195,11 +198,13 @@ class GenaiStage(BaseStage):
         """Block until every submitted worker job is applied (tests; the end of a run)."""
         self._collect(ctx, float("nan"), block=True)
 
-    def _label_class(self, kind: str, read: str, recognised: bool) -> str | None:
+    def _label_class(self, kind: str, read: str, recognised: bool, top: float = 1.0) -> str | None:
         """The dataset label of a generated face: the value class the validator read
-        (``speed_limit_30``) when it read one of the prompted kind, else the generic kind."""
+        (``speed_limit_30``) when it read one of the prompted kind with probability >=
+        :data:`VALUE_LABEL_MIN`, else the generic kind (garbled digits are not a value)."""
         if kind == "speed_limit":
-            return read if recognised and read.startswith("speed_limit_") else "speed_limit"
+            sure = recognised and read.startswith("speed_limit_") and top >= VALUE_LABEL_MIN
+            return read if sure else "speed_limit"
         return None
 
     def _apply(self, job: dict, res: dict, ctx: RunContext, now: float | None = None) -> None:
@@ -228,7 +233,8 @@ class GenaiStage(BaseStage):
             self._recognised[k] += recognised
             self._window[k] = (self._window.get(k, []) + [(images[b], job["kinds"][b])])[-self.config.measure_theta.window:]
             swap = recognised or not self.config.swap_only_recognised
-            label = self._label_class(job["kinds"][b], verdict["predicted"][b], recognised)
+            label = self._label_class(job["kinds"][b], verdict["predicted"][b], recognised,
+                                      float(verdict.get("top_confidence", [1.0] * len(images))[b]))
             if swap:
                 big = cv2.resize(images[b], (TEXTURE_PX, TEXTURE_PX), interpolation=cv2.INTER_CUBIC)
                 textures[sid] = SignTexture(source="generated", ref=ref, image=np.ascontiguousarray(big),

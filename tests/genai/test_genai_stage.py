@@ -131,6 +131,7 @@ def test_worker_thread_matches_inline_and_scores_per_simulator(tmp_path, tiny_mo
 def test_generated_speed_limit_labels_carry_the_value_read():
     stage = GenaiStage(GenaiConfig(enabled=True))
     assert stage._label_class("speed_limit", "speed_limit_30", True) == "speed_limit_30"
+    assert stage._label_class("speed_limit", "speed_limit_30", True, 0.6) == "speed_limit"  # not sure enough
     assert stage._label_class("speed_limit", "reject", False) == "speed_limit"
     assert stage._label_class("speed_limit", "stop", False) == "speed_limit"
     assert stage._label_class("stop", "stop", True) is None
