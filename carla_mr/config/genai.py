@@ -94,5 +94,9 @@ class GenaiConfig(StrictModel):
     measure_theta: ThetaConfig = Field(default_factory=ThetaConfig)
     worker: bool = Field(True, description="Generate in a worker thread, off the tick loop (results are applied "
                                            "on a later tick).")
+    max_backlog: int = Field(2, ge=1, le=1000, description="Worker jobs waiting or running at most; a job that "
+                                                           "comes due while the worker is this far behind is "
+                                                           "skipped (counted in summary.skipped_jobs), so "
+                                                           "generation never holds the run back.")
     theta_value: float | None = Field(None, gt=0, le=1, description="A fixed theta fed to the market "
                                                                    "(None: measured, see measure_theta).")

@@ -52,6 +52,7 @@ class GenaiStage(BaseStage):
         self._pending: list = []  # (job, Future) in submission order
         self._pool = None
         self._jobs = 0
+        self._skipped = 0
         K = self.n_simulators
         self._images = np.zeros(K, np.int64)
         self._recognised = np.zeros(K, np.int64)
@@ -155,6 +156,9 @@ class GenaiStage(BaseStage):
                                      f"{job['task']}".encode()))
         window = list(self._window.get(k, []))
         if self._pool is not None:
+            if sum(not f.done() for _, f in self._pending) >= self.config.max_backlog:
+                self._skipped += 1  # the worker is behind: this window's GPU time goes unused
+                return
             self._pending.append((job, self._pool.submit(self._work, job, window)))
         else:
             self._apply(job, self._work(job, window), ctx)
@@ -288,7 +292,9 @@ class GenaiStage(BaseStage):
         self._closed = True
         if self._pool is not None:
             ctx = getattr(self, "_ctx", None)
-            if ctx is not None:  # the jobs already running or queued finish and are applied
+            # jobs not started yet are dropped; the running one finishes and is applied
+            self._pending = [(j, f) for j, f in self._pending if not f.cancel()]
+            if ctx is not None:
                 self._collect(ctx, float("nan"), block=True)
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -345,6 +351,7 @@ class GenaiStage(BaseStage):
                                "theta_detail": self._theta_detail.get(k)}
         return {"jobs": self._jobs, "images": n, "recognised": r, "G": G,
                 "signs_swapped": len(self._swapped), "pending_jobs": len(self._queue) + len(self._pending),
+                "skipped_jobs": self._skipped,
                 "worker": bool(self.config.worker), "per_simulator": per_sim,
                 "generation_wall_s": self._wall, "theta_wall_s": self._theta_wall,
                 "tick_thread_wall_s": self._tick_wall, "scheduled_gpu_s": self._slot,

@@ -135,3 +135,17 @@ def test_generated_speed_limit_labels_carry_the_value_read():
     assert stage._label_class("speed_limit", "reject", False) == "speed_limit"
     assert stage._label_class("speed_limit", "stop", False) == "speed_limit"
     assert stage._label_class("stop", "stop", True) is None
+
+
+@pytest.mark.timeout(120)
+def test_a_busy_worker_skips_jobs_instead_of_falling_behind(tmp_path, tiny_model_dir):
+    cfg = GenaiConfig(enabled=True, checkpoint=str(tiny_model_dir), steps=2, signs_per_job=1, worker=True,
+                      jobs_per_round=3, max_backlog=1, measure_theta={"enabled": False})
+    ctx = RunContext(scenario=None, world=_SignWorld(), run_dir=tmp_path, seed=1)
+    stage = GenaiStage(cfg, n_simulators=3)
+    stage.start(ctx)
+    ctx.board.market_round = _round(1, [1, 2, 1])
+    stage.on_tick(_snap(0.0), ctx)  # three jobs come due at once; the worker takes one
+    stage.close()  # applies the running job
+    s = stage.summary()
+    assert s["jobs"] == 1 and s["skipped_jobs"] == 2 and s["pending_jobs"] == 0
