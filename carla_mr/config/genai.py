@@ -9,6 +9,9 @@ from pydantic import Field, field_validator
 from carla_mr.config.vocab import COLOURS, SIGN_CLASSES
 from carla_mr.schema import StrictModel
 
+#: Speed-limit values (km/h) the validator reads: its ``speed_limit_<value>`` classes.
+SPEED_VALUES: tuple[int, ...] = (20, 30, 50, 60, 70, 80, 90, 100, 120)
+
 
 class PreferencesConfig(StrictModel):
     """An AV's preference cache: the signs, background colours and contexts it asks for."""
@@ -38,6 +41,35 @@ class PreferencesConfig(StrictModel):
         return v
 
 
+class SimulatorGenConfig(StrictModel):
+    """One traffic simulator's generation settings in the main job (the paper's G_{i,j,k}
+    differs by simulator k): its own seed stream, sampler steps, guidance and, optionally,
+    its own checkpoint (a model directory or a DreamBooth/LoRA output)."""
+
+    seed_offset: int = Field(0, description="Added to the run's seed for this simulator's seed stream.")
+    steps: int | None = Field(None, ge=1, le=1000, description="Sampling steps (None: genai.steps).")
+    guidance: float | None = Field(None, ge=0.0, le=30.0, description="Guidance scale (None: genai.guidance).")
+    checkpoint: str | None = Field(None, description="Model directory (None: genai.checkpoint).")
+
+
+def _default_simulators() -> list[SimulatorGenConfig]:
+    # different sampler budgets per simulator: the scenario's steps at full guidance, and a
+    # faster, coarser one
+    return [SimulatorGenConfig(seed_offset=0, guidance=7.5),
+            SimulatorGenConfig(seed_offset=1_000_003, steps=8, guidance=3.0)]
+
+
+class ThetaConfig(StrictModel):
+    """theta measured in the main job (docs/genai.md, "theta"): a tiny classifier's loss on a
+    held-apart validator-art set after ``steps`` fine-tuning steps on a simulator's generated
+    images, divided by its loss before."""
+
+    enabled: bool = Field(True, description="Measure theta per simulator in the main job.")
+    steps: int = Field(30, ge=1, le=1000, description="Fine-tuning steps of the tiny model per measurement.")
+    window: int = Field(64, ge=4, le=4096, description="The simulator's most recent images the tiny model trains on.")
+    eval_per_class: int = Field(12, ge=2, le=500, description="Held-apart evaluation crops per class.")
+
+
 class GenaiConfig(StrictModel):
     enabled: bool = False
     checkpoint: str | None = Field(None, description="Model directory (None: the committed CPU base model).")
@@ -56,5 +88,15 @@ class GenaiConfig(StrictModel):
     signs_per_job: int = Field(2, ge=1, le=64, description="Signs nearest the window's AV generated per job.")
     swap_radius_m: float = Field(120.0, gt=0, description="Only signs within this distance of the AV, metres.")
     swap_only_recognised: bool = Field(True, description="Swap only images the validator recognises.")
-    theta_value: float | None = Field(None, gt=0, le=1, description="Relative accuracy fed to the market "
-                                                                   "(None: the market's default 0.53).")
+    simulators: list[SimulatorGenConfig] = Field(default_factory=_default_simulators,
+                                                 description="Per traffic simulator settings (simulator k uses entry "
+                                                             "(k-1) mod len).")
+    measure_theta: ThetaConfig = Field(default_factory=ThetaConfig)
+    worker: bool = Field(True, description="Generate in a worker thread, off the tick loop (results are applied "
+                                           "on a later tick).")
+    max_backlog: int = Field(2, ge=1, le=1000, description="Worker jobs waiting or running at most; a job that "
+                                                           "comes due while the worker is this far behind is "
+                                                           "skipped (counted in summary.skipped_jobs), so "
+                                                           "generation never holds the run back.")
+    theta_value: float | None = Field(None, gt=0, le=1, description="A fixed theta fed to the market "
+                                                                   "(None: measured, see measure_theta).")

@@ -47,7 +47,9 @@ STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.E
 
 
 def dataset_classes(signs, kinds: Optional[list[str]] = None) -> list[str]:
-    """Sorted label classes (``kind`` or ``kind_value``) of the world's signs, filtered by kind."""
+    """Sorted label classes (``kind`` or ``kind_value``) of the world's signs, filtered by kind;
+    with speed-limit signs also the generic ``speed_limit`` and every value class the
+    validator reads, the labels a generated face may carry (docs/genai.md, "G")."""
     out = set()
     for i in range(len(signs)):
         k = str(signs.kind[i])
@@ -55,6 +57,10 @@ def dataset_classes(signs, kinds: Optional[list[str]] = None) -> list[str]:
             continue
         v = float(signs.value[i])
         out.add(class_name(k, v if np.isfinite(v) else None))
+        if k == "speed_limit":  # what a generated face may be labelled (SignTexture.label_class)
+            from carla_mr.config.genai import SPEED_VALUES
+
+            out.update(["speed_limit"] + [class_name(k, float(x)) for x in SPEED_VALUES])
     return sorted(out)
 
 

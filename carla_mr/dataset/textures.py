@@ -96,20 +96,40 @@ def genai_generator(model_dir: str | Path | None = None, *, steps: int = 20):
                          field="recorder.genai_model")
     model = load_default_generator(path)
     name = path.name
+    reader = []  # the independent validator, loaded on first use
 
-    def gen(kinds: list[str], seeds: list[int]) -> list[tuple[np.ndarray, str]]:
+    def gen(kinds: list[str], seeds: list[int]) -> list[tuple[np.ndarray, str, str | None]]:
         imgs = sample(model, [prompt_for(k) for k in kinds], seeds=seeds, steps=steps)
-        return [(img, f"genai:{name}:{k}:seed{s}") for img, k, s in zip(imgs, kinds, seeds)]
+        return [(img, f"genai:{name}:{k}:seed{s}", lab)
+                for img, k, s, lab in zip(imgs, kinds, seeds, _read_labels(reader, imgs, kinds))]
 
     return gen
+
+
+def _read_labels(reader: list, images, kinds: list[str]) -> list[str | None]:
+    """The label class of each generated face (SignTexture.label_class): for a speed limit, the
+    value class the independent validator read on it with probability >= 0.9 (``speed_limit_30``),
+    else the generic
+    ``speed_limit``; None (the sign's own class) for kinds without a value."""
+    if "speed_limit" not in kinds:
+        return [None] * len(kinds)
+    if not reader:
+        from carla_mr.genai.api import load_default_validator
+
+        reader.append(load_default_validator())
+    read, conf = reader[0].read(np.asarray(images))
+    return [(r if r.startswith("speed_limit_") and c >= 0.9 else "speed_limit") if k == "speed_limit" else None
+            for r, c, k in zip(read, conf, kinds)]
 
 
 def choose_swaps(signs: SignTable, share: float, seed: int, texture_dir: str | Path | None = None,
                  generator=None) -> dict[str, SignTexture]:
     """The seeded set of sign swaps: sign id -> SignTexture(source="generated", ref, image).
 
-    Image sources in order: ``texture_dir``; ``generator(kinds, seeds) -> [(image, ref)]``
-    (e.g. :func:`genai_generator`) for kinds the folder lacks; procedural variants.
+    Image sources in order: ``texture_dir``; ``generator(kinds, seeds) -> [(image, ref[,
+    label_class])]`` (e.g. :func:`genai_generator`) for kinds the folder lacks; procedural
+    variants (which draw the sign's own value). A generated or folder speed-limit face carries
+    ``label_class``: the value the validator read, or the generic ``speed_limit``.
     """
     if not 0.0 <= share <= 1.0:
         raise InputError(f"must be within [0, 1], got {share}", field="recorder.swap_share")
@@ -129,7 +149,9 @@ def choose_swaps(signs: SignTable, share: float, seed: int, texture_dir: str | P
         pool = index.get(kind) or index.get("*")
         if pool:
             p = pool[int(rng.integers(len(pool)))]
-            out[str(signs.ids[i])] = SignTexture("generated", str(p.relative_to(root)), load_rgba(p))
+            # a folder image shows a value nobody read: the generic class for speed limits
+            out[str(signs.ids[i])] = SignTexture("generated", str(p.relative_to(root)), load_rgba(p),
+                                                 label_class="speed_limit" if kind == "speed_limit" else None)
         elif generator is not None:
             todo.append((str(signs.ids[i]), kind, int(rng.integers(0, 2 ** 31))))
         else:
@@ -139,8 +161,11 @@ def choose_swaps(signs: SignTable, share: float, seed: int, texture_dir: str | P
             out[str(signs.ids[i])] = SignTexture("generated", f"procedural:{kind}:v{variant}", face)
     if todo:
         made = generator([k for _, k, _ in todo], [sd for _, _, sd in todo])
-        for (sid, _k, _sd), (img, ref) in zip(todo, made):
-            out[sid] = SignTexture("generated", str(ref), np.ascontiguousarray(np.asarray(img, np.uint8)))
+        for (sid, k, _sd), item in zip(todo, made):
+            img, ref = item[0], item[1]
+            label = item[2] if len(item) > 2 else ("speed_limit" if k == "speed_limit" else None)
+            out[sid] = SignTexture("generated", str(ref), np.ascontiguousarray(np.asarray(img, np.uint8)),
+                                   label_class=label)
     return {k: out[k] for k in sorted(out)}
 
 

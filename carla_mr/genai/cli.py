@@ -68,21 +68,28 @@ def make_data_cmd(out, seed, as_json, per_class, test_per_class, size):
 @genai_group.command("train-validator")
 @common_options
 @click.option("--data", type=click.Path(path_type=Path), default=None,
-              help="BelgiumTS/GTSRB-layout directory (default: write a procedural set into --out/data).")
+              help="BelgiumTS/GTSRB-layout directory of real signs (default: the independent open-set set of "
+                   "carla_mr.genai.validator_art: value classes + reject).")
 @click.option("--arch", type=click.Choice(["small", "googlenet"]), default="small", show_default=True)
 @click.option("--width", type=float, default=None, help="Channel width (small: base channels; googlenet: multiplier).")
-@click.option("--epochs", type=int, default=15, show_default=True)
-@click.option("--per-class", type=int, default=600, show_default=True, help="Procedural training images per class.")
-@click.option("--test-per-class", type=int, default=200, show_default=True, help="Procedural test images per class.")
+@click.option("--epochs", type=int, default=None, help="Default: 10 (independent set), 15 (--data).")
+@click.option("--per-class", type=int, default=None, help="Training crops per class (default 400; 600 procedural).")
+@click.option("--test-per-class", type=int, default=None, help="Held-apart crops per class (default 100; 200).")
 @click.option("--threads", type=int, default=2, show_default=True)
 @guarded
 def train_validator_cmd(out, seed, as_json, data, arch, width, epochs, per_class, test_per_class, threads):
-    """Train the validator (sign classifier) from scratch and report its test accuracy."""
-    from carla_mr.genai.train_validator import train_validator
+    """Train the validator (sign classifier) from scratch and report its held-apart accuracy."""
+    from carla_mr.genai.train_validator import train_art_validator, train_validator
 
     run = make_run_dir(out, "genai-train-validator")
-    res = train_validator(run, data=data, arch=arch, width=width, epochs=epochs, per_class=per_class,
-                          test_per_class=test_per_class, seed=0 if seed is None else seed, threads=threads, log=log)
+    if data is None and arch == "small":
+        res = train_art_validator(run, per_class=per_class or 400, test_per_class=test_per_class or 100,
+                                  epochs=epochs or 10, width=int(width or 24), seed=0 if seed is None else seed,
+                                  threads=threads, log=log)
+    else:
+        res = train_validator(run, data=data, arch=arch, width=width, epochs=epochs or 15, per_class=per_class or 600,
+                              test_per_class=test_per_class or 200, seed=0 if seed is None else seed,
+                              threads=threads, log=log)
     emit(res, as_json=as_json, title="genai train-validator")
 
 

@@ -7,7 +7,8 @@ A run directory::
                             "items": [{"file", "prompt", "seed", "class", "colour", "context",
                                        "subset", "verdict": {"predicted", "confidence",
                                        "recognised"}}]}
-    scores.json            G, mean confidence, colour match, per-subset G, [theta, Frechet]
+    scores.json            G (+ 95% interval), diversity, mean confidence, colour match, per-subset G,
+                           [theta, Frechet when enough samples]
 
 ``scores.json`` is what :func:`carla_mr.genai.market_link.market_parameters` reads.
 """
@@ -44,8 +45,7 @@ def generate_run(out: str | os.PathLike, specs: Sequence[PromptSpec], *, model, 
     import cv2
 
     from carla_mr.genai.sample import sample
-    from carla_mr.genai.scores import (colour_match, frechet_distance, generative_score, relative_accuracy,
-                                       relative_accuracy_scratch)
+    from carla_mr.genai.scores import colour_match, frechet_distance, generative_score
     from carla_mr.io import atomic_write_bytes, atomic_write_json
 
     if not specs:
@@ -93,30 +93,63 @@ def generate_run(out: str | os.PathLike, specs: Sequence[PromptSpec], *, model, 
             idx = [i for i, kk in enumerate(kinds) if kk == k]
             per_class[k] = float(np.mean([verdict["recognised"][i] for i in idx]))
         scores["G_per_class"] = per_class
+        from carla_mr.genai.scores import FRECHET_MIN_RATIO, diversity
+
+        feats = validator.features(images)
+        scores["diversity"] = diversity(feats, kinds)["diversity"]
+        scores["G_low"], scores["G_high"] = verdict["G_low"], verdict["G_high"]
         if theta:
-            from carla_mr.genai.procedural import split_arrays
-
-            if log:
-                log(f"computing theta ({theta_mode} mode): training small validators on the generated images")
-            xte, yte = split_arrays("test", per_class=test_per_class, seed=10_007, out_size=validator.input_size,
-                                    kinds=tuple(validator.class_names))
-            def theta_of(imgs, ks):
-                if theta_mode == "finetune":
-                    return relative_accuracy(validator, imgs, ks, xte, yte, epochs=theta_epochs or 3, seed=seed)
-                return relative_accuracy_scratch(validator.class_names, imgs, ks, xte, yte, epochs=theta_epochs or 15,
-                                                 seed=seed)
-
-            th = {"all": theta_of(images, kinds)}
-            for sub in subsets:
-                idx = [i for i, s in enumerate(items) if s.subset == sub]
-                th[sub] = theta_of(images[idx], [kinds[i] for i in idx])
-            scores["theta_mode"] = theta_mode
+            th = _theta_sets(validator, images, kinds, items, subsets, theta_mode, theta_epochs, test_per_class,
+                             seed, log)
+            scores["theta_mode"] = theta_mode if not getattr(validator, "open_set", False) else "loss_ratio"
             scores["theta"] = th["all"]["theta"]
             for sub in subsets:
                 scores[f"theta_{sub}"] = th[sub]["theta"]
             scores["theta_detail"] = th
-            if len(images) >= 2:
-                scores["frechet"] = frechet_distance(validator.features(images), validator.features(xte))
+            xte = th.pop("_test_images")
+            # the Frechet distance only with enough samples for the feature size (else NaN)
+            fd = frechet_distance(feats, validator.features(xte), min_ratio=FRECHET_MIN_RATIO)
+            scores["frechet"] = None if not np.isfinite(fd) else fd
+            scores["frechet_min_samples"] = int(FRECHET_MIN_RATIO * feats.shape[1])
     scores["elapsed_s"] = round(time.time() - t0, 2)
     atomic_write_json(out / "scores.json", scores)
     return scores
+
+
+def _theta_sets(validator, images, kinds, items, subsets, theta_mode, theta_epochs, test_per_class, seed, log):
+    """theta of the whole set and of each subset. An open-set validator (value classes +
+    ``reject``): the paper's loss ratio (:func:`carla_mr.genai.theta.theta_of`, held-apart
+    crops of the independent painter); a closed-set one: the older accuracy ratios."""
+    from carla_mr.genai.scores import relative_accuracy, relative_accuracy_scratch
+
+    if getattr(validator, "open_set", False):
+        from carla_mr.genai.theta import theta_of
+        from carla_mr.genai.validator_art import make_set
+
+        if log:
+            log("computing theta (loss after / before fine-tuning a tiny model on the generated images)")
+        th = {"all": theta_of(images, kinds, seed=seed)}
+        for sub in subsets:
+            idx = [i for i, s in enumerate(items) if s.subset == sub]
+            th[sub] = theta_of(images[idx], [kinds[i] for i in idx], seed=seed)
+        th["_test_images"] = make_set(max(4, test_per_class // 4), 0, 1, validator.input_size)[0]
+        return th
+    from carla_mr.genai.procedural import split_arrays
+
+    if log:
+        log(f"computing theta ({theta_mode} mode): training small validators on the generated images")
+    xte, yte = split_arrays("test", per_class=test_per_class, seed=10_007, out_size=validator.input_size,
+                            kinds=tuple(validator.class_names))
+
+    def theta_of_set(imgs, ks):
+        if theta_mode == "finetune":
+            return relative_accuracy(validator, imgs, ks, xte, yte, epochs=theta_epochs or 3, seed=seed)
+        return relative_accuracy_scratch(validator.class_names, imgs, ks, xte, yte, epochs=theta_epochs or 15,
+                                         seed=seed)
+
+    th = {"all": theta_of_set(images, kinds)}
+    for sub in subsets:
+        idx = [i for i, s in enumerate(items) if s.subset == sub]
+        th[sub] = theta_of_set(images[idx], [kinds[i] for i in idx])
+    th["_test_images"] = xte
+    return th

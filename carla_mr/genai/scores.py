@@ -1,7 +1,12 @@
-"""Scores of a generated set: generative score G, relative accuracy theta, Frechet distance.
+"""Scores of a generated set: generative score G, diversity, relative accuracy theta, Frechet distance.
 
-- **G** (generative score): the share of generated images the validator classifies as the
-  prompted sign class; reported with the mean validator confidence in the prompted class.
+- **G** (generative score): the share of generated images the independent open-set validator
+  reads as the prompted sign class (value included when the prompt names one), with its 95%
+  Wilson interval and the mean validator confidence in the prompted class.
+- **diversity**: mean pairwise distance of the validator's normalised embeddings within a
+  prompted class (0 = collapse), reported beside G.
+- **theta**: the paper's way (loss after / loss before) lives in :mod:`carla_mr.genai.theta`;
+  the two accuracy-ratio variants below are kept for the ``generate --theta-mode`` options.
 - **theta** (relative accuracy), operationally: copy the validator, fine-tune it on the
   generated images only (labels = prompted classes; ``epochs`` epochs, learning rate ``lr``,
   fixed seed), and measure its accuracy on the held-apart real/procedural test split;
@@ -29,23 +34,72 @@ import numpy as np
 from carla_mr.errors import InputError
 
 
+def read_matches(read: str, kind: str) -> bool:
+    """Whether a validator reading matches a prompted class: exactly (``speed_limit_30``), or
+    a value class of a prompted kind without value (``speed_limit_50`` for ``speed_limit``)."""
+    return read == kind or (read.startswith(kind + "_") and read[len(kind) + 1:].isdigit())
+
+
 def generative_score(validator, images: np.ndarray, kinds: Sequence[str]) -> dict:
-    """G over images with their prompted kinds: {"G", "mean_confidence", "n", "predicted",
-    "confidence" (per image, in the prompted class), "recognised" (per image bool)}."""
+    """G over images with their prompted classes: {"G", "G_low", "G_high" (95% Wilson
+    interval), "mean_confidence", "n", "predicted" (what the validator read per image, an open-set
+    validator's ``reject`` included), "confidence" (per image, in the prompted class; for a kind
+    without value the sum over its value classes), "recognised" (per image bool)}.
+
+    An open-set validator (one with a ``reject`` class) recognises an image when what it reads
+    (:meth:`~carla_mr.genai.validator.Validator.read`) matches the prompt (:func:`read_matches`);
+    a closed-set one when its argmax is the prompted class."""
     images = np.asarray(images)
     if len(images) != len(kinds):
         raise InputError(f"{len(images)} images but {len(kinds)} prompted classes", field="kinds")
     if len(images) == 0:
-        return {"G": float("nan"), "mean_confidence": float("nan"), "n": 0, "predicted": [], "confidence": [],
-                "recognised": []}
-    target = np.array([validator.class_index(k) for k in kinds])
+        return {"G": float("nan"), "G_low": float("nan"), "G_high": float("nan"), "mean_confidence": float("nan"),
+                "n": 0, "predicted": [], "confidence": [], "recognised": []}
     p = validator.probs(images)
-    pred = p.argmax(1)
-    ok = pred == target
-    conf = p[np.arange(len(target)), target]
-    return {"G": float(ok.mean()), "mean_confidence": float(conf.mean()), "n": int(len(images)),
-            "predicted": [validator.class_names[i] for i in pred], "confidence": conf.tolist(),
-            "recognised": ok.tolist()}
+    if getattr(validator, "open_set", False):
+        idx = p.argmax(1)
+        top = p[np.arange(len(idx)), idx]
+        pred = [validator.class_names[i] if c >= validator.threshold else "reject" for i, c in zip(idx, top)]
+        conf = np.array([float(validator.kind_probability(p[i:i + 1], k)[0]) for i, k in enumerate(kinds)])
+        ok = np.array([read_matches(r, str(k)) for r, k in zip(pred, kinds)])
+    else:
+        target = np.array([validator.class_index(k) for k in kinds])
+        pred = [validator.class_names[i] for i in p.argmax(1)]
+        ok = p.argmax(1) == target
+        conf = p[np.arange(len(target)), target]
+    lo, hi = wilson_interval(int(ok.sum()), len(ok))
+    return {"G": float(ok.mean()), "G_low": lo, "G_high": hi, "mean_confidence": float(conf.mean()),
+            "n": int(len(images)), "predicted": list(pred), "confidence": conf.tolist(), "recognised": ok.tolist(),
+            "top_confidence": p.max(1).tolist()}
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% for z = 1.96); (nan, nan) for n = 0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    lo, hi = (0.0 if successes == 0 else max(0.0, c - h)), (1.0 if successes == n else min(1.0, c + h))
+    return float(min(lo, p)), float(max(hi, p))
+
+
+def diversity(features: np.ndarray, kinds: Sequence[str]) -> dict:
+    """Mean pairwise distance of L2-normalised features (the validator's embeddings) between
+    images of the same prompted class, averaged over classes with >= 2 images: 0 = identical
+    images (mode collapse), about 1.41 = orthogonal embeddings. {"diversity", "classes"}."""
+    f = np.asarray(features, np.float64)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    vals = []
+    kinds = np.asarray([str(k) for k in kinds])
+    for k in sorted(set(kinds.tolist())):
+        g = f[kinds == k]
+        if len(g) < 2:
+            continue
+        d = np.sqrt(np.maximum(((g[:, None, :] - g[None, :, :]) ** 2).sum(-1), 0))
+        vals.append(d[np.triu_indices(len(g), 1)].mean())
+    return {"diversity": float(np.mean(vals)) if vals else float("nan"), "classes": len(vals)}
 
 
 def relative_accuracy(validator, synth_images: np.ndarray, synth_kinds: Sequence[str], test_images: np.ndarray,
@@ -64,8 +118,13 @@ def relative_accuracy(validator, synth_images: np.ndarray, synth_kinds: Sequence
     return {"theta": theta, "acc_before": before, "acc_after": after, "n": int(len(synth_images))}
 
 
-def frechet_distance(feat_a: np.ndarray, feat_b: np.ndarray) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of two (N, D) feature sets."""
+def frechet_distance(feat_a: np.ndarray, feat_b: np.ndarray, *, min_ratio: float = 0.0) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of two (N, D) feature sets.
+
+    ``min_ratio``: NaN unless both sets hold at least ``min_ratio * D`` samples (a covariance
+    of D dimensions from fewer samples is singular and the distance meaningless: 32 samples
+    against 96-128 features ranked a degraded set as closer to real). Reports use
+    :data:`FRECHET_MIN_RATIO`."""
     from scipy import linalg
 
     a = np.asarray(feat_a, np.float64)
@@ -74,6 +133,8 @@ def frechet_distance(feat_a: np.ndarray, feat_b: np.ndarray) -> float:
         raise InputError(f"feature sets must be (N, D) with the same D, got {a.shape} and {b.shape}", field="features")
     if len(a) < 2 or len(b) < 2:
         raise InputError("the Frechet distance needs at least two samples per set", field="features")
+    if min(len(a), len(b)) < min_ratio * a.shape[1]:
+        return float("nan")
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
@@ -83,6 +144,10 @@ def frechet_distance(feat_a: np.ndarray, feat_b: np.ndarray) -> float:
     covmean = np.real(covmean)
     d = float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
     return max(d, 0.0)
+
+
+#: The Frechet distance is reported only with at least this many samples per feature dimension.
+FRECHET_MIN_RATIO = 4.0
 
 
 def colour_match(images: np.ndarray, colours: Sequence[str | None], *, border: int = 3) -> dict:

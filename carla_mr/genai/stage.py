@@ -34,6 +34,9 @@ from carla_mr.stages import BaseStage, GenerationScores, ReportSection, RunConte
 from carla_mr.world.base import SignTexture, Snapshot
 
 TEXTURE_PX = 128  # generated images are upscaled to this many pixels for the sign face
+#: A generated speed-limit face is labelled with the value the validator read only when it read
+#: it with at least this probability; else the generic ``speed_limit`` class.
+VALUE_LABEL_MIN = 0.9
 
 
 class GenaiStage(BaseStage):
@@ -46,21 +49,44 @@ class GenaiStage(BaseStage):
         self._closed = False
         self._seen_rounds: set[int] = set()
         self._queue: list[dict] = []
+        self._pending: list = []  # (job, Future) in submission order
+        self._pool = None
         self._jobs = 0
-        self._images = 0
-        self._recognised = 0
+        self._skipped = 0
+        K = self.n_simulators
+        self._images = np.zeros(K, np.int64)
+        self._recognised = np.zeros(K, np.int64)
+        self._window: dict[int, list] = {k: [] for k in range(K)}  # recent (image, kind) per simulator
+        self._theta_detail: dict[int, dict] = {}
         self._swapped: set[str] = set()
         self._wall = 0.0
+        self._theta_wall = 0.0
+        self._tick_wall = 0.0
         self._slot = 0.0
         self._per_round: list[dict] = []
+
+    def sim_settings(self, k: int) -> dict:
+        """Generation settings of market simulator ``k`` (1..K-1): entry (k-1) mod len of
+        ``genai.simulators``, falling back to the section's steps/guidance/checkpoint."""
+        c = self.config
+        sims = c.simulators
+        s = sims[(int(k) - 1) % len(sims)] if sims else None
+        return {"steps": (s.steps if s and s.steps else c.steps),
+                "guidance": (s.guidance if s and s.guidance is not None else c.guidance),
+                "checkpoint": (s.checkpoint if s and s.checkpoint else c.checkpoint),
+                "seed_offset": (s.seed_offset if s else 0)}
 
     def start(self, ctx: RunContext) -> None:
         from carla_mr.genai.api import load_default_generator, load_default_validator
 
-        self.model = load_default_generator(self.config.checkpoint)
+        self.models: dict = {}
+        for k in range(1, max(2, self.n_simulators)):
+            ck = self.sim_settings(k)["checkpoint"]
+            if ck not in self.models:
+                self.models[ck] = load_default_generator(ck)
         self.validator = load_default_validator(self.config.validator)
-        self.model_name = str(self.config.checkpoint or "carla_mr default base model")
         self.seed = int(ctx.seed)
+        self._ctx = ctx  # close() applies the worker's last jobs while the world is still open
         self.dir = Path(ctx.run_dir) / "genai"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.manifest = self.dir / "manifest.jsonl"
@@ -70,6 +96,10 @@ class GenaiStage(BaseStage):
                                  for k in signs.kind.astype(str)], dtype=bool)
         self.theta = np.full(self.n_simulators, np.nan if self.config.theta_value is None
                              else float(self.config.theta_value))
+        if self.config.worker:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genai")
         if self.config.theta_value is not None:
             ctx.board.generation_scores = GenerationScores(G=np.full(self.n_simulators, np.nan), theta=self.theta,
                                                            images=np.zeros(self.n_simulators, np.int64))
@@ -81,25 +111,29 @@ class GenaiStage(BaseStage):
 
     # ---------------------------------------------------------------- per tick
     def on_tick(self, snapshot: Snapshot, ctx: RunContext) -> None:
-        rnd = ctx.board.market_round
-        if rnd is not None and rnd.round_id not in self._seen_rounds:
-            self._seen_rounds.add(rnd.round_id)
-            windows = [w for w in rnd.windows() if w["vehicle_id"] is not None and w["duration_s"] > 0]
-            for w in windows[: self.config.jobs_per_round]:
-                self._queue.append({**w, "round_id": rnd.round_id, "due": rnd.time + w["start_s"]})
-        due = [j for j in self._queue if j["due"] <= snapshot.time + 1e-9]
-        if not due:
-            return
-        self._queue = [j for j in self._queue if j["due"] > snapshot.time + 1e-9]
-        for job in due:
-            self._run_job(job, snapshot, ctx)
+        t0 = time.perf_counter()
+        try:
+            self._collect(ctx, snapshot.time, block=False)
+            rnd = ctx.board.market_round
+            if rnd is not None and rnd.round_id not in self._seen_rounds:
+                self._seen_rounds.add(rnd.round_id)
+                windows = [w for w in rnd.windows() if w["vehicle_id"] is not None and w["duration_s"] > 0]
+                for w in windows[: self.config.jobs_per_round]:
+                    self._queue.append({**w, "round_id": rnd.round_id, "due": rnd.time + w["start_s"]})
+            due = [j for j in self._queue if j["due"] <= snapshot.time + 1e-9]
+            if due:
+                self._queue = [j for j in self._queue if j["due"] > snapshot.time + 1e-9]
+                for job in due:
+                    self._start_job(job, snapshot, ctx)
+        finally:
+            self._tick_wall += time.perf_counter() - t0
 
-    def _run_job(self, job: dict, snap: Snapshot, ctx: RunContext) -> None:
-        from carla_mr.genai.api import generate, score
+    def _start_job(self, job: dict, snap: Snapshot, ctx: RunContext) -> None:
+        """Pick the signs near the job's AV and build its prompts (tick thread); generate and
+        score in the worker thread (or here with ``genai.worker: false``)."""
         from carla_mr.genai.prompts import prompt_for
 
-        world = ctx.world
-        signs = world.signs
+        signs = ctx.world.signs
         where = np.flatnonzero(snap.ids == job["vehicle_id"])
         if where.size == 0 or not self.sign_ok.any():
             return
@@ -111,74 +145,163 @@ class GenaiStage(BaseStage):
         if picks.size == 0:
             return
         colour = self._colour(int(job["vehicle_id"]))
-        kinds = [str(signs.kind[p]) for p in picks]
-        prompts = [prompt_for(k, colour, token=self.config.token) for k in kinds]
-        seed = int(zlib.crc32(f"{self.seed}:{job['round_id']}:{job['vehicle_id']}:{job['task']}".encode()))
+        job = dict(job)
+        job["kinds"] = [str(signs.kind[p]) for p in picks]
+        job["sign_ids"] = [str(signs.ids[p]) for p in picks]
+        job["prompts"] = [prompt_for(k, colour, token=self.config.token) for k in job["kinds"]]
+        k = int(job["sim_index"])
+        st = self.sim_settings(k)
+        job["settings"] = st
+        job["seed"] = int(zlib.crc32(f"{self.seed + st['seed_offset']}:{job['round_id']}:{job['vehicle_id']}:"
+                                     f"{job['task']}".encode()))
+        window = list(self._window.get(k, []))
+        if self._pool is not None:
+            if sum(not f.done() for _, f in self._pending) >= self.config.max_backlog:
+                self._skipped += 1  # the worker is behind: this window's GPU time goes unused
+                return
+            self._pending.append((job, self._pool.submit(self._work, job, window)))
+        else:
+            self._apply(job, self._work(job, window), ctx)
+
+    def _work(self, job: dict, window: list) -> dict:
+        """Generate, score and measure theta for one job (worker thread; touches no world state)."""
         import torch
 
+        from carla_mr.genai.api import generate, score
+
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # idle OpenMP threads would spin against libsumo in the same tick loop
-        t0 = time.perf_counter()
+        torch.set_num_threads(1)  # idle OpenMP threads would spin against the tick loop's own work
         try:
-            images = generate(self.model, prompts, seed=seed, steps=self.config.steps,
-                              guidance=self.config.guidance, sampler=self.config.sampler)
-            verdict = score(self.validator, images, kinds)
+            st = job["settings"]
+            t0 = time.perf_counter()
+            images = generate(self.models[st["checkpoint"]], job["prompts"], seed=job["seed"], steps=st["steps"],
+                              guidance=st["guidance"], sampler=self.config.sampler)
+            verdict = score(self.validator, images, job["kinds"])
+            wall = time.perf_counter() - t0
+            theta, theta_wall = None, 0.0
+            tc = self.config.measure_theta
+            if tc.enabled and self.config.theta_value is None:
+                from carla_mr.genai.theta import theta_of
+
+                t1 = time.perf_counter()
+                recent = (window + list(zip(images, job["kinds"])))[-tc.window:]
+                theta = theta_of(np.stack([x for x, _ in recent]), [kk for _, kk in recent], steps=tc.steps,
+                                 seed=self.seed, eval_per_class=tc.eval_per_class)
+                theta_wall = time.perf_counter() - t1
         finally:
             torch.set_num_threads(threads)
-        wall = time.perf_counter() - t0
-        self._jobs += 1
-        self._wall += wall
-        self._slot += float(job["duration_s"])
+        return {"images": images, "verdict": verdict, "wall": wall, "theta": theta, "theta_wall": theta_wall}
+
+    def _collect(self, ctx: RunContext, now: float, *, block: bool) -> None:
+        """Apply finished worker jobs, in submission order (all of them when ``block``)."""
+        while self._pending and (block or self._pending[0][1].done()):
+            job, fut = self._pending.pop(0)
+            self._apply(job, fut.result(), ctx, now)
+
+    def wait(self, ctx: RunContext) -> None:
+        """Block until every submitted worker job is applied (tests; the end of a run)."""
+        self._collect(ctx, float("nan"), block=True)
+
+    def _label_class(self, kind: str, read: str, recognised: bool, top: float = 1.0) -> str | None:
+        """The dataset label of a generated face: the value class the validator read
+        (``speed_limit_30``) when it read one of the prompted kind with probability >=
+        :data:`VALUE_LABEL_MIN`, else the generic kind (garbled digits are not a value)."""
+        if kind == "speed_limit":
+            sure = recognised and read.startswith("speed_limit_") and top >= VALUE_LABEL_MIN
+            return read if sure else "speed_limit"
+        return None
+
+    def _apply(self, job: dict, res: dict, ctx: RunContext, now: float | None = None) -> None:
+        """Write images + manifest, swap recognised faces, publish G and theta (tick thread)."""
         import cv2
 
         from carla_mr.io import atomic_write_bytes
 
+        images, verdict, k = res["images"], res["verdict"], int(job["sim_index"])
+        self._grow(k + 1)
+        self._jobs += 1
+        self._wall += res["wall"]
+        self._theta_wall += res["theta_wall"]
+        self._slot += float(job["duration_s"])
         textures = {}
         rdir = self.dir / f"round-{int(job['round_id']):06d}"
         lines = []
-        for b, p in enumerate(picks):
-            sid = str(signs.ids[p])
+        for b, sid in enumerate(job["sign_ids"]):
             name = f"job{self._jobs:05d}-{b}-sign-{sid}.png"
             ref = f"genai/{rdir.name}/{name}"
             ok, png = cv2.imencode(".png", cv2.cvtColor(images[b], cv2.COLOR_RGB2BGR))
             if ok:
                 atomic_write_bytes(rdir / name, png.tobytes())
             recognised = bool(verdict["recognised"][b])
-            self._images += 1
-            self._recognised += recognised
+            self._images[k] += 1
+            self._recognised[k] += recognised
+            self._window[k] = (self._window.get(k, []) + [(images[b], job["kinds"][b])])[-self.config.measure_theta.window:]
             swap = recognised or not self.config.swap_only_recognised
+            label = self._label_class(job["kinds"][b], verdict["predicted"][b], recognised,
+                                      float(verdict.get("top_confidence", [1.0] * len(images))[b]))
             if swap:
                 big = cv2.resize(images[b], (TEXTURE_PX, TEXTURE_PX), interpolation=cv2.INTER_CUBIC)
-                textures[sid] = SignTexture(source="generated", ref=ref, image=np.ascontiguousarray(big))
-            lines.append({"round_id": job["round_id"], "sim_id": job["sim_id"], "vehicle_id": job["vehicle_id"],
-                          "task": job["task"], "slot_s": job["duration_s"], "wall_s": wall / len(picks),
-                          "sign_id": sid, "class": kinds[b], "prompt": prompts[b], "seed": seed + b,
-                          "model": self.model_name, "predicted": verdict["predicted"][b],
+                textures[sid] = SignTexture(source="generated", ref=ref, image=np.ascontiguousarray(big),
+                                            label_class=label)
+            lines.append({"round_id": job["round_id"], "sim_id": job["sim_id"], "sim_index": k,
+                          "vehicle_id": job["vehicle_id"], "task": job["task"], "slot_s": job["duration_s"],
+                          "wall_s": res["wall"] / len(job["sign_ids"]), "sign_id": sid, "class": job["kinds"][b],
+                          "prompt": job["prompts"][b], "seed": job["seed"] + b, "steps": job["settings"]["steps"],
+                          "guidance": job["settings"]["guidance"],
+                          "model": str(job["settings"]["checkpoint"] or "carla_mr default base model"),
+                          "predicted": verdict["predicted"][b], "label_class": label,
                           "confidence": float(verdict["confidence"][b]), "recognised": recognised,
-                          "swapped": swap, "image": ref})
+                          "swapped": swap, "image": ref, "applied_at_s": now})
         if textures:
-            world.apply_sign_textures(textures)
+            ctx.world.apply_sign_textures(textures)
             self._swapped.update(textures)
         with open(self.manifest, "a", encoding="utf-8") as fh:
             for line in lines:
                 fh.write(json.dumps(line) + "\n")
-        G = self._recognised / self._images if self._images else None
-        # one running G for every traffic simulator (index 0, the driving simulator, does not generate)
-        g = np.full(self.n_simulators, np.nan)
-        g[1:] = G
-        images = np.zeros(self.n_simulators, np.int64)
-        images[1:] = self._images
-        ctx.board.generation_scores = GenerationScores(G=g, theta=self.theta, images=images,
-                                                       round_id=int(job["round_id"]))
-        self._per_round.append({"round_id": job["round_id"], "G_job": float(verdict["G"]), "G_running": G,
-                                "time": snap.time})
+        if res["theta"] is not None and np.isfinite(res["theta"]["theta"]):
+            self.theta[k] = res["theta"]["theta"]
+            self._theta_detail[k] = {x: res["theta"][x] for x in ("theta", "loss_before", "loss_after", "n")}
+        self._publish(ctx, int(job["round_id"]), job, verdict, res)
+
+    def _grow(self, n: int) -> None:
+        """Room for simulator indices below ``n`` (a window may name more simulators than the
+        stage was built for)."""
+        if n <= self.n_simulators:
+            return
+        extra = n - self.n_simulators
+        self._images = np.concatenate([self._images, np.zeros(extra, np.int64)])
+        self._recognised = np.concatenate([self._recognised, np.zeros(extra, np.int64)])
+        self.theta = np.concatenate([self.theta, np.full(extra, np.nan if self.config.theta_value is None
+                                                          else float(self.config.theta_value))])
+        self.n_simulators = n
+
+    def _publish(self, ctx: RunContext, round_id: int, job: dict, verdict: dict, res: dict) -> None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            g = np.where(self._images > 0, self._recognised / np.maximum(self._images, 1), np.nan)
+        g[0] = np.nan  # the driving simulator does not generate
+        ctx.board.generation_scores = GenerationScores(G=g, theta=self.theta.copy(), images=self._images.copy(),
+                                                       round_id=round_id)
+        k = int(job["sim_index"])
+        self._per_round.append({"round_id": round_id, "sim_index": k, "G_job": float(verdict["G"]),
+                                "G_running": float(g[k]), "theta": float(self.theta[k]),
+                                "wall_s": round(res["wall"], 4), "theta_wall_s": round(res["theta_wall"], 4)})
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self.model = None
+        if self._pool is not None:
+            ctx = getattr(self, "_ctx", None)
+            # jobs not started yet are dropped; the running one finishes and is applied
+            self._pending = [(j, f) for j, f in self._pending if not f.cancel()]
+            if ctx is not None:
+                self._collect(ctx, float("nan"), block=True)
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._pending = []
+        self.models = {}
         self.validator = None
+        self._ctx = None
 
     @staticmethod
     def report_section(run_dir: Path, summary: Mapping[str, Any], figs: Path) -> Optional[ReportSection]:
@@ -214,8 +337,22 @@ class GenaiStage(BaseStage):
         return ReportSection("Generated signs", text, stats)
 
     def summary(self) -> dict[str, Any]:
-        G: Optional[float] = self._recognised / self._images if self._images else None
-        return {"jobs": self._jobs, "images": self._images, "recognised": self._recognised, "G": G,
-                "signs_swapped": len(self._swapped), "pending_jobs": len(self._queue),
-                "generation_wall_s": self._wall, "scheduled_gpu_s": self._slot,
+        from carla_mr.genai.scores import wilson_interval
+
+        n, r = int(self._images.sum()), int(self._recognised.sum())
+        G: Optional[float] = r / n if n else None
+        per_sim = {}
+        for k in range(1, self.n_simulators):
+            nk, rk = int(self._images[k]), int(self._recognised[k])
+            lo, hi = wilson_interval(rk, nk)
+            per_sim[str(k)] = {"images": nk, "G": rk / nk if nk else None, "G_low": lo if nk else None,
+                               "G_high": hi if nk else None, **self.sim_settings(k),
+                               "theta": float(self.theta[k]) if np.isfinite(self.theta[k]) else None,
+                               "theta_detail": self._theta_detail.get(k)}
+        return {"jobs": self._jobs, "images": n, "recognised": r, "G": G,
+                "signs_swapped": len(self._swapped), "pending_jobs": len(self._queue) + len(self._pending),
+                "skipped_jobs": self._skipped,
+                "worker": bool(self.config.worker), "per_simulator": per_sim,
+                "generation_wall_s": self._wall, "theta_wall_s": self._theta_wall,
+                "tick_thread_wall_s": self._tick_wall, "scheduled_gpu_s": self._slot,
                 "per_job": self._per_round[-50:]}

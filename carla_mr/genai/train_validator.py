@@ -69,3 +69,78 @@ def train_validator(out: str | os.PathLike, *, data: str | os.PathLike | None = 
                "train_s": round(time.time() - t0, 1), **res}
     v.save(out, extra={"test_accuracy": acc, "data": str(data), "epochs": epochs, "seed": seed})
     return summary
+
+
+def template_arrays(per_class: int = 40, seed: int = 7, size: int = 32) -> tuple[np.ndarray, list[str]]:
+    """The generator's own templates (:mod:`carla_mr.genai.procedural`, prompt-like clean
+    pictures of a sign on a colour) with their validator class names (speed limits by value):
+    the validator never trains on these; they are its second, separate test."""
+    from carla_mr.config.genai import SPEED_VALUES
+    from carla_mr.config.vocab import COLOURS, SIGN_CLASSES
+    from carla_mr.genai.procedural import BASE_JITTER, render_sample
+
+    rng = np.random.default_rng(seed)
+    xs, names = [], []
+    cols = list(COLOURS)
+    for kind in SIGN_CLASSES:
+        for i in range(per_class):
+            value = SPEED_VALUES[i % len(SPEED_VALUES)] if kind == "speed_limit" else None
+            img, _ = render_sample(kind, rng, size=size, value=value, background=cols[i % len(cols)],
+                                   jitter=BASE_JITTER)
+            xs.append(img)
+            names.append(f"speed_limit_{value}" if value is not None else kind)
+    return np.stack(xs), names
+
+
+def reject_rates(v, n: int = 200, seed: int = 11, size: int = 32) -> dict:
+    """Share of no-sign inputs the validator rejects: uniform grey, uniform noise, and
+    out-of-vocabulary signs (held-apart stream 3 of the independent painter)."""
+    from carla_mr.genai.validator_art import REJECT, junk_image, sign_crop
+
+    rng = np.random.default_rng(seed)
+    grey = np.stack([np.full((size, size, 3), int(g), np.uint8) for g in rng.integers(0, 256, n)])
+    noise = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    oov = np.stack([sign_crop(REJECT, rng, size) for _ in range(n)])
+    junk = np.stack([junk_image(rng, size) for _ in range(n)])
+    return {name: float(np.mean([c == REJECT for c in v.read(x)[0]]))
+            for name, x in (("blank", grey), ("noise", noise), ("out_of_vocabulary", oov), ("junk", junk))}
+
+
+def train_art_validator(out: str | os.PathLike, *, per_class: int = 500, test_per_class: int = 100,
+                        epochs: int = 10, width: int = 24, seed: int = 0, threads: int = 1, progress=None,
+                        log=None) -> dict:
+    """Train the independent open-set validator on the independent painter's crops
+    (:mod:`carla_mr.genai.validator_art`) and report: accuracy on its held-apart split (another
+    seed stream), accuracy on the generator's templates, reject rates on blank/noise/OOV."""
+    from carla_mr.errors import require
+
+    torch = require("torch", extra="genai", feature="training the validator")
+    from carla_mr.genai.validator import build_validator, fit
+    from carla_mr.genai.validator_art import make_set
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    t0 = time.time()
+    xtr, ytr, names = make_set(per_class, seed, 0)
+    xte, yte, _ = make_set(test_per_class, seed, 1)
+    if log:
+        log(f"{len(xtr)} training and {len(xte)} held-apart crops of {len(names)} classes ({time.time() - t0:.0f} s)")
+    v = build_validator("small", names, width=width, seed=seed)
+    res = fit(v, xtr, ytr, epochs=epochs, seed=seed, progress=progress)
+    pred = v.probs(xte).argmax(1)
+    acc = float((pred == yte).mean())
+    per_class_acc = {names[c]: float((pred[yte == c] == c).mean()) for c in range(len(names))}
+    tx, tnames = template_arrays()
+    tpred, _ = v.read(tx)
+    kind = [n.split("_")[0] for n in tnames]
+    summary = {"arch": "small", "width": width, "classes": names, "held_apart_accuracy": acc,
+               "per_class_accuracy": per_class_acc, "template_accuracy": float(np.mean(
+                   [p == t for p, t in zip(tpred, tnames)])),
+               "template_kind_accuracy": float(np.mean([p.split("_")[0] == k for p, k in zip(tpred, kind)])),
+               "reject_rate": reject_rates(v), "threshold": v.threshold, "train_images": len(xtr),
+               "test_images": len(xte), "epochs": epochs, "seed": seed,
+               "data": f"carla_mr.genai.validator_art.make_set(per_class={per_class}, seed={seed})",
+               "train_s": round(time.time() - t0, 1), **res}
+    v.save(out, extra={k: summary[k] for k in ("held_apart_accuracy", "template_accuracy", "reject_rate", "data",
+                                               "epochs", "seed", "threshold")})
+    return summary

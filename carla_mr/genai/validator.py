@@ -162,6 +162,34 @@ class Validator:
     input_size: int
     width: float = 1.0
     meta: dict = field(default_factory=dict)
+    #: open-set rule: a top probability below this reads as ``reject`` (when the validator has
+    #: a ``reject`` class; closed-set validators never reject)
+    threshold: float = 0.5
+
+    @property
+    def open_set(self) -> bool:
+        return "reject" in self.class_names
+
+    def read(self, images: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """What the validator reads on each image: a class name (``speed_limit_30``, ``stop``,
+        ..., or ``reject`` when the top class is ``reject`` or its probability is below
+        :attr:`threshold`) and the top probability."""
+        p = self.probs(images)
+        idx = p.argmax(1)
+        conf = p[np.arange(len(idx)), idx]
+        names = [self.class_names[i] for i in idx]
+        if self.open_set:
+            names = [n if c >= self.threshold else "reject" for n, c in zip(names, conf)]
+        return names, conf
+
+    def kind_probability(self, probs: np.ndarray, kind: str) -> np.ndarray:
+        """(B,) probability of a prompted class: an exact class (``speed_limit_30``) or a kind
+        summed over its value classes (``speed_limit`` = all ``speed_limit_*``)."""
+        cols = [i for i, n in enumerate(self.class_names) if n == kind or n.startswith(kind + "_")
+                and n[len(kind) + 1:].isdigit()]
+        if not cols:
+            self.class_index(kind)  # raises InputError naming the known classes
+        return probs[:, cols].sum(1)
 
     def to_tensor(self, images: np.ndarray):
         """(B, H, W, 3) uint8 RGB -> normalised (B, 3, s, s) float tensor (resized if needed)."""
@@ -233,7 +261,8 @@ class Validator:
         self.meta = meta
         atomic_write_json(path / "validator.json", {"arch": self.arch, "class_names": self.class_names,
                                                     "input_size": self.input_size, "width": self.width,
-                                                    "mean": MEAN, "std": STD, **meta})
+                                                    "mean": MEAN, "std": STD, "threshold": self.threshold,
+                                                    **meta})
         return path
 
 
@@ -271,7 +300,9 @@ def load_validator(path: str | os.PathLike) -> Validator:
     except (RuntimeError, KeyError) as exc:
         raise InputError(f"{p}/model.safetensors does not match {cfg['arch']}: {exc}", field="validator") from exc
     v.net.eval()
-    v.meta = {k: val for k, val in cfg.items() if k not in ("arch", "class_names", "input_size", "width", "mean", "std")}
+    v.threshold = float(cfg.get("threshold", 0.5))
+    v.meta = {k: val for k, val in cfg.items()
+              if k not in ("arch", "class_names", "input_size", "width", "mean", "std", "threshold")}
     return v
 
 

@@ -132,6 +132,8 @@ class MarketStage(BaseStage):
         info = {**rnd.to_record(), "n_tasks": self.config.tasks_per_av, "r_acc_mean": float(np.mean(r_acc[:n])),
                 "G_mean": float(np.mean(G)), "G_min": float(G.min()), "G_max": float(G.max()),
                 "theta_mean": float(theta.mean()), "theta_min": float(theta.min()), "theta_max": float(theta.max()),
+                # per traffic simulator k = 1..K (G averaged over this round's AVs)
+                "G_by_sim": [round(float(x), 6) for x in G.mean(0)], "theta_by_sim": [round(float(x), 6) for x in theta],
                 "winner_C": (float(draw.C[self.slot_ids.index(res.outcome["winner_id"])])
                              if res.outcome.get("winner_id") else None),
                 "by_mechanism": by_mech}

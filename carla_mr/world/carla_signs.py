@@ -322,10 +322,14 @@ def frame_labels(signs, geometry: SignGeometry, cam_to_world: np.ndarray, K: np.
                 continue
         tex = (textures or {}).get(str(signs.ids[i]))
         val = float(signs.value[i])
+        label_class = getattr(tex, "label_class", None)
+        if label_class:  # a generated face: the class the validator read on it, no other value
+            tail = str(label_class).rsplit("_", 1)[-1]
+            val = float(tail) if tail.isdigit() else float("nan")
         out.append({
             "id": str(signs.ids[i]), "kind": str(signs.kind[i]), "value": None if np.isnan(val) else val,
             "box": box, "visible": float(vis), "distance": float(dist[i]),
             "source": getattr(tex, "source", "original"), "ref": getattr(tex, "ref", None),
-            "visible_box": vbox, "pixels": int(pixels),
+            "visible_box": vbox, "pixels": int(pixels), **({"class": label_class} if label_class else {}),
         })
     return out

@@ -539,8 +539,11 @@ class SceneRenderer:
             tex = textures.get(str(geom.ids[k])) or SignTexture()
             v = float(geom.value[k])
             value = v if math.isfinite(v) else None
+            if tex.label_class:  # a generated face: the class the validator read on it (docs/genai.md)
+                value = _value_of(tex.label_class)
             labels.append({
-                "id": str(geom.ids[k]), "kind": str(geom.kind[k]), "class": class_name(str(geom.kind[k]), value),
+                "id": str(geom.ids[k]), "kind": str(geom.kind[k]),
+                "class": tex.label_class or class_name(str(geom.kind[k]), value),
                 "value": value, "box": [x0, y0, x1, y1], "visible": vis / n, "distance": dist_o,
                 "source": tex.source, "ref": tex.ref, "pixels": vis, "face_pixels": n,
                 "visible_box": [x0 + int(cols[0]), y0 + int(rows[0]), x0 + int(cols[-1]) + 1,
@@ -625,3 +628,9 @@ class EmbeddedCameraRig:
         img, _ids, labels = self.renderer.render(spec, pose, snapshot, textures, exclude_id=vid)
         return CameraFrame(frame=int(snapshot.frame), time=float(snapshot.time), image=img,
                            intrinsics=spec.intrinsics(), cam_to_world=pose, ego=ego, labels=labels)
+
+
+def _value_of(label_class: str) -> float | None:
+    """``speed_limit_30`` -> 30.0; a class without a trailing number -> None."""
+    tail = str(label_class).rsplit("_", 1)[-1]
+    return float(tail) if tail.isdigit() else None

@@ -27,7 +27,7 @@ def _snap(t):
 @pytest.mark.timeout(120)
 def test_windows_become_jobs_in_their_slots(tmp_path, tiny_model_dir):
     cfg = GenaiConfig(enabled=True, checkpoint=str(tiny_model_dir), steps=2, signs_per_job=2,
-                      swap_only_recognised=False, theta_value=0.8)
+                      swap_only_recognised=False, theta_value=0.8, worker=False, simulators=[])
     world = _SignWorld()
     ctx = RunContext(scenario=None, world=world, run_dir=tmp_path, seed=1)
     stage = GenaiStage(cfg, n_simulators=5)
@@ -58,7 +58,8 @@ def test_windows_become_jobs_in_their_slots(tmp_path, tiny_model_dir):
     G = s["G"]
     assert G == pytest.approx(sum(x["recognised"] for x in lines) / 2)
     scores = ctx.board.generation_scores
-    assert np.isnan(scores.G[0]) and scores.G[1:].tolist() == [G] * 4 and scores.round_id == 1
+    # G per simulator: only simulator 3 generated
+    assert scores.G[3] == G and np.isnan(scores.G[[0, 1, 2, 4]]).all() and scores.round_id == 1
     stage.close()
     stage.close()
 
@@ -68,7 +69,8 @@ def test_only_recognised_images_are_swapped(tmp_path, tiny_model_dir, monkeypatc
 
     monkeypatch.setattr(api, "score", lambda v, images, kinds: {
         "G": 0.5, "recognised": [True, False], "predicted": list(kinds), "confidence": [0.9, 0.1]})
-    cfg = GenaiConfig(enabled=True, checkpoint=str(tiny_model_dir), steps=1, signs_per_job=2)
+    cfg = GenaiConfig(enabled=True, checkpoint=str(tiny_model_dir), steps=1, signs_per_job=2, worker=False,
+                      measure_theta={"enabled": False})
     world = _SignWorld()
     ctx = RunContext(scenario=None, world=world, run_dir=tmp_path, seed=1)
     stage = GenaiStage(cfg)
@@ -82,3 +84,68 @@ def test_only_recognised_images_are_swapped(tmp_path, tiny_model_dir, monkeypatc
     tex = world.sign_textures()
     assert tex["a"].source == "generated" and tex["b"].source == "original"
     assert stage.summary()["G"] == 0.5 and stage.summary()["signs_swapped"] == 1
+
+
+def _round(rid, sims):
+    return MarketRound.from_windows(round_id=rid, frame=0, time=0.0, participants=1, winner_vehicle_id=11,
+                                    payment_micro=1, mechanism="mtepvisa", windows=[
+        {"sim_id": f"sim-{k:03d}", "sim_index": k, "vehicle_id": 11, "task": t, "start_s": 0.0, "duration_s": 0.1,
+         "payment_micro": 1} for t, k in enumerate(sims)])
+
+
+@pytest.mark.timeout(180)
+def test_worker_thread_matches_inline_and_scores_per_simulator(tmp_path, tiny_model_dir):
+    """Jobs generated off the tick thread give the same images, G and theta as inline jobs;
+    each simulator gets its own settings, G and theta."""
+    out = {}
+    for worker in (False, True):
+        cfg = GenaiConfig(enabled=True, checkpoint=str(tiny_model_dir), steps=2, signs_per_job=2, worker=worker,
+                          jobs_per_round=4, swap_only_recognised=False, measure_theta={"steps": 3},
+                          simulators=[{"seed_offset": 0, "guidance": 7.5}, {"seed_offset": 99, "steps": 1,
+                                                                            "guidance": 2.0}])
+        world = _SignWorld()
+        ctx = RunContext(scenario=None, world=world, run_dir=tmp_path / str(worker), seed=1)
+        stage = GenaiStage(cfg, n_simulators=3)
+        stage.start(ctx)
+        assert stage.sim_settings(1)["steps"] == 2 and stage.sim_settings(2)["steps"] == 1
+        assert stage.sim_settings(2)["guidance"] == 2.0
+        ctx.board.market_round = _round(1, [1, 2])
+        stage.on_tick(_snap(0.0), ctx)
+        stage.wait(ctx)
+        s = stage.summary()
+        assert s["jobs"] == 2 and s["images"] == 4 and s["pending_jobs"] == 0
+        lines = [json.loads(x) for x in (tmp_path / str(worker) / "genai" / "manifest.jsonl").read_text().splitlines()]
+        assert sorted({(x["sim_index"], x["steps"]) for x in lines}) == [(1, 2), (2, 1)]
+        assert lines[0]["seed"] != lines[2]["seed"]  # each simulator its own seed stream
+        sc = ctx.board.generation_scores
+        assert np.isnan(sc.G[0]) and sc.images.tolist() == [0, 2, 2]
+        assert all(0 < t <= 1 for t in sc.theta[1:]) and np.isnan(sc.theta[0])
+        out[worker] = (lines, sc)
+        stage.close()
+    (a, sa), (b, sb) = out[False], out[True]
+    assert [x["predicted"] for x in a] == [x["predicted"] for x in b]
+    np.testing.assert_allclose(sa.theta[1:], sb.theta[1:])
+    np.testing.assert_array_equal(sa.G, sb.G)
+
+
+def test_generated_speed_limit_labels_carry_the_value_read():
+    stage = GenaiStage(GenaiConfig(enabled=True))
+    assert stage._label_class("speed_limit", "speed_limit_30", True) == "speed_limit_30"
+    assert stage._label_class("speed_limit", "speed_limit_30", True, 0.6) == "speed_limit"  # not sure enough
+    assert stage._label_class("speed_limit", "reject", False) == "speed_limit"
+    assert stage._label_class("speed_limit", "stop", False) == "speed_limit"
+    assert stage._label_class("stop", "stop", True) is None
+
+
+@pytest.mark.timeout(120)
+def test_a_busy_worker_skips_jobs_instead_of_falling_behind(tmp_path, tiny_model_dir):
+    cfg = GenaiConfig(enabled=True, checkpoint=str(tiny_model_dir), steps=2, signs_per_job=1, worker=True,
+                      jobs_per_round=3, max_backlog=1, measure_theta={"enabled": False})
+    ctx = RunContext(scenario=None, world=_SignWorld(), run_dir=tmp_path, seed=1)
+    stage = GenaiStage(cfg, n_simulators=3)
+    stage.start(ctx)
+    ctx.board.market_round = _round(1, [1, 2, 1])
+    stage.on_tick(_snap(0.0), ctx)  # three jobs come due at once; the worker takes one
+    stage.close()  # applies the running job
+    s = stage.summary()
+    assert s["jobs"] == 1 and s["skipped_jobs"] == 2 and s["pending_jobs"] == 0

@@ -1,0 +1,143 @@
+"""theta, the paper's way: how much training on the generated images improves a perception model.
+
+Xu et al. (2023), Sec. III: theta(.) is the "relative accuracy" of the AV's perception model
+trained with the generated data; theta = 1 means the generated data brought no improvement,
+and theta -> 0 means the model reached its optimum, so lower is better and eq. (1) divides the
+match quality by it: F = log2(1 + G Q) / theta.
+
+Operationally (:func:`theta_of`): the evaluation set is held apart and from a source the
+generator never learned (crops of the independent painter, :mod:`carla_mr.genai.validator_art`,
+stream 2, restricted to the sign kinds the generated set covers). ``loss_before`` is the
+cross-entropy there of the perception model before it sees the images: the best it can do
+from the training labels alone (predicting their frequencies; ln C for C balanced kinds). A
+tiny sign classifier (:func:`tiny_net`, about 7 k parameters, fixed seed) is trained for
+``steps`` Adam steps on the generated images (labels = prompted kinds) and evaluated:
+``loss_after``. ``theta = clip(loss_after / loss_before, THETA_MIN, 1)``. Images that teach
+nothing transferable leave the loss at the prior (theta 1); images that look like real signs
+of the prompted kind lower it. A set of one kind has nothing to tell apart: theta NaN (not
+measured; the market keeps its prior). Deterministic for a seed and an image set;
+a few hundred milliseconds on one CPU core.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+
+from carla_mr.config.vocab import SIGN_CLASSES
+from carla_mr.errors import InputError, require
+
+#: The market needs theta in (0, 1]; a measured ratio is floored here.
+THETA_MIN = 0.01
+SIZE = 32  # the tiny model's input side, pixels
+
+
+def tiny_net(n_classes: int, seed: int = 0):
+    """conv(8)-pool-conv(16)-pool-conv(32)-global pool-linear: the perception model theta trains."""
+    torch = require("torch", extra="genai", feature="theta")
+    nn = torch.nn
+    torch.manual_seed(int(seed))
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(32, n_classes))
+
+
+def _tensor(images: np.ndarray):
+    import cv2
+
+    torch = require("torch", extra="genai", feature="theta")
+    x = np.asarray(images)
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise InputError(f"images must be (B, H, W, 3) uint8, got {x.shape}", field="images")
+    if x.shape[1] != SIZE or x.shape[2] != SIZE:
+        x = np.stack([cv2.resize(i, (SIZE, SIZE), interpolation=cv2.INTER_AREA) for i in x])
+    return (torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.25
+
+
+@lru_cache(maxsize=8)
+def eval_set(per_class: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The held-apart evaluation crops: (N, 32, 32, 3) uint8 and kind ids (index in SIGN_CLASSES).
+
+    Independent painter, stream 2 (neither the validator's training nor its test stream);
+    speed limits of mixed values count as the kind ``speed_limit``."""
+    from carla_mr.genai.validator_art import REJECT, kind_of, sign_crop, validator_classes
+
+    rng = np.random.default_rng([int(seed), 2])
+    xs, ys = [], []
+    names = [n for n in validator_classes() if n != REJECT]
+    for kind_id, kind in enumerate(SIGN_CLASSES):
+        members = [n for n in names if kind_of(n) == kind]
+        for i in range(int(per_class)):
+            xs.append(sign_crop(members[i % len(members)], rng, SIZE))
+            ys.append(kind_id)
+    x, y = np.stack(xs), np.array(ys, np.int64)
+    x.flags.writeable = False
+    return x, y
+
+
+def _kind_ids(kinds: Sequence[str]) -> np.ndarray:
+    from carla_mr.genai.validator_art import kind_of
+
+    out = []
+    for k in kinds:
+        kk = kind_of(str(k))
+        if kk not in SIGN_CLASSES:
+            raise InputError(f"unknown sign class {k!r}; known: {', '.join(SIGN_CLASSES)}", field="kinds")
+        out.append(SIGN_CLASSES.index(kk))
+    return np.array(out, np.int64)
+
+
+def theta_of(images: np.ndarray, kinds: Sequence[str], *, steps: int = 30, lr: float = 3e-3, batch: int = 32,
+             seed: int = 0, eval_per_class: int = 12) -> dict:
+    """theta of one generated set (module docstring): {"theta", "loss_before", "loss_after",
+    "acc_before", "acc_after", "n", "kinds", "steps"}; theta NaN for an empty set."""
+    torch = require("torch", extra="genai", feature="theta")
+    images = np.asarray(images)
+    if len(images) != len(kinds):
+        raise InputError(f"{len(images)} images but {len(kinds)} prompted classes", field="kinds")
+    if len(images) == 0:
+        return {"theta": float("nan"), "loss_before": float("nan"), "loss_after": float("nan"), "n": 0}
+    y = _kind_ids(kinds)
+    present = np.unique(y)
+    ex, ey = eval_set(int(eval_per_class))
+    keep = np.isin(ey, present)
+    ex_t, ey_t = _tensor(ex[keep]), torch.from_numpy(ey[keep])
+    x_t, y_t = _tensor(images), torch.from_numpy(y)
+    net = tiny_net(len(SIGN_CLASSES), seed)
+    gen = torch.Generator().manual_seed(int(seed))
+    ce = torch.nn.functional.cross_entropy
+
+    def evaluate():
+        net.eval()
+        with torch.no_grad():
+            logits = net(ex_t)
+            return float(ce(logits, ey_t)), float((logits.argmax(1) == ey_t).float().mean())
+
+    _, acc_before = evaluate()
+    # "before": the best perception model that has not looked at the images, the prior of the
+    # training labels (cross-entropy of predicting their frequencies on the evaluation crops)
+    prior = np.bincount(y, minlength=len(SIGN_CLASSES)) / len(y)
+    before = float(-np.mean(np.log(prior[ey[keep]])))
+    if present.size < 2 or before <= 0:  # one kind: nothing to tell apart, theta not measurable
+        return {"theta": float("nan"), "loss_before": before, "loss_after": float("nan"), "acc_before": acc_before,
+                "acc_after": float("nan"), "n": int(len(images)), "kinds": [SIGN_CLASSES[i] for i in present],
+                "steps": int(steps)}
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    net.train()
+    for _ in range(int(steps)):
+        idx = torch.randint(0, len(x_t), (min(batch, len(x_t)),), generator=gen)
+        xb = x_t[idx]
+        if torch.rand((), generator=gen) < 0.5:  # mirror-free jitter: a one-pixel shift
+            xb = torch.roll(xb, shifts=(1, -1), dims=(2, 3))
+        loss = ce(net(xb), y_t[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    after, acc_after = evaluate()
+    theta = float(np.clip(after / before, THETA_MIN, 1.0)) if before > 0 else float("nan")
+    return {"theta": theta, "loss_before": before, "loss_after": after, "acc_before": acc_before,
+            "acc_after": acc_after, "n": int(len(images)), "kinds": [SIGN_CLASSES[i] for i in present],
+            "steps": int(steps)}
