@@ -172,6 +172,9 @@ def train_cmd(data_paths, past, future, rates, epochs, batch_size, lr, hidden, l
     arrays, groups, train_keys, tests = training_sets(
         sources, hzs, past=past, future=future, test_fraction=test_fraction, seed=seed, max_windows=max_windows,
         max_test_windows=max_test_windows, noise_m=noise_m, load=_load_opts(kw), log=log)
+    if not tests:
+        raise InputError(f"no held-apart vehicle has a window of {past}+{future} samples at any rate; give longer "
+                         f"tracks or lower --past/--future", field="DATA")
     log(f"training on {arrays['feat'].shape[0]} windows from {len(train_keys)} vehicles")
     params, norm, facts = fit(arrays, groups, recipe, seed=seed, on_epoch=lambda e, tl, vl: log(
         f"epoch {e}: train ADE {tl:.4f} m, validation ADE {vl:.4f} m"))
@@ -212,6 +215,7 @@ def train_cmd(data_paths, past, future, rates, epochs, batch_size, lr, hidden, l
 def eval_cmd(model, data_paths, past, future, max_windows, allow_train_overlap, out, seed, as_json, **kw):
     """Evaluate MODEL (a directory from `twin train`, or constant_velocity / zero_motion) and both
     baselines on every window of DATA (and --test-data), each source at its own rate."""
+    from carla_mr.twin.experiment import pooled_gain
     from carla_mr.twin.predictors import load_predictor
 
     seed = 0 if seed is None else seed
