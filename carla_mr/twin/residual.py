@@ -39,10 +39,10 @@ from carla_mr.errors import InputError
 from carla_mr.io import atomic_save_npz, atomic_write_json
 from carla_mr.twin.frames import heading_from_past, to_local, to_world
 
-LAGS_S = (0.5, 1.0, 2.0, 3.0, 4.0)
+LAGS_S = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 STEP_VELOCITIES = 3
 ACCEL_BOUND = 4.0  # m/s^2
-CORRECTION_BOUND = 4.0  # m
+CORRECTION_BOUND = 6.0  # m
 
 
 def n_features() -> int:
