@@ -89,7 +89,8 @@ def _stage_tick_ms(predictor, n: int, strides: int, spread: bool) -> float:
     stage = TwinStage(TwinConfig(enabled=True, spread=spread), predictor=p)
     with tempfile.TemporaryDirectory() as d:
         ctx = SimpleNamespace(world=SimpleNamespace(tick_s=0.05),
-                              scenario=SimpleNamespace(tick_s=0.05, source_path=None), run_dir=Path(d), shared={})
+                              scenario=SimpleNamespace(tick_s=0.05, source_path=None), run_dir=Path(d), shared={},
+                              board=SimpleNamespace())
         stage.start(ctx)
         stride = stage.stride
         n_samples = p.past + p.future + strides + 2
