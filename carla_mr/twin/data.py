@@ -322,25 +322,27 @@ def read_rows(path: str | os.PathLike, *, columns: Mapping[str, str | None] | No
     names, ids = np.unique(raw_ids, return_inverse=True)
     ids = ids.astype(np.int64).reshape(-1)
     info["id_names"] = [str(n) for n in names.tolist()]
-    info["vehicle_keys"] = vehicle_keys(ids, t, raw_c1, raw_c2, info["id_names"])
+    t_abs = t + info.get("time_origin_unix_s", 0.0)
+    info["vehicle_keys"] = vehicle_keys(ids, t_abs, raw_c1, raw_c2, info["id_names"])
     return ids, t, x, y, info
 
 
 def vehicle_keys(ids: np.ndarray, t: np.ndarray, c1: np.ndarray, c2: np.ndarray, names: list[str]) -> list[str]:
-    """One fingerprint per dense vehicle id: a hash of its raw id and its first (earliest finite)
-    raw position as written in the file. The same vehicle of the same data gives the same key
-    whatever the rate, split or subset; another data set's vehicle 7 does not."""
+    """One fingerprint per dense vehicle id: a hash of its raw id, its first (earliest finite)
+    time (absolute) and its raw position then, as written in the file. The same vehicle of the
+    same data gives the same key whatever the rate, split or subset; another data set's vehicle
+    7 does not (even one that starts at the same place)."""
     import hashlib
 
     ok = np.isfinite(t) & np.isfinite(c1) & np.isfinite(c2)
     order = np.lexsort((t[ok], ids[ok]))
-    iv, a, b = ids[ok][order], c1[ok][order], c2[ok][order]
+    iv, tt, a, b = ids[ok][order], t[ok][order], c1[ok][order], c2[ok][order]
     first = np.concatenate([[True], iv[1:] != iv[:-1]]) if iv.size else np.zeros(0, bool)
-    pos = {int(v): (float(p), float(q)) for v, p, q in zip(iv[first], a[first], b[first])}
+    pos = {int(v): (float(s), float(p), float(q)) for v, s, p, q in zip(iv[first], tt[first], a[first], b[first])}
     out = []
     for k, n in enumerate(names):
-        p, q = pos.get(k, (float("nan"), float("nan")))
-        out.append(hashlib.sha1(f"{n}|{p:.6g}|{q:.6g}".encode()).hexdigest()[:16])
+        s, p, q = pos.get(k, (float("nan"),) * 3)
+        out.append(hashlib.sha1(f"{n}|{s:.3f}|{p:.6g}|{q:.6g}".encode()).hexdigest()[:16])
     return out
 
 

@@ -259,3 +259,13 @@ def test_single_sample_tracks_are_counted():
     y = np.concatenate([r["y"], [0.0, 0.0]])
     tr = data.resample(ids, t, x, y)
     assert tr.report["single_sample_tracks"] == 2 and tr.n_tracks == 2
+
+
+def test_vehicle_keys_follow_the_vehicle_not_the_rate():
+    ids = np.array([0, 0, 1, 1])
+    t = np.array([0.0, 1.0, 5.0, 6.0])
+    x = np.array([1.0, 2.0, 1.0, 2.0])
+    k = data.vehicle_keys(ids, t, x, x, ["7", "8"])
+    k_same_place_later = data.vehicle_keys(ids, t + 100.0, x, x, ["7", "8"])
+    assert k[0] != k[1] and len(set(k) & set(k_same_place_later)) == 0
+    assert data.vehicle_keys(ids[::-1], t[::-1], x[::-1], x[::-1], ["7", "8"]) == k
