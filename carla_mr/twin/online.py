@@ -200,36 +200,41 @@ class TwinStage(BaseStage):
             self._write_predictions(frame, t, ids[sel], rsu[sel], pred, self._names(use))
 
     def _score(self, k: int, frame: int) -> None:
+        """Score the predictions made F samples ago (all chunks of that sample at once)."""
         f = self.predictor.future
+        items = []
         while self._pending and self._pending[0].k <= k - f:
             item = self._pending.popleft()
-            if item.k != k - f:
-                continue
-            mask, hist = self.buffer.get(item.ids, f + 1)
-            self._stats["lost"] += int((~mask).sum())
-            if not mask.any():
-                continue
-            err = np.linalg.norm(item.pred[mask] - hist[:, 1:], axis=-1)
-            ade, fde = err.mean(1), err[:, -1]
-            ids, rsu = item.ids[mask], item.rsu[mask]
-            use = item.served_model[mask]
-            ade_m = ade_b = np.full(ids.size, np.nan)
-            if item.alt is not None:
-                ade_alt = np.linalg.norm(item.alt[mask] - hist[:, 1:], axis=-1).mean(1)
-                ade_m, ade_b = np.where(use, ade, ade_alt), np.where(use, ade_alt, ade)
-                self.gate.update(ids, ade_m, ade_b)
-            self.accuracy.update(ids, rsu, fde)
-            hit = fde <= self.accuracy.hit_radius_m
-            s = self._stats
-            s["scored"] += int(ids.size)
-            s["ade_sum"] += float(ade.sum())
-            s["fde_sum"] += float(fde.sum())
-            s["misses"] += int((~hit).sum())
-            if self._eval_sink is not None:
-                r, _ = self.accuracy.lookup(ids, rsu)
-                self._eval_sink.add({"frame": np.full(ids.size, frame, np.int64), "id": ids, "rsu": rsu,
-                                     "ade": ade, "fde": fde, "hit": hit, "r": r, "served_by": self._names(use),
-                                     "ade_model": ade_m, "ade_baseline": ade_b})
+            if item.k == k - f:
+                items.append(item)
+        if not items:
+            return
+        item = _merge(items)
+        mask, hist = self.buffer.get(item.ids, f + 1)
+        self._stats["lost"] += int((~mask).sum())
+        if not mask.any():
+            return
+        err = np.linalg.norm(item.pred[mask] - hist[:, 1:], axis=-1)
+        ade, fde = err.mean(1), err[:, -1]
+        ids, rsu = item.ids[mask], item.rsu[mask]
+        use = item.served_model[mask]
+        ade_m = ade_b = np.full(ids.size, np.nan)
+        if item.alt is not None:
+            ade_alt = np.linalg.norm(item.alt[mask] - hist[:, 1:], axis=-1).mean(1)
+            ade_m, ade_b = np.where(use, ade, ade_alt), np.where(use, ade_alt, ade)
+            self.gate.update(ids, ade_m, ade_b)
+        self.accuracy.update(ids, rsu, fde)
+        hit = fde <= self.accuracy.hit_radius_m
+        s = self._stats
+        s["scored"] += int(ids.size)
+        s["ade_sum"] += float(ade.sum())
+        s["fde_sum"] += float(fde.sum())
+        s["misses"] += int((~hit).sum())
+        if self._eval_sink is not None:
+            r, _ = self.accuracy.lookup(ids, rsu)
+            self._eval_sink.add({"frame": np.full(ids.size, frame, np.int64), "id": ids, "rsu": rsu,
+                                 "ade": ade, "fde": fde, "hit": hit, "r": r, "served_by": self._names(use),
+                                 "ade_model": ade_m, "ade_baseline": ade_b})
 
     def _names(self, use_model: np.ndarray) -> np.ndarray:
         """Per prediction, the name of the predictor that served it."""
@@ -352,3 +357,13 @@ def _served_text(tab, stats: dict) -> str:
                  f"from constant velocity, {stats['ade_baseline_m']:.3f} m; served: {stats['ade_m']:.3f} m. "
                  f"R (the market's R_acc) counts the served predictions only.\n\n")
     return text
+
+
+def _merge(items: list) -> "_Pending":
+    """One pending batch from the chunks of one sample (disjoint vehicles)."""
+    if len(items) == 1:
+        return items[0]
+    alt = None if items[0].alt is None else np.concatenate([i.alt for i in items])
+    return _Pending(items[0].k, items[0].frame, np.concatenate([i.ids for i in items]),
+                    np.concatenate([i.rsu for i in items]), np.concatenate([i.pred for i in items]),
+                    np.concatenate([i.served_model for i in items]), alt)
