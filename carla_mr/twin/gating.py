@@ -5,8 +5,8 @@ Every prediction of both predictors is scored when its truth is known (F samples
 vehicle the gate keeps the rolling ADE (metres) of each, with the same rule as the accuracy R:
 the exact mean over the first ``window`` scores, then an exponential average with weight
 1/``window``. A vehicle is served by the model until it has ``min_scores`` scores, then by the
-model while its rolling ADE is at most the baseline's (ties go to the model), else by the
-baseline.
+model while its rolling ADE is at most ``1 + margin`` times the baseline's, else by the
+baseline (the margin keeps a vehicle from flapping to the baseline on a few noisy scores).
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from carla_mr.errors import InputError
 class RollingGate:
     """Per-vehicle rolling ADE of the model (index 0) and the baseline (index 1)."""
 
-    def __init__(self, window: int = 20, min_scores: int = 1):
-        if window < 1 or min_scores < 0:
+    def __init__(self, window: int = 20, min_scores: int = 3, margin: float = 0.1):
+        if window < 1 or min_scores < 0 or margin < 0:
             raise InputError("need window >= 1 and min_scores >= 0", field="twin.accuracy_window")
         self.window = int(window)
         self.min_scores = int(min_scores)
+        self.margin = float(margin)
         self._index: dict[int, int] = {}
         self._err = np.zeros((0, 2))
         self._n = np.zeros(0, np.int64)
@@ -56,7 +57,7 @@ class RollingGate:
         known = rows >= 0
         r = rows[known]
         ready = self._n[r] >= max(self.min_scores, 1)
-        out[np.flatnonzero(known)[ready]] = self._err[r[ready], 0] <= self._err[r[ready], 1]
+        out[np.flatnonzero(known)[ready]] = self._err[r[ready], 0] <= (1.0 + self.margin) * self._err[r[ready], 1]
         return out
 
     def rolling(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
