@@ -1,23 +1,19 @@
-"""The twin's speed: online prediction, buffer updates, training throughput (1 torch thread).
+"""The twin's speed: online prediction and buffer updates (1 torch thread, numpy inference).
 
 Rows (each against a baseline measured in the same run):
 
-- ``lstm_predict_200``: LSTM (default shape: P=60, F=5, 32 hidden) predicting 200 vehicles,
-  ms per call; baseline: constant velocity on the same batch. Target <= 5 ms.
-- ``twin_stage_worst_tick_200``: the TwinStage in a 20 Hz run predicting 200 AVs with the LSTM
-  at 2 Hz (buffer push, scoring of matured predictions, prediction, parquet rows, publishing
-  R): the slowest of the 10 tick positions of a stride (each position's 25th percentile over
-  strides), ms, with the batch spread over the
-  stride (the default); baseline: the whole batch on the sample tick (``spread: false``).
-  Target <= 5 ms (the 20 Hz tick is 50 ms).
+- ``model_predict_200``: the committed default model (residual: constant velocity + a bounded
+  MLP correction, numpy; P=60, F=5 at 2 Hz) predicting 200 vehicles, ms per call; baseline:
+  constant velocity on the same batch. Target <= 5 ms.
+- ``gated_predict_200``: what the stage does per batch with gating: the model, constant
+  velocity and the per-vehicle choice, ms; baseline: constant velocity alone. Target <= 5 ms.
+- ``twin_stage_worst_tick_200``: the TwinStage in a 20 Hz run predicting 200 AVs with the
+  default model at 2 Hz, gated (buffer push, scoring of both predictors, prediction, parquet
+  rows, publishing R): the slowest of the 10 tick positions of a stride (each position's 25th
+  percentile over strides), ms, with the batch spread over the stride (the default); baseline:
+  the whole batch on the sample tick (``spread: false``). Target <= 5 ms (the tick is 50 ms).
 - ``buffer_push_1000``: TrackBuffer.push of 1000 vehicles (some leaving and arriving each
   tick), ms; baseline: a dict-of-deques reference. Target < 1 ms.
-- ``train_windows_per_s``: LSTM training throughput at the paper's batch 40, windows/s;
-  baseline: inference throughput on the same windows.
-- ``default_recipe_hours_30min_200veh``: estimated hours to train the default recipe (500
-  epochs at most, 50 000 windows) on a 30-minute, 200-vehicle run at 2 Hz, from the measured
-  throughput (upper bound: early stopping usually ends sooner); baseline: the same on ALL the
-  run's windows (no cap).
 
 Timings are the 25th percentile over repeats (robust to a shared CPU).
 Run: ``python bench/bench_twin.py [--quick]``.
@@ -57,13 +53,11 @@ def _tracks(m: int, p: int, seed: int = 0) -> np.ndarray:
     return rng.uniform(-300, 300, (m, 1, 2)) + np.cumsum(steps, axis=1)
 
 
-def _lstm(past=60, future=5, hidden=32):
-    from carla_mr.twin.predictors import LSTMPredictor, LSTMRecipe
+def _model():
+    """The committed default model (see carla_mr/data/twin/README.md)."""
+    from carla_mr.twin.predictors import load_predictor
 
-    m = LSTMPredictor(past, future, 2.0, LSTMRecipe(epochs=1, hidden=hidden, patience=None))
-    w = _tracks(256, past + future)
-    m.fit(w[:, :past], w[:, past:])
-    return m
+    return load_predictor(REPO / "carla_mr" / "data" / "twin" / "residual", sample_hz=2.0)
 
 
 class _DictBuffer:
@@ -95,7 +89,8 @@ def _stage_tick_ms(predictor, n: int, strides: int, spread: bool) -> float:
     stage = TwinStage(TwinConfig(enabled=True, spread=spread), predictor=p)
     with tempfile.TemporaryDirectory() as d:
         ctx = SimpleNamespace(world=SimpleNamespace(tick_s=0.05),
-                              scenario=SimpleNamespace(tick_s=0.05, source_path=None), run_dir=Path(d), shared={})
+                              scenario=SimpleNamespace(tick_s=0.05, source_path=None), run_dir=Path(d), shared={},
+                              board=SimpleNamespace())
         stage.start(ctx)
         stride = stage.stride
         n_samples = p.past + p.future + strides + 2
@@ -131,15 +126,28 @@ def run(quick: bool = True) -> list[dict]:
 
     reps = 20 if quick else 100
     rows: list[dict] = []
-    lstm = _lstm()
+    model = _model()
     cv = ConstantVelocity(60, 5, 2.0)
     batch = _tracks(200, 60, seed=2)
-    t_lstm = _time(lambda: lstm.predict(batch), reps) * 1e3
+    t_model = _time(lambda: model.predict(batch), reps) * 1e3
     t_cv = _time(lambda: cv.predict(batch), reps) * 1e3
-    rows.append({"name": "lstm_predict_200", "value": t_lstm, "unit": "ms", "baseline": t_cv,
-                 "ratio": t_lstm / t_cv, "target": "<= 5 ms"})
-    s_spread = _stage_tick_ms(lstm, 200, reps, spread=True)
-    s_full = _stage_tick_ms(lstm, 200, reps, spread=False)
+    rows.append({"name": "model_predict_200", "value": t_model, "unit": "ms", "baseline": t_cv,
+                 "ratio": t_model / t_cv, "target": "<= 5 ms"})
+    from carla_mr.twin.gating import RollingGate
+
+    gate = RollingGate(20)
+    ids = np.arange(200, dtype=np.int64)
+    gate.update(ids, np.random.default_rng(1).random(200), np.random.default_rng(2).random(200))
+
+    def gated():
+        a, b = model.predict(batch), cv.predict(batch)
+        return np.where(gate.use_model(ids)[:, None, None], a, b)
+
+    t_gated = _time(gated, reps) * 1e3
+    rows.append({"name": "gated_predict_200", "value": t_gated, "unit": "ms", "baseline": t_cv,
+                 "ratio": t_gated / t_cv, "target": "<= 5 ms"})
+    s_spread = _stage_tick_ms(model, 200, reps, spread=True)
+    s_full = _stage_tick_ms(model, 200, reps, spread=False)
     rows.append({"name": "twin_stage_worst_tick_200", "value": s_spread, "unit": "ms", "baseline": s_full,
                  "ratio": s_spread / s_full, "target": "<= 5 ms"})
 
@@ -167,25 +175,6 @@ def run(quick: bool = True) -> list[dict]:
     rows.append({"name": "buffer_push_1000", "value": t_buf, "unit": "ms", "baseline": t_ref,
                  "ratio": t_buf / t_ref, "target": "< 1 ms"})
 
-    # training throughput at batch 40
-    from carla_mr.twin.predictors import LSTMPredictor, LSTMRecipe
-
-    n_win = 2000 if quick else 10000
-    w = _tracks(n_win, 65, seed=3)
-    m = LSTMPredictor(60, 5, 2.0, LSTMRecipe(epochs=1, batch_size=40, hidden=32, val_fraction=0.0, patience=None))
-    info = m.fit(w[:, :60], w[:, 60:])
-    train_wps = info["windows_per_second"]
-    t_inf = _time(lambda: m.predict(w[:, :60]), 3)
-    inf_wps = n_win / t_inf
-    rows.append({"name": "train_windows_per_s", "value": train_wps, "unit": "windows/s", "baseline": inf_wps,
-                 "ratio": train_wps / inf_wps, "target": "report"})
-    # default recipe on a 30-minute, 200-vehicle run at 2 Hz (P + F = 65 samples per window)
-    available = 200 * (1800 * 2 - 65 + 1)
-    capped = min(available, 50_000) * 0.9  # 10% of vehicles validate
-    hours = 500 * capped / train_wps / 3600
-    hours_all = 500 * available * 0.9 / train_wps / 3600
-    rows.append({"name": "default_recipe_hours_30min_200veh", "value": hours, "unit": "h (<= 500 epochs)",
-                 "baseline": hours_all, "ratio": hours / hours_all, "target": "report"})
     return rows
 
 

@@ -4,12 +4,13 @@ Example::
 
     twin:
       enabled: true
-      model: models/twin-lstm        # a directory saved by `carla-mr twin train`, or a baseline
+      model: models/twin-residual    # a directory saved by `carla-mr twin train`, or a baseline
       vehicles: av                   # predict the AVs (default) or all vehicles
 
-``past``, ``future`` and ``sample_hz`` apply to the baselines; a trained model carries its own
-(they must match what it was trained with). ``sample_hz`` must divide the world's tick rate
-(20 Hz ticks: 1, 2, 4, 5, 10 or 20 Hz).
+``past`` and ``future`` apply to the baselines; a trained model carries its own. ``sample_hz``
+is the prediction rate of any predictor (a trained residual model serves 1-25 Hz) and must
+divide the world's tick rate (20 Hz ticks: 1, 2, 4, 5, 10 or 20 Hz). A trained model is gated
+against constant velocity per vehicle (docs/twin.md).
 """
 
 from __future__ import annotations
@@ -42,6 +43,6 @@ class TwinConfig(StrictModel):
                                                      "(the market's constant R_acc).")
     spread: bool = Field(True, description="Spread each sample's prediction batch over the stride's ticks "
                                            "(1/stride of the vehicles per tick) so no tick carries the whole batch.")
-    threads: int = Field(1, ge=1, le=256, description="torch threads for the LSTM's predictions (set around each "
+    threads: int = Field(1, ge=1, le=256, description="torch threads of a model that uses torch (set around each "
                                                      "call and restored; more threads spin against the world).")
     write_predictions: bool = Field(True, description="Write RUN_DIR/predictions.parquet.")

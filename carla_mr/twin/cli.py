@@ -1,29 +1,36 @@
 """``carla-mr twin``: train and evaluate trajectory predictors.
 
-- ``carla-mr twin train DATA... --out DIR``: load tracks (run directories, .parquet, .csv),
-  hold apart a share of the VEHICLES for testing, train the LSTM on the rest, and report ADE,
-  FDE, per-step error, miss rate and R2 (absolute and displacement) of the LSTM and both
-  baselines on the held-apart vehicles. Writes ``DIR/model/`` (config.json + weights.npz),
-  ``DIR/metrics.json``.
-- ``carla-mr twin eval MODEL DATA...``: the same metrics of a saved model (or a baseline name)
-  and both baselines on every window of DATA.
+- ``carla-mr twin train DATA... --out DIR``: read each source once, resample it at every rate
+  of ``--rates`` (never above its own rate), hold apart a share of the VEHICLES (the same
+  vehicles at every rate), train the residual predictor (constant velocity + a bounded learned
+  correction) on the rest, and score it and both baselines per (source, rate) on the held-apart
+  vehicles -- and on ``--test-data`` (e.g. a map not trained on) -- with per-vehicle bootstrap
+  95 % intervals. Writes ``DIR/model/`` (config.json + weights.npz), ``DIR/metrics.json``.
+- ``carla-mr twin eval MODEL DATA...`` (or ``--test-data``): the same scores of a saved model
+  (or a baseline name) on every source at its own rate. Refuses (exit 2) data that contains
+  vehicles the model was trained on, unless ``--allow-train-overlap``.
 """
 
 from __future__ import annotations
 
 import click
 
-from carla_mr.cli_common import common_options, emit, guarded, log, make_run_dir, progress
+from carla_mr.cli_common import common_options, emit, guarded, log, make_run_dir
+from carla_mr.config.twin import DEFAULT_FUTURE, DEFAULT_PAST
 from carla_mr.errors import InputError
 from carla_mr.io import atomic_write_json
-from carla_mr.config.twin import DEFAULT_FUTURE, DEFAULT_PAST, DEFAULT_SAMPLE_HZ
+
+COLUMNS = ("source", "Hz", "predictor", "windows", "vehicles", "ADE m [95% CI]", "FDE m [95% CI]",
+           "ADE gain vs CV [95% CI]", "R2 disp")
 
 
 def _data_options(f):
     opts = [
         click.option("--sample-hz", type=float, default=None,
-                     help=f"Resample tracks to this rate, Hz (train default {DEFAULT_SAMPLE_HZ:g}; "
-                          "eval: the model's)."),
+                     help="Resample every source to this rate, Hz (default: each source's own rate)."),
+        click.option("--allow-upsample", is_flag=True, help="Allow a rate above the data's own (said in the result)."),
+        click.option("--sort-time", is_flag=True, help="Sort rows whose time goes backwards (counted) instead of "
+                                                       "refusing the data."),
         click.option("--role", type=click.Choice(["all", "av", "background"]), default="all", show_default=True,
                      help="Which vehicles of a run to use (needs a 'role' column)."),
         click.option("--id-col", default=None, help="Vehicle id column (default: id/track_id/vehicle_id/...)."),
@@ -36,41 +43,81 @@ def _data_options(f):
                      help="Unit of a numeric time column."),
         click.option("--max-gap-s", type=float, default=None,
                      help="Split a track where samples are further apart (default max(1 s, 2.5 sample periods))."),
+        click.option("--test-data", "test_data", multiple=True, metavar="PATH",
+                     help="Separate test data (repeatable): scored at its own rate."),
     ]
     for o in reversed(opts):
         f = o(f)
     return f
 
 
-def _load(paths, *, sample_hz, min_samples, role, id_col, time_col, x_col, y_col, lon_col, lat_col, time_unit,
-          max_gap_s):
+def _read(paths, kw: dict) -> list[tuple]:
     from carla_mr.twin import data
 
-    cols = {"id": id_col, "time": time_col, "x": x_col, "y": y_col, "lon": lon_col, "lat": lat_col}
-    parts, infos = [], []
-    for p in paths:
-        tr, info = data.load_tracks(p, sample_hz=sample_hz, min_samples=min_samples, columns=cols,
-                                    time_unit=time_unit, role=role, max_gap_s=max_gap_s)
-        info["report"] = dict(tr.report)
-        log(f"{p}: {tr.n_tracks} tracks, {int(tr.lengths.sum())} samples at {sample_hz:g} Hz; "
-            f"skipped/repaired: " + ", ".join(f"{k}={v}" for k, v in tr.report.items() if k not in
-                                              ("rows_in", "tracks", "samples")))
-        parts.append(tr)
-        infos.append(info)
-    return data.concat(parts), infos
+    cols = {k: kw[f"{k}_col"] for k in ("id", "time", "x", "y", "lon", "lat")}
+    return [data.read_rows(p, columns=cols, time_unit=kw["time_unit"], role=kw["role"]) for p in paths]
 
 
-def _evaluate_all(predictors: dict, past, future) -> dict:
-    from carla_mr.twin import metrics
-
-    return metrics.compare({name: p.predict(past) for name, p in predictors.items()}, past, future)
+def _load_opts(kw: dict) -> dict:
+    return {"allow_upsample": kw["allow_upsample"], "sort_time": kw["sort_time"], "max_gap_s": kw["max_gap_s"]}
 
 
-def _show(result: dict, keys: list[str], as_json: bool, title: str) -> None:
-    from carla_mr.twin.metrics import METRIC_COLUMNS, metric_rows
+def _fmt_ci(v, ci, pct=False):
+    if v is None:
+        return ""
+    if pct:
+        return f"{100 * v:+.1f}% [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
-    emit(result, as_json=as_json, title=title, columns=METRIC_COLUMNS,
-         rows=metric_rows({k: result[k] for k in keys}))
+
+def _rows(results: list[dict]) -> list[tuple]:
+    rows = []
+    for r in results:
+        for name, m in r["metrics"].items():
+            rows.append((r["source"].split("/")[-1], f"{r['hz']:g}", name, m["windows"], m["vehicles"],
+                         _fmt_ci(m["ade"], m["ade_ci"]), _fmt_ci(m["fde"], m["fde_ci"]),
+                         _fmt_ci(m.get("ade_gain"), m.get("ade_gain_ci"), True), f"{m['r2_disp']:.3f}"))
+    return rows
+
+
+def _score_all(model, tests, past: int, future: int, seed: int) -> list[dict]:
+    from carla_mr.twin.experiment import score
+    from carla_mr.twin.predictors import ConstantVelocity, ZeroMotion
+
+    out = []
+    for ts in tests:
+        preds = {"constant_velocity": ConstantVelocity(past, future, ts.hz), "zero_motion": ZeroMotion(past, future,
+                                                                                                      ts.hz)}
+        if model.kind not in preds:
+            preds = {model.kind: model, **preds}
+        out.append({"source": ts.source, "hz": ts.hz, "windows_available": ts.available, "skipped": ts.report,
+                    "metrics": score(preds, ts, seed=seed)})
+    return out
+
+
+def _test_sets(sources, past: int, future: int, *, hz, load: dict, max_windows: int, seed: int, model_keys=None,
+               allow_overlap: bool = True):
+    from carla_mr.twin.experiment import TestSet, window_keys
+    from carla_mr.twin.data import tracks_from_rows
+
+    tests, overlap = [], 0
+    for rows in sources:
+        tr = tracks_from_rows(rows, sample_hz=hz, min_samples=past + future, **load)
+        rep = tr.report
+        log(f"{rows[4]['source']}: {tr.n_tracks} tracks at {tr.hz:g} Hz (own rate {rep['native_hz']:g} Hz"
+            f"{', UPSAMPLED' if rep['upsampled'] else ''}); skipped/repaired: "
+            + ", ".join(f"{k}={v}" for k, v in rep.items() if k.endswith(("rows", "tracks", "splits", "segments"))))
+        if model_keys:
+            n = int(len(set(tr.keys.tolist()) & model_keys))
+            if n and not allow_overlap:
+                raise InputError(f"{n} of its vehicles were in the model's training data; scoring a model on what "
+                                 f"it learned is no result: give other data, or pass --allow-train-overlap",
+                                 field="DATA", source=rows[4]["source"])
+            overlap += n
+        p, f, k, n_all = window_keys(tr, past, future, max_windows=max_windows, seed=seed)
+        if len(p):
+            tests.append(TestSet(rows[4]["source"], tr.hz, p, f, k, n_all, dict(rep)))
+    return tests, overlap
 
 
 @click.group(name="twin")
@@ -80,120 +127,115 @@ def twin_group():
 
 @twin_group.command(name="train")
 @click.argument("data_paths", nargs=-1, required=True, metavar="DATA...")
-@click.option("--past", type=click.IntRange(2, 10000), default=DEFAULT_PAST, show_default=True, help="Past samples P.")
+@click.option("--past", type=click.IntRange(2, 10000), default=DEFAULT_PAST, show_default=True,
+              help="Past steps P (at each rate) of the test windows.")
 @click.option("--future", type=click.IntRange(1, 1000), default=DEFAULT_FUTURE, show_default=True,
-              help="Predicted samples F.")
-@click.option("--epochs", type=click.IntRange(1), default=500, show_default=True, help="At most this many epochs.")
-@click.option("--batch-size", type=click.IntRange(1), default=40, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--dropout", type=float, default=0.05, show_default=True)
-@click.option("--hidden", type=click.IntRange(1), default=32, show_default=True, help="LSTM hidden units.")
-@click.option("--layers", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--patience", type=click.IntRange(0), default=25, show_default=True,
-              help="Stop after this many epochs without validation improvement (0: never).")
-@click.option("--max-seconds", type=float, default=None, help="Stop training after this wall time.")
-@click.option("--no-residual", is_flag=True, help="Predict displacements directly, not the correction to "
-                                                 "constant velocity.")
+              help="Predicted steps F.")
+@click.option("--rates", default="1,2,5,10,25", show_default=True, help="Rates to train and test at, Hz (comma "
+                                                                        "list; overridden by --sample-hz).")
+@click.option("--epochs", type=click.IntRange(1), default=40, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=512, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--hidden", type=click.IntRange(1), default=64, show_default=True, help="MLP hidden units.")
+@click.option("--layers", type=click.IntRange(1), default=2, show_default=True, help="MLP hidden layers.")
+@click.option("--patience", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--max-seconds", type=float, default=900.0, show_default=True, help="Stop training after this.")
+@click.option("--noise-m", type=float, default=0.2, show_default=True,
+              help="Position noise (m, up to) added to half the training windows at <= 5 Hz.")
 @click.option("--test-fraction", type=float, default=0.2, show_default=True, help="Share of vehicles held apart.")
-@click.option("--window-step", type=click.IntRange(1), default=1, show_default=True,
-              help="Training windows start every this many samples.")
-@click.option("--max-windows", type=click.IntRange(1), default=50_000, show_default=True,
-              help="Train on a random subset of at most this many windows.")
-@click.option("--max-test-windows", type=click.IntRange(1), default=200_000, show_default=True)
+@click.option("--max-windows", type=click.IntRange(1), default=20_000, show_default=True,
+              help="Training windows per (source, rate), a random subset.")
+@click.option("--max-test-windows", type=click.IntRange(1), default=20_000, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="torch threads.")
 @_data_options
 @common_options
 @guarded
-def train_cmd(data_paths, past, future, epochs, batch_size, lr, dropout, hidden, layers, patience, max_seconds,
-              no_residual, test_fraction, window_step, max_windows, max_test_windows, threads, sample_hz, role,
-              id_col, time_col, x_col, y_col, lon_col, lat_col, time_unit, max_gap_s, out, seed, as_json):
-    """Train the LSTM on DATA (run directories, .parquet or .csv) and compare it with the baselines
-    on held-apart vehicles."""
+def train_cmd(data_paths, past, future, rates, epochs, batch_size, lr, hidden, layers, patience, max_seconds,
+              noise_m, test_fraction, max_windows, max_test_windows, threads, out, seed, as_json, **kw):
+    """Train the residual predictor on DATA (run directories, .parquet or .csv) and compare it with
+    the baselines on held-apart vehicles, with per-vehicle bootstrap intervals."""
     from carla_mr.errors import require
-    from carla_mr.twin import data
-    from carla_mr.twin.predictors import ConstantVelocity, LSTMPredictor, LSTMRecipe, ZeroMotion
+    from carla_mr.twin.experiment import pooled_gain, training_sets
+    from carla_mr.twin.residual import ResidualPredictor
+    from carla_mr.twin.residual_train import ResidualRecipe, fit
 
-    torch = require("torch", extra="genai", feature="twin train")
-    torch.set_num_threads(threads)
+    require("torch", extra="genai", feature="twin train").set_num_threads(threads)
     seed = 0 if seed is None else seed
-    hz = DEFAULT_SAMPLE_HZ if sample_hz is None else sample_hz
-    recipe = LSTMRecipe(epochs=epochs, batch_size=batch_size, lr=lr, dropout=dropout, hidden=hidden, layers=layers,
-                        residual=not no_residual, patience=patience or None, max_seconds=max_seconds)
+    try:
+        hzs = [kw["sample_hz"]] if kw["sample_hz"] else [float(r) for r in rates.split(",") if r.strip()]
+    except ValueError:
+        raise InputError(f"rates must be a comma list of numbers, got {rates!r}", field="--rates") from None
+    recipe = ResidualRecipe(hidden=hidden, layers=layers, epochs=epochs, batch_size=batch_size, lr=lr,
+                            patience=patience, max_seconds=max_seconds, noise_m=noise_m)
     run_dir = make_run_dir(out, "twin-train")
-    tracks, infos = _load(data_paths, sample_hz=hz, min_samples=past + future, role=role, id_col=id_col,
-                          time_col=time_col, x_col=x_col, y_col=y_col, lon_col=lon_col, lat_col=lat_col,
-                          time_unit=time_unit, max_gap_s=max_gap_s)
-    train, test = data.split_by_vehicle(tracks, test_fraction, seed)
-    n_train_all = int(data.window_starts(train, past, future, window_step).size)
-    tp, tf, groups = data.windows(train, past, future, step=window_step, max_windows=max_windows, seed=seed)
-    n_test_all = int(data.window_starts(test, past, future, 1).size)
-    xp, xf, _ = data.windows(test, past, future, step=1, max_windows=max_test_windows, seed=seed + 1)
-    if len(tp) < 2 or len(xp) < 1:
-        raise InputError(f"too few windows of {past}+{future} samples (train {len(tp)}, test {len(xp)}); give "
-                         f"longer tracks or lower --past/--future", field="DATA")
-    log(f"train: {len(tp)} windows ({n_train_all} available) from {len(set(groups.tolist()))} vehicles; "
-        f"test: {len(xp)} windows ({n_test_all} available) from held-apart vehicles")
-    lstm = LSTMPredictor(past, future, hz, recipe)
-    with progress(epochs, "training LSTM", enabled=not as_json) as advance:
-        def on_epoch(e, tl, vl):
-            advance(1)
-            if as_json and (e == 1 or e % 10 == 0):
-                log(f"epoch {e}: train {tl:.4f} val {vl:.4f}")
-        train_info = lstm.fit(tp, tf, groups=groups, seed=seed, on_epoch=on_epoch)
-    model_dir = lstm.save(run_dir / "model")
-    res = _evaluate_all({"lstm": lstm, "constant_velocity": ConstantVelocity(past, future, hz),
-                         "zero_motion": ZeroMotion(past, future, hz)}, xp, xf)
-    result = {**res,
-              "data": {"sources": infos, "sample_hz": hz, "past": past, "future": future,
-                       "vehicles": int(len(set(tracks.vehicle.tolist()))), "test_vehicles":
-                       int(len(set(test.vehicle.tolist()))), "train_windows": int(len(tp)),
-                       "train_windows_available": n_train_all, "test_windows": int(len(xp)),
-                       "test_windows_available": n_test_all, "test_fraction": test_fraction,
-                       "skipped": tracks.report},
-              "training": train_info, "model_dir": str(model_dir), "run_dir": str(run_dir), "seed": seed}
+    sources = _read(data_paths, kw)
+    arrays, groups, train_keys, tests = training_sets(
+        sources, hzs, past=past, future=future, test_fraction=test_fraction, seed=seed, max_windows=max_windows,
+        max_test_windows=max_test_windows, noise_m=noise_m, load=_load_opts(kw), log=log)
+    if not tests:
+        raise InputError(f"no held-apart vehicle has a window of {past}+{future} samples at any rate; give longer "
+                         f"tracks or lower --past/--future", field="DATA")
+    log(f"training on {arrays['feat'].shape[0]} windows from {len(train_keys)} vehicles")
+    params, norm, facts = fit(arrays, groups, recipe, seed=seed, on_epoch=lambda e, tl, vl: log(
+        f"epoch {e}: train ADE {tl:.4f} m, validation ADE {vl:.4f} m"))
+    facts["rates_hz"] = hzs
+    model = ResidualPredictor(past, future, hzs[0], params=params, norm=norm, info=facts, train_keys=train_keys)
+    model_dir = model.save(run_dir / "model")
+    for hz in sorted({t.hz for t in tests}):
+        log(f"scoring held-apart vehicles at {hz:g} Hz")
+    results = _score_all(model, tests, past, future, seed)
+    extra = []
+    if kw["test_data"]:
+        ext, overlap = _test_sets(_read(kw["test_data"], kw), past, future, hz=kw["sample_hz"], load=_load_opts(kw),
+                                  max_windows=max_test_windows, seed=seed, model_keys=set(train_keys),
+                                  allow_overlap=False)
+        extra = _score_all(model, ext, past, future, seed)
+    result = {"held_apart": results, "test_data": extra, "summary": pooled_gain(results + extra, "residual"),
+              "training": facts, "data": {"sources": [s[4]["source"] for s in sources], "rates_hz": hzs,
+                                          "past": past, "future": future, "test_fraction": test_fraction,
+                                          "train_vehicles": len(train_keys)},
+              "model_dir": str(model_dir), "run_dir": str(run_dir), "seed": seed}
     atomic_write_json(run_dir / "metrics.json", result)
-    _show(result, ["lstm", "constant_velocity", "zero_motion"], as_json,
-          f"held-apart vehicles: {len(xp)} windows ({past} past / {future} future at {hz:g} Hz)")
+    emit(result, as_json=as_json, title=f"held-apart vehicles ({past} past / {future} future steps per rate)",
+         columns=COLUMNS, rows=_rows(results + extra))
 
 
 @twin_group.command(name="eval")
 @click.argument("model")
-@click.argument("data_paths", nargs=-1, required=True, metavar="DATA...")
+@click.argument("data_paths", nargs=-1, required=False, metavar="[DATA...]")
 @click.option("--past", type=click.IntRange(2, 10000), default=DEFAULT_PAST, show_default=True,
-              help="Past samples (baselines only; a model carries its own).")
+              help="Past steps (baselines only; a model carries its own).")
 @click.option("--future", type=click.IntRange(1, 1000), default=DEFAULT_FUTURE, show_default=True)
-@click.option("--window-step", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--max-windows", type=click.IntRange(1), default=200_000, show_default=True)
+@click.option("--allow-train-overlap", is_flag=True, help="Score even data that holds the model's training "
+                                                          "vehicles (said in the result).")
 @_data_options
 @common_options
 @guarded
-def eval_cmd(model, data_paths, past, future, window_step, max_windows, sample_hz, role, id_col, time_col, x_col,
-             y_col, lon_col, lat_col, time_unit, max_gap_s, out, seed, as_json):
+def eval_cmd(model, data_paths, past, future, max_windows, allow_train_overlap, out, seed, as_json, **kw):
     """Evaluate MODEL (a directory from `twin train`, or constant_velocity / zero_motion) and both
-    baselines on every window of DATA."""
-    from carla_mr.twin import data
-    from carla_mr.twin.predictors import BASELINES, ConstantVelocity, ZeroMotion, load_predictor
+    baselines on every window of DATA (and --test-data), each source at its own rate."""
+    from carla_mr.twin.experiment import pooled_gain
+    from carla_mr.twin.predictors import load_predictor
 
     seed = 0 if seed is None else seed
-    pred = load_predictor(model, past=past, future=future, sample_hz=sample_hz or DEFAULT_SAMPLE_HZ)
-    if model not in BASELINES and sample_hz is not None and abs(sample_hz - pred.sample_hz) > 1e-9:
-        raise InputError(f"the model was trained at {pred.sample_hz:g} Hz; evaluate it at that rate "
-                         f"(drop --sample-hz)", field="--sample-hz")
-    P, F, hz = pred.past, pred.future, pred.sample_hz
+    paths = list(data_paths) + list(kw["test_data"])
+    if not paths:
+        raise InputError("give DATA (or --test-data) to evaluate on", field="DATA")
+    pred = load_predictor(model, past=past, future=future, sample_hz=kw["sample_hz"] or 2.0)
+    P, F = pred.past, pred.future
     run_dir = make_run_dir(out, "twin-eval")
-    tracks, infos = _load(data_paths, sample_hz=hz, min_samples=P + F, role=role, id_col=id_col, time_col=time_col,
-                          x_col=x_col, y_col=y_col, lon_col=lon_col, lat_col=lat_col, time_unit=time_unit,
-                          max_gap_s=max_gap_s)
-    n_all = int(data.window_starts(tracks, P, F, window_step).size)
-    xp, xf, _ = data.windows(tracks, P, F, step=window_step, max_windows=max_windows, seed=seed)
-    if len(xp) == 0:
+    keys = set(getattr(pred, "train_keys", []) or [])
+    tests, overlap = _test_sets(_read(paths, kw), P, F, hz=kw["sample_hz"], load=_load_opts(kw),
+                                max_windows=max_windows, seed=seed, model_keys=keys,
+                                allow_overlap=allow_train_overlap)
+    if not tests:
         raise InputError(f"no window of {P}+{F} samples in the data", field="DATA")
-    preds = {"constant_velocity": ConstantVelocity(P, F, hz), "zero_motion": ZeroMotion(P, F, hz)}
-    if pred.kind not in preds:
-        preds = {pred.kind: pred, **preds}
-    res = _evaluate_all(preds, xp, xf)
-    result = {**res, "model": {"source": str(model), "kind": pred.kind, "past": P, "future": F, "sample_hz": hz},
-              "data": {"sources": infos, "windows": int(len(xp)), "windows_available": n_all,
-                       "skipped": tracks.report}, "run_dir": str(run_dir)}
+    results = _score_all(pred, tests, P, F, seed)
+    result = {"results": results, "summary": pooled_gain(results, pred.kind),
+              "model": {"source": str(model), "kind": pred.kind, "past": P, "future": F},
+              "train_overlap_vehicles": overlap, "upsampled": any(t.report.get("upsampled") for t in tests),
+              "run_dir": str(run_dir)}
     atomic_write_json(run_dir / "metrics.json", result)
-    _show(result, list(preds), as_json, f"{model} on {len(xp)} windows ({P} past / {F} future at {hz:g} Hz)")
+    emit(result, as_json=as_json, title=f"{model} ({P} past / {F} future steps at each source's rate)",
+         columns=COLUMNS, rows=_rows(results))

@@ -20,9 +20,11 @@ Inputs
   x east and y SOUTH in metres (CARLA's left-handed convention, so models trained on simulator
   runs see the same handedness). Good to ~0.1% within a few tens of kilometres.
 
-Every track is resampled onto the grid ``k * dt`` (seconds from the data's first time) by linear
-interpolation. Problems are never silent: rows with NaN/inf are dropped, duplicate times are
-dropped, tracks whose rows were out of time order are sorted, tracks are split at gaps longer
+Every track is resampled at the data's own rate by default (never upsampled unless asked), each
+on its own grid starting at its first sample, causally (:func:`resample`): no sample carries
+information from after its time. Problems are never silent: rows with NaN/inf are dropped,
+duplicate times are dropped, a time going backwards is an error (or, asked, sorted and
+counted), single-sample vehicles are counted, tracks are split at gaps longer
 than ``max_gap_s`` and at jumps faster than ``MAX_SPEED_MPS`` (teleports), and segments
 shorter than ``min_samples`` are skipped -- each counted in :attr:`Tracks.report`. Unknown
 columns, bad coordinates or no usable track raise :class:`~carla_mr.errors.InputError` naming
@@ -69,6 +71,12 @@ class Tracks:
     xy: np.ndarray  # (N, 2) float64 metres
     t: np.ndarray  # (N,) float64 seconds
     report: dict[str, int] = field(default_factory=dict)
+    raw_vehicle: np.ndarray | None = None  # (K,) the ids given to resample, per track
+    keys: np.ndarray | None = None  # (K,) str fingerprint of each track's vehicle (raw id + first position)
+
+    @property
+    def hz(self) -> float:
+        return 1.0 / self.dt
 
     @property
     def n_tracks(self) -> int:
@@ -87,7 +95,9 @@ class Tracks:
         lens = self.lengths[mask]
         rows = _ranges(self.offsets[:-1][mask], lens)
         offs = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-        return Tracks(self.dt, self.vehicle[mask], offs, self.xy[rows], self.t[rows], dict(self.report))
+        return Tracks(self.dt, self.vehicle[mask], offs, self.xy[rows], self.t[rows], dict(self.report),
+                      None if self.raw_vehicle is None else self.raw_vehicle[mask],
+                      None if self.keys is None else self.keys[mask])
 
 
 def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
@@ -118,8 +128,9 @@ def concat(parts: list[Tracks]) -> Tracks:
         t.append(p.t)
         for k, v in p.report.items():
             rep[k] = rep.get(k, 0) + v
+    keys = (np.concatenate([p.keys for p in parts]) if all(p.keys is not None for p in parts) else None)
     return Tracks(parts[0].dt, np.concatenate(veh).astype(np.int64), np.asarray(offs, np.int64),
-                  np.concatenate(xy), np.concatenate(t), rep)
+                  np.concatenate(xy), np.concatenate(t), rep, keys=keys)
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -266,6 +277,7 @@ def read_rows(path: str | os.PathLike, *, columns: Mapping[str, str | None] | No
     if x_c is not None and y_c is not None and not (columns.get("lon") or columns.get("lat")):
         x = _numeric(table.column(x_c), x_c, source)
         y = _numeric(table.column(y_c), y_c, source)
+        raw_c1, raw_c2 = x, y
         info.update(x_col=x_c, y_col=y_c, coords="metres")
     elif lon_c is not None and lat_c is not None:
         lon = _numeric(table.column(lon_c), lon_c, source)
@@ -275,6 +287,7 @@ def read_rows(path: str | os.PathLike, *, columns: Mapping[str, str | None] | No
             raise InputError("latitudes must lie in [-90, 90] and longitudes in [-180, 180] degrees; are these "
                              "metres? then name them with --x-col/--y-col", field=f"{lon_c}/{lat_c}", source=source)
         x, y, origin = project_lonlat(lon, lat)
+        raw_c1, raw_c2 = lon, lat
         info.update(lon_col=lon_c, lat_col=lat_c, coords="lonlat", origin_lonlat=list(origin))
     else:
         raise InputError(f"no position columns among {names}; expected x/y (metres) or lon/lat (degrees); {hint}",
@@ -296,6 +309,7 @@ def read_rows(path: str | os.PathLike, *, columns: Mapping[str, str | None] | No
     if null_id.any():  # rows without a vehicle id belong to no track: dropped and counted
         keep = ~null_id
         raw_ids, t, x, y = raw_ids[keep], t[keep], x[keep], y[keep]
+        raw_c1, raw_c2 = raw_c1[keep], raw_c2[keep]
         if "role" in names:
             table = table.filter(pa.array(keep))
     if role != "all":
@@ -304,49 +318,137 @@ def read_rows(path: str | os.PathLike, *, columns: Mapping[str, str | None] | No
         r = np.asarray(table.column("role").to_numpy(zero_copy_only=False))
         keep = (r == 1) if role == "av" else (r != 1)
         raw_ids, t, x, y = raw_ids[keep], t[keep], x[keep], y[keep]
-    _, ids = np.unique(raw_ids, return_inverse=True)
-    return ids.astype(np.int64).reshape(-1), t, x, y, info
+        raw_c1, raw_c2 = raw_c1[keep], raw_c2[keep]
+    names, ids = np.unique(raw_ids, return_inverse=True)
+    ids = ids.astype(np.int64).reshape(-1)
+    info["id_names"] = [str(n) for n in names.tolist()]
+    t_abs = t + info.get("time_origin_unix_s", 0.0)
+    info["vehicle_keys"] = vehicle_keys(ids, t_abs, raw_c1, raw_c2, info["id_names"])
+    return ids, t, x, y, info
+
+
+def vehicle_keys(ids: np.ndarray, t: np.ndarray, c1: np.ndarray, c2: np.ndarray, names: list[str]) -> list[str]:
+    """One fingerprint per dense vehicle id: a hash of its raw id, its first (earliest finite)
+    time (absolute) and its raw position then, as written in the file. The same vehicle of the
+    same data gives the same key whatever the rate, split or subset; another data set's vehicle
+    7 does not (even one that starts at the same place)."""
+    import hashlib
+
+    ok = np.isfinite(t) & np.isfinite(c1) & np.isfinite(c2)
+    order = np.lexsort((t[ok], ids[ok]))
+    iv, tt, a, b = ids[ok][order], t[ok][order], c1[ok][order], c2[ok][order]
+    first = np.concatenate([[True], iv[1:] != iv[:-1]]) if iv.size else np.zeros(0, bool)
+    pos = {int(v): (float(s), float(p), float(q)) for v, s, p, q in zip(iv[first], tt[first], a[first], b[first])}
+    out = []
+    for k, n in enumerate(names):
+        s, p, q = pos.get(k, (float("nan"),) * 3)
+        out.append(hashlib.sha1(f"{n}|{s:.3f}|{p:.6g}|{q:.6g}".encode()).hexdigest()[:16])
+    return out
 
 
 # -- resampling ---------------------------------------------------------------------------------
 
-def resample(ids: np.ndarray, t: np.ndarray, x: np.ndarray, y: np.ndarray, *, sample_hz: float,
-             max_gap_s: float | None = None, min_samples: int = 2, t0: float | None = None,
-             max_speed_mps: float = MAX_SPEED_MPS) -> Tracks:
-    """Rows (any order) -> fixed-rate tracks on the grid ``t0 + k / sample_hz``.
+#: Rates the twin serves (Hz): the default model is trained across this range.
+MIN_HZ, MAX_HZ = 1.0, 25.0
+
+
+def native_rate(ids: np.ndarray, t: np.ndarray) -> float:
+    """The data's own sample rate (Hz): 1 / the median interval between a vehicle's consecutive
+    samples (rows sorted by id then time). Snapped to a whole number of Hz within 2 %."""
+    same = ids[1:] == ids[:-1]
+    d = np.diff(t)[same]
+    d = d[d > 0]
+    if d.size == 0:
+        raise InputError("no vehicle has two samples at different times: cannot tell the data's rate",
+                         field="time")
+    hz = 1.0 / float(np.median(d))
+    return float(round(hz)) if round(hz) >= 1 and abs(hz - round(hz)) <= 0.02 * hz else hz
+
+
+def _check_order(ids, t, sort_time: bool, time_col: str, names, report: dict):
+    """Rows grouped by vehicle (stable); a time that goes backwards within a vehicle is an error
+    naming the column and the vehicle (or, with ``sort_time``, sorted and counted)."""
+    order_file = np.argsort(ids, kind="stable")
+    ti, tt = ids[order_file], t[order_file]
+    back = (ti[1:] == ti[:-1]) & (tt[1:] < tt[:-1])
+    report["unsorted_tracks"] = int(np.unique(ti[1:][back]).size)
+    if back.any() and not sort_time:
+        j = int(np.flatnonzero(back)[0])
+        who = names[int(ti[j])] if names is not None else int(ti[j])
+        raise InputError(f"time is not increasing for vehicle {who}: {tt[j + 1]:g} s after {tt[j]:g} s "
+                         f"({report['unsorted_tracks']} vehicle(s) affected); sort the rows by time per "
+                         f"vehicle, or pass --sort-time to sort them (counted as repaired)", field=time_col)
+
+
+def _causal_grid(ts: np.ndarray, vals: np.ndarray, dt: float, tol: float = 1e-6):
+    """One segment's own grid ``ts[0] + k * dt`` (k = 0.. while <= ts[-1]) and its (n, 2) values.
+
+    Causal: a grid point takes the newest raw sample at or before it, carried forward at the
+    velocity of the last two raw samples at or before it; it never looks at a later sample.
+    On a grid that hits raw samples (native rate, or an integer downsampling) it is exact.
+    """
+    n = int(math.floor((ts[-1] - ts[0]) / dt + 1e-6)) + 1
+    grid = ts[0] + dt * np.arange(n)
+    i = np.searchsorted(ts, grid + tol, side="right") - 1
+    i = np.clip(i, 0, ts.size - 1)
+    j = np.maximum(i - 1, 0)
+    span = ts[i] - ts[j]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vel = np.where(span[:, None] > 0, (vals[i] - vals[j]) / span[:, None], 0.0)
+    return grid, vals[i] + (grid - ts[i])[:, None] * vel
+
+
+def resample(ids: np.ndarray, t: np.ndarray, x: np.ndarray, y: np.ndarray, *, sample_hz: float | None = None,
+             max_gap_s: float | None = None, min_samples: int = 2, allow_upsample: bool = False,
+             sort_time: bool = False, time_col: str = "time", names=None,
+             max_speed_mps: float = MAX_SPEED_MPS, rate_range: tuple[float, float] = (MIN_HZ, MAX_HZ)) -> Tracks:
+    """Rows (vehicles in any order) -> fixed-rate tracks, each on its own causal grid.
+
+    ``sample_hz`` None: the data's own rate (:func:`native_rate`). A rate above the data's own
+    is refused unless ``allow_upsample`` (then ``report["upsampled"]`` says so); a rate outside
+    ``rate_range`` (1-25 Hz) is refused. Each segment's grid starts at its first sample
+    (:func:`_causal_grid`): no sample ever carries information from after its own time.
+    A time going backwards within a vehicle raises (``sort_time``: sorted and counted).
 
     ``max_gap_s`` (default ``max(1 s, 2.5 / sample_hz)``): a track is split where two raw
     samples are further apart in time. It is also split where consecutive raw samples imply
     more than ``max_speed_mps`` (a teleport or an id reused by another vehicle). Segments with
-    fewer than ``min_samples`` samples are skipped. ``t0`` defaults to the earliest time.
+    fewer than ``min_samples`` samples are skipped, vehicles with a single row counted apart.
     """
-    if not (sample_hz and sample_hz > 0 and math.isfinite(sample_hz)):
-        raise InputError(f"sample rate must be a positive number of Hz, got {sample_hz}", field="sample_hz")
-    dt = 1.0 / float(sample_hz)
-    max_gap = float(max_gap_s) if max_gap_s is not None else max(1.0, 2.5 * dt)
     ids = np.asarray(ids, np.int64)
     t = np.asarray(t, np.float64)
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
     report = {"rows_in": int(ids.shape[0]), "nan_rows": 0, "duplicate_time_rows": 0, "unsorted_tracks": 0,
-              "gap_splits": 0, "jump_splits": 0, "short_segments": 0}
+              "single_sample_tracks": 0, "gap_splits": 0, "jump_splits": 0, "short_segments": 0}
     ok = np.isfinite(t) & np.isfinite(x) & np.isfinite(y)
     report["nan_rows"] = int((~ok).sum())
     ids, t, x, y = ids[ok], t[ok], x[ok], y[ok]
     if ids.size == 0:
         raise InputError("no rows with finite time and position", field="DATA")
-    # tracks whose rows were not in time order in the file: counted, then sorted
-    order_file = np.argsort(ids, kind="stable")
-    ti, tt = ids[order_file], t[order_file]
-    back = (ti[1:] == ti[:-1]) & (tt[1:] < tt[:-1])
-    report["unsorted_tracks"] = int(np.unique(ti[1:][back]).size)
+    _check_order(ids, t, sort_time, time_col, names, report)
     order = np.lexsort((t, ids))
     ids, t, x, y = ids[order], t[order], x[order], y[order]
     dup = np.concatenate([[False], (ids[1:] == ids[:-1]) & (t[1:] == t[:-1])])
     report["duplicate_time_rows"] = int(dup.sum())
     ids, t, x, y = ids[~dup], t[~dup], x[~dup], y[~dup]
-    base = float(t.min()) if t0 is None else float(t0)
-    # segment boundaries: new vehicle or a gap
+    _, counts = np.unique(ids, return_counts=True)
+    report["single_sample_tracks"] = int((counts == 1).sum())
+    native = native_rate(ids, t)
+    hz = native if sample_hz is None else float(sample_hz)
+    if not (math.isfinite(hz) and rate_range[0] - 1e-9 <= hz <= rate_range[1] + 1e-9):
+        what = "the data's own rate" if sample_hz is None else "the requested rate"
+        raise InputError(f"{what} {hz:g} Hz is outside {rate_range[0]:g}-{rate_range[1]:g} Hz; "
+                         f"give --sample-hz within that range (at most the data's {native:g} Hz)", field="sample_hz")
+    upsampled = hz > native * 1.01
+    if upsampled and not allow_upsample:
+        raise InputError(f"{hz:g} Hz is above the data's own rate ({native:g} Hz): upsampling invents samples; "
+                         f"give --sample-hz <= {native:g} or pass --allow-upsample", field="sample_hz")
+    report["native_hz"] = native
+    report["sample_hz"] = hz
+    report["upsampled"] = bool(upsampled)
+    dt = 1.0 / hz
+    max_gap = float(max_gap_s) if max_gap_s is not None else max(1.0, 2.5 * dt, 2.5 / native)
     new_veh = np.concatenate([[True], ids[1:] != ids[:-1]])
     same = ~new_veh[1:]
     dt_raw = np.diff(t)
@@ -356,49 +458,70 @@ def resample(ids: np.ndarray, t: np.ndarray, x: np.ndarray, y: np.ndarray, *, sa
     jump = np.concatenate([[False], same & ~gap[1:] & (speed > max_speed_mps)])
     report["gap_splits"] = int(gap.sum())
     report["jump_splits"] = int(jump.sum())
-    gap = gap | jump
-    starts = np.flatnonzero(new_veh | gap)
+    starts = np.flatnonzero(new_veh | gap | jump)
     ends = np.concatenate([starts[1:], [ids.size]])
+    xy = np.stack([x, y], axis=1)
     veh_out, xy_out, t_out, lens = [], [], [], []
-    eps = 1e-6
     for s, e in zip(starts.tolist(), ends.tolist()):
-        ts = t[s:e]
-        k0 = math.ceil((ts[0] - base) / dt - eps)
-        k1 = math.floor((ts[-1] - base) / dt + eps)
-        n = k1 - k0 + 1
-        if n < max(min_samples, 1):
+        if e - s < 2 or (t[e - 1] - t[s]) / dt + 1e-6 < max(min_samples, 1) - 1:
             report["short_segments"] += 1
             continue
-        grid = base + dt * np.arange(k0, k1 + 1)
-        gx = np.interp(grid, ts, x[s:e])
-        gy = np.interp(grid, ts, y[s:e])
+        grid, vals = _causal_grid(t[s:e], xy[s:e], dt)
         veh_out.append(ids[s])
-        xy_out.append(np.stack([gx, gy], axis=1))
+        xy_out.append(vals)
         t_out.append(grid)
-        lens.append(n)
+        lens.append(grid.size)
     report["tracks"] = len(lens)
     report["samples"] = int(sum(lens))
     if not lens:
-        raise InputError(f"no track has {min_samples} samples at {sample_hz:g} Hz "
-                         f"({report['short_segments']} too-short segments skipped); give longer tracks, a lower "
+        raise InputError(f"no track has {min_samples} samples at {hz:g} Hz "
+                         f"({report['short_segments']} too-short segments skipped, "
+                         f"{report['single_sample_tracks']} single-sample vehicles); give longer tracks, a lower "
                          f"past/future length or a higher --sample-hz", field="DATA")
     offs = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    _, veh_dense = np.unique(np.asarray(veh_out, np.int64), return_inverse=True)
+    raw = np.asarray(veh_out, np.int64)
+    _, veh_dense = np.unique(raw, return_inverse=True)
     return Tracks(dt, veh_dense.astype(np.int64).reshape(-1), offs, np.concatenate(xy_out), np.concatenate(t_out),
-                  report)
+                  report, raw_vehicle=raw)
 
 
-def load_tracks(path: str | os.PathLike, *, sample_hz: float, min_samples: int = 2,
+def load_tracks(path: str | os.PathLike, *, sample_hz: float | None = None, min_samples: int = 2,
                 columns: Mapping[str, str | None] | None = None, time_unit: str = "s", role: str = "all",
-                max_gap_s: float | None = None) -> tuple[Tracks, dict]:
-    """Read and resample one source; returns (tracks, info about columns and coordinates)."""
-    ids, t, x, y, info = read_rows(path, columns=columns, time_unit=time_unit, role=role)
+                max_gap_s: float | None = None, allow_upsample: bool = False, sort_time: bool = False
+                ) -> tuple[Tracks, dict]:
+    """Read and resample one source (default: at its own rate); returns (tracks, info)."""
+    rows = read_rows(path, columns=columns, time_unit=time_unit, role=role)
+    tr = tracks_from_rows(rows, sample_hz=sample_hz, min_samples=min_samples, max_gap_s=max_gap_s,
+                          allow_upsample=allow_upsample, sort_time=sort_time)
+    return tr, rows[4]
+
+
+def tracks_from_rows(rows: tuple, *, sample_hz: float | None = None, min_samples: int = 2,
+                     max_gap_s: float | None = None, allow_upsample: bool = False, sort_time: bool = False) -> Tracks:
+    """:func:`resample` the rows of :func:`read_rows`; ``tracks.keys`` holds one fingerprint per
+    segment (its vehicle's raw id and first raw position, :func:`vehicle_keys`), so a model can
+    remember which vehicles it was trained on."""
+    ids, t, x, y, info = rows
     try:
-        tr = resample(ids, t, x, y, sample_hz=sample_hz, max_gap_s=max_gap_s, min_samples=min_samples)
+        tr = resample(ids, t, x, y, sample_hz=sample_hz, max_gap_s=max_gap_s, min_samples=min_samples,
+                      allow_upsample=allow_upsample, sort_time=sort_time, time_col=info["time_col"],
+                      names=info.get("id_names"))
     except InputError as exc:
         raise InputError(str(exc), source=info["source"]) from None
     tr.report["null_id_rows"] = info.get("null_id_rows", 0)
-    return tr, info
+    keys = np.asarray(info["vehicle_keys"])[tr.raw_vehicle]
+    return Tracks(tr.dt, tr.vehicle, tr.offsets, tr.xy, tr.t, tr.report, raw_vehicle=tr.raw_vehicle, keys=keys)
+
+
+def split_by_key(tracks: Tracks, test_fraction: float, seed: int = 0) -> np.ndarray:
+    """(K,) bool: the tracks whose vehicle is held apart for testing. Decided by a hash of the
+    vehicle's key and the seed, so a vehicle lands on the same side at every rate."""
+    import hashlib
+
+    if not 0.0 < test_fraction < 1.0:
+        raise InputError(f"test fraction must lie in (0, 1), got {test_fraction}", field="--test-fraction")
+    u = np.array([int(hashlib.sha1(f"{seed}:{k}".encode()).hexdigest()[:8], 16) / 2 ** 32 for k in tracks.keys])
+    return u < test_fraction
 
 
 # -- windows and splits ---------------------------------------------------------------------------

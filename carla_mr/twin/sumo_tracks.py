@@ -35,11 +35,16 @@ def _net_offset(net_path: Path) -> tuple[float, float]:
 
 def simulate(net_path: str | os.PathLike, out_path: str | os.PathLike, *, vehicles: int = 100,
              duration_s: float = 600.0, tick_s: float = 0.05, record_every: int = 1, av_share: float = 0.2,
-             seed: int = 0, warmup_s: float = 20.0) -> dict:
+             seed: int = 0, warmup_s: float = 20.0, speed_factor: tuple[float, float] = (0.7, 1.3),
+             lane_change_s: float = 3.0) -> dict:
     """Run random-route SUMO traffic and write its tracks as parquet; returns a summary dict.
 
     ``vehicles`` cars are kept alive (arrivals are replaced); a share ``av_share`` of them get
-    role 1 (AV). Every ``record_every``-th tick after ``warmup_s`` seconds is written.
+    role 1 (AV). Every ``record_every``-th tick after ``warmup_s`` seconds is written. Each car
+    drives at its own share of the speed limit, drawn uniformly from ``speed_factor`` (varied
+    speeds; SUMO's lane-change model changes lanes on multi-lane roads, each change a smooth
+    lateral move over ``lane_change_s`` seconds, not a jump).
+    ``net_path`` may be a ``.net.xml`` or an OpenDRIVE ``.xodr`` (converted by netconvert, cached).
     """
     import libsumo as ts
     import pyarrow as pa
@@ -51,6 +56,10 @@ def simulate(net_path: str | os.PathLike, out_path: str | os.PathLike, *, vehicl
     net_path = Path(net_path)
     if not net_path.is_file():
         raise InputError("SUMO network not found", field="net", source=str(net_path))
+    if net_path.suffix.lower() == ".xodr":
+        from carla_mr.world.sumo_net import build_net
+
+        net_path = Path(build_net(net_path).path)
     rng = np.random.default_rng(seed)
     net = sumolib.net.readNet(str(net_path))
     edges = [e.getID() for e in net.getEdges() if e.allows("passenger") and e.getFunction() != "internal"]
@@ -59,7 +68,8 @@ def simulate(net_path: str | os.PathLike, out_path: str | os.PathLike, *, vehicl
     off = net.getLocationOffset()
     ts.start(["sumo", "-n", str(net_path), "--step-length", str(tick_s), "--seed", str(int(seed) % (2**31)),
               "--no-step-log", "true", "--no-warnings", "true", "--time-to-teleport", "60",
-              "--collision.action", "remove", "--ignore-route-errors", "true"])
+              "--collision.action", "remove", "--ignore-route-errors", "true",
+              "--lanechange.duration", str(lane_change_s)])
     try:
         next_id = 0
         roles: dict[str, int] = {}
@@ -81,6 +91,7 @@ def simulate(net_path: str | os.PathLike, out_path: str | os.PathLike, *, vehicl
                 next_id += 1
                 ts.route.add(rid, list(route.edges))
                 ts.vehicle.add(vid, rid, departLane="best", departSpeed="max")
+                ts.vehicle.setSpeedFactor(vid, float(rng.uniform(*speed_factor)))
                 roles[vid] = 1 if rng.random() < av_share else 0
                 live += 1
             ts.simulationStep()

@@ -8,6 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from carla_mr.errors import InputError
 from carla_mr.twin import data
@@ -106,7 +108,9 @@ def test_bad_rows_are_counted_not_silent():
     gap = (ids == 103) & (t > 4.0) & (t < 6.0)
     ids, t, x, y = ids[~gap], t[~gap], x[~gap], y[~gap]
     x[(ids == 102) & (t > 7.0)] += 500.0  # a teleport: 500 m in 0.1 s
-    tr = data.resample(ids, t, x, y, sample_hz=2.0, min_samples=5)
+    with pytest.raises(InputError, match="time: time is not increasing for vehicle 101.*--sort-time"):
+        data.resample(ids, t, x, y, sample_hz=2.0, min_samples=5)
+    tr = data.resample(ids, t, x, y, sample_hz=2.0, min_samples=5, sort_time=True)
     rep = tr.report
     assert rep["nan_rows"] == 3
     assert rep["unsorted_tracks"] == 1
@@ -114,6 +118,7 @@ def test_bad_rows_are_counted_not_silent():
     assert rep["gap_splits"] == 1
     assert rep["jump_splits"] == 1
     assert rep["short_segments"] == 1  # vehicle 999 (0.2 s long)
+    assert rep["native_hz"] == 10.0 and rep["upsampled"] is False
     assert tr.n_tracks == clean.n_tracks + 2  # vehicles 102 and 103 are now two segments each
     # the shuffled vehicle resamples to the same positions as the clean one
     np.testing.assert_allclose(tr.track(1), clean.track(1))
@@ -193,3 +198,74 @@ def test_rows_without_id_are_counted(tmp_path):
     tr, info = data.load_tracks(p, sample_hz=1.0)
     assert tr.n_tracks == 1 and tr.report["null_id_rows"] == 3 and info["null_id_rows"] == 3
     np.testing.assert_allclose(tr.xy[:, 0], np.arange(10.0))
+
+
+def _jittered(seed=0, n_veh=6, seconds=30.0, hz=4.0):
+    """Irregularly sampled rows (jitter of up to a third of a period) of curvy vehicles."""
+    r = synthetic_rows(n_vehicles=n_veh, seconds=seconds, hz=hz, seed=seed)
+    rng = np.random.default_rng(seed)
+    t = r["t"] + rng.uniform(-0.3, 0.3, r["t"].size) / hz
+    return r["id"], t, r["x"], r["y"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31), st.sampled_from([1.0, 2.0, 4.0, 8.0]), st.floats(3.0, 25.0))
+def test_resampling_is_causal(seed, hz, t_cut):
+    """Perturb every raw sample after t_cut: no window whose last input time is <= t_cut changes
+    (at the native rate, downsampled, and upsampled with --allow-upsample)."""
+    ids, t, x, y = _jittered(seed % 1000)
+    rng = np.random.default_rng(seed)
+    after = t > t_cut
+    x2, y2 = x.copy(), y.copy()
+    x2[after] += rng.normal(size=after.sum()) * 5
+    y2[after] += rng.normal(size=after.sum()) * 5
+    kw = dict(sample_hz=hz, allow_upsample=True, max_gap_s=10.0, max_speed_mps=1e9)
+    a = data.resample(ids, t, x, y, **kw)
+    b = data.resample(ids, t, x2, y2, **kw)
+    assert a.n_tracks == b.n_tracks
+    past = 3
+    starts = data.window_starts(a, past, 1)
+    last = starts + past - 1
+    keep = a.t[last] <= t_cut
+    idx = starts[keep][:, None] + np.arange(past)
+    np.testing.assert_array_equal(a.xy[idx], b.xy[idx])
+    np.testing.assert_array_equal(a.t, b.t)
+
+
+def test_native_rate_default_and_no_upsampling():
+    r = synthetic_rows(n_vehicles=3, seconds=20, hz=5)
+    tr = data.resample(r["id"], r["t"], r["x"], r["y"])
+    assert tr.hz == 5.0 and tr.report["native_hz"] == 5.0
+    # at its own rate each track is exactly its raw samples, on a grid starting at its first sample
+    np.testing.assert_array_equal(tr.track(0)[:, 0], r["x"][r["id"] == 100])
+    with pytest.raises(InputError, match="sample_hz.*above the data's own rate.*--allow-upsample"):
+        data.resample(r["id"], r["t"], r["x"], r["y"], sample_hz=10.0)
+    up = data.resample(r["id"], r["t"], r["x"], r["y"], sample_hz=10.0, allow_upsample=True)
+    assert up.report["upsampled"] is True
+    with pytest.raises(InputError, match="sample_hz.*0.5 Hz is outside 1-25 Hz"):
+        data.resample(r["id"], r["t"], r["x"], r["y"], sample_hz=0.5)
+    fast = synthetic_rows(n_vehicles=2, seconds=2, hz=50)
+    with pytest.raises(InputError, match="data's own rate 50 Hz is outside 1-25 Hz"):
+        data.resample(fast["id"], fast["t"], fast["x"], fast["y"])
+    ok = data.resample(fast["id"], fast["t"], fast["x"], fast["y"], sample_hz=25.0)
+    assert ok.hz == 25.0
+
+
+def test_single_sample_tracks_are_counted():
+    r = synthetic_rows(n_vehicles=2, seconds=10, hz=2)
+    ids = np.concatenate([r["id"], [7, 8]])
+    t = np.concatenate([r["t"], [1.0, 2.0]])
+    x = np.concatenate([r["x"], [0.0, 0.0]])
+    y = np.concatenate([r["y"], [0.0, 0.0]])
+    tr = data.resample(ids, t, x, y)
+    assert tr.report["single_sample_tracks"] == 2 and tr.n_tracks == 2
+
+
+def test_vehicle_keys_follow_the_vehicle_not_the_rate():
+    ids = np.array([0, 0, 1, 1])
+    t = np.array([0.0, 1.0, 5.0, 6.0])
+    x = np.array([1.0, 2.0, 1.0, 2.0])
+    k = data.vehicle_keys(ids, t, x, x, ["7", "8"])
+    k_same_place_later = data.vehicle_keys(ids, t + 100.0, x, x, ["7", "8"])
+    assert k[0] != k[1] and len(set(k) & set(k_same_place_later)) == 0
+    assert data.vehicle_keys(ids[::-1], t[::-1], x[::-1], x[::-1], ["7", "8"]) == k

@@ -120,22 +120,44 @@ def test_all_vehicles_and_no_files(tmp_path):
     assert not (tmp_path / "run" / "predictions.parquet").exists()
 
 
-def test_lstm_model_from_scenario_folder(tmp_path):
-    torch = pytest.importorskip("torch")
-    from carla_mr.twin.predictors import LSTMPredictor, LSTMRecipe
+def _biased_model(path, past=4, future=2):
+    """A residual model whose correction is always +bound along x: wrong for every vehicle."""
+    from carla_mr.twin.residual import ResidualPredictor, n_features
 
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    past = np.cumsum(rng.normal(size=(64, 4, 2)), axis=1)
-    m = LSTMPredictor(4, 2, 2.0, LSTMRecipe(epochs=1, hidden=8))
-    m.fit(past, past[:, -2:] + 1.0)
-    m.save(tmp_path / "models" / "m1")
+    d = n_features()
+    params = {"W0": np.zeros((d, 4), np.float32), "b0": np.zeros(4, np.float32),
+              "W1": np.zeros((4, 2 * future), np.float32), "b1": np.tile([20.0, 0.0], future).astype(np.float32)}
+    m = ResidualPredictor(past, future, 2.0, params=params, norm={"mean": np.zeros(d), "std": np.ones(d)})
+    m.save(path)
+
+
+def test_gating_serves_the_better_predictor_and_r_counts_what_was_served(tmp_path):
+    """A model from the scenario's folder that is worse than constant velocity on every vehicle:
+    after the first scores, constant velocity serves; R and the files say what was served."""
+    _biased_model(tmp_path / "models" / "m1")
     sc = _scenario(tmp_path, model="models/m1")
     runner = Runner(sc, tmp_path / "run", stages=[TwinStage(sc.twin)], world=ScriptedWorld(), progress=False,
-                    ticks=100)
+                    ticks=200)
     summary = runner.run()
-    assert summary["stages"]["twin"]["model"] == "lstm" and summary["stages"]["twin"]["past"] == 4
-    assert summary["stages"]["twin"]["scored"] > 0
+    tw = summary["stages"]["twin"]
+    assert tw["model"] == "residual" and tw["past"] == 4 and tw["scored"] > 0
+    share = tw["served_share"]
+    assert share["constant_velocity"] > 0.5 and share["model"] > 0 and abs(sum(share.values()) - 1) < 1e-9
+    acc = runner.ctx.board.twin_accuracy
+    assert acc.served_by is not None and set(acc.served_by.tolist()) == {"constant_velocity"}
+    ev = pq.read_table(tmp_path / "run" / "twin_eval.parquet").to_pydict()
+    served = np.array(ev["served_by"])
+    ade, am, ab = (np.array(ev[k]) for k in ("ade", "ade_model", "ade_baseline"))
+    np.testing.assert_allclose(ade, np.where(served == "model", am, ab))
+    assert (am[served == "constant_velocity"] > ab[served == "constant_velocity"]).all()
+    pr = pq.read_table(tmp_path / "run" / "predictions.parquet").to_pydict()
+    assert set(pr["served_by"]) == {"model", "constant_velocity"}
+    # straight-driving AVs 1..3: once constant velocity serves, every served prediction hits, so R -> 1
+    r = dict(zip(acc.ids.tolist(), acc.r.tolist()))
+    assert r[1] > 0.8 and r[2] > 0.8
+    sec = TwinStage.report_section(tmp_path / "run", summary, tmp_path / "figs")
+    assert "served by" in sec.markdown and "constant_velocity" in sec.markdown
+    assert sec.headline["served_share_constant_velocity"] > 0.5
 
 
 def test_bad_model_and_rate(tmp_path):

@@ -1,4 +1,5 @@
-"""Predictors: exact baselines, the local frame, a tiny LSTM that learns curvature, persistence."""
+"""Predictors: exact baselines, the local frame, the residual model (zero output == constant velocity,
+bounded correction, learns curvature across rates, rigid-motion equivariance), persistence."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from carla_mr.errors import InputError
 from carla_mr.twin import data
 from carla_mr.twin.frames import heading_from_past, to_local, to_world
 from carla_mr.twin.metrics import compare
-from carla_mr.twin.predictors import (ConstantVelocity, LSTMPredictor, LSTMRecipe, ZeroMotion, load_predictor)
+from carla_mr.twin.predictors import ConstantVelocity, ZeroMotion, load_predictor
+from carla_mr.twin.residual import CORRECTION_BOUND, ResidualPredictor, bounds, n_features
+from carla_mr.twin.residual_train import ResidualRecipe, fit, prepare
 from twin_helpers import synthetic_rows
 
 torch = pytest.importorskip("torch")
@@ -58,44 +61,77 @@ def test_heading_of_a_parked_vehicle_is_zero():
     assert heading_from_past(np.zeros((2, 5, 2))).tolist() == [0.0, 0.0]
 
 
-def _curvy(past=12, future=4, seconds=80, n=40, seed=0):
-    r = synthetic_rows(n_vehicles=n, seconds=seconds, hz=2, seed=seed)
-    tr = data.resample(r["id"], r["t"], r["x"], r["y"], sample_hz=2.0)
+def _curvy(hz=2.0, past=12, future=4, seconds=80, n=40, seed=0):
+    r = synthetic_rows(n_vehicles=n, seconds=seconds, hz=10, seed=seed)
+    tr = data.resample(r["id"], r["t"], r["x"], r["y"], sample_hz=hz)
     return data.windows(tr, past, future, step=1)
 
 
-def test_tiny_lstm_learns_curvature_and_round_trips(tmp_path):
-    torch.manual_seed(0)
-    pa, fu, g = _curvy(seed=0)
-    tp, tf, _ = _curvy(seed=1, n=10)
-    recipe = LSTMRecipe(epochs=6, batch_size=64, hidden=16, lr=3e-3, patience=None)
-    m = LSTMPredictor(12, 4, 2.0, recipe)
-    info = m.fit(pa, fu, groups=g, seed=0)
-    assert info["epochs_run"] == 6 and info["val_windows"] > 0
-    res = compare({"lstm": m.predict(tp), "constant_velocity": ConstantVelocity(12, 4, 2.0).predict(tp)}, tp, tf)
-    assert res["lstm"]["ade"] < 0.8 * res["constant_velocity"]["ade"], res
-    d = m.save(tmp_path / "model")
+def _trained(rates=(1.0, 2.0, 5.0), future=4, epochs=8, n=30, seed=0):
+    parts, groups = [], []
+    for hz in rates:
+        pa, fu, g = _curvy(hz, 12, future, n=n, seed=seed)
+        parts.append(prepare(pa, fu, 1 / hz))
+        groups.append(g)
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    params, norm, facts = fit(arrays, np.concatenate(groups), ResidualRecipe(epochs=epochs, hidden=32, patience=3))
+    return ResidualPredictor(12, future, rates[0], params=params, norm=norm, info=facts, train_keys=["a", "b"])
+
+
+def test_untrained_and_zero_output_residual_is_constant_velocity():
+    pa, _, _ = _curvy(2.0, n=5, seconds=30)
+    m = ResidualPredictor(12, 4, 2.0)
+    np.testing.assert_allclose(m.predict(pa), ConstantVelocity(12, 4, 2.0).predict(pa), atol=1e-9)
+    params = {"W0": np.zeros((n_features(), 8), np.float32), "b0": np.zeros(8, np.float32),
+              "W1": np.zeros((8, 8), np.float32), "b1": np.zeros(8, np.float32)}
+    z = ResidualPredictor(12, 4, 2.0, params=params, norm={"mean": np.zeros(n_features()),
+                                                            "std": np.ones(n_features())})
+    np.testing.assert_allclose(z.predict(pa), ConstantVelocity(12, 4, 2.0).predict(pa), atol=1e-9)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31), st.sampled_from([1.0, 2.0, 5.0, 10.0, 25.0]))
+def test_residual_correction_is_bounded(seed, hz):
+    """Whatever the weights, no correction exceeds its bound: the model stays near physics."""
+    rng = np.random.default_rng(seed)
+    d = n_features()
+    params = {"W0": rng.normal(size=(d, 16)).astype(np.float32) * 10, "b0": np.zeros(16, np.float32),
+              "W1": rng.normal(size=(16, 8)).astype(np.float32) * 10, "b1": np.zeros(8, np.float32)}
+    m = ResidualPredictor(30, 4, hz, params=params, norm={"mean": np.zeros(d), "std": np.ones(d)})
+    past = np.cumsum(rng.normal(size=(20, 30, 2)) * 2, axis=1)
+    diff = np.abs(m.predict(past) - ConstantVelocity(30, 4, hz).predict(past))
+    b = bounds(1 / hz, 4)
+    assert (diff <= np.sqrt(2) * b[None, :, None] + 1e-9).all() and b.max() <= CORRECTION_BOUND
+
+
+def test_residual_learns_curvature_at_every_rate_and_round_trips(tmp_path):
+    m = _trained()
+    for hz in (1.0, 2.0, 5.0):
+        tp, tf, _ = _curvy(hz, 12, 4, n=10, seed=5)  # other vehicles
+        m.sample_hz = hz
+        res = compare({"m": m.predict(tp), "constant_velocity": ConstantVelocity(12, 4, hz).predict(tp)}, tp, tf)
+        assert res["m"]["ade"] < 0.8 * res["constant_velocity"]["ade"], (hz, res)
+    d = m.save(tmp_path / "res")
     cfg = json.loads((d / "config.json").read_text())
-    assert cfg["kind"] == "lstm" and cfg["recipe"]["dropout"] == 0.05 and "f_mean" in cfg["norm"]
+    assert cfg["kind"] == "residual" and cfg["train_vehicle_keys"] == ["a", "b"]
     with np.load(d / "weights.npz", allow_pickle=False) as z:
         assert all(z[k].dtype == np.float32 for k in z.files)
-    back = load_predictor(d)
-    assert isinstance(back, LSTMPredictor)
-    np.testing.assert_allclose(back.predict(tp[:50]), m.predict(tp[:50]), atol=1e-5)
+    back = load_predictor(d, sample_hz=5.0)
+    assert isinstance(back, ResidualPredictor) and back.sample_hz == 5.0
+    np.testing.assert_allclose(back.predict(tp[:50]), m.predict(tp[:50]), atol=1e-6)
 
 
-def test_lstm_is_equivariant_to_rigid_motions():
+def test_residual_is_equivariant_to_rigid_motions():
     """Inputs live in the window's local frame, so rotating/translating the world moves the
     prediction the same way."""
-    pa, fu, g = _curvy(n=8, seconds=30)
-    m = LSTMPredictor(12, 4, 2.0, LSTMRecipe(epochs=1, hidden=8, patience=None))
-    m.fit(pa, fu, groups=g)
+    m = _trained(rates=(2.0,), epochs=1, n=6)
+    pa, _, _ = _curvy(2.0, n=4, seconds=30, seed=3)
     a = 0.7
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     shift = np.array([1234.0, -567.0])
     p0 = m.predict(pa[:20])
     p1 = m.predict(pa[:20] @ rot.T + shift)
-    np.testing.assert_allclose(p1, p0 @ rot.T + shift, atol=2e-3)
+    np.testing.assert_allclose(p1, p0 @ rot.T + shift, atol=1e-6)
 
 
 def test_baselines_save_and_load(tmp_path):
@@ -117,30 +153,9 @@ def test_model_errors(tmp_path):
     with pytest.raises(InputError, match="not valid JSON"):
         load_predictor(tmp_path / "m")
     with pytest.raises(InputError, match="not trained"):
-        LSTMPredictor(5, 2).predict(np.zeros((1, 5, 2)))
-    with pytest.raises(InputError, match="dropout"):
-        LSTMRecipe(dropout=1.5)
-    m = LSTMPredictor(12, 4, 2.0, LSTMRecipe(epochs=1, hidden=8))
-    pa, fu, _ = _curvy(n=3, seconds=20)
-    m.fit(pa, fu)
-    d = m.save(tmp_path / "lstm")
+        ResidualPredictor(5, 2).save(tmp_path / "x")
+    m = _trained(rates=(2.0,), epochs=1, n=4)
+    d = m.save(tmp_path / "res")
     (d / "weights.npz").unlink()
     with pytest.raises(InputError, match="weights.npz"):
         load_predictor(d)
-
-
-def test_predict_threads_are_set_and_restored():
-    pa, fu, _ = _curvy(n=3, seconds=20)
-    m = LSTMPredictor(12, 4, 2.0, LSTMRecipe(epochs=1, hidden=8))
-    m.fit(pa, fu)
-    before = torch.get_num_threads()
-    seen = []
-    net = m.net
-    m.net = lambda x: (seen.append(torch.get_num_threads()), net(x))[1]
-    try:
-        torch.set_num_threads(2)
-        m.threads = 1
-        m.predict(pa[:3])
-        assert seen == [1] and torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)

@@ -1,0 +1,143 @@
+"""Training the residual predictor (torch, CPU): windows at several rates -> MLP weights.
+
+:func:`prepare` turns windows of one rate into the training arrays (features, constant
+velocity and the truth in the local frame, the correction bounds); :func:`fit` trains the MLP
+on the pooled arrays of every rate with the mean Euclidean error (ADE, metres) as the loss,
+early-stopped on a by-vehicle validation share, and returns the numpy weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from carla_mr.errors import InputError, require
+from carla_mr.twin.frames import to_local
+from carla_mr.twin.residual import bounds, context_samples, cv_local, features, local_frame
+
+
+@dataclass
+class ResidualRecipe:
+    """MLP size and training schedule. ``noise_m``: half the windows at <= 5 Hz get Gaussian
+    position noise with a standard deviation drawn from [0, noise_m] (robustness to measured tracks)."""
+
+    hidden: int = 64
+    layers: int = 2
+    epochs: int = 40
+    batch_size: int = 512
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    val_fraction: float = 0.1
+    patience: int = 5
+    max_seconds: float | None = 900.0
+    noise_m: float = 0.2
+
+    def __post_init__(self):
+        if min(self.hidden, self.layers, self.epochs, self.batch_size) < 1 or not self.lr > 0:
+            raise InputError("hidden, layers, epochs, batch_size must be >= 1 and lr > 0", field="recipe")
+
+
+def prepare(past: np.ndarray, future: np.ndarray, dt: float, *, rng: np.random.Generator | None = None,
+            noise_m: float = 0.0) -> dict[str, np.ndarray]:
+    """Windows of one rate -> {feat (M, D), cv (M, F, 2), y (M, F, 2), bound (M, F)} in the local frame."""
+    past = np.asarray(past, np.float64)
+    future = np.asarray(future, np.float64)
+    if noise_m > 0 and dt >= 0.2 - 1e-9 and rng is not None:
+        m = past.shape[0]
+        sig = rng.uniform(0, noise_m, m) * (rng.random(m) < 0.5)
+        past = past + rng.normal(size=past.shape) * sig[:, None, None]
+        future = future + rng.normal(size=future.shape) * sig[:, None, None]
+    past = past[:, -context_samples(dt, past.shape[1]):]
+    origin, heading = local_frame(past)
+    f = future.shape[1]
+    return {"feat": features(past, dt), "cv": cv_local(past, heading, f), "y": to_local(future, origin, heading),
+            "bound": np.broadcast_to(bounds(dt, f), (past.shape[0], f)).copy()}
+
+
+def _net(torch, n_in: int, hidden: int, layers: int, n_out: int):
+    mods, d = [], n_in
+    for _ in range(layers):
+        mods += [torch.nn.Linear(d, hidden), torch.nn.ReLU()]
+        d = hidden
+    mods.append(torch.nn.Linear(d, n_out))
+    net = torch.nn.Sequential(*mods)
+    with torch.no_grad():  # start at constant velocity exactly
+        mods[-1].weight.zero_()
+        mods[-1].bias.zero_()
+    return net
+
+
+def _ade(torch, net, X, CV, Y, B):
+    o = net(X).reshape(CV.shape)
+    pred = CV + torch.tanh(o) * B.unsqueeze(-1)
+    return torch.sqrt(((pred - Y) ** 2).sum(-1) + 1e-6).mean()
+
+
+def fit(arrays: dict[str, np.ndarray], groups: np.ndarray, recipe: ResidualRecipe, *, seed: int = 0,
+        on_epoch: Callable[[int, float, float], None] | None = None) -> tuple[dict, dict, dict[str, Any]]:
+    """Train on pooled ``prepare`` arrays; ``groups`` (M,) vehicle keys for the validation split.
+
+    Returns (params {W0, b0, ...} float32, norm {mean, std}, facts).
+    """
+    torch = require("torch", extra="genai", feature="twin train")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    m = arrays["feat"].shape[0]
+    if m < 10:
+        raise InputError(f"need at least 10 training windows, got {m}", field="DATA")
+    ug = np.unique(groups)
+    n_val = min(ug.size - 1, max(1, int(round(recipe.val_fraction * ug.size)))) if ug.size >= 2 else 0
+    is_val = np.isin(groups, rng.permutation(ug)[:n_val]) if n_val else np.zeros(m, bool)
+    feat = arrays["feat"]
+    mean, std = feat[~is_val].mean(0), feat[~is_val].std(0) + 1e-6
+    std[std < 1e-3] = 1.0  # constant columns (e.g. an always-present lag flag) pass through
+    T = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in
+         {"X": (feat - mean) / std, "CV": arrays["cv"], "Y": arrays["y"], "B": arrays["bound"]}.items()}
+    f = arrays["cv"].shape[1]
+    net = _net(torch, feat.shape[1], recipe.hidden, recipe.layers, 2 * f)
+    opt = torch.optim.Adam(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    tr_idx, va_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    best, best_state, since, t0, stop, epoch = math.inf, None, 0, time.perf_counter(), "epochs", 0
+    for epoch in range(1, recipe.epochs + 1):
+        net.train()
+        perm = rng.permutation(tr_idx)
+        tot = 0.0
+        for i in range(0, perm.size, recipe.batch_size):
+            b = torch.from_numpy(perm[i:i + recipe.batch_size])
+            opt.zero_grad()
+            loss = _ade(torch, net, T["X"][b], T["CV"][b], T["Y"][b], T["B"][b])
+            loss.backward()
+            opt.step()
+            tot += loss.item() * len(b)
+        net.eval()
+        with torch.no_grad():
+            idx = torch.from_numpy(va_idx if va_idx.size else tr_idx)
+            val = float(_ade(torch, net, T["X"][idx], T["CV"][idx], T["Y"][idx], T["B"][idx]))
+        if on_epoch:
+            on_epoch(epoch, tot / max(perm.size, 1), val)
+        if val < best - 1e-5:
+            best, since = val, 0
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        else:
+            since += 1
+        if since >= recipe.patience:
+            stop = "patience"
+            break
+        if recipe.max_seconds is not None and time.perf_counter() - t0 > recipe.max_seconds:
+            stop = "max_seconds"
+            break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    lin = [mod for mod in net if isinstance(mod, torch.nn.Linear)]
+    params = {}
+    for i, mod in enumerate(lin):
+        params[f"W{i}"] = mod.weight.detach().numpy().T.astype(np.float32).copy()
+        params[f"b{i}"] = mod.bias.detach().numpy().astype(np.float32).copy()
+    facts = {"recipe": asdict(recipe), "epochs_run": epoch, "stopped_by": stop,
+             "train_seconds": round(time.perf_counter() - t0, 1), "train_windows": int(tr_idx.size),
+             "val_windows": int(va_idx.size), "best_val_ade_m": best}
+    return params, {"mean": mean, "std": std}, facts
