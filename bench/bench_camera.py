@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-TOWN01 = REPO.parent / "shared" / "maps" / "Town01.xodr"
+TOWN01 = REPO / "maps" / "Town01.xodr"
 KINDS = ("stop", "yield", "speed_limit", "no_entry", "priority_road", "parking", "warning", "mandatory_arrow",
          "speed_limit", "stop")
 

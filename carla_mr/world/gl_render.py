@@ -167,6 +167,52 @@ def sign_vertices(geom: SignGeometry, base_layer: np.ndarray) -> np.ndarray:
     return rows.astype(np.float32)
 
 
+#: Static triangles are grouped in square tiles of this size (metres) and culled per tile.
+TILE_M = 64.0
+#: Tiles farther than this from the camera (metres) are not drawn (fog hides the cut).
+CULL_DISTANCE_M = 700.0
+
+
+def tile_triangles(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort triangle rows (N*3, C) by the tile of their centroid (stable: the order within a
+    tile is kept). Returns (rows, tiles) with tiles (T, 8): first vertex, vertex count,
+    bounds x0, y0, z0, x1, y1, z1 (metres)."""
+    if len(rows) == 0:
+        return rows, np.zeros((0, 8))
+    tri = rows.reshape(-1, 3, rows.shape[1])
+    key = np.floor(tri[:, :, :2].mean(axis=1) / TILE_M).astype(np.int64)
+    k = key[:, 0] * 1_000_003 + key[:, 1]
+    order = np.argsort(k, kind="stable")
+    tri, k = tri[order], k[order]
+    _, start, count = np.unique(k, return_index=True, return_counts=True)
+    tiles = np.zeros((len(start), 8))
+    for j, (a, n) in enumerate(zip(start, count)):
+        p = tri[a:a + n, :, :3].reshape(-1, 3)
+        tiles[j] = (a * 3, n * 3, *p.min(axis=0), *p.max(axis=0))
+    return np.ascontiguousarray(tri.reshape(-1, rows.shape[1])), tiles
+
+
+def visible_ranges(tiles: np.ndarray, spec: CameraSpec, pose: np.ndarray) -> list[tuple[int, int]]:
+    """(first vertex, count) ranges of the tiles whose bounds meet the camera's frustum and lie
+    within :data:`CULL_DISTANCE_M`, nearest first."""
+    if not len(tiles):
+        return []
+    lo, hi = tiles[:, 2:5], tiles[:, 5:8]
+    corners = np.stack([np.where(np.array(m)[None, :], hi, lo) for m in np.ndindex(2, 2, 2)], axis=1)  # (T, 8, 3)
+    rot = pose[:3, :3].T
+    cam = (corners - pose[:3, 3]) @ rot.T
+    f = spec.focal_px
+    gu, gv = (spec.width / 2.0 + 2) / f, (spec.height / 2.0 + 2) / f
+    planes = np.array([[1.0, 0, 0], [gu, -1.0, 0], [gu, 1.0, 0], [gv, 0, -1.0], [gv, 0, 1.0]])
+    side = np.einsum("pj,tkj->tkp", planes, cam) >= np.array([NEAR_M, 0, 0, 0, 0])
+    seen = ~(~side).all(axis=1).any(axis=1)
+    near = np.clip(pose[:3, 3], lo, hi)
+    seen &= np.linalg.norm(near - pose[:3, 3], axis=1) <= CULL_DISTANCE_M
+    idx = np.nonzero(seen)[0]
+    idx = idx[np.argsort(np.linalg.norm(near[idx] - pose[:3, 3], axis=1), kind="stable")]
+    return [(int(tiles[j, 0]), int(tiles[j, 1])) for j in idx]
+
+
 class GLSceneRenderer:
     """Renders a town's static mesh, vehicles and signs from any camera pose with OpenGL.
 
@@ -189,7 +235,7 @@ class GLSceneRenderer:
         self.p_sign = ctx.program(vertex_shader=sh.SIGN_VS, fragment_shader=sh.SIGN_FS)
         self.p_amodal = ctx.program(vertex_shader=sh.SIGN_VS, fragment_shader=sh.AMODAL_FS)
         self.p_sky = ctx.program(vertex_shader=sh.SKY_VS, fragment_shader=sh.SKY_FS)
-        rows = static.interleaved()
+        rows, self.tiles = tile_triangles(static.interleaved())
         self.n_static = len(rows)
         self.vao_static = None
         if len(rows):
@@ -328,15 +374,9 @@ class GLSceneRenderer:
         fbo.use()
         fbo.clear(0.0, 0.0, 0.0, 1.0, depth=1.0)
         self._uniforms(spec, pose)
-        ctx.disable(ctx.DEPTH_TEST | ctx.CULL_FACE | ctx.BLEND)
-        fbo.depth_mask = False
-        self.vao_sky.render(vertices=3)
-        fbo.depth_mask = True
+        ctx.disable(ctx.CULL_FACE)
         ctx.enable(ctx.DEPTH_TEST | ctx.BLEND)
         ctx.blend_func = ctx.SRC_ALPHA, ctx.ONE_MINUS_SRC_ALPHA
-        if self.vao_static is not None:
-            ctx.polygon_offset = (0.0, 0.0)
-            self.vao_static.render(vertices=self.n_static)
         nveh = self._vehicles(vehicles, exclude_id, pose[:3, 3], vehicle_types)
         if nveh:
             self.vao_vehicle.render(instances=nveh)
@@ -352,7 +392,19 @@ class GLSceneRenderer:
             dist = self._sign_state(pose[:3, 3], tl_state)
             self.vao_sign.render()
             labels_in = (dist, self._amodal(fbo))
+        # The town after the near objects, nearest tiles first (hidden fragments fail the depth test early).
+        ctx.enable(ctx.DEPTH_TEST | ctx.BLEND)
+        if self.vao_static is not None:
+            for first, count in visible_ranges(self.tiles, spec, pose):
+                self.vao_static.render(vertices=count, first=first)
+        # The sky last, only where nothing was drawn (its depth is the far plane).
         ctx.disable(ctx.BLEND)
+        ctx.enable(ctx.DEPTH_TEST)
+        ctx.depth_func = "<="
+        fbo.depth_mask = False
+        self.vao_sky.render(vertices=3)
+        fbo.depth_mask = True
+        ctx.depth_func = "<"
         img = np.frombuffer(fbo.read(components=3, attachment=0), np.uint8).reshape(h, w, 3)[::-1]
         aux = np.frombuffer(fbo.read(components=2, attachment=1, dtype="f4"), np.float32).reshape(h, w, 2)[::-1]
         ids = aux[:, :, 0].astype(np.int32)

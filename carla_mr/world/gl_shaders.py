@@ -68,7 +68,21 @@ void main() {
         a = clamp((1.0 - abs(v_aa)) / w, 0.0, 1.0);
         if (a <= 0.0) discard;
     }
-    vec3 c = shade(v_col, v_nrm);
+    vec3 base = v_col;
+    float glow = 0.0;
+    if (v_aa > 4.0) {  // a facade: windows on a 3.2 m x 3.3 m grid
+        vec3 n = normalize(v_nrm);
+        float u = dot(v_wpos.xy, vec2(-n.y, n.x)) / 3.2;
+        float v = v_wpos.z / 3.3;
+        vec2 f = fract(vec2(u, v));
+        if (abs(n.z) < 0.5 && f.x > 0.22 && f.x < 0.78 && f.y > 0.3 && f.y < 0.82) {
+            float h = fract(sin(dot(floor(vec2(u, v)), vec2(12.9898, 78.233))) * 43758.5453);
+            base = vec3(0.16, 0.2, 0.26) + 0.1 * h;
+            glow = h > 0.55 ? u_emissive : 0.0;
+        }
+    }
+    vec3 c = shade(base, v_nrm);
+    if (glow > 0.0) c = vec3(0.95, 0.8, 0.5) * (0.7 + 0.3 * fract(glow * 7.0));
     // Colours above 1 (lamps, lit windows) glow when u_emissive is set.
     if (max(v_col.r, max(v_col.g, v_col.b)) > 1.0) c = mix(c, min(v_col, vec3(1.0)), u_emissive);
     emit(c, a, 0.0, v_wpos);

@@ -588,7 +588,7 @@ def cached_town_mesh(carla_map, scene: RoadScene):
     for m, mesh in _TOWNS:
         if m is carla_map:
             return mesh
-    mesh = town_mesh(scene)
+    mesh = town_mesh(scene, carla_map)
     if carla_map is not None:
         _TOWNS.append((carla_map, mesh))
         del _TOWNS[:-2]
