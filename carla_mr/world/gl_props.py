@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from carla_mr.world.gl_scene import Mesh, add_quads, box_tris
+from carla_mr.world.gl_scene import Mesh, add_quads, box_tris, merged, road_mesh, terrain_mesh
 
 #: The nearest a building wall stands to a road surface (metres).
 BUILDING_SETBACK_M = 3.0
@@ -279,3 +279,11 @@ def props_mesh(scene, carla_map=None, seed: int = 0) -> tuple[Mesh, dict]:
         add_quads(mesh, zebra, np.tile((235, 235, 235), (len(zebra), 1)), aa=True)
         counts["crosswalk_stripes"] = len(zebra)
     return mesh, counts
+
+
+def town_mesh(scene: RoadScene, carla_map=None, seed: int = 0) -> Mesh:
+    """The static town of a map: terrain, roads (sidewalks, curbs, markings, crossings) and
+    the seeded props of :mod:`carla_mr.world.gl_props`."""
+    props, _counts = props_mesh(scene, carla_map, seed)
+    # Roads and props before the terrain below them: their pixels reject the terrain's early.
+    return merged(road_mesh(scene), props, terrain_mesh(scene, seed=seed))

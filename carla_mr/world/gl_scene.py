@@ -261,13 +261,3 @@ def merged(*meshes: Mesh) -> Mesh:
         out.col += m.col
         out.aa += m.aa
     return out
-
-
-def town_mesh(scene: RoadScene, carla_map=None, seed: int = 0) -> Mesh:
-    """The static town of a map: terrain, roads (sidewalks, curbs, markings, crossings) and
-    the seeded props of :mod:`carla_mr.world.gl_props`."""
-    from carla_mr.world.gl_props import props_mesh
-
-    props, _counts = props_mesh(scene, carla_map, seed)
-    # Roads and props before the terrain below them: their pixels reject the terrain's early.
-    return merged(road_mesh(scene), props, terrain_mesh(scene, seed=seed))

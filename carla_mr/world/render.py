@@ -583,7 +583,7 @@ _TOWNS: list[tuple[Any, Any]] = []
 
 def cached_town_mesh(carla_map, scene: RoadScene):
     """gl_scene.town_mesh(scene), remembered for the last few map objects."""
-    from carla_mr.world.gl_scene import town_mesh
+    from carla_mr.world.gl_props import town_mesh
 
     for m, mesh in _TOWNS:
         if m is carla_map:
