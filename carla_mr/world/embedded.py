@@ -140,7 +140,10 @@ class EmbeddedWorld(World):
         super().__init__(scenario.tick_s, xodr_path=xodr_path, net_offset=net.net_offset)
         self.net_path = net.path
         self.map = map_from_text(Path(src).stem, new_text)
-        self.signs = landmarks_to_signs(self.map)
+        from carla_mr.world.scene import signs_as_rendered
+
+        # One pose per sign: what world.json says is what the camera draws.
+        self.signs = signs_as_rendered(self.map, landmarks_to_signs(self.map))
         self._landmarks = landmark_counts(self.map)
         self.rsus = make_rsus(scenario.rsus, self.map)
         self._assoc = RsuAssociator(self.rsus)

@@ -140,3 +140,22 @@ def test_gl_context_reports_llvmpipe_or_a_gpu():
     ok, what = gl_available()
     assert ok, what  # this machine must have EGL: see README (system libraries)
     assert "OpenGL" in what
+
+
+def test_world_sign_poses_are_the_rendered_ones(town01):
+    pytest.importorskip("libsumo")
+    from carla_mr.config import scenario_from_dict
+    from carla_mr.world.embedded import EmbeddedWorld
+
+    sc = scenario_from_dict({"map": str(town01), "seed": 1, "vehicles": {"avs": 1, "background": 0},
+                             "signs": {"random_count": 20}})
+    with EmbeddedWorld(sc, seed=1) as w:
+        snap = w.reset()
+        w.attach_camera("c", SPEC, int(snap.ids[0]))
+        geom = w._camera_rig.geom
+        np.testing.assert_allclose(geom.center, np.stack([w.signs.x, w.signs.y, w.signs.z], 1), atol=1e-9)
+        np.testing.assert_allclose(geom.width, w.signs.width)
+        fr = w.read_camera("c")
+        for lab in fr.labels:
+            i = list(w.signs.ids).index(lab["id"])
+            assert lab["position"] == pytest.approx([w.signs.x[i], w.signs.y[i], w.signs.z[i]])
