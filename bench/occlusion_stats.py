@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--weather", default="clear")
+    ap.add_argument("--cameras", type=int, default=1, help="AVs carrying a camera (default traffic has 10 AVs)")
     ap.add_argument("--out", default="/tmp/occlusion_stats")
     a = ap.parse_args()
     from carla_mr.config import scenario_from_dict
@@ -58,10 +59,11 @@ def main() -> None:
     out = Path(a.out)
     shutil.rmtree(out, ignore_errors=True)
     sc = scenario_from_dict({"map": a.map, "seed": a.seed, "duration_s": a.seconds,
-                             "recorder": {"enabled": True, "camera": {"weather": a.weather}}})
+                             "recorder": {"enabled": True, "cameras": a.cameras,
+                                                                 "camera": {"weather": a.weather}}})
     t0 = time.perf_counter()
     summary = record(sc, out, seed=a.seed)
-    res = {"map": Path(a.map).stem, "seconds": a.seconds, "seed": a.seed, "weather": a.weather,
+    res = {"map": Path(a.map).stem, "seconds": a.seconds, "seed": a.seed, "weather": a.weather, "cameras": a.cameras,
            "frames": summary["frames_recorded"], "wall_s": round(time.perf_counter() - t0, 1), **stats(out)}
     print(json.dumps(res))
 

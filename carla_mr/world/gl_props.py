@@ -179,16 +179,17 @@ def _tree(mesh: Mesh, x: float, y: float, z: float, rng) -> None:
 
 
 def trees(rr: RoadRaster, rng, mesh: Mesh, verge: int = 600, park: int = 500) -> int:
-    """Trees on the verges (2-4 m from the road surfaces) and scattered in the open."""
+    """Street trees on the verges (0.8-2.5 m from the road surfaces: their crowns overhang the
+    sidewalks) and trees scattered in the open."""
     n = 0
-    for (lo, hi, step, count) in ((2.0, 4.0, 4, verge), (14.0, 1e9, 7, park)):
+    for (lo, hi, step, count) in ((0.8, 2.5, 3, verge), (14.0, 1e9, 7, park)):
         k = 0
         for r, c in _candidates(rr, lo, hi, step, rng):
             if k >= count:
                 break
             x, y = rr.world(r, c)
             foot = _footprint(float(x), float(y), 0.0, 1.2, 1.2)
-            if not rr.clear(foot, lo - 0.9):
+            if not rr.clear(foot, 0.2):
                 continue
             rr.take(foot, 4.0)
             _tree(mesh, float(x), float(y), rr.ground(float(x), float(y)) - 0.1, rng)
@@ -272,7 +273,7 @@ def props_mesh(scene, carla_map=None, seed: int = 0) -> tuple[Mesh, dict]:
     rng = np.random.default_rng(seed)
     rr = RoadRaster(scene.road, scene.extent)
     mesh = Mesh()
-    counts = {"furniture": furniture(rr, rng, mesh), "verge_trees": trees(rr, rng, mesh, verge=400, park=0),
+    counts = {"furniture": furniture(rr, rng, mesh), "verge_trees": trees(rr, rng, mesh, verge=700, park=0),
               "buildings": buildings(rr, rng, mesh), "park_trees": trees(rr, rng, mesh, verge=0, park=500)}
     if carla_map is not None:
         zebra = crosswalks(carla_map)

@@ -79,17 +79,14 @@ def _tl_variants(size: int) -> list[np.ndarray]:
 
 
 def tl_state_of(chars: str | None) -> str:
-    """``red`` / ``yellow`` / ``green`` / ``unknown`` of a SUMO link-state string (a signal
-    controlling several links shows its most permissive one)."""
+    """``red`` / ``yellow`` / ``green`` / ``unknown`` of a SUMO link-state string: the state
+    most of the signal's links show (ties go to the more restrictive one)."""
     if not chars:
         return "unknown"
-    if any(c in "gG" for c in chars):
-        return "green"
-    if any(c in "yYuU" for c in chars):
-        return "yellow"
-    if any(c in "rRsS" for c in chars):
-        return "red"
-    return "unknown"
+    n = {"green": sum(c in "gG" for c in chars), "yellow": sum(c in "yYuU" for c in chars),
+         "red": sum(c in "rRsS" for c in chars)}
+    best = max(("red", "yellow", "green"), key=lambda k: n[k])  # max keeps the first of ties
+    return best if n[best] else "unknown"
 
 
 class _SignAtlas:

@@ -159,3 +159,31 @@ def test_world_sign_poses_are_the_rendered_ones(town01):
         for lab in fr.labels:
             i = list(w.signs.ids).index(lab["id"])
             assert lab["position"] == pytest.approx([w.signs.x[i], w.signs.y[i], w.signs.z[i]])
+
+
+def test_tl_state_of_sumo_link_strings():
+    from carla_mr.world.gl_render import tl_state_of
+
+    assert tl_state_of("GGg") == "green" and tl_state_of("rrGg") == "red" and tl_state_of("yyr") == "yellow"
+    assert tl_state_of("") == tl_state_of(None) == tl_state_of("oO") == "unknown"
+
+
+def test_weather_presets_change_light_and_fog():
+    from carla_mr.config.camera import WEATHER_PRESETS
+    from carla_mr.world.gl_render import GLSceneRenderer
+    from carla_mr.world.gl_scene import road_mesh, terrain_mesh, merged
+
+    quads = np.array([[[x, -4, 0], [x + 10, -4, 0], [x + 10, 4, 0], [x, 4, 0]] for x in range(0, 400, 10)], float)
+    scene = RoadScene(quads, np.tile(np.array([70, 70, 74], np.uint8), (len(quads), 1)), np.zeros((0, 4, 3)),
+                      np.zeros((0, 3), np.uint8), (0, -4, 400, 4), [])
+    r = GLSceneRenderer(merged(road_mesh(scene), terrain_mesh(scene)), build_sign_geometry(one_sign(x=1e6)))
+    pose = camera_pose(SPEC, 0.0, 0.0, 0.0, 0.0)
+    mean = {}
+    for w in WEATHER_PRESETS:
+        img, _, _ = r.render(SPEC.model_copy(update={"weather": w}), pose)
+        mean[w] = img.astype(float).mean()
+        if w == "fog":  # the road 100+ m ahead takes the fog's colour
+            far = img[SPEC.height // 2 + 2, SPEC.width // 2].astype(float)
+            assert np.abs(far - np.array(WEATHER_PRESETS["fog"]["fog"])).max() < 25
+    assert mean["night"] < 0.35 * mean["clear"] and mean["dusk"] < mean["clear"]
+    assert len(set(round(v) for v in mean.values())) == len(mean)  # every preset looks different
