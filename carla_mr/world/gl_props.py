@@ -158,12 +158,12 @@ def _tree(mesh: Mesh, x: float, y: float, z: float, rng) -> None:
     trunk = rng.uniform(0.12, 0.2)
     p, nrm = box_tris((x - trunk, y - trunk, z), (x + trunk, y + trunk, z + h * 0.45))
     mesh.add(p, nrm, np.tile((0.33, 0.24, 0.16), (len(p), 1)))
-    rad = rng.uniform(1.4, 2.6)
+    rad = rng.uniform(1.6, 3.0)
     green = np.array((0.22, 0.40, 0.16)) * rng.uniform(0.8, 1.2)
     k = 7
     ang = np.linspace(0, 2 * np.pi, k, endpoint=False) + rng.uniform(0, 1)
-    ring = np.column_stack([x + rad * np.cos(ang), y + rad * np.sin(ang), np.full(k, z + h * 0.62)])
-    top, bot = np.array([x, y, z + h]), np.array([x, y, z + h * 0.35])
+    ring = np.column_stack([x + rad * np.cos(ang), y + rad * np.sin(ang), np.full(k, z + h * 0.55)])
+    top, bot = np.array([x, y, z + h]), np.array([x, y, z + h * 0.25])
     tris, nrms = [], []
     for i in range(k):
         a, b = ring[i], ring[(i + 1) % k]
@@ -191,7 +191,7 @@ def trees(rr: RoadRaster, rng, mesh: Mesh, verge: int = 600, park: int = 500) ->
             foot = _footprint(float(x), float(y), 0.0, 1.2, 1.2)
             if not rr.clear(foot, 0.2):
                 continue
-            rr.take(foot, 4.0)
+            rr.take(foot, 2.5)
             _tree(mesh, float(x), float(y), rr.ground(float(x), float(y)) - 0.1, rng)
             k += 1
         n += k
