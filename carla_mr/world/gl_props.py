@@ -153,7 +153,8 @@ def buildings(rr: RoadRaster, rng, mesh: Mesh, max_count: int = 900) -> int:
     return n
 
 
-def _tree(mesh: Mesh, x: float, y: float, z: float, rng) -> None:
+def _tree(mesh: Mesh, x: float, y: float, z: float, rng, min_crown_m: float = 0.0) -> None:
+    """A low-poly tree: a trunk and a 7-sided double-cone crown (bottom at ``min_crown_m`` or higher)."""
     h = rng.uniform(4.0, 8.5)
     trunk = rng.uniform(0.12, 0.2)
     p, nrm = box_tris((x - trunk, y - trunk, z), (x + trunk, y + trunk, z + h * 0.45))
@@ -163,7 +164,7 @@ def _tree(mesh: Mesh, x: float, y: float, z: float, rng) -> None:
     k = 7
     ang = np.linspace(0, 2 * np.pi, k, endpoint=False) + rng.uniform(0, 1)
     ring = np.column_stack([x + rad * np.cos(ang), y + rad * np.sin(ang), np.full(k, z + h * 0.55)])
-    top, bot = np.array([x, y, z + h]), np.array([x, y, z + h * 0.25])
+    top, bot = np.array([x, y, z + h]), np.array([x, y, z + max(h * 0.25, min_crown_m)])
     tris, nrms = [], []
     for i in range(k):
         a, b = ring[i], ring[(i + 1) % k]
@@ -195,6 +196,41 @@ def trees(rr: RoadRaster, rng, mesh: Mesh, verge: int = 600, park: int = 500) ->
             _tree(mesh, float(x), float(y), rr.ground(float(x), float(y)) - 0.1, rng)
             k += 1
         n += k
+    return n
+
+
+def sidewalk_trees(scene, rr: RoadRaster, rng, mesh: Mesh, spacing_m: float = 12.0, from_curb_m: float = 0.7) -> int:
+    """Street trees in tree pits on sidewalks 1.8 m wide or more, ``from_curb_m`` from the curb,
+    at least ``spacing_m`` apart (seeded order), crowns from 2.6 m up (over the sidewalk and
+    the kerb lane, in the sight lines to the signs on the sidewalk)."""
+    from carla_mr.world.gl_scene import CURB_M, SIDEWALK
+
+    walk = scene.road[(scene.road_color == SIDEWALK).all(axis=1)] if len(scene.road) else np.zeros((0, 4, 3))
+    cands = []
+    for q in walk:
+        edge = q[1] - q[0]
+        across = q[3] - q[0]
+        width, length = np.linalg.norm(across[:2]), np.linalg.norm(edge[:2])
+        if width < 1.8 or length < 0.5:
+            continue
+        for t in np.arange(0.0, length, 2.0) / length:
+            cands.append(q[0] + edge * t + across / width * from_curb_m)
+    if not cands:
+        return 0
+    cands = np.asarray(cands)
+    cands = cands[rng.permutation(len(cands))]
+    n = 0
+    for x, y, z in cands:
+        foot = _footprint(float(x), float(y), 0.0, 0.6, 0.6)
+        r0, c0 = rr.cell(float(x), float(y))
+        if not (0 <= r0 < rr.h and 0 <= c0 < rr.w):
+            continue
+        k = int(spacing_m / 2 / CELL_M)
+        if rr.free[max(r0 - k, 0):r0 + k + 1, max(c0 - k, 0):c0 + k + 1].any():
+            continue
+        rr.take(foot, spacing_m / 2)
+        _tree(mesh, float(x), float(y), float(z) + CURB_M, rng, min_crown_m=2.6)
+        n += 1
     return n
 
 
@@ -273,7 +309,7 @@ def props_mesh(scene, carla_map=None, seed: int = 0) -> tuple[Mesh, dict]:
     rng = np.random.default_rng(seed)
     rr = RoadRaster(scene.road, scene.extent)
     mesh = Mesh()
-    counts = {"furniture": furniture(rr, rng, mesh), "verge_trees": trees(rr, rng, mesh, verge=700, park=0),
+    counts = {"street_trees": sidewalk_trees(scene, rr, rng, mesh), "furniture": furniture(rr, rng, mesh), "verge_trees": trees(rr, rng, mesh, verge=700, park=0),
               "buildings": buildings(rr, rng, mesh), "park_trees": trees(rr, rng, mesh, verge=0, park=500)}
     if carla_map is not None:
         zebra = crosswalks(carla_map)
