@@ -114,12 +114,15 @@ class EmbeddedWorld(World):
     ``last`` (the latest Snapshot or None).
     """
 
-    def __init__(self, scenario: "Scenario", *, seed: Optional[int] = None):
+    def __init__(self, scenario: "Scenario", *, seed: Optional[int] = None, traffic_mix: bool = True):
         if _LIVE is not None:
             raise RunError("another EmbeddedWorld is live in this process (libsumo runs one simulation per "
                            "process); close() it first")
         self.scenario = scenario
         self.seed = int(scenario.seed if seed is None else seed)
+        #: Background vehicles of several types (TRAFFIC_MIX) or all cars (the CARLA co-simulation's
+        #: mirror, whose blueprints follow a 5 m passenger car).
+        self.traffic_mix = bool(traffic_mix)
         src = scenario.resolved_map_path()
         if src is None:
             raise InputError("the embedded backend needs an .xodr map", field="map", source=scenario.source_path)
@@ -254,9 +257,9 @@ class EmbeddedWorld(World):
         self._next_route += 1
         ls.route.add(rid, list(edges))
         vid = str(vid_num)
-        vtype = "car" if role == ROLE_AV else background_type(self.seed, vid_num)
+        vtype = "car" if (role == ROLE_AV or not self.traffic_mix) else background_type(self.seed, vid_num)
         self._vtype_of[vid_num] = vtype
-        ls.vehicle.add(vid, rid, typeID="cmr_av" if role == ROLE_AV else f"cmr_bg_{vtype}", depart="now",
+        ls.vehicle.add(vid, rid, typeID="cmr_av" if role == ROLE_AV else (f"cmr_bg_{vtype}" if self.traffic_mix else "cmr_bg"), depart="now",
                        departLane="best", departPos="random_free", departSpeed="0")
         self._route_len[vid] = len(edges)
         return True
