@@ -163,8 +163,9 @@ def _tree(mesh: Mesh, x: float, y: float, z: float, rng, min_crown_m: float = 0.
     green = np.array((0.22, 0.40, 0.16)) * rng.uniform(0.8, 1.2)
     k = 7
     ang = np.linspace(0, 2 * np.pi, k, endpoint=False) + rng.uniform(0, 1)
-    ring = np.column_stack([x + rad * np.cos(ang), y + rad * np.sin(ang), np.full(k, z + h * 0.55)])
-    top, bot = np.array([x, y, z + h]), np.array([x, y, z + max(h * 0.25, min_crown_m)])
+    ring = np.column_stack([x + rad * np.cos(ang), y + rad * np.sin(ang),
+                            np.full(k, z + max(h * 0.55, min_crown_m + 1.2))])
+    top, bot = np.array([x, y, z + max(h, min_crown_m + 3.0)]), np.array([x, y, z + max(h * 0.25, min_crown_m)])
     tris, nrms = [], []
     for i in range(k):
         a, b = ring[i], ring[(i + 1) % k]
@@ -193,7 +194,8 @@ def trees(rr: RoadRaster, rng, mesh: Mesh, verge: int = 600, park: int = 500) ->
             if not rr.clear(foot, 0.2):
                 continue
             rr.take(foot, 2.5)
-            _tree(mesh, float(x), float(y), rr.ground(float(x), float(y)) - 0.1, rng)
+            _tree(mesh, float(x), float(y), rr.ground(float(x), float(y)) - 0.1, rng,
+                  min_crown_m=2.6 if hi < 10 else 0.0)  # verge crowns clear the traffic
             k += 1
         n += k
     return n
@@ -205,7 +207,15 @@ def sidewalk_trees(scene, rr: RoadRaster, rng, mesh: Mesh, spacing_m: float = 12
     the kerb lane, in the sight lines to the signs on the sidewalk)."""
     from carla_mr.world.gl_scene import CURB_M, SIDEWALK
 
-    walk = scene.road[(scene.road_color == SIDEWALK).all(axis=1)] if len(scene.road) else np.zeros((0, 4, 3))
+    import cv2
+
+    side = (scene.road_color == SIDEWALK).all(axis=1) if len(scene.road) else np.zeros(0, bool)
+    walk = scene.road[side] if len(scene.road) else np.zeros((0, 4, 3))
+    lanes = np.zeros((rr.h, rr.w), np.uint8)  # where sidewalks overlap a lane (corners), no tree
+    for q in scene.road[~side] if len(scene.road) else ():
+        pts = np.round((q[:, :2] - (rr.x0, rr.y0)) / CELL_M * 4).astype(np.int32)
+        cv2.fillConvexPoly(lanes, pts, 1, cv2.LINE_8, 2)
+    lanes = cv2.dilate(lanes, np.ones((3, 3), np.uint8))
     cands = []
     for q in walk:
         edge = q[1] - q[0]
@@ -223,7 +233,7 @@ def sidewalk_trees(scene, rr: RoadRaster, rng, mesh: Mesh, spacing_m: float = 12
     for x, y, z in cands:
         foot = _footprint(float(x), float(y), 0.0, 0.6, 0.6)
         r0, c0 = rr.cell(float(x), float(y))
-        if not (0 <= r0 < rr.h and 0 <= c0 < rr.w):
+        if not (0 <= r0 < rr.h and 0 <= c0 < rr.w) or lanes[r0, c0]:
             continue
         k = int(spacing_m / 2 / CELL_M)
         if rr.free[max(r0 - k, 0):r0 + k + 1, max(c0 - k, 0):c0 + k + 1].any():

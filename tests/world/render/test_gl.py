@@ -187,3 +187,31 @@ def test_weather_presets_change_light_and_fog():
             assert np.abs(far - np.array(WEATHER_PRESETS["fog"]["fog"])).max() < 25
     assert mean["night"] < 0.35 * mean["clear"] and mean["dusk"] < mean["clear"]
     assert len(set(round(v) for v in mean.values())) == len(mean)  # every preset looks different
+
+
+def test_props_are_seeded_and_stay_off_driving_lanes(town01):
+    carla = pytest.importorskip("carla")
+    import cv2
+
+    from carla_mr.world.gl_props import RoadRaster, props_mesh
+    from carla_mr.world.gl_scene import SIDEWALK
+    from carla_mr.world.scene import build_road_scene
+
+    cmap = carla.Map("Town01", town01.read_text())
+    scene = build_road_scene(cmap)
+    a, counts = props_mesh(scene, None, seed=3)
+    b, _ = props_mesh(scene, None, seed=3)
+    c, _ = props_mesh(scene, None, seed=4)
+    assert counts["buildings"] > 50 and counts["street_trees"] > 50 and counts["verge_trees"] > 50
+    np.testing.assert_array_equal(a.interleaved(), b.interleaved())
+    assert a.interleaved().shape != c.interleaved().shape or not np.array_equal(a.interleaved(), c.interleaved())
+    # No prop vertex stands inside a driving lane (sidewalks may hold street trees).
+    lanes = scene.road[~(scene.road_color == SIDEWALK).all(axis=1)]
+    rr = RoadRaster(lanes, scene.extent)
+    inner = cv2.erode(rr.road, np.ones((3, 3), np.uint8))  # 1 m inside the lanes' edges
+    pos = a.interleaved()[:, :3]
+    r, cc = ((pos[:, 1] - rr.y0) / 1.0).astype(int), ((pos[:, 0] - rr.x0) / 1.0).astype(int)
+    ok = (r >= 0) & (r < rr.h) & (cc >= 0) & (cc < rr.w)
+    low = pos[ok, 2] < 2.5  # crowns may overhang a lane above 2.5 m
+    bad = inner[r[ok][low], cc[ok][low]] > 0
+    assert not bad.any(), pos[ok][low][bad][:5]
