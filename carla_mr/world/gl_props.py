@@ -159,12 +159,12 @@ def _tree(mesh: Mesh, x: float, y: float, z: float, rng, min_crown_m: float = 0.
     trunk = rng.uniform(0.12, 0.2)
     p, nrm = box_tris((x - trunk, y - trunk, z), (x + trunk, y + trunk, z + h * 0.45))
     mesh.add(p, nrm, np.tile((0.33, 0.24, 0.16), (len(p), 1)))
-    rad = rng.uniform(1.6, 3.0)
+    rad = rng.uniform(1.3, 2.2) if min_crown_m > 0 else rng.uniform(1.6, 3.0)
     green = np.array((0.22, 0.40, 0.16)) * rng.uniform(0.8, 1.2)
     k = 7
     ang = np.linspace(0, 2 * np.pi, k, endpoint=False) + rng.uniform(0, 1)
     ring = np.column_stack([x + rad * np.cos(ang), y + rad * np.sin(ang),
-                            np.full(k, z + max(h * 0.55, min_crown_m + 1.2))])
+                            np.full(k, z + max(h * 0.55, min_crown_m + 0.6))])
     top, bot = np.array([x, y, z + max(h, min_crown_m + 3.0)]), np.array([x, y, z + max(h * 0.25, min_crown_m)])
     tris, nrms = [], []
     for i in range(k):
@@ -201,7 +201,7 @@ def trees(rr: RoadRaster, rng, mesh: Mesh, verge: int = 600, park: int = 500) ->
     return n
 
 
-def sidewalk_trees(scene, rr: RoadRaster, rng, mesh: Mesh, spacing_m: float = 12.0, from_curb_m: float = 0.7) -> int:
+def sidewalk_trees(scene, rr: RoadRaster, rng, mesh: Mesh, spacing_m: float = 12.0, from_curb_m: float = 1.0) -> int:
     """Street trees in tree pits on sidewalks 1.8 m wide or more, ``from_curb_m`` from the curb,
     at least ``spacing_m`` apart (seeded order), crowns from 2.6 m up (over the sidewalk and
     the kerb lane, in the sight lines to the signs on the sidewalk)."""
@@ -215,7 +215,6 @@ def sidewalk_trees(scene, rr: RoadRaster, rng, mesh: Mesh, spacing_m: float = 12
     for q in scene.road[~side] if len(scene.road) else ():
         pts = np.round((q[:, :2] - (rr.x0, rr.y0)) / CELL_M * 4).astype(np.int32)
         cv2.fillConvexPoly(lanes, pts, 1, cv2.LINE_8, 2)
-    lanes = cv2.dilate(lanes, np.ones((3, 3), np.uint8))
     cands = []
     for q in walk:
         edge = q[1] - q[0]
