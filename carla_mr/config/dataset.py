@@ -21,8 +21,12 @@ class RecorderConfig(StrictModel):
     max_frames: Optional[int] = Field(None, ge=1, description="Stop after this many recorded ticks.")
     min_box_px: int = Field(4, ge=0, description="Labels whose box is narrower or lower (pixels) are not exported.")
     min_visible: float = Field(0.0, ge=0, le=1, description="Labels less visible than this share are not exported.")
-    box: Literal["full", "visible"] = Field("full", description="Export the face's box clipped to the image "
-                                                               "('full') or the box of its visible pixels.")
+    box: Literal["full", "visible"] = Field("visible", description="Export the box of the face's visible pixels "
+                                                                  "('visible') or its whole projected face clipped "
+                                                                  "to the image ('full', also kept as amodal_bbox).")
+    depth: Literal["png16", "npy", "none"] = Field(
+        "png16", description="Per-frame depth (metres along the camera axis): 16-bit PNG in centimetres, float32 "
+                             ".npy, or none. Only backends with a depth pass (the OpenGL camera) write it.")
     kinds: Optional[list[str]] = Field(None, description="Sign kinds to export (default: all, traffic lights included).")
     image_format: Literal["png", "jpg"] = "png"
     jpeg_quality: int = Field(95, ge=1, le=100)

@@ -2,9 +2,11 @@
 
 COCO: one image per (frame, camera), in (frame, camera) order, ids from 1; one category
 per class (``kind`` or ``kind_value``), ids from 1 in ``classes.txt`` order; annotations
-carry the exported label's ``bbox`` [x, y, w, h] (pixels, x1/y1 exclusive), ``area`` (the
-sign's visible pixel count) and the extra keys ``sign_id``, ``visible``, ``distance``,
-``source``, ``ref``, ``value``. YOLO lines are written per frame by the recorder:
+carry the exported label's ``bbox`` [x, y, w, h] (pixels, x1/y1 exclusive; by default the
+box of the visible pixels), ``area`` (the sign's visible pixel count), ``segmentation`` (COCO
+RLE of the visible pixels), ``amodal_bbox`` [x, y, w, h] (the whole projected face) and the
+extra keys ``sign_id``, ``visible``, ``distance``, ``source``, ``ref``, ``value`` and, for
+traffic lights, ``state`` (red / yellow / green / unknown). YOLO lines are written per frame by the recorder:
 ``class cx cy w h`` normalised to the image size.
 """
 
@@ -50,10 +52,17 @@ def build_coco(root: str | Path, classes: list[str], box_mode: str | None = None
             if not lab.get("exported"):
                 continue
             x0, y0, x1, y1 = exported_box(lab, box_mode)
-            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cat_id[lab["class"]],
-                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": int(lab["pixels"]), "iscrowd": 0,
-                         "sign_id": lab["id"], "visible": lab["visible"], "distance": lab["distance"],
-                         "source": lab["source"], "ref": lab["ref"], "value": lab["value"]})
+            ann = {"id": len(anns) + 1, "image_id": image_id, "category_id": cat_id[lab["class"]],
+                   "bbox": [x0, y0, x1 - x0, y1 - y0], "area": int(lab["pixels"]), "iscrowd": 0,
+                   "sign_id": lab["id"], "visible": lab["visible"], "distance": lab["distance"],
+                   "source": lab["source"], "ref": lab["ref"], "value": lab["value"]}
+            a = lab.get("amodal_bbox") or lab["box"]
+            ann["amodal_bbox"] = [a[0], a[1], a[2] - a[0], a[3] - a[1]]
+            if lab.get("mask"):
+                ann["segmentation"] = lab["mask"]
+            if "state" in lab:
+                ann["state"] = lab["state"]
+            anns.append(ann)
     cats = [{"id": cat_id[c], "name": c, "supercategory": c.rsplit("_", 1)[0] if c[-1:].isdigit() else c}
             for c in classes]
     return {"info": {"description": "carla_mr sign dataset", "version": "1"}, "licenses": [],

@@ -5,7 +5,8 @@ Layout of a dataset directory (one sub-folder per camera slot ``cam0``, ``cam1``
     manifest.json              format, seed, scenario, recorder config, classes, cameras, swaps
     images/cam0/000120.png     the frame (RGB; PNG or JPEG)
     labels/cam0/000120.txt     YOLO: "class cx cy w h" normalised to the image
-    meta/cam0/000120.json      intrinsics, cam_to_world, extrinsics, ego pose, all labels
+    meta/cam0/000120.json      intrinsics, cam_to_world, extrinsics, ego pose, all labels (with COCO RLE masks)
+    depth/cam0/000120.png      depth in centimetres along the camera axis, 16-bit (or .npy metres), OpenGL camera
     annotations.json           COCO (images, annotations, categories), rebuilt from meta/
     data.yaml, classes.txt     YOLO class names
     progress.json              frames recorded so far, last frame, complete flag
@@ -86,7 +87,43 @@ def normalise_label(lab: dict) -> dict:
     out.setdefault("pixels", int(round((box[2] - box[0]) * (box[3] - box[1]) * float(out.get("visible", 1.0)))))
     out.setdefault("source", "original")
     out.setdefault("ref", None)
+    out["amodal_bbox"] = _pixel_box(out.get("amodal_bbox") or box)
     return out
+
+
+def label_mask_rle(lab: dict, instance: Optional[np.ndarray], h: int, w: int) -> dict:
+    """COCO RLE (``{"size": [h, w], "counts": str}``) of a label's visible pixels: where the
+    frame's instance buffer holds the label's ``instance``, else its ``visible_box``."""
+    from pycocotools import mask as mask_utils
+
+    m = np.zeros((h, w), np.uint8, order="F")
+    x0, y0, x1, y1 = lab["visible_box"]
+    if instance is not None and lab.get("instance"):
+        a0, b0, a1, b1 = lab.get("amodal_bbox") or lab["box"]
+        a0, b0, a1, b1 = max(0, int(a0)), max(0, int(b0)), min(w, int(a1)), min(h, int(b1))
+        m[b0:b1, a0:a1] = instance[b0:b1, a0:a1] == int(lab["instance"])
+    else:
+        m[max(0, y0):y1, max(0, x0):x1] = 1
+    rle = mask_utils.encode(m)
+    return {"size": [int(h), int(w)], "counts": rle["counts"].decode("ascii")}
+
+
+def depth_bytes(depth: np.ndarray, fmt: str) -> bytes:
+    """A depth image (metres) as 16-bit PNG bytes (centimetres, clipped to 655.35 m; 0 = sky)
+    or as .npy bytes (float32 metres)."""
+    import io
+
+    if fmt == "npy":
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(depth, np.float32))
+        return buf.getvalue()
+    import cv2
+
+    cm = np.clip(np.round(np.asarray(depth, np.float64) * 100.0), 0, 65535).astype(np.uint16)
+    ok, enc = cv2.imencode(".png", cm, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:  # pragma: no cover - OpenCV failure
+        raise RunError("could not encode a depth image")
+    return enc.tobytes()
 
 
 def _storage_error(exc: OSError, what: str, saved: int) -> RunError:
@@ -292,7 +329,7 @@ class Recorder:
         for lab in map(normalise_label, fr.labels):
             ok_lab, box = self._exported(lab)
             self._label_counts.add(lab, box, self.cfg, self.classes)
-            labels.append(dict(lab, exported=ok_lab))
+            labels.append(dict(lab, exported=ok_lab, mask=label_mask_rle(lab, fr.instance, h, w)))
             if ok_lab:
                 x0, y0, x1, y1 = box
                 cls = self.classes.index(lab["class"])
@@ -309,8 +346,19 @@ class Recorder:
             "ego": dict(zip(("x", "y", "z", "yaw"), fr.ego)),
             "labels": labels,
         }
+        depth_p = None
+        if fr.depth is not None and self.cfg.depth != "none":
+            depth_p = self.root / "depth" / slot / f"{fr.frame:06d}.{'npy' if self.cfg.depth == 'npy' else 'png'}"
+            dbytes = depth_bytes(fr.depth, self.cfg.depth)
+            meta["depth"] = {"file": str(depth_p.relative_to(self.root)), "format": self.cfg.depth,
+                             "metres_per_unit": 1.0 if self.cfg.depth == "npy" else 0.01}
         what = str(img_p)
         try:
+            if depth_p is not None:
+                what = str(depth_p)
+                atomic_write(depth_p, lambda fh: fh.write(dbytes), fsync=False)
+                self._pending.append(depth_p)
+            what = str(img_p)
             atomic_write(img_p, lambda fh: fh.write(data), fsync=False)
             what = str(yolo_p)
             atomic_write(yolo_p, lambda fh: fh.write("".join(lines)), binary=False, fsync=False)

@@ -173,6 +173,10 @@ class CameraFrame:
     cam_to_world: np.ndarray  # (4, 4) camera pose in CARLA's world frame (x fwd, y right, z up axes)
     ego: tuple[float, float, float, float]  # vehicle x, y, z (m) and yaw (deg)
     labels: list[dict] = field(default_factory=list)
+    #: (H, W) float32 metres along the camera's forward axis (0 = sky), where the backend has one.
+    depth: Optional[np.ndarray] = None
+    #: (H, W) int32 instance ids: a label's ``instance`` on its visible pixels, where the backend has one.
+    instance: Optional[np.ndarray] = None
 
 
 class World(abc.ABC):

@@ -121,7 +121,7 @@ class SumoCosim:
             "vehicles": VehiclesConfig(avs=0, background=int(scenario.vehicles.background)),
             "signs": SignsConfig(),  # the server's map already carries the scenario's signs
         })
-        self.sumo = EmbeddedWorld(sub, seed=self.seed)
+        self.sumo = EmbeddedWorld(sub, seed=self.seed, traffic_mix=False)
         self._mirror(self.sumo.reset())
 
     def before_tick(self) -> None:

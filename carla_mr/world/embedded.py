@@ -61,6 +61,39 @@ def import_libsumo():
     return _LIBSUMO
 
 
+#: Background traffic mix: (vehicle type of carla_mr.world.gl_scene.VEHICLE_TYPES, share).
+TRAFFIC_MIX = (("car", 0.70), ("van", 0.12), ("truck", 0.07), ("bus", 0.05), ("motorcycle", 0.06))
+#: SUMO maximum speed (m/s) per type where it differs from a car's.
+_TYPE_SPEED = {"truck": 25.0, "bus": 22.0}
+
+
+def define_vehicle_types(ls) -> None:
+    """SUMO vehicle types ``cmr_bg_<type>`` with each type's length, width and height (the
+    camera draws the same sizes); vClass stays passenger so every route stays valid."""
+    from carla_mr.world.gl_scene import VEHICLE_TYPES
+
+    for name, _share in TRAFFIC_MIX:
+        tid = f"cmr_bg_{name}"
+        ls.vehicletype.copy("DEFAULT_VEHTYPE", tid)
+        length, width, height, _ = VEHICLE_TYPES[name]
+        ls.vehicletype.setLength(tid, length)
+        ls.vehicletype.setWidth(tid, width)
+        ls.vehicletype.setHeight(tid, height)
+        if name in _TYPE_SPEED:
+            ls.vehicletype.setMaxSpeed(tid, _TYPE_SPEED[name])
+
+
+def background_type(seed: int, vid: int) -> str:
+    """The vehicle type of background vehicle ``vid`` (seeded, independent of the route RNG)."""
+    u = (hashlib.sha256(f"{int(seed)}:{int(vid)}".encode()).digest()[0] + 0.5) / 256.0
+    acc = 0.0
+    for name, share in TRAFFIC_MIX:
+        acc += share
+        if u < acc:
+            return name
+    return TRAFFIC_MIX[0][0]
+
+
 def live_world() -> Optional["EmbeddedWorld"]:
     """The EmbeddedWorld that holds this process's libsumo simulation, if any."""
     return _LIVE
@@ -115,12 +148,15 @@ class EmbeddedWorld(World):
     #: junctions switch together (issue 17); False: SUMO's default (all in phase at t = 0).
     stagger_signals: bool = True
 
-    def __init__(self, scenario: "Scenario", *, seed: Optional[int] = None):
+    def __init__(self, scenario: "Scenario", *, seed: Optional[int] = None, traffic_mix: bool = True):
         if _LIVE is not None:
             raise RunError("another EmbeddedWorld is live in this process (libsumo runs one simulation per "
                            "process); close() it first")
         self.scenario = scenario
         self.seed = int(scenario.seed if seed is None else seed)
+        #: Background vehicles of several types (TRAFFIC_MIX) or all cars (the CARLA co-simulation's
+        #: mirror, whose blueprints follow a 5 m passenger car).
+        self.traffic_mix = bool(traffic_mix)
         src = scenario.resolved_map_path()
         if src is None:
             raise InputError("the embedded backend needs an .xodr map", field="map", source=scenario.source_path)
@@ -141,7 +177,10 @@ class EmbeddedWorld(World):
         super().__init__(scenario.tick_s, xodr_path=xodr_path, net_offset=net.net_offset)
         self.net_path = net.path
         self.map = map_from_text(Path(src).stem, new_text)
-        self.signs = landmarks_to_signs(self.map)
+        from carla_mr.world.scene import signs_as_rendered
+
+        # One pose per sign: what world.json says is what the camera draws.
+        self.signs = signs_as_rendered(self.map, landmarks_to_signs(self.map))
         self._landmarks = landmark_counts(self.map)
         self.rsus = make_rsus(scenario.rsus, self.map)
         self._assoc = RsuAssociator(self.rsus)
@@ -193,6 +232,8 @@ class EmbeddedWorld(World):
         ls.vehicletype.copy("DEFAULT_VEHTYPE", "cmr_av")
         ls.vehicletype.copy("DEFAULT_VEHTYPE", "cmr_bg")
         ls.vehicletype.setColor("cmr_av", (255, 60, 60, 255))
+        self._vtype_of: dict[int, str] = {}
+        define_vehicle_types(ls)
         self._edges = self._eligible_edges()
         if not self._edges:
             raise InputError("the SUMO net made from the map has no edge passenger cars may use", field="map",
@@ -252,7 +293,9 @@ class EmbeddedWorld(World):
         self._next_route += 1
         ls.route.add(rid, list(edges))
         vid = str(vid_num)
-        ls.vehicle.add(vid, rid, typeID="cmr_av" if role == ROLE_AV else "cmr_bg", depart="now",
+        vtype = "car" if (role == ROLE_AV or not self.traffic_mix) else background_type(self.seed, vid_num)
+        self._vtype_of[vid_num] = vtype
+        ls.vehicle.add(vid, rid, typeID="cmr_av" if role == ROLE_AV else (f"cmr_bg_{vtype}" if self.traffic_mix else "cmr_bg"), depart="now",
                        departLane="best", departPos="random_free", departSpeed="0")
         self._route_len[vid] = len(edges)
         return True
@@ -371,7 +414,13 @@ class EmbeddedWorld(World):
         if self._camera_rig is None or self.last is None:
             raise RunError(f"read_camera({name!r}) needs attach_camera() and reset() first")
         # the texture store itself (keys are str ids; the renderer falls back to the original face)
-        return self._camera_rig.render(name, self.last, self.texture_store)
+        self._camera_rig.vehicle_types = self._vtype_of
+        tl = None
+        if self._camera_rig.is_gl and (self._camera_rig.geom.kind == "traffic_light").any():
+            from carla_mr.world.gl_render import tl_state_of
+
+            tl = {sig: tl_state_of(chars) for sig, chars in self.signal_link_states().items()}
+        return self._camera_rig.render(name, self.last, self.texture_store, tl_state=tl)
 
     def traffic_light_ids(self) -> list[str]:
         """SUMO ids of the running traffic lights (empty before reset)."""

@@ -581,23 +581,72 @@ def cached_road_scene(carla_map) -> RoadScene:
     return sc
 
 
+_TOWNS: list[tuple[Any, Any]] = []
+
+
+def cached_town_mesh(carla_map, scene: RoadScene):
+    """gl_scene.town_mesh(scene), remembered for the last few map objects."""
+    from carla_mr.world.gl_props import town_mesh
+
+    for m, mesh in _TOWNS:
+        if m is carla_map:
+            return mesh
+    mesh = town_mesh(scene, carla_map)
+    if carla_map is not None:
+        _TOWNS.append((carla_map, mesh))
+        del _TOWNS[:-2]
+    return mesh
+
+
+def make_renderer(scene: RoadScene, geom: SignGeometry, *, carla_map=None, face_size: int = 128,
+                  sign_range_m: float = 150.0, draw_distance_m: float = 350.0, renderer: str | None = None):
+    """The OpenGL renderer when a context can be made (``renderer``/``CARLA_MR_RENDERER``:
+    ``auto``, ``gl`` or ``cpu``), else the CPU :class:`SceneRenderer` with a RuntimeWarning
+    naming what to install."""
+    import warnings
+
+    from carla_mr.world.gl_context import INSTALL_HINT, gl_available, renderer_choice
+
+    choice = renderer or renderer_choice()
+    if choice != "cpu":
+        ok, why = gl_available()
+        if ok:
+            from carla_mr.world.gl_render import GLSceneRenderer
+            from carla_mr.world.gl_scene import merged, post_mesh
+
+            static = merged(cached_town_mesh(carla_map, scene), post_mesh(geom))
+            return GLSceneRenderer(static, geom, face_size=face_size, sign_range_m=sign_range_m)
+        if choice == "gl":
+            raise RunError(why)
+        warnings.warn(f"embedded camera: {why}. Using the CPU renderer (no terrain, buildings, depth or "
+                      f"masks from an id pass); to get the OpenGL camera install {INSTALL_HINT}",
+                      RuntimeWarning, stacklevel=3)
+    return SceneRenderer(scene, geom, face_size=face_size, sign_range_m=sign_range_m,
+                         draw_distance_m=draw_distance_m)
+
+
 class EmbeddedCameraRig:
     """Cameras attached to vehicles of an embedded world.
 
     ``carla_map`` is the world's ``carla.Map`` (its lanes give the road geometry, computed
     once here); ``signs`` the world's SignTable. ``render(name, snapshot, textures)`` gives
-    the :class:`~carla_mr.world.base.CameraFrame` for one tick.
+    the :class:`~carla_mr.world.base.CameraFrame` for one tick. The renderer is OpenGL
+    (:mod:`carla_mr.world.gl_render`) where a context can be created, else the CPU
+    :class:`SceneRenderer` (see :func:`make_renderer`).
     """
 
     def __init__(self, carla_map, signs, *, scene: RoadScene | None = None, face_size: int = 128,
-                 sign_range_m: float = 150.0, draw_distance_m: float = 350.0):
+                 sign_range_m: float = 150.0, draw_distance_m: float = 350.0, renderer: str | None = None):
         self.scene = scene if scene is not None else cached_road_scene(carla_map)
         gz = ground_height_under(carla_map, np.asarray(signs.x, float), np.asarray(signs.y, float)) \
             if (carla_map is not None and len(signs)) else None
         self.geom = build_sign_geometry(signs, gz)
-        self.renderer = SceneRenderer(self.scene, self.geom, face_size=face_size, sign_range_m=sign_range_m,
-                                      draw_distance_m=draw_distance_m)
+        self.renderer = make_renderer(self.scene, self.geom, carla_map=carla_map, face_size=face_size,
+                                      sign_range_m=sign_range_m, draw_distance_m=draw_distance_m, renderer=renderer)
+        self.is_gl = not isinstance(self.renderer, SceneRenderer)
         self.cameras: dict[str, tuple[CameraSpec, int]] = {}
+        #: vehicle id -> vehicle type name (gl_scene.VEHICLE_TYPES); set by the world.
+        self.vehicle_types: dict[int, str] = {}
 
     def attach(self, name: str, spec: CameraSpec | Mapping[str, Any] | None, vehicle_id: int) -> None:
         if not isinstance(name, str) or not name:
@@ -614,7 +663,9 @@ class EmbeddedCameraRig:
     def detach(self, name: str) -> None:
         self.cameras.pop(name, None)
 
-    def render(self, name: str, snapshot: Snapshot, textures: Mapping[str, SignTexture] | None = None) -> CameraFrame:
+    def render(self, name: str, snapshot: Snapshot, textures: Mapping[str, SignTexture] | None = None,
+               tl_state: Mapping[str, str] | None = None) -> CameraFrame:
+        """The named camera's frame; ``tl_state`` maps traffic-light sign ids to red/yellow/green."""
         if name not in self.cameras:
             raise KeyError(f"no camera named {name!r}; attached: {sorted(self.cameras)}")
         spec, vid = self.cameras[name]
@@ -625,9 +676,20 @@ class EmbeddedCameraRig:
         j = int(hit[0])
         ego = (float(snapshot.x[j]), float(snapshot.y[j]), float(snapshot.z[j]), float(snapshot.yaw[j]))
         pose = camera_pose(spec, *ego)
-        img, _ids, labels = self.renderer.render(spec, pose, snapshot, textures, exclude_id=vid)
+        if self.is_gl:
+            img, ids, labels = self.renderer.render(spec, pose, snapshot, textures, exclude_id=vid,
+                                                    vehicle_types=self.vehicle_types, tl_state=tl_state)
+            depth = self.renderer.depth
+        else:
+            img, ids, labels = self.renderer.render(spec, pose, snapshot, textures, exclude_id=vid)
+            depth = None
+            for lab in labels:
+                lab.setdefault("amodal_bbox", list(lab["box"]))
+                lab.setdefault("instance", int(np.nonzero(self.geom.ids == lab["id"])[0][0]) + 1)
+                lab.setdefault("position", [float(c) for c in self.geom.center[lab["instance"] - 1]])
         return CameraFrame(frame=int(snapshot.frame), time=float(snapshot.time), image=img,
-                           intrinsics=spec.intrinsics(), cam_to_world=pose, ego=ego, labels=labels)
+                           intrinsics=spec.intrinsics(), cam_to_world=pose, ego=ego, labels=labels, depth=depth,
+                           instance=ids)
 
 
 def _value_of(label_class: str) -> float | None:

@@ -259,3 +259,18 @@ def vehicle_colour(vid: int, av: bool) -> tuple[int, int, int]:
     if av:
         return (230, 120 + (h & 0x3F), 20 + ((h >> 8) & 0x1F))
     return (60 + (h & 0x7F), 60 + ((h >> 8) & 0x7F), 70 + ((h >> 16) & 0x7F))
+
+
+def signs_as_rendered(carla_map, signs):
+    """The SignTable with each face's centre height, width and height as the embedded camera
+    draws them (:func:`~carla_mr.world.sign_geometry.build_sign_geometry` on the road height
+    under each sign), so ``world.json`` and the rendered pose are one."""
+    import dataclasses
+
+    from carla_mr.world.sign_geometry import build_sign_geometry
+
+    if not len(signs):
+        return signs
+    gz = ground_height_under(carla_map, np.asarray(signs.x, float), np.asarray(signs.y, float))
+    geom = build_sign_geometry(signs, gz)
+    return dataclasses.replace(signs, z=geom.center[:, 2].copy(), width=geom.width.copy(), height=geom.height.copy())

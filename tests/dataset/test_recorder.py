@@ -40,6 +40,12 @@ def tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def _magenta(rgb: np.ndarray) -> np.ndarray:
+    """Magenta under the scene's light (OpenGL camera) or exact (CPU camera)."""
+    im = rgb.astype(int)
+    return (im[:, :, 0] > 120) & (im[:, :, 2] > 120) & (im[:, :, 1] < 60)
+
+
 @pytest.fixture
 def magenta_dir(tmp_path):
     d = tmp_path / "tex" / "speed_limit"
@@ -77,7 +83,7 @@ def test_record_exports_match_pixels_and_poses(tmp_path, town01, town01_map, tow
             assert 0 <= x and 0 <= y and x + w <= 320 and y + h <= 240
             if ann["source"] == "generated" and min(w, h) >= 6 and ann["visible"] == 1.0:
                 sub = rgb[y:y + h, x:x + w]
-                magenta = (sub[:, :, 0] > 230) & (sub[:, :, 1] < 25) & (sub[:, :, 2] > 230)
+                magenta = _magenta(sub)
                 # The generated texture is on the sign: the disc fills ~pi/4 of its box.
                 assert magenta.mean() > 0.5, ann
                 # ... and exactly inside the box: no magenta pixel in a 1-px ring outside it.
@@ -85,7 +91,10 @@ def test_record_exports_match_pixels_and_poses(tmp_path, town01, town01_map, tow
                 pad[1:-1, 1:-1] = rgb
                 ring = pad[y:y + h + 2, x:x + w + 2].copy()
                 ring[1:-1, 1:-1] = 0
-                assert not ((ring[:, :, 0] > 230) & (ring[:, :, 1] < 25) & (ring[:, :, 2] > 230)).any(), ann
+                assert not _magenta(ring).any(), ann
+                # The mask is the visible pixels: inside the box, as many as the area.
+                m = coco.annToMask(ann)
+                assert m.sum() == ann["area"] and m[y:y + h, x:x + w].sum() == m.sum(), ann
                 checked += 1
     assert checked >= 5
     # YOLO agrees with COCO for one frame.
@@ -164,7 +173,8 @@ def test_disk_full_stops_cleanly_then_resumes(tmp_path, town01, town01_map, town
 
     def flaky(path, writer, **kw):
         calls["n"] += 1
-        if calls["n"] == 3 * 9 + 2:  # the 10th frame's YOLO file
+        if Path(path).name == "000009.txt" and calls.setdefault("hit", 0) == 0:  # the 10th frame's YOLO file
+            calls["hit"] = 1
             raise err
         return real(path, writer, **kw)
 

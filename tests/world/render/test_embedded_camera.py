@@ -33,7 +33,8 @@ def test_apply_sign_textures_shows_in_embedded_camera(town01):
             for j in range(4):
                 fr = w.read_camera(f"c{j}")
                 assert fr.frame == snap.frame and fr.image.shape == (240, 320, 3)
-                mag = (fr.image[:, :, 0] == 255) & (fr.image[:, :, 1] == 0) & (fr.image[:, :, 2] == 255)
+                im = fr.image.astype(int)  # magenta under the scene's light (OpenGL) or exact (CPU)
+                mag = (im[:, :, 0] > 120) & (im[:, :, 2] > 120) & (im[:, :, 1] < 60)
                 inside = np.zeros_like(mag)
                 for lab in fr.labels:
                     x0, y0, x1, y1 = lab["box"]

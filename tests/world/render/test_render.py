@@ -171,13 +171,15 @@ def test_labels_always_match_id_buffer(cx, cy, cyaw, pitch):
         assert not m.any()
 
 
-def test_town01_frame_has_road_sky_and_signs(town01):
+@pytest.mark.parametrize("renderer", ["cpu", "gl"])
+def test_town01_frame_has_road_sky_and_signs(town01, renderer):
     carla = pytest.importorskip("carla")
     from carla_mr.world.maps import landmarks_to_signs
 
     cmap = carla.Map("Town01", town01.read_text())
     signs = landmarks_to_signs(cmap)
-    rig = EmbeddedCameraRig(cmap, signs)
+    rig = EmbeddedCameraRig(cmap, signs, renderer=renderer)
+    assert rig.is_gl == (renderer == "gl")
     assert len(rig.scene.road) > 300 and len(rig.scene.marks) > 100
     # Stand 20 m before a speed-limit sign, on its lane, facing it.
     i = int(np.nonzero(signs.kind == "speed_limit")[0][0])
@@ -189,11 +191,19 @@ def test_town01_frame_has_road_sky_and_signs(town01):
     assert fr.image.shape == (480, 640, 3) and fr.image.dtype == np.uint8
     np.testing.assert_allclose(fr.intrinsics, CameraSpec().intrinsics())
     assert tuple(fr.image[5, 320]) != tuple(fr.image[470, 320])  # sky above, road below
-    assert tuple(fr.image[470, 320]) in {(70, 70, 74), (78, 78, 82)}
+    if renderer == "cpu":
+        assert tuple(fr.image[470, 320]) in {(70, 70, 74), (78, 78, 82)}
+        assert fr.depth is None
+    else:  # lit asphalt: grey; depth: the road 1.6 m below the camera, seen 16 px above the bottom
+        r, g, b = (int(c) for c in fr.image[470, 320])
+        assert abs(r - g) <= 6 and 50 <= g <= 130 and b >= g
+        assert fr.depth[470, 320] == pytest.approx(1.6 * 320 / (470.5 - 240), rel=0.1)
+        assert fr.depth[5, 320] == 0.0
     ids = [lab["id"] for lab in fr.labels]
     assert str(signs.ids[i]) in ids
     lab = fr.labels[ids.index(str(signs.ids[i]))]
     assert lab["kind"] == "speed_limit" and lab["source"] == "original" and 15 < lab["distance"] < 25
+    assert (fr.instance == lab["instance"]).sum() == lab["pixels"]
     with pytest.raises(KeyError):
         rig.render("nope", snap, {})
 
