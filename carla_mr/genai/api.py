@@ -6,6 +6,8 @@
     s = score(validator, images, ["stop"])             # {"G", "mean_confidence", ...}
     market_parameters("runs/genai-generate-...")        # {"G", "theta", ...} for the market
     faces = sign_images(["stop", "yield"], seed=0)     # (B, 32, 32, 3) uint8, for sign textures
+    up = load_default_upsampler(text_model=model)      # the committed super-resolution stage
+    big = upsample(up, images, prompts, seed=0)        # (B, 128, 128, 3) uint8
     run_from_config(scenario.genai, out_dir, seed)     # the whole job of a scenario section
 
 Every function is deterministic for its seed. torch is imported lazily (extra ``genai``).
@@ -25,6 +27,7 @@ from carla_mr.genai.market_link import market_parameters  # noqa: F401  (re-expo
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "genai"
 DEFAULT_MODEL = DATA_DIR / "base"
 DEFAULT_VALIDATOR = DATA_DIR / "validator"
+DEFAULT_UPSAMPLER = DATA_DIR / "upsampler"
 
 
 def default_model_path() -> Path:
@@ -33,6 +36,29 @@ def default_model_path() -> Path:
 
 def default_validator_path() -> Path:
     return DEFAULT_VALIDATOR
+
+
+def default_upsampler_path() -> Path:
+    return DEFAULT_UPSAMPLER
+
+
+def load_default_upsampler(path: str | os.PathLike | None = None, text_model=None, device: str = "cpu"):
+    """The super-resolution stage (32 -> 128 px; the committed one unless ``path`` names another),
+    reading prompts with ``text_model``'s text encoder (default: the committed base model's).
+    Returns a :class:`~carla_mr.genai.upsampler.Upsampler`."""
+    from carla_mr.genai.upsampler import load_upsampler
+
+    return load_upsampler(path or DEFAULT_UPSAMPLER, text_model or load_default_generator(device=device),
+                          device=device)
+
+
+def upsample(upsampler, images: np.ndarray, prompts: Sequence[str], seed: int = 0, *, steps: int = 10,
+             guidance: float = 1.0) -> np.ndarray:
+    """Lift (N, 32, 32, 3) uint8 images to (N, 128, 128, 3) uint8 with their prompts
+    ("a speed limit 30 sign on a red background" draws 30); image i uses seed ``seed + i``."""
+    from carla_mr.genai.upsampler import upsample as _upsample
+
+    return _upsample(upsampler, images, prompts, steps=steps, guidance=guidance, seed=seed)
 
 
 def load_default_generator(path: str | os.PathLike | None = None, device: str = "cpu"):
