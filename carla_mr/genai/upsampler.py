@@ -39,11 +39,13 @@ import numpy as np
 
 from carla_mr.errors import InputError, require
 
-#: The default upsampler's UNet (about 1.6 M parameters; cross-attention at 8x8 and mid).
+#: The default upsampler's UNet (about 2.2 M parameters; cross-attention at 8x8 and mid). The
+#: first block is wider than the 48 + 3 input channels: narrower, it cannot pass the 48 noise
+#: channels through (a 32-wide first version stalled at loss 0.47 and left visible noise).
 UPSAMPLER_UNET = dict(
     down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-    block_out_channels=(32, 64, 64),
+    block_out_channels=(64, 64, 64),
     layers_per_block=1,
     attention_head_dim=8,
     norm_num_groups=16,
@@ -52,7 +54,7 @@ UPSAMPLER_UNET = dict(
     addition_embed_type_num_heads=2,
 )
 
-SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
+SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
                  clip_sample=False)
 
 
@@ -195,11 +197,11 @@ def upsample(up: Upsampler, images: np.ndarray, prompts: Sequence[str], *, steps
                 cond_low, labels = torch.cat([cond_low, cond_low]), torch.cat([labels, labels])
             for t in sched.timesteps:
                 xin = torch.cat([x, x]) if uncond is not None else x
-                eps = up.unet(torch.cat([xin, cond_low], 1), t, encoder_hidden_states=hs, class_labels=labels).sample
+                pred = up.unet(torch.cat([xin, cond_low], 1), t, encoder_hidden_states=hs, class_labels=labels).sample
                 if uncond is not None:
-                    e_u, e_c = eps.chunk(2)
-                    eps = e_u + float(guidance) * (e_c - e_u)
-                x = sched.step(eps, t, x).prev_sample
+                    p_u, p_c = pred.chunk(2)
+                    pred = p_u + float(guidance) * (p_c - p_u)
+                x = sched.step(pred, t, x).prev_sample
             high = bicubic_up(low, up.factor) + from_patches(x, up.factor) / up.residual_scale
             out.append(((high.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(out, 0)

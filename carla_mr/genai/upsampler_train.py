@@ -6,7 +6,8 @@ like the base model ("a speed limit 30 sign on a red background"; the value is d
 ``value_drop`` of the prompts and the prompt from ``cfg_drop``). Each step noises the
 residual target (:func:`~carla_mr.genai.upsampler.residual_target`) at a uniform DDPM
 timestep and the low-resolution conditioning at a uniform noise-augmentation level in
-0..``max_noise_level`` (0 for a quarter of the items), and regresses the noise (MSE). The
+0..``max_noise_level`` (0 for a quarter of the items), and regresses the scheduler's target
+(v-prediction for the default, MSE). The
 text encoder is the base model's and stays frozen. DreamBooth reuses :func:`fit_pairs` on the
 instance images' pairs.
 
@@ -120,7 +121,8 @@ def pair_loss(up, high, low, prompts, gen, accel=None):
     else:
         with ctx:
             pred = up.unet(torch.cat([xt, cond], 1), t, encoder_hidden_states=hs, class_labels=levels).sample
-    return torch.nn.functional.mse_loss(pred.float(), noise)
+    target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(x0, noise, t)
+    return torch.nn.functional.mse_loss(pred.float(), target)
 
 
 def fit_pairs(up, high: np.ndarray, low: np.ndarray, prompts, *, steps: int, lr: float, batch_size: int = 8,
