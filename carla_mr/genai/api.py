@@ -93,16 +93,24 @@ def score(validator, images: np.ndarray, kinds: Sequence[str]) -> dict:
 
 
 def sign_images(kinds: Sequence[str], seed: int = 0, *, colours: Sequence[str] | None = None, model=None,
-                steps: int = 20, guidance: float = 7.5) -> np.ndarray:
+                steps: int = 20, guidance: float = 7.5, values: Sequence[int | None] | None = None,
+                upsampler=None, upsample_steps: int = 10) -> np.ndarray:
     """Generated images of the given sign kinds (background colour per item, default white),
-    for swapping onto in-world signs: (B, H, W, 3) uint8."""
+    for swapping onto in-world signs: (B, H, W, 3) uint8. ``values``: the speed value (km/h)
+    per item for ``speed_limit`` (None: the generic prompt). With ``upsampler`` (from
+    :func:`load_default_upsampler`) the 32 px images are lifted to 128 px with the same prompts."""
     from carla_mr.genai.prompts import prompt_for
 
     cols = list(colours) if colours is not None else ["white"] * len(kinds)
-    if len(cols) != len(kinds):
-        raise InputError("one colour per sign kind is needed", field="colours")
+    vals = list(values) if values is not None else [None] * len(kinds)
+    if len(cols) != len(kinds) or len(vals) != len(kinds):
+        raise InputError("one colour (and one value, if given) per sign kind is needed", field="colours")
     m = model or load_default_generator()
-    return generate(m, [prompt_for(k, c) for k, c in zip(kinds, cols)], seed, steps=steps, guidance=guidance)
+    prompts = [prompt_for(k, c, value=v if k == "speed_limit" else None) for k, c, v in zip(kinds, cols, vals)]
+    images = generate(m, prompts, seed, steps=steps, guidance=guidance)
+    if upsampler is not None:
+        images = upsample(upsampler, images, prompts, seed=seed, steps=upsample_steps)
+    return images
 
 
 def run_from_config(cfg, out: str | os.PathLike, seed: int = 0, *, model=None, validator=None, progress=None,
