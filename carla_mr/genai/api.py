@@ -6,6 +6,8 @@
     s = score(validator, images, ["stop"])             # {"G", "mean_confidence", ...}
     market_parameters("runs/genai-generate-...")        # {"G", "theta", ...} for the market
     faces = sign_images(["stop", "yield"], seed=0)     # (B, 32, 32, 3) uint8, for sign textures
+    up = load_default_upsampler(text_model=model)      # the committed super-resolution stage
+    big = upsample(up, images, prompts, seed=0)        # (B, 128, 128, 3) uint8
     run_from_config(scenario.genai, out_dir, seed)     # the whole job of a scenario section
 
 Every function is deterministic for its seed. torch is imported lazily (extra ``genai``).
@@ -25,6 +27,7 @@ from carla_mr.genai.market_link import market_parameters  # noqa: F401  (re-expo
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "genai"
 DEFAULT_MODEL = DATA_DIR / "base"
 DEFAULT_VALIDATOR = DATA_DIR / "validator"
+DEFAULT_UPSAMPLER = DATA_DIR / "upsampler"
 
 
 def default_model_path() -> Path:
@@ -33,6 +36,29 @@ def default_model_path() -> Path:
 
 def default_validator_path() -> Path:
     return DEFAULT_VALIDATOR
+
+
+def default_upsampler_path() -> Path:
+    return DEFAULT_UPSAMPLER
+
+
+def load_default_upsampler(path: str | os.PathLike | None = None, text_model=None, device: str = "cpu"):
+    """The super-resolution stage (32 -> 128 px; the committed one unless ``path`` names another),
+    reading prompts with ``text_model``'s text encoder (default: the committed base model's).
+    Returns a :class:`~carla_mr.genai.upsampler.Upsampler`."""
+    from carla_mr.genai.upsampler import load_upsampler
+
+    return load_upsampler(path or DEFAULT_UPSAMPLER, text_model or load_default_generator(device=device),
+                          device=device)
+
+
+def upsample(upsampler, images: np.ndarray, prompts: Sequence[str], seed: int = 0, *, steps: int = 10,
+             guidance: float = 1.0) -> np.ndarray:
+    """Lift (N, 32, 32, 3) uint8 images to (N, 128, 128, 3) uint8 with their prompts
+    ("a speed limit 30 sign on a red background" draws 30); image i uses seed ``seed + i``."""
+    from carla_mr.genai.upsampler import upsample as _upsample
+
+    return _upsample(upsampler, images, prompts, steps=steps, guidance=guidance, seed=seed)
 
 
 def load_default_generator(path: str | os.PathLike | None = None, device: str = "cpu"):
@@ -67,16 +93,24 @@ def score(validator, images: np.ndarray, kinds: Sequence[str]) -> dict:
 
 
 def sign_images(kinds: Sequence[str], seed: int = 0, *, colours: Sequence[str] | None = None, model=None,
-                steps: int = 20, guidance: float = 7.5) -> np.ndarray:
+                steps: int = 20, guidance: float = 7.5, values: Sequence[int | None] | None = None,
+                upsampler=None, upsample_steps: int = 10) -> np.ndarray:
     """Generated images of the given sign kinds (background colour per item, default white),
-    for swapping onto in-world signs: (B, H, W, 3) uint8."""
+    for swapping onto in-world signs: (B, H, W, 3) uint8. ``values``: the speed value (km/h)
+    per item for ``speed_limit`` (None: the generic prompt). With ``upsampler`` (from
+    :func:`load_default_upsampler`) the 32 px images are lifted to 128 px with the same prompts."""
     from carla_mr.genai.prompts import prompt_for
 
     cols = list(colours) if colours is not None else ["white"] * len(kinds)
-    if len(cols) != len(kinds):
-        raise InputError("one colour per sign kind is needed", field="colours")
+    vals = list(values) if values is not None else [None] * len(kinds)
+    if len(cols) != len(kinds) or len(vals) != len(kinds):
+        raise InputError("one colour (and one value, if given) per sign kind is needed", field="colours")
     m = model or load_default_generator()
-    return generate(m, [prompt_for(k, c) for k, c in zip(kinds, cols)], seed, steps=steps, guidance=guidance)
+    prompts = [prompt_for(k, c, value=v if k == "speed_limit" else None) for k, c, v in zip(kinds, cols, vals)]
+    images = generate(m, prompts, seed, steps=steps, guidance=guidance)
+    if upsampler is not None:
+        images = upsample(upsampler, images, prompts, seed=seed, steps=upsample_steps)
+    return images
 
 
 def run_from_config(cfg, out: str | os.PathLike, seed: int = 0, *, model=None, validator=None, progress=None,

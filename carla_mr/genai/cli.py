@@ -9,6 +9,16 @@ import click
 from carla_mr.cli_common import common_options, emit, guarded, log, make_run_dir, progress
 
 
+def accel_options(f):
+    """--device, --dtype, --gradient-checkpointing, --use-8bit-adam (see carla_mr.genai.accel)."""
+    f = click.option("--use-8bit-adam", is_flag=True, help="bitsandbytes AdamW8bit (needs bitsandbytes).")(f)
+    f = click.option("--gradient-checkpointing", is_flag=True, help="Recompute UNet activations (less memory).")(f)
+    f = click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+                     help="Mixed precision of the forward passes (weights and optimiser stay fp32).")(f)
+    f = click.option("--device", type=str, default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")(f)
+    return f
+
+
 @click.group(name="genai")
 def genai_group():
     """TSDreamBooth: sign data, the CPU base model, DreamBooth, generation, validator, scores."""
@@ -24,14 +34,33 @@ def genai_group():
 @click.option("--save-every", type=int, default=100, show_default=True, help="Checkpoint every N steps.")
 @click.option("--threads", type=int, default=2, show_default=True, help="torch CPU threads.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.pt.")
+@click.option("--warmup", type=int, default=200, show_default=True, help="Linear learning-rate warm-up steps.")
+@click.option("--init", "init", type=str, default=None,
+              help="Continue training this checkpoint directory (e.g. the committed base) instead of a fresh model.")
+@click.option("--value-prompts", is_flag=True,
+              help="Prompt speed-limit images with their value ('a speed limit 30 sign on a red background').")
+@click.option("--speed-share", type=float, default=0.0, show_default=True,
+              help="Fraction of each batch that is speed-limit signs (0: uniform over the classes).")
+@click.option("--freeze-text-encoder", is_flag=True,
+              help="Train the UNet only (keeps an upsampler that shares the text encoder valid).")
+@accel_options
 @guarded
-def train_base_cmd(out, seed, as_json, steps, batch_size, lr, image_size, ema_decay, save_every, threads, resume):
+def train_base_cmd(out, seed, as_json, steps, batch_size, lr, image_size, ema_decay, save_every, threads, resume, warmup,
+                   init, value_prompts, speed_share, freeze_text_encoder, device, dtype, gradient_checkpointing, use_8bit_adam):
     """Train the pixel-space text-to-image base model from scratch on procedural signs."""
+    from carla_mr.genai.accel import make_accel
     from carla_mr.genai.train import BaseTrainConfig, train_base
 
+    make_accel(device, dtype, gradient_checkpointing, use_8bit_adam)  # bad options fail before the run dir
+    if init:
+        from carla_mr.genai.model import check_model_dir
+
+        check_model_dir(init, field="--init")
     run = make_run_dir(out, "genai-train-base")
     cfg = BaseTrainConfig(steps=steps, batch_size=batch_size, lr=lr, image_size=image_size, save_every=save_every,
-                          ema_decay=ema_decay,
+                          ema_decay=ema_decay, warmup=warmup, init=init, value_prompts=value_prompts,
+                          speed_share=speed_share, train_text_encoder=not freeze_text_encoder, device=device, dtype=dtype,
+                          gradient_checkpointing=gradient_checkpointing, use_8bit_adam=use_8bit_adam,
                           seed=0 if seed is None else seed, threads=threads)
     log(f"training the base model into {run}")
     with progress(steps, "train-base") as adv:
@@ -45,6 +74,40 @@ def train_base_cmd(out, seed, as_json, steps, batch_size, lr, image_size, ema_de
             adv(min(done, steps))
         res = train_base(run, cfg, resume=resume, progress=adv, log=log)
     emit(res, as_json=as_json, title="genai train-base")
+
+
+@genai_group.command("train-upsampler")
+@common_options
+@click.option("--base", "base", type=str, default=None,
+              help="Base checkpoint whose text encoder the upsampler reads prompts with (default: the committed one).")
+@click.option("--steps", type=int, default=2000, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=5e-4, show_default=True)
+@click.option("--warmup", type=int, default=100, show_default=True)
+@click.option("--bank", type=int, default=3000, show_default=True, help="Rendered low/high-resolution pairs.")
+@click.option("--save-every", type=int, default=200, show_default=True)
+@click.option("--threads", type=int, default=2, show_default=True)
+@accel_options
+@guarded
+def train_upsampler_cmd(out, seed, as_json, base, steps, batch_size, lr, warmup, bank, save_every, threads, device,
+                        dtype, gradient_checkpointing, use_8bit_adam):
+    """Train the super-resolution stage (32 -> 128 px) on procedural low/high-resolution pairs."""
+    from carla_mr.genai.accel import make_accel
+    from carla_mr.genai.api import default_model_path
+    from carla_mr.genai.model import check_model_dir
+    from carla_mr.genai.upsampler_train import UpsamplerTrainConfig, train_upsampler
+
+    make_accel(device, dtype, gradient_checkpointing, use_8bit_adam)
+    base = base or str(default_model_path())
+    check_model_dir(base, field="--base")
+    run = make_run_dir(out, "genai-train-upsampler")
+    cfg = UpsamplerTrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, bank=bank,
+                               save_every=save_every, threads=threads, device=device, dtype=dtype,
+                               gradient_checkpointing=gradient_checkpointing, use_8bit_adam=use_8bit_adam,
+                               seed=0 if seed is None else seed)
+    with progress(steps, "train-upsampler") as adv:
+        res = train_upsampler(run, base, cfg, progress=adv, log=log)
+    emit(res, as_json=as_json, title="genai train-upsampler")
 
 
 @genai_group.command("make-data")
@@ -103,30 +166,54 @@ def train_validator_cmd(out, seed, as_json, data, arch, width, epochs, per_class
 @click.option("--class-prompt", type=str, default=None, help="Default: 'a {sign} sign on a {colour} background'.")
 @click.option("--steps", type=int, default=400, show_default=True)
 @click.option("--batch-size", type=int, default=4, show_default=True, help="Instance images per step (+ as many class images).")
-@click.option("--lr", type=float, default=None, help="Default: 5e-6 full SD, 1e-4 pixel model or LoRA.")
+@click.option("--lr", type=float, default=None,
+              help="Default: 5e-6 full latent (SD), 1e-5 full pixel model, 1e-4 LoRA.")
 @click.option("--prior-loss-weight", type=float, default=1.0, show_default=True)
 @click.option("--num-class-images", type=int, default=100, show_default=True)
 @click.option("--mode", type=click.Choice(["full", "lora"]), default="full", show_default=True)
 @click.option("--rank", type=int, default=4, show_default=True, help="LoRA rank.")
 @click.option("--train-text-encoder", is_flag=True)
+@click.option("--shift-px", type=int, default=2, show_default=True,
+              help="Augmentation: random shift of the instance images, pixels (0: off).")
+@click.option("--upsampler", "upsampler", type=str, default=None,
+              help="Also fine-tune this super-resolution stage on the instance images' low/high pairs "
+                   "('default': the committed one).")
+@click.option("--upsampler-steps", type=int, default=200, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True)
+@accel_options
 @guarded
 def dreambooth_cmd(out, seed, as_json, base, instance_dir, kind, token, instance_prompt, class_prompt, steps, batch_size,
-                   lr, prior_loss_weight, num_class_images, mode, rank, train_text_encoder, threads):
+                   lr, prior_loss_weight, num_class_images, mode, rank, train_text_encoder, shift_px, upsampler,
+                   upsampler_steps, threads, device, dtype, gradient_checkpointing, use_8bit_adam):
     """DreamBooth with prior preservation: teach the model one sign under a rare token."""
-    from carla_mr.genai.api import default_model_path
-    from carla_mr.genai.dreambooth import DreamBoothConfig, dreambooth, list_instance_images
+    from carla_mr.genai.accel import make_accel
+    from carla_mr.genai.api import default_model_path, default_upsampler_path
+    from carla_mr.genai.dreambooth import DreamBoothConfig, dreambooth, read_instance_images
+    from carla_mr.genai.model import check_model_dir
     from carla_mr.genai.signs import sign_class_id
 
+    # every input is checked before the run directory is made
     sign_class_id(kind)
-    list_instance_images(instance_dir)  # fail fast on an empty folder
+    read_instance_images(instance_dir)  # no images, unreadable or mixed sizes
+    base = base or str(default_model_path())
+    check_model_dir(base, field="--base")
+    make_accel(device, dtype, gradient_checkpointing, use_8bit_adam)
+    if upsampler == "default":
+        upsampler = str(default_upsampler_path())
+    if upsampler:
+        from carla_mr.genai.upsampler import check_upsampler_dir
+
+        check_upsampler_dir(upsampler)
     run = make_run_dir(out, "genai-dreambooth")
     cfg = DreamBoothConfig(kind=kind, token=token, instance_prompt=instance_prompt, class_prompt=class_prompt,
                            steps=steps, batch_size=batch_size, lr=lr, prior_loss_weight=prior_loss_weight,
                            num_class_images=num_class_images, mode=mode, rank=rank,
-                           train_text_encoder=train_text_encoder, seed=0 if seed is None else seed, threads=threads)
+                           train_text_encoder=train_text_encoder, shift_px=shift_px, upsampler=upsampler,
+                           upsampler_steps=upsampler_steps, device=device, dtype=dtype,
+                           gradient_checkpointing=gradient_checkpointing, use_8bit_adam=use_8bit_adam,
+                           seed=0 if seed is None else seed, threads=threads)
     with progress(steps, "dreambooth") as adv:
-        res = dreambooth(base or default_model_path(), instance_dir, run, cfg, progress=adv, log=log)
+        res = dreambooth(base, instance_dir, run, cfg, progress=adv, log=log)
     emit(res, as_json=as_json, title="genai dreambooth")
 
 

@@ -9,12 +9,22 @@ images, noises both at random DDPM timesteps and minimises::
 
 (:func:`prior_preservation_loss`). ``mode="full"`` fine-tunes every UNet weight (and the text
 encoder with ``train_text_encoder``); ``mode="lora"`` trains rank-``rank`` LoRA adapters (peft)
-on the UNet's attention projections, then fuses them so the saved model is a plain checkpoint
-(the adapter alone is also saved, as ``unet_lora/``).
+on the UNet's attention projections, then fuses them so the saved model is a plain checkpoint;
+the adapter alone is also saved in diffusers' format as ``lora/pytorch_lora_weights.safetensors``
+(:mod:`carla_mr.genai.lora`: ``StableDiffusionPipeline.load_lora_weights(out/"lora")`` loads it).
+
+Augmentation of the few instance images: each is shifted by a random whole number of pixels,
+up to ``shift_px`` in x and y (edges replicated), every time it is drawn.
+
+With ``upsampler`` (a super-resolution stage directory) the instance images are also cut into
+low/high-resolution pairs (high = the image at the upsampler's output size, low = its area
+downsample) and the upsampler is fine-tuned on them, half of each batch being procedural
+class pairs (prior preservation), as the paper fine-tunes "the super-resolution components".
 
 Recipe defaults (from the DreamBooth paper and the diffusers example): 400 steps,
-prior_loss_weight 1.0, 100-200 class images, lr 5e-6 full fine-tune of a Stable Diffusion
-model, 1e-4 for LoRA; pixel-space tiny models trained from scratch here take 1e-4 full.
+prior_loss_weight 1.0, 100-200 class images, lr 5e-6 for a full fine-tune of a latent (Stable
+Diffusion) model and 1e-5 for the pixel-space default (1e-4 made the default collapse on 6
+images: instance-prompt G 0.42), 1e-4 for LoRA.
 """
 
 from __future__ import annotations
@@ -39,15 +49,42 @@ class DreamBoothConfig:
     class_prompt: str | None = None  # default: "a {sign} sign on a {colour} background" (random colours)
     steps: int = 400
     batch_size: int = 4
-    lr: float | None = None  # None: 5e-6 full (SD) / 1e-4 full (pixel model) / 1e-4 LoRA
+    lr: float | None = None  # None: 5e-6 full (SD) / 1e-5 full (pixel model) / 1e-4 LoRA
     prior_loss_weight: float = 1.0
     num_class_images: int = 100
     class_sample_steps: int = 20
     mode: str = "full"  # "full" | "lora"
     rank: int = 4
     train_text_encoder: bool = False
+    shift_px: int = 2  # augmentation: random shift of the instance images, pixels
     seed: int = 0
     threads: int = 2
+    device: str = "cpu"
+    dtype: str = "fp32"
+    gradient_checkpointing: bool = False
+    use_8bit_adam: bool = False
+    upsampler: str | None = None  # fine-tune this super-resolution stage on the instance pairs too
+    upsampler_steps: int = 200
+    upsampler_lr: float = 2e-5
+
+
+def default_lr(mode: str, pixel_space: bool) -> float:
+    """The default learning rate: 1e-4 LoRA, 1e-5 full pixel-space, 5e-6 full latent (SD)."""
+    if mode == "lora":
+        return 1e-4
+    return 1e-5 if pixel_space else 5e-6
+
+
+def shift_augment(x, max_px: int, gen):
+    """Shift each image of (B, C, H, W) by random integers in [-max_px, max_px] (edges replicated)."""
+    torch = require("torch", extra="genai", feature="DreamBooth")
+    if max_px <= 0:
+        return x
+    p = int(max_px)
+    padded = torch.nn.functional.pad(x, (p, p, p, p), mode="replicate")
+    h, w = x.shape[-2:]
+    d = torch.randint(0, 2 * p + 1, (x.shape[0], 2), generator=gen)
+    return torch.stack([padded[i, :, int(dy):int(dy) + h, int(dx):int(dx) + w] for i, (dy, dx) in enumerate(d)])
 
 
 def list_instance_images(folder: str | os.PathLike) -> list[Path]:
@@ -62,15 +99,29 @@ def list_instance_images(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
+def read_instance_images(folder: str | os.PathLike) -> list[np.ndarray]:
+    """The instance images as read; InputError if the folder has none, one is unreadable, or
+    they have mixed sizes (naming the files and sizes)."""
+    from carla_mr.genai.datasets import read_image
+
+    files = list_instance_images(folder)
+    imgs = [read_image(f) for f in files]
+    sizes = {}
+    for f, im in zip(files, imgs):
+        sizes.setdefault(f"{im.shape[1]}x{im.shape[0]}", []).append(f.name)
+    if len(sizes) > 1:
+        detail = "; ".join(f"{k}: {', '.join(v[:3])}{' ...' if len(v) > 3 else ''}" for k, v in sorted(sizes.items()))
+        raise InputError(f"the instance images in {folder} have mixed sizes ({detail}); give every image the same "
+                         "size (crop or resize them to one square size, e.g. 128x128)", field="--instance-dir")
+    return imgs
+
+
 def load_instance_images(folder: str | os.PathLike, size: int) -> np.ndarray:
     """(N, size, size, 3) uint8: centre square crop, area resize."""
     import cv2
 
-    from carla_mr.genai.datasets import read_image
-
     out = []
-    for f in list_instance_images(folder):
-        img = read_image(f)
+    for img in read_instance_images(folder):
         h, w = img.shape[:2]
         s = min(h, w)
         img = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
@@ -102,15 +153,127 @@ def _background_colour(img: np.ndarray) -> str:
     return best or "white"
 
 
+def _class_images(m, cfg: DreamBoothConfig, class_prompts, out: Path, log=None) -> np.ndarray:
+    """Sample the prior-preservation class images with the base model (and write them as PNG)."""
+    import cv2
+
+    from carla_mr.genai.sample import sample
+    from carla_mr.io import atomic_write_bytes
+
+    if not cfg.num_class_images:
+        return np.zeros((0, m.image_size, m.image_size, 3), np.uint8)
+    if log:
+        log(f"sampling {cfg.num_class_images} class images with the base model")
+    cls = sample(m, class_prompts, seed=int(cfg.seed) * 100_003 + 17, steps=cfg.class_sample_steps)
+    cdir = out / "class_images"
+    cdir.mkdir(exist_ok=True)
+    for i, im in enumerate(cls):
+        atomic_write_bytes(cdir / f"{i:04d}.png", cv2.imencode(".png", cv2.cvtColor(im, cv2.COLOR_RGB2BGR))[1].tobytes())
+    return cls
+
+
+def _trainable(m, cfg: DreamBoothConfig, accel) -> list:
+    """Set requires_grad for the mode; returns the parameters to optimise."""
+    from carla_mr.genai.accel import prepare_frozen, prepare_unet
+
+    prepare_unet(m.unet, accel)
+    m.unet.train()
+    if cfg.mode == "lora":
+        from carla_mr.genai.lora import add_unet_lora
+
+        params = add_unet_lora(m.unet, cfg.rank)
+    else:
+        m.unet.requires_grad_(True)
+        params = list(m.unet.parameters())
+    m.text_encoder.requires_grad_(bool(cfg.train_text_encoder))
+    if cfg.train_text_encoder:
+        prepare_unet(m.text_encoder, type(accel)(accel.device, accel.dtype))  # fp32 master weights
+        m.text_encoder.train()
+        params += list(m.text_encoder.parameters())
+    else:
+        prepare_frozen(m.text_encoder, accel)
+    prepare_frozen(m.vae, accel)
+    return params
+
+
+def _train_loop(m, cfg: DreamBoothConfig, X_inst, inst_prompts, X_cls, class_prompts, params, lr, accel, progress):
+    """The DreamBooth steps; returns the log rows and the last (loss, instance, prior) losses."""
+    torch = require("torch", extra="genai", feature="DreamBooth")
+    diffusers = require("diffusers", extra="genai", feature="DreamBooth")
+    from carla_mr.genai.accel import backward_step, make_optimizer
+
+    opt = make_optimizer(params, lr=lr, weight_decay=1e-2, accel=accel)
+    scaler = accel.scaler()
+    sched = diffusers.DDPMScheduler.from_config(m.scheduler_config)
+    T = int(sched.config.num_train_timesteps)
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    rows, last = [], None
+    for step in range(int(cfg.steps)):
+        ii = torch.randint(0, len(X_inst), (cfg.batch_size,), generator=gen)
+        xb = [shift_augment(X_inst[ii], cfg.shift_px, gen)]
+        prompts = [inst_prompts[int(i)] for i in ii]
+        if X_cls is not None and cfg.prior_loss_weight > 0:
+            ci = torch.randint(0, len(X_cls), (cfg.batch_size,), generator=gen)
+            xb.append(X_cls[ci])
+            prompts += [class_prompts[int(i)] for i in ci]
+        x = torch.cat(xb).to(accel.device)
+        with torch.no_grad(), accel.autocast():
+            lat = m.encode(x).float()
+        noise = torch.randn(lat.shape, generator=gen).to(accel.device)
+        t = torch.randint(0, T, (lat.shape[0],), generator=gen).to(accel.device)
+        noisy = sched.add_noise(lat, noise, t)
+        with accel.autocast():
+            if cfg.train_text_encoder:
+                hs = m.encode_prompts(prompts)
+            else:
+                with torch.no_grad():
+                    hs = m.encode_prompts(prompts)
+            pred = m.unet(noisy, t, encoder_hidden_states=hs).sample
+        target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(lat, noise, t)
+        loss, li, lp = prior_preservation_loss(pred, target, cfg.batch_size, cfg.prior_loss_weight)
+        backward_step(loss, opt, params, accel, scaler)
+        last = (float(loss.detach()), float(li.detach()), float(lp.detach()))
+        rows.append(f"{step + 1},{last[0]:.5f},{last[1]:.5f},{last[2]:.5f}")
+        if progress:
+            progress(1)
+    return rows, last
+
+
+def finetune_upsampler(upsampler_dir, m, instance_dir, inst_prompts, cfg: DreamBoothConfig, out: Path, accel,
+                       log=None) -> dict:
+    """Fine-tune a super-resolution stage on the instance images' low/high-resolution pairs,
+    half of every batch procedural class pairs; writes ``out/upsampler``."""
+    from carla_mr.genai.upsampler import load_upsampler, save_upsampler
+    from carla_mr.genai.upsampler_train import fit_pairs, pairs_from_images, render_pairs
+
+    up = load_upsampler(upsampler_dir, m, device=str(accel.device))
+    hi_inst, lo_inst = pairs_from_images(load_instance_images(instance_dir, up.high_size), up.factor)
+    n_cls = max(len(hi_inst) * 8, 32)
+    hi_cls, lo_cls, p_cls = render_pairs(n_cls, low_size=up.low_size, factor=up.factor, seed=int(cfg.seed) + 1)
+    # as many class pairs as instance pairs in expectation: repeat the instance pairs
+    rep = max(1, n_cls // len(hi_inst))
+    high = np.concatenate([np.repeat(hi_inst, rep, 0), hi_cls])
+    low = np.concatenate([np.repeat(lo_inst, rep, 0), lo_cls])
+    prompts = [p for p in inst_prompts for _ in range(rep)] + list(p_cls)
+    if log:
+        log(f"fine-tuning the upsampler on {len(hi_inst)} instance pairs (+{n_cls} class pairs)")
+    losses = fit_pairs(up, high, low, prompts, steps=cfg.upsampler_steps, lr=cfg.upsampler_lr,
+                       batch_size=cfg.batch_size * 2, seed=cfg.seed, accel=accel)
+    save_upsampler(up, out / "upsampler", text_encoder_ref=str(out / "model"),
+                   extra={"dreambooth_of": str(upsampler_dir), "instance_prompts": sorted(set(inst_prompts))})
+    return {"upsampler": str(out / "upsampler"), "upsampler_steps": cfg.upsampler_steps,
+            "upsampler_final_loss": losses[-1] if losses else None}
+
+
 def dreambooth(base: str | os.PathLike, instance_dir: str | os.PathLike, out: str | os.PathLike,
                cfg: DreamBoothConfig | None = None, *, progress=None, log=None, model=None) -> dict:
     """Fine-tune ``base`` on the instance images; writes ``out/model`` (pipeline layout),
-    ``out/class_images/``, ``out/train_log.csv`` and ``out/dreambooth.json``. Returns a summary."""
+    ``out/class_images/``, ``out/train_log.csv``, ``out/dreambooth.json`` (and ``out/lora/``
+    for LoRA, ``out/upsampler/`` with ``cfg.upsampler``). Returns a summary."""
     torch = require("torch", extra="genai", feature="DreamBooth")
-    diffusers = require("diffusers", extra="genai", feature="DreamBooth")
+    from carla_mr.genai.accel import make_accel
     from carla_mr.genai.model import load_model, save_model
     from carla_mr.genai.prompts import COLOURS, prompt_for
-    from carla_mr.genai.sample import sample
     from carla_mr.genai.train import images_to_tensor
     from carla_mr.io import atomic_write_json, atomic_write_text
 
@@ -120,18 +283,20 @@ def dreambooth(base: str | os.PathLike, instance_dir: str | os.PathLike, out: st
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.num_class_images < 0:
         raise InputError("steps and batch_size must be >= 1, num_class_images >= 0", field="--steps")
     prompt_for(cfg.kind)  # validates the class
+    accel = make_accel(cfg.device, cfg.dtype, cfg.gradient_checkpointing, cfg.use_8bit_adam)
+    if cfg.upsampler:
+        from carla_mr.genai.upsampler import check_upsampler_dir
+
+        check_upsampler_dir(cfg.upsampler)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     m = model if model is not None else load_model(base)
-    size = m.image_size
-    inst = load_instance_images(instance_dir, size)
+    inst = load_instance_images(instance_dir, m.image_size)
     rng = np.random.default_rng(int(cfg.seed))
     colours = list(COLOURS)
-
-    # prompts
     if cfg.instance_prompt:
         inst_prompts = [cfg.instance_prompt] * len(inst)
     else:
@@ -141,94 +306,33 @@ def dreambooth(base: str | os.PathLike, instance_dir: str | os.PathLike, out: st
     else:
         class_prompts = [prompt_for(cfg.kind, colours[int(rng.integers(len(colours)))])
                          for _ in range(cfg.num_class_images)]
-
-    # class images from the base model (prior preservation)
-    if cfg.num_class_images:
-        if log:
-            log(f"sampling {cfg.num_class_images} class images with the base model")
-        cls = sample(m, class_prompts, seed=int(cfg.seed) * 100_003 + 17, steps=cfg.class_sample_steps)
-        import cv2
-
-        from carla_mr.io import atomic_write_bytes
-
-        cdir = out / "class_images"
-        cdir.mkdir(exist_ok=True)
-        for i, im in enumerate(cls):
-            atomic_write_bytes(cdir / f"{i:04d}.png", cv2.imencode(".png", cv2.cvtColor(im, cv2.COLOR_RGB2BGR))[1].tobytes())
-    else:
-        cls = np.zeros((0, size, size, 3), np.uint8)
-
-    lr = cfg.lr if cfg.lr is not None else (1e-4 if (cfg.mode == "lora" or m.pixel_space) else 5e-6)
-    m.unet.train()
-    params = []
-    if cfg.mode == "lora":
-        peft = require("peft", extra="genai", feature="LoRA DreamBooth")
-        m.unet.requires_grad_(False)
-        m.unet.add_adapter(peft.LoraConfig(r=int(cfg.rank), lora_alpha=int(cfg.rank), init_lora_weights="gaussian",
-                                           target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
-        params = [p for p in m.unet.parameters() if p.requires_grad]
-    else:
-        m.unet.requires_grad_(True)
-        params = list(m.unet.parameters())
-    m.text_encoder.requires_grad_(bool(cfg.train_text_encoder))
-    if cfg.train_text_encoder:
-        m.text_encoder.train()
-        params += list(m.text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    sched = diffusers.DDPMScheduler.from_config(m.scheduler_config)
-    T = int(sched.config.num_train_timesteps)
-    X_inst = images_to_tensor(inst)
+    cls = _class_images(m, cfg, class_prompts, out, log)
+    lr = cfg.lr if cfg.lr is not None else default_lr(cfg.mode, m.pixel_space)
+    params = _trainable(m, cfg, accel)
     X_cls = images_to_tensor(cls) if len(cls) else None
-    gen = torch.Generator().manual_seed(int(cfg.seed))
-    rows = []
-    for step in range(int(cfg.steps)):
-        ii = torch.randint(0, len(X_inst), (cfg.batch_size,), generator=gen)
-        xb = [X_inst[ii]]
-        prompts = [inst_prompts[int(i)] for i in ii]
-        # light augmentation of the few instance images: horizontal shift by up to 2 px
-        if X_cls is not None and cfg.prior_loss_weight > 0:
-            ci = torch.randint(0, len(X_cls), (cfg.batch_size,), generator=gen)
-            xb.append(X_cls[ci])
-            prompts += [class_prompts[int(i)] for i in ci]
-        x = torch.cat(xb)
-        with torch.no_grad():
-            lat = m.encode(x)
-        noise = torch.randn(lat.shape, generator=gen)
-        t = torch.randint(0, T, (lat.shape[0],), generator=gen)
-        noisy = sched.add_noise(lat, noise, t)
-        if cfg.train_text_encoder:
-            hs = m.encode_prompts(prompts)
-        else:
-            with torch.no_grad():
-                hs = m.encode_prompts(prompts)
-        pred = m.unet(noisy, t, encoder_hidden_states=hs).sample
-        target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(lat, noise, t)
-        loss, li, lp = prior_preservation_loss(pred, target, cfg.batch_size, cfg.prior_loss_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        rows.append(f"{step + 1},{float(loss.detach()):.5f},{float(li.detach()):.5f},{float(lp.detach()):.5f}")
-        if progress:
-            progress(1)
+    rows, last = _train_loop(m, cfg, images_to_tensor(inst), inst_prompts, X_cls, class_prompts, params, lr, accel,
+                             progress)
     m.unet.eval(), m.text_encoder.eval()
+    m.to(dtype=torch.float32)
+    summary_extra = {}
     if cfg.mode == "lora":
-        from peft.utils import get_peft_model_state_dict
-        from safetensors.torch import save_file
+        from carla_mr.genai.lora import save_lora
 
-        lora_state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(m.unet).items()}
-        (out / "unet_lora").mkdir(exist_ok=True)
-        save_file(lora_state, str(out / "unet_lora" / "adapter_model.safetensors"))
+        save_lora(m.unet, out / "lora")
+        summary_extra["lora"] = str(out / "lora")
         m.unet.fuse_lora()
         m.unet.unload_lora()
     save_model(m, out / "model", extra={"kind": "carla_mr-dreambooth", "base": str(base), "token": cfg.token,
                                         "instance_class": cfg.kind, "instance_prompts": sorted(set(inst_prompts)),
                                         "config": asdict(cfg),
-                                        **{k: v for k, v in m.extra.items() if k in ("classes", "colours", "prompt")}})
+                                        **{k: v for k, v in m.extra.items()
+                                           if k in ("classes", "colours", "prompt", "speed_values", "value_prompt")}})
     atomic_write_text(out / "train_log.csv", "step,loss,instance_loss,prior_loss\n" + "".join(r + "\n" for r in rows))
+    if cfg.upsampler:
+        summary_extra.update(finetune_upsampler(cfg.upsampler, m, instance_dir, inst_prompts, cfg, out, accel, log))
     summary = {"model": str(out / "model"), "base": str(base), "mode": cfg.mode, "steps": cfg.steps, "lr": lr,
                "instance_images": int(len(inst)), "class_images": int(len(cls)),
-               "instance_prompt": inst_prompts[0], "final_loss": float(loss.detach()), "elapsed_s": round(time.time() - t0, 1),
-               "config": asdict(cfg)}
+               "instance_prompt": inst_prompts[0], "final_loss": last[0], "elapsed_s": round(time.time() - t0, 1),
+               **summary_extra, "config": asdict(cfg)}
     atomic_write_json(out / "dreambooth.json", summary)
     return summary

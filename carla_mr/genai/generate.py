@@ -31,7 +31,7 @@ def specs_from_prompts(prompts: Sequence[str]) -> list[PromptSpec]:
     out = []
     for p in prompts:
         pp = parse_prompt(p)
-        out.append(PromptSpec(p, pp.kind, pp.colour, pp.context, "context" if pp.context else "background"))
+        out.append(PromptSpec(p, pp.kind, pp.colour, pp.context, "context" if pp.context else "background", pp.value))
     return out
 
 

@@ -77,6 +77,7 @@ class TextToImage:
     vae: Any = None
     source: str = ""
     extra: dict = field(default_factory=dict)  # carla_mr metadata (carla_mr.json)
+    scheduler_class: str = "DDPMScheduler"  # the checkpoint's scheduler class, kept on save
 
     # --------------------------------------------------------------- geometry
     @property
@@ -184,7 +185,8 @@ def save_model(model: TextToImage, path: str | os.PathLike, *, half: bool = Fals
     _save(model.unet, "unet")
     _save(model.text_encoder, "text_encoder")
     model.tokenizer.save_pretrained(str(path / "tokenizer"))
-    sched = diffusers.DDPMScheduler.from_config(model.scheduler_config)
+    sched = _scheduler_class(diffusers, model.scheduler_class).from_config(
+        {k: v for k, v in model.scheduler_config.items() if not k.startswith("_")})
     sched.save_pretrained(str(path / "scheduler"))
     if model.vae is not None:
         _save(model.vae, "vae")
@@ -210,6 +212,42 @@ def save_model(model: TextToImage, path: str | os.PathLike, *, half: bool = Fals
     return path
 
 
+def _scheduler_class(diffusers, name: str):
+    """The diffusers scheduler class called ``name`` (DDPMScheduler when diffusers has none)."""
+    cls = getattr(diffusers, str(name), None)
+    if cls is None or not hasattr(cls, "from_config"):
+        return diffusers.DDPMScheduler
+    return cls
+
+
+def check_model_dir(path: str | os.PathLike, *, field: str = "checkpoint") -> Path:
+    """The directory ``path`` if it holds a diffusers text-to-image pipeline
+    (model_index.json + unet/ text_encoder/ tokenizer/ scheduler/ with their configs), else
+    InputError naming what is missing."""
+    src = str(path)
+    p = Path(src).expanduser()
+    if not p.exists():
+        hint = " (a hub id needs network and --allow-download)" if _is_hub_id(src) else ""
+        raise InputError(f"checkpoint {src} does not exist{hint}; pass a model directory written by "
+                         "'carla-mr genai train-base' or a Stable Diffusion checkpoint directory", field=field)
+    index_file = p / "model_index.json"
+    if not p.is_dir() or not index_file.is_file():
+        raise InputError(f"{src} is not a diffusers model directory (no model_index.json); pass a directory "
+                         "written by 'carla-mr genai train-base' or a Stable Diffusion checkpoint", field=field)
+    try:
+        json.loads(index_file.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{index_file} is not valid JSON: {exc}", field=field) from exc
+    for sub, cfg in (("unet", "config.json"), ("text_encoder", "config.json"), ("tokenizer", None),
+                     ("scheduler", "scheduler_config.json")):
+        if not (p / sub).is_dir():
+            raise InputError(f"{src} has no {sub}/ folder; it is not a complete diffusers text-to-image checkpoint",
+                             field=field)
+        if cfg and not (p / sub / cfg).is_file():
+            raise InputError(f"{src}/{sub} has no {cfg}; it is not a diffusers text-to-image checkpoint", field=field)
+    return p
+
+
 def _is_hub_id(s: str) -> bool:
     return "/" in s and not s.startswith((".", "/", "~")) and s.count("/") == 1 and not Path(s).exists()
 
@@ -232,32 +270,21 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu", local_only: bool
             p = Path(snapshot_download(src, allow_patterns=["model_index.json", "unet/*", "text_encoder/*",
                                                             "tokenizer/*", "scheduler/*", "vae/*"]))
         else:
-            hint = " (a hub id needs network and --allow-download)" if _is_hub_id(src) else ""
-            raise InputError(f"checkpoint {src} does not exist{hint}; pass a model directory written by "
-                             "'carla-mr genai train-base' or a Stable Diffusion checkpoint directory", field="checkpoint")
-    index_file = p / "model_index.json"
-    if not p.is_dir() or not index_file.is_file():
-        raise InputError(f"{src} is not a diffusion model directory (no model_index.json); pass a directory "
-                         "written by 'carla-mr genai train-base' or a Stable Diffusion checkpoint", field="checkpoint")
-    try:
-        index = json.loads(index_file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{index_file} is not valid JSON: {exc}", field="checkpoint") from exc
-    for sub in ("unet", "text_encoder", "tokenizer", "scheduler"):
-        if not (p / sub).is_dir():
-            raise InputError(f"{src} has no {sub}/ folder; it is not a complete text-to-image checkpoint",
-                             field="checkpoint")
+            check_model_dir(src)
+    p = check_model_dir(p)
+    index = json.loads((p / "model_index.json").read_text())
     try:
         unet = diffusers.UNet2DConditionModel.from_pretrained(str(p / "unet"), torch_dtype=torch.float32)
         text_encoder = transformers.CLIPTextModel.from_pretrained(str(p / "text_encoder"), dtype=torch.float32)
         tokenizer = transformers.CLIPTokenizer.from_pretrained(str(p / "tokenizer"))
         sched_cfg = dict(diffusers.DDPMScheduler.load_config(str(p / "scheduler")))
+        sched_class = str(sched_cfg.get("_class_name") or "DDPMScheduler")
         vae = None
         vae_entry = index.get("vae") or [None, None]
         if vae_entry[0] is not None and (p / "vae").is_dir():
             vae = diffusers.AutoencoderKL.from_pretrained(str(p / "vae"), torch_dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"cannot load the checkpoint {src}: {exc}", field="checkpoint") from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"cannot load the checkpoint {src} as a diffusers model: {exc}", field="checkpoint") from exc
     meta = {}
     if (p / "carla_mr.json").is_file():
         try:
@@ -265,7 +292,7 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu", local_only: bool
         except json.JSONDecodeError:
             meta = {}
     m = TextToImage(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler_config=sched_cfg, vae=vae,
-                    source=src, extra=meta)
+                    source=src, extra=meta, scheduler_class=sched_class)
     m.unet.eval(), m.text_encoder.eval()
     if vae is not None:
         vae.eval()

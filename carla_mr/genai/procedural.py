@@ -29,12 +29,17 @@ VARIANTS: dict[str, tuple] = {
     "mandatory_arrow": (0.0, 90.0, 270.0, 45.0, 315.0),
 }
 
-FACE_PX = 96  # resolution of the cached faces
+FACE_PX = 96  # resolution of the cached faces (images up to 48 px; larger ones use 2x the side)
 
 
-@lru_cache(maxsize=64)
-def _face(kind: str, value) -> np.ndarray:
-    return sign_face(kind, value, size=FACE_PX)
+def _face_px(size: int) -> int:
+    """Face resolution for an output side ``size`` (rendered at 2x): at least FACE_PX, sharp at 128 px."""
+    return FACE_PX if size <= 48 else int(2 * size)
+
+
+@lru_cache(maxsize=128)
+def _face(kind: str, value, px: int = FACE_PX) -> np.ndarray:
+    return sign_face(kind, value, size=px)
 
 
 @dataclass(frozen=True)
@@ -61,8 +66,8 @@ BASE_JITTER = Jitter(scale=(0.68, 0.9), shift=0.04, roll_deg=5.0, yaw_deg=15.0, 
 DATA_JITTER = Jitter()
 
 
-def _homography(rng: np.random.Generator, size: int, j: Jitter) -> np.ndarray:
-    """Face pixel coords (FACE_PX square) -> output pixel coords."""
+def _homography(rng: np.random.Generator, size: int, j: Jitter, face_px: int = FACE_PX) -> np.ndarray:
+    """Face pixel coords (``face_px`` square) -> output pixel coords."""
     s = rng.uniform(*j.scale) * size
     cx = size / 2 + rng.uniform(-j.shift, j.shift) * size
     cy = size / 2 + rng.uniform(-j.shift, j.shift) * size
@@ -81,7 +86,7 @@ def _homography(rng: np.random.Generator, size: int, j: Jitter) -> np.ndarray:
     d = 3.0
     proj = pts[:, :2] * (d / (d + pts[:, 2:3]))
     dst = proj * s + np.array([cx, cy])
-    src = np.array([[0, 0], [FACE_PX, 0], [FACE_PX, FACE_PX], [0, FACE_PX]], np.float64)
+    src = np.array([[0, 0], [face_px, 0], [face_px, face_px], [0, face_px]], np.float64)
     return cv2.getPerspectiveTransform(src.astype(np.float32), dst.astype(np.float32))
 
 
@@ -127,9 +132,10 @@ def render_sample(kind: str, rng: np.random.Generator, *, size: int = 32, value=
     if value is None and kind in VARIANTS:
         vs = VARIANTS[kind]
         value = vs[int(rng.integers(len(vs)))]
-    face = _face(kind, value)
     ss = 2  # render at 2x, area-downsample
     big = size * ss
+    fpx = _face_px(size)
+    face = _face(kind, value, fpx)
     if isinstance(background, str):
         if background not in COLOURS:
             raise InputError(f"unknown colour {background!r}; known: {', '.join(COLOURS)}", field="background")
@@ -139,7 +145,7 @@ def render_sample(kind: str, rng: np.random.Generator, *, size: int = 32, value=
         bg = background_image(rng, big, None if background is None else tuple(background), clutter=clutter)
     else:
         bg = cv2.resize(np.asarray(background, np.uint8)[..., :3], (big, big), interpolation=cv2.INTER_LINEAR)
-    H = _homography(rng, big, jitter)
+    H = _homography(rng, big, jitter, fpx)
     warped = cv2.warpPerspective(face, H, (big, big), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                                  borderValue=(0, 0, 0, 0))
     # lighting on the sign (the background keeps its colour, so prompts stay true)
@@ -172,6 +178,27 @@ def base_batch(rng: np.random.Generator, n: int, *, size: int = 32, kinds=SIGN_C
     cs = [colours[int(i)] for i in rng.integers(len(colours), size=n)]
     imgs = np.stack([render_sample(k, rng, size=size, background=c, jitter=BASE_JITTER)[0] for k, c in zip(ks, cs)])
     return imgs, ks, cs
+
+
+def value_batch(rng: np.random.Generator, n: int, *, size: int = 32, kinds=SIGN_CLASSES, colours=tuple(COLOURS),
+                speed_share: float = 0.0):
+    """Like :func:`base_batch` but every image's variant is drawn here and returned:
+    images (n, size, size, 3) uint8, kinds, colours, values (km/h for speed_limit, else None).
+
+    ``speed_share``: probability that an item is a speed-limit sign (0: uniform over ``kinds``).
+    """
+    ks = []
+    for _ in range(int(n)):
+        if speed_share > 0 and "speed_limit" in kinds and rng.random() < speed_share:
+            ks.append("speed_limit")
+        else:
+            ks.append(kinds[int(rng.integers(len(kinds)))])
+    cs = [colours[int(i)] for i in rng.integers(len(colours), size=n)]
+    vs = [VARIANTS["speed_limit"][int(rng.integers(len(VARIANTS["speed_limit"])))] if k == "speed_limit" else None
+          for k in ks]
+    imgs = np.stack([render_sample(k, rng, size=size, background=c, jitter=BASE_JITTER, value=v)[0]
+                     for k, c, v in zip(ks, cs, vs)])
+    return imgs, ks, cs, vs
 
 
 def _split_stream(kind: str, cid: int, n: int, seed: int, stream: int, size: int):

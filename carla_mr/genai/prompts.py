@@ -2,7 +2,9 @@
 
 Grammar of the base model (trained from scratch, so only this grammar is understood):
 ``"a {sign words} sign on a {colour} background"``, e.g. "a speed limit sign on a blue
-background". DreamBooth prompts insert the rare identifier: "a sks stop sign on a blue
+background". Speed-limit prompts carry the value in km/h: "a speed limit 30 sign on a red
+background" (:data:`SPEED_VALUES`; the generic "a speed limit sign" leaves the digits to
+chance). DreamBooth prompts insert the rare identifier: "a sks stop sign on a blue
 background". Re-contextualised prompts end with "in {context}" ("a stop sign in a snowy
 street"); the CPU default has not seen contexts, they matter for a fine-tuned SD model.
 """
@@ -16,6 +18,9 @@ from typing import Sequence
 from carla_mr.config.vocab import COLOURS, SIGN_CLASSES, SIGN_WORDS
 from carla_mr.errors import InputError
 
+#: Speed-limit values (km/h) the base model and the upsampler learned to draw.
+SPEED_VALUES: tuple[int, ...] = (20, 30, 50, 60, 70, 80, 90, 100, 120)
+
 DEFAULT_CONTEXTS: tuple[str, ...] = ("a city street", "a snowy road", "a forest road", "a night highway")
 
 _WORD_TO_KIND = {w: k for k, w in SIGN_WORDS.items()}
@@ -23,11 +28,21 @@ _WORD_TO_KIND.update({k: k for k in SIGN_CLASSES})
 _WORD_TO_KIND.update({k.replace("_", " "): k for k in SIGN_CLASSES})
 
 
-def prompt_for(kind: str, colour: str | None = None, *, token: str | None = None, context: str | None = None) -> str:
-    """The prompt for one sign kind (+ background colour, rare token, context)."""
+def prompt_for(kind: str, colour: str | None = None, *, token: str | None = None, context: str | None = None,
+               value: int | None = None) -> str:
+    """The prompt for one sign kind (+ background colour, rare token, context, and for
+    ``speed_limit`` the value in km/h: "a speed limit 30 sign on a red background")."""
     if kind not in SIGN_CLASSES:
         raise InputError(f"unknown sign class {kind!r}; known: {', '.join(SIGN_CLASSES)}", field="sign class")
     words = SIGN_WORDS[kind]
+    if value is not None:
+        if kind != "speed_limit":
+            raise InputError(f"only speed_limit prompts carry a value, got value {value!r} for {kind!r}",
+                             field="value")
+        if int(value) not in SPEED_VALUES:
+            raise InputError(f"unknown speed value {value!r}; known: {', '.join(map(str, SPEED_VALUES))}",
+                             field="value")
+        words = f"{words} {int(value)}"
     if token:
         words = f"{token} {words}"
     p = f"a {words} sign"
@@ -40,7 +55,7 @@ def prompt_for(kind: str, colour: str | None = None, *, token: str | None = None
     return p
 
 
-_PAT = re.compile(r"^\s*an?\s+(?:(?P<token>[a-z0-9]+)\s+)??(?P<words>[a-z_ ]+?)\s+sign"
+_PAT = re.compile(r"^\s*an?\s+(?:(?P<token>[a-z0-9]+)\s+)??(?P<words>[a-z_ ]+?)(?:\s+(?P<value>[0-9]+))?\s+sign"
                   r"(?:\s+on\s+an?\s+(?P<colour>[a-z]+)\s+background)?(?:\s+in\s+(?P<context>.+?))?\s*$")
 
 
@@ -50,6 +65,7 @@ class ParsedPrompt:
     colour: str | None
     token: str | None
     context: str | None
+    value: int | None = None  # speed limit in km/h when the prompt names one
 
 
 def parse_prompt(prompt: str) -> ParsedPrompt:
@@ -77,7 +93,14 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
             if colour is not None and colour not in COLOURS:
                 raise InputError(f"unknown background colour {colour!r} in prompt {prompt!r}; known: "
                                  f"{', '.join(COLOURS)}", field="prompt")
-            return ParsedPrompt(kind, colour, token, m.group("context"))
+            value = m.group("value")
+            if value is not None:
+                value = int(value)
+                if kind != "speed_limit" or value not in SPEED_VALUES:
+                    raise InputError(f"value {value} in prompt {prompt!r} is not a speed limit the model knows; "
+                                     f"write 'a speed limit <v> sign' with <v> one of "
+                                     f"{', '.join(map(str, SPEED_VALUES))}", field="prompt")
+            return ParsedPrompt(kind, colour, token, m.group("context"), value)
     raise InputError(f"prompt {prompt!r} names no known sign class; write 'a <sign> sign [on a <colour> background]' "
                      f"with <sign> one of: {', '.join(SIGN_WORDS.values())}", field="prompt")
 
@@ -114,6 +137,7 @@ class PromptSpec:
     colour: str | None
     context: str | None
     subset: str  # "background" (colour changed) or "context" (re-contextualised)
+    value: int | None = None  # speed limit (km/h) the prompt names, if any
 
 
 def preference_prompts(prefs: Preferences) -> list[PromptSpec]:

@@ -48,6 +48,18 @@ class BaseTrainConfig:
     seed: int = 0
     threads: int = 2
     half_save: bool = True  # float16 weights on disk (the committed checkpoint is <= 20 MB)
+    # value prompts: speed-limit images are prompted "a speed limit {v} sign ..." (1 - value_drop
+    # of the time; else the generic "a speed limit sign ..."), and speed_share of each batch is
+    # speed-limit signs (0: uniform over the classes, the original recipe)
+    value_prompts: bool = False
+    value_drop: float = 0.2
+    speed_share: float = 0.0
+    train_text_encoder: bool = True  # False: the text encoder is frozen (an upsampler sharing it stays valid)
+    init: str | None = None  # continue from this checkpoint directory instead of a fresh model
+    device: str = "cpu"
+    dtype: str = "fp32"
+    gradient_checkpointing: bool = False
+    use_8bit_adam: bool = False
 
 
 def _lr_at(step: int, cfg: BaseTrainConfig) -> float:
@@ -85,13 +97,31 @@ class Ema:
                 p.copy_(s)
 
 
+def _batch(rng, cfg: BaseTrainConfig, kinds, colours):
+    """One step's images (uint8) and prompts ("" for the classifier-free-guidance drop)."""
+    from carla_mr.genai.procedural import base_batch, value_batch
+
+    if not cfg.value_prompts:
+        imgs, ks, cs = base_batch(rng, cfg.batch_size, size=cfg.image_size, kinds=kinds, colours=colours)
+        return imgs, [prompt_for(k, c) if rng.random() >= cfg.cfg_drop else "" for k, c in zip(ks, cs)]
+    imgs, ks, cs, vs = value_batch(rng, cfg.batch_size, size=cfg.image_size, kinds=kinds, colours=colours,
+                                   speed_share=cfg.speed_share)
+    prompts = []
+    for k, c, v in zip(ks, cs, vs):
+        if rng.random() < cfg.cfg_drop:
+            prompts.append("")
+        else:
+            prompts.append(prompt_for(k, c, value=v if (v is not None and rng.random() >= cfg.value_drop) else None))
+    return imgs, prompts
+
+
 def train_base(out: str | os.PathLike, cfg: BaseTrainConfig | None = None, *, resume: bool = False,
                progress=None, log=None, model=None) -> dict:
     """Train (or resume) the base model into the run directory ``out``; returns a summary."""
     torch = require("torch", extra="genai", feature="training the base model")
     diffusers = require("diffusers", extra="genai", feature="training the base model")
-    from carla_mr.genai.model import build_tiny, save_model
-    from carla_mr.genai.procedural import base_batch
+    from carla_mr.genai.accel import backward_step, make_accel, make_optimizer, prepare_unet
+    from carla_mr.genai.model import build_tiny, load_model, save_model
     from carla_mr.io import atomic_write, atomic_write_json, atomic_write_text
 
     cfg = cfg or BaseTrainConfig()
@@ -102,9 +132,15 @@ def train_base(out: str | os.PathLike, cfg: BaseTrainConfig | None = None, *, re
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     ckpt_path = out / "checkpoint.pt"
-    model = model or build_tiny(image_size=cfg.image_size, seed=cfg.seed)
-    params = list(model.unet.parameters()) + list(model.text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    accel = make_accel(cfg.device, cfg.dtype, cfg.gradient_checkpointing, cfg.use_8bit_adam)
+    if model is None:
+        model = load_model(cfg.init) if cfg.init else build_tiny(image_size=cfg.image_size, seed=cfg.seed)
+    prepare_unet(model.unet, accel)
+    model.text_encoder.to(device=accel.device, dtype=torch.float32)
+    model.text_encoder.requires_grad_(bool(cfg.train_text_encoder))
+    params = list(model.unet.parameters()) + (list(model.text_encoder.parameters()) if cfg.train_text_encoder else [])
+    opt = make_optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay, accel=accel)
+    scaler = accel.scaler()
     ema = Ema(params, cfg.ema_decay)
     start = 0
     log_rows: list[str] = []
@@ -137,10 +173,16 @@ def train_base(out: str | os.PathLike, cfg: BaseTrainConfig | None = None, *, re
         # EMA weights into the model dir; raw weights + optimiser into checkpoint.pt
         raw = [p.detach().clone() for p in params]
         ema.copy_to(params)
-        save_model(model, out / "model.partial", half=cfg.half_save,
-                   extra={"trained_steps": step, "kind": "carla_mr-base", "classes": list(kinds),
-                          "colours": list(colours), "prompt": "a {sign} sign on a {colour} background",
-                          "config": asdict(cfg)})
+        extra = {"trained_steps": step, "kind": "carla_mr-base", "classes": list(kinds),
+                 "colours": list(colours), "prompt": "a {sign} sign on a {colour} background",
+                 "config": asdict(cfg)}
+        if cfg.value_prompts:
+            from carla_mr.genai.prompts import SPEED_VALUES
+
+            extra.update(speed_values=list(SPEED_VALUES), value_prompt="a speed limit {value} sign on a {colour} background")
+        if cfg.init:
+            extra["init"] = str(cfg.init)
+        save_model(model, out / "model.partial", half=cfg.half_save, extra=extra)
         with torch.no_grad():
             for p, r in zip(params, raw):
                 p.copy_(r)
@@ -155,22 +197,19 @@ def train_base(out: str | os.PathLike, cfg: BaseTrainConfig | None = None, *, re
     step = start
     for step in range(start, cfg.steps):
         rng = np.random.default_rng([int(cfg.seed), step])
-        imgs, ks, cs = base_batch(rng, cfg.batch_size, size=cfg.image_size, kinds=kinds, colours=colours)
-        prompts = [prompt_for(k, c) if rng.random() >= cfg.cfg_drop else "" for k, c in zip(ks, cs)]
+        imgs, prompts = _batch(rng, cfg, kinds, colours)
         g = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + step)
-        x0 = model.encode(images_to_tensor(imgs))
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, T, (x0.shape[0],), generator=g)
+        x0 = model.encode(images_to_tensor(imgs)).to(accel.device)
+        noise = torch.randn(x0.shape, generator=g).to(accel.device)
+        t = torch.randint(0, T, (x0.shape[0],), generator=g).to(accel.device)
         xt = sched.add_noise(x0, noise, t)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        hs = model.encode_prompts(prompts)
-        pred = model.unet(xt, t, encoder_hidden_states=hs).sample
-        loss = torch.nn.functional.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        with accel.autocast():
+            hs = model.encode_prompts(prompts)
+            pred = model.unet(xt, t, encoder_hidden_states=hs).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), noise)
+        backward_step(loss, opt, params, accel, scaler)
         ema.update(params)
         lv = float(loss.detach())
         loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import cv2
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -69,3 +71,33 @@ def test_run_from_config_with_the_committed_models(tmp_path):
     assert [it["prompt"] for it in man["items"]] == ["a stop sign on a blue background",
                                                      "a parking sign on a blue background"]
     assert man["steps"] == 4 and man["guidance"] == 7.5
+
+
+def test_bad_input_exits_2_for_training_verbs(tiny_model_dir, tmp_path):
+    inst = tmp_path / "mixed"
+    inst.mkdir()
+    cv2.imwrite(str(inst / "a.png"), np.zeros((24, 24, 3), np.uint8))
+    cv2.imwrite(str(inst / "b.png"), np.zeros((16, 16, 3), np.uint8))
+    r = _run(["dreambooth", "--base", str(tiny_model_dir), "--instance-dir", str(inst), "--class", "stop",
+              "--out", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "mixed sizes" in r.output
+    same = tmp_path / "same"
+    same.mkdir()
+    cv2.imwrite(str(same / "a.png"), np.zeros((24, 24, 3), np.uint8))
+    notmodel = tmp_path / "notmodel"
+    (notmodel / "unet").mkdir(parents=True)
+    (notmodel / "model_index.json").write_text("{}")
+    r = _run(["dreambooth", "--base", str(notmodel), "--instance-dir", str(same), "--class", "stop",
+              "--out", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "unet has no config.json" in r.output and "--base" in r.output
+    r = _run(["dreambooth", "--base", str(tmp_path / "same"), "--instance-dir", str(same), "--class", "stop",
+              "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "not a diffusers model directory" in r.output
+    r = _run(["dreambooth", "--base", str(tiny_model_dir), "--instance-dir", str(same), "--class", "stop",
+              "--device", "tpu", "--out", str(tmp_path / "d")])
+    assert r.exit_code == 2 and "unknown device" in r.output
+    r = _run(["train-base", "--init", str(notmodel), "--steps", "1", "--out", str(tmp_path / "e")])
+    assert r.exit_code == 2 and "--init" in r.output and "unet has no config.json" in r.output
+    assert not (tmp_path / "b").exists() and not (tmp_path / "e").exists()  # nothing made for bad input
+    r = _run(["train-upsampler", "--base", str(notmodel), "--steps", "1", "--out", str(tmp_path / "f")])
+    assert r.exit_code == 2

@@ -65,7 +65,7 @@ def test_dreambooth_runs_and_changes_the_unet(tiny_model_dir, tmp_path, mode):
     meta = json.loads((tmp_path / "db" / "model" / "carla_mr.json").read_text())
     assert meta["token"] == "sks" and meta["instance_class"] == "stop"
     if mode == "lora":
-        assert (tmp_path / "db" / "unet_lora" / "adapter_model.safetensors").is_file()
+        assert (tmp_path / "db" / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
 
 def test_dreambooth_input_errors(tiny_model_dir, tmp_path):
@@ -79,3 +79,55 @@ def test_dreambooth_input_errors(tiny_model_dir, tmp_path):
         dreambooth(tiny_model_dir, inst, tmp_path / "o", DreamBoothConfig(kind="unicorn", steps=1))
     with pytest.raises(InputError, match="does not exist"):
         dreambooth(tmp_path / "no-model", inst, tmp_path / "o", DreamBoothConfig(steps=1))
+
+
+def test_shift_augment_moves_content_by_at_most_max_px():
+    from carla_mr.genai.dreambooth import shift_augment
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(16, 1, 12, 12)
+    x[:, :, 6, 6] = 1.0  # one bright pixel in the middle
+    y = shift_augment(x, 2, g)
+    assert y.shape == x.shape
+    pos = [divmod(int(v.argmax()), 12) for v in y.view(16, -1)]
+    assert all(abs(r - 6) <= 2 and abs(c - 6) <= 2 for r, c in pos)
+    assert len(set(pos)) > 1  # it does shift
+    assert torch.equal(shift_augment(x, 0, g), x)
+
+
+def test_mixed_sizes_and_defaults(tiny_model_dir, tmp_path):
+    from carla_mr.genai.dreambooth import default_lr, read_instance_images
+
+    d = tmp_path / "mixed"
+    d.mkdir()
+    cv2.imwrite(str(d / "a.png"), np.zeros((24, 24, 3), np.uint8))
+    cv2.imwrite(str(d / "b.png"), np.zeros((32, 24, 3), np.uint8))
+    with pytest.raises(InputError, match="mixed sizes.*24x24.*a.png.*24x32.*b.png"):
+        read_instance_images(d)
+    assert default_lr("full", True) == 1e-5 and default_lr("full", False) == 5e-6 and default_lr("lora", True) == 1e-4
+
+
+def test_accel_options_fail_clearly():
+    from carla_mr.genai.accel import make_accel, resolve_device
+
+    with pytest.raises(InputError, match="dtype"):
+        make_accel(dtype="fp8")
+    with pytest.raises(InputError, match="unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA"):
+            resolve_device("cuda")
+        assert resolve_device("auto").type == "cpu"
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        with pytest.raises(InputError, match="bitsandbytes"):
+            make_accel(use_8bit_adam=True)
+
+
+def test_bf16_and_gradient_checkpointing_run_on_cpu(tiny_model_dir, tmp_path):
+    inst = _instances(tmp_path / "inst", 2)
+    res = dreambooth(tiny_model_dir, inst, tmp_path / "db",
+                     DreamBoothConfig(kind="stop", steps=2, batch_size=1, num_class_images=1, class_sample_steps=1,
+                                      threads=1, dtype="bf16", gradient_checkpointing=True))
+    assert np.isfinite(res["final_loss"])
