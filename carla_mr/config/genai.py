@@ -9,9 +9,6 @@ from pydantic import Field, field_validator
 from carla_mr.config.vocab import COLOURS, SIGN_CLASSES
 from carla_mr.schema import StrictModel
 
-#: Speed-limit values (km/h) the validator reads: its ``speed_limit_<value>`` classes.
-SPEED_VALUES: tuple[int, ...] = (20, 30, 50, 60, 70, 80, 90, 100, 120)
-
 
 class PreferencesConfig(StrictModel):
     """An AV's preference cache: the signs, background colours and contexts it asks for."""
@@ -98,5 +95,11 @@ class GenaiConfig(StrictModel):
                                                            "comes due while the worker is this far behind is "
                                                            "skipped (counted in summary.skipped_jobs), so "
                                                            "generation never holds the run back.")
+    upsample: bool = Field(True, description="Lift each generated image to 128 px with the super-resolution stage "
+                                             "before it is scored and swapped onto its sign (the paper's "
+                                             "TSDreamBooth: base model, then super-resolution).")
+    upsampler: str | None = Field(None, description="Upsampler directory (None: the committed one, which reads "
+                                                    "prompts with the committed base model's text encoder).")
+    upsample_steps: int = Field(10, ge=1, le=1000, description="DDIM steps of the super-resolution stage.")
     theta_value: float | None = Field(None, gt=0, le=1, description="A fixed theta fed to the market "
                                                                    "(None: measured, see measure_theta).")

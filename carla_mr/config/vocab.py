@@ -53,3 +53,7 @@ MECHANISM_NAMES: tuple[str, ...] = get_args(MechanismName)
 ScoringName = Literal["reported", "expected"]
 
 assert set(SIGN_WORDS) == set(SIGN_CLASSES)
+
+#: Speed-limit values (km/h) the base model and the upsampler learned to draw and the
+#: validator reads (its ``speed_limit_<value>`` classes).
+SPEED_VALUES: tuple[int, ...] = (20, 30, 50, 60, 70, 80, 90, 100, 120)

@@ -59,7 +59,7 @@ def dataset_classes(signs, kinds: Optional[list[str]] = None) -> list[str]:
         v = float(signs.value[i])
         out.add(class_name(k, v if np.isfinite(v) else None))
         if k == "speed_limit":  # what a generated face may be labelled (SignTexture.label_class)
-            from carla_mr.config.genai import SPEED_VALUES
+            from carla_mr.config.vocab import SPEED_VALUES
 
             out.update(["speed_limit"] + [class_name(k, float(x)) for x in SPEED_VALUES])
     return sorted(out)

@@ -281,6 +281,51 @@ def generate_cmd(out, seed, as_json, checkpoint, validator_path, no_validator, p
     emit({k: v for k, v in res.items() if k not in ("theta_detail",)}, as_json=as_json, title="genai generate")
 
 
+@genai_group.command("evaluate")
+@common_options
+@click.option("--checkpoint", type=str, default=None, help="Model directory (default: the committed base model).")
+@click.option("--validator", "validator_path", type=str, default=None,
+              help="Validator directory (default: the committed independent one).")
+@click.option("--upsampler", type=str, default=None,
+              help="Super-resolution stage applied before scoring: 'default' (the committed one) or a directory.")
+@click.option("--values", is_flag=True, help="Score speed-value legibility instead of G over the class x colour grid.")
+@click.option("--per-prompt", type=int, default=2, show_default=True,
+              help="Images per class x colour prompt (with --values: per speed value).")
+@click.option("--steps", type=int, default=20, show_default=True)
+@click.option("--guidance", type=float, default=7.5, show_default=True)
+@click.option("--threads", type=int, default=2, show_default=True)
+@guarded
+def evaluate_cmd(out, seed, as_json, checkpoint, validator_path, upsampler, values, per_prompt, steps, guidance,
+                 threads):
+    """Score a generator with the independent validator: G with its interval per class and
+    colour, theta, diversity; or (--values) whether prompted speed values are legible."""
+    import json
+
+    from carla_mr.errors import InputError, require
+    from carla_mr.genai.api import load_default_generator, load_default_upsampler, load_default_validator
+    from carla_mr.genai.evaluate import evaluate_generator, speed_value_accuracy
+
+    torch = require("torch", extra="genai", feature="evaluation")
+    torch.set_num_threads(int(threads))
+    if per_prompt < 1:
+        raise InputError(f"--per-prompt must be >= 1, got {per_prompt}", field="--per-prompt")
+    model = load_default_generator(checkpoint)
+    validator = load_default_validator(validator_path)
+    up = load_default_upsampler(None if upsampler == "default" else upsampler, text_model=model) if upsampler else None
+    run = make_run_dir(out, "genai-evaluate")
+    seed = 0 if seed is None else int(seed)
+    log(f"evaluating {'speed values' if values else 'the class x colour grid'} ({steps} steps, guidance {guidance})")
+    if values:
+        res = speed_value_accuracy(model, validator, upsampler=up, per_value=per_prompt, steps=steps,
+                                   guidance=guidance, seed=seed)
+    else:
+        res = evaluate_generator(model, validator, per_prompt=per_prompt, steps=steps, guidance=guidance, seed=seed,
+                                 upsampler=up)
+    res = {"run": str(run), "checkpoint": checkpoint or "default", "upsampler": upsampler, **res}
+    (run / "evaluate.json").write_text(json.dumps(res, indent=1, default=str))
+    emit(res, as_json=as_json, title="genai evaluate")
+
+
 @genai_group.command("market-params")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="A genai generate run directory.")
 @click.option("--subset", type=click.Choice(["all", "background", "context"]), default="all", show_default=True)

@@ -129,9 +129,10 @@ class TextToImage:
         return self.vae.decode(latents / float(self.vae.config.scaling_factor)).sample
 
     def to(self, device=None, dtype=None):
+        kw = {"device": device} if dtype is None else {"device": device, "dtype": dtype}
         for m in (self.unet, self.text_encoder, self.vae):
-            if m is not None:
-                m.to(device=device, dtype=dtype)
+            if m is not None:  # no dtype=None: diffusers warns of a cast that is not happening
+                m.to(**kw)
         return self
 
     def n_params(self) -> dict[str, int]:

@@ -15,11 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from carla_mr.config.vocab import COLOURS, SIGN_CLASSES, SIGN_WORDS
+from carla_mr.config.vocab import COLOURS, SIGN_CLASSES, SIGN_WORDS, SPEED_VALUES
 from carla_mr.errors import InputError
-
-#: Speed-limit values (km/h) the base model and the upsampler learned to draw.
-SPEED_VALUES: tuple[int, ...] = (20, 30, 50, 60, 70, 80, 90, 100, 120)
 
 DEFAULT_CONTEXTS: tuple[str, ...] = ("a city street", "a snowy road", "a forest road", "a night highway")
 

@@ -85,6 +85,14 @@ class GenaiStage(BaseStage):
             if ck not in self.models:
                 self.models[ck] = load_default_generator(ck)
         self.validator = load_default_validator(self.config.validator)
+        self.upsampler = None
+        if self.config.upsample:
+            from carla_mr.genai.api import load_default_upsampler
+
+            # the upsampler reads prompts with the text encoder it was trained with: the
+            # committed base model's for the committed upsampler
+            base = self.models.get(None) or load_default_generator()
+            self.upsampler = load_default_upsampler(self.config.upsampler, text_model=base)
         self.seed = int(ctx.seed)
         self._ctx = ctx  # close() applies the worker's last jobs while the world is still open
         self.dir = Path(ctx.run_dir) / "genai"
@@ -148,7 +156,8 @@ class GenaiStage(BaseStage):
         job = dict(job)
         job["kinds"] = [str(signs.kind[p]) for p in picks]
         job["sign_ids"] = [str(signs.ids[p]) for p in picks]
-        job["prompts"] = [prompt_for(k, colour, token=self.config.token) for k in job["kinds"]]
+        job["prompts"] = [prompt_for(k, colour, token=self.config.token, value=_speed_value(k, signs.value[p]))
+                          for k, p in zip(job["kinds"], picks)]
         k = int(job["sim_index"])
         st = self.sim_settings(k)
         job["settings"] = st
@@ -167,7 +176,7 @@ class GenaiStage(BaseStage):
         """Generate, score and measure theta for one job (worker thread; touches no world state)."""
         import torch
 
-        from carla_mr.genai.api import generate, score
+        from carla_mr.genai.api import generate, score, upsample
 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # idle OpenMP threads would spin against the tick loop's own work
@@ -176,6 +185,9 @@ class GenaiStage(BaseStage):
             t0 = time.perf_counter()
             images = generate(self.models[st["checkpoint"]], job["prompts"], seed=job["seed"], steps=st["steps"],
                               guidance=st["guidance"], sampler=self.config.sampler)
+            if self.upsampler is not None:  # scored, measured and swapped at the swap resolution
+                images = upsample(self.upsampler, images, job["prompts"], seed=job["seed"],
+                                  steps=self.config.upsample_steps)
             verdict = score(self.validator, images, job["kinds"])
             wall = time.perf_counter() - t0
             theta, theta_wall = None, 0.0
@@ -240,7 +252,8 @@ class GenaiStage(BaseStage):
             label = self._label_class(job["kinds"][b], verdict["predicted"][b], recognised,
                                       float(verdict.get("top_confidence", [1.0] * len(images))[b]))
             if swap:
-                big = cv2.resize(images[b], (TEXTURE_PX, TEXTURE_PX), interpolation=cv2.INTER_CUBIC)
+                big = images[b] if images.shape[1] == TEXTURE_PX else \
+                    cv2.resize(images[b], (TEXTURE_PX, TEXTURE_PX), interpolation=cv2.INTER_CUBIC)
                 textures[sid] = SignTexture(source="generated", ref=ref, image=np.ascontiguousarray(big),
                                             label_class=label)
             lines.append({"round_id": job["round_id"], "sim_id": job["sim_id"], "sim_index": k,
@@ -249,6 +262,7 @@ class GenaiStage(BaseStage):
                           "prompt": job["prompts"][b], "seed": job["seed"] + b, "steps": job["settings"]["steps"],
                           "guidance": job["settings"]["guidance"],
                           "model": str(job["settings"]["checkpoint"] or "carla_mr default base model"),
+                          "upsampled": self.upsampler is not None, "px": int(images.shape[1]),
                           "predicted": verdict["predicted"][b], "label_class": label,
                           "confidence": float(verdict["confidence"][b]), "recognised": recognised,
                           "swapped": swap, "image": ref, "applied_at_s": now})
@@ -356,3 +370,13 @@ class GenaiStage(BaseStage):
                 "generation_wall_s": self._wall, "theta_wall_s": self._theta_wall,
                 "tick_thread_wall_s": self._tick_wall, "scheduled_gpu_s": self._slot,
                 "per_job": self._per_round[-50:]}
+
+
+def _speed_value(kind: str, value: float) -> int | None:
+    """The km/h a speed-limit prompt carries: the in-world sign's own value when the generator
+    knows it (SPEED_VALUES), else None (the generic "speed limit" prompt)."""
+    from carla_mr.config.vocab import SPEED_VALUES
+
+    if kind != "speed_limit" or not np.isfinite(value) or int(round(value)) not in SPEED_VALUES:
+        return None
+    return int(round(value))

@@ -177,7 +177,7 @@ def train_base(out: str | os.PathLike, cfg: BaseTrainConfig | None = None, *, re
                  "colours": list(colours), "prompt": "a {sign} sign on a {colour} background",
                  "config": asdict(cfg)}
         if cfg.value_prompts:
-            from carla_mr.genai.prompts import SPEED_VALUES
+            from carla_mr.config.vocab import SPEED_VALUES
 
             extra.update(speed_values=list(SPEED_VALUES), value_prompt="a speed limit {value} sign on a {colour} background")
         if cfg.init:

@@ -10,7 +10,7 @@ photometric/geometric effects of a road camera: distance (down- and up-sampling)
 angle (perspective), lighting, blur, noise, partial occlusion and street backgrounds.
 
 Class names: the sign vocabulary with speed limits split by value
-(``speed_limit_30`` ...; :data:`~carla_mr.config.genai.SPEED_VALUES`) plus ``reject``.
+(``speed_limit_30`` ...; :data:`~carla_mr.config.vocab.SPEED_VALUES`) plus ``reject``.
 Everything is deterministic for a numpy Generator.
 """
 
@@ -21,7 +21,7 @@ import math
 import cv2
 import numpy as np
 
-from carla_mr.config.genai import SPEED_VALUES
+from carla_mr.config.vocab import SPEED_VALUES
 from carla_mr.config.vocab import SIGN_CLASSES
 
 REJECT = "reject"

@@ -59,15 +59,18 @@ class FakeWorld(World):
 
 
 def sign_table(ids: Sequence[str], kinds: Sequence[str], *, x: Sequence[float] | None = None,
-               y: Sequence[float] | None = None, z: float = 2.0, size_m: float = 0.8) -> SignTable:
+               y: Sequence[float] | None = None, z: float = 2.0, size_m: float = 0.8,
+               values: Sequence[float] | None = None) -> SignTable:
     """A SignTable of ``ids`` and ``kinds`` (positions in metres, default all at the origin;
-    faces ``size_m`` square at height ``z``; OpenDRIVE types from the kinds)."""
+    faces ``size_m`` square at height ``z``; OpenDRIVE types from the kinds; ``values`` in km/h
+    for speed limits, default all NaN)."""
     from carla_mr.world.opendrive import SIGN_KINDS
 
     n = len(ids)
     odr = [SIGN_KINDS[k]["type"] if k in SIGN_KINDS else "1000001" for k in kinds]
     f = np.zeros(n)
-    return SignTable(np.array(list(ids), dtype=object), np.array(list(kinds), dtype=object), np.full(n, np.nan),
+    return SignTable(np.array(list(ids), dtype=object), np.array(list(kinds), dtype=object),
+                     np.asarray(values, np.float64) if values is not None else np.full(n, np.nan),
                      np.array(odr, dtype=object), np.asarray(x if x is not None else f, np.float64),
                      np.asarray(y if y is not None else f, np.float64), np.full(n, float(z)), f.copy(),
                      np.full(n, float(size_m)), np.full(n, float(size_m)), np.zeros(n, np.int64))

@@ -25,14 +25,6 @@ from carla_mr.errors import InputError
 _VAR_POSITION, _VAR_ANGLE, _VAR_SPEED = 0x42, 0x43, 0x40
 
 
-def _net_offset(net_path: Path) -> tuple[float, float]:
-    import sumolib
-
-    net = sumolib.net.readNet(str(net_path))
-    off = net.getLocationOffset()
-    return float(off[0]), float(off[1])
-
-
 def simulate(net_path: str | os.PathLike, out_path: str | os.PathLike, *, vehicles: int = 100,
              duration_s: float = 600.0, tick_s: float = 0.05, record_every: int = 1, av_share: float = 0.2,
              seed: int = 0, warmup_s: float = 20.0, speed_factor: tuple[float, float] = (0.7, 1.3),

@@ -101,3 +101,16 @@ def test_bad_input_exits_2_for_training_verbs(tiny_model_dir, tmp_path):
     assert not (tmp_path / "b").exists() and not (tmp_path / "e").exists()  # nothing made for bad input
     r = _run(["train-upsampler", "--base", str(notmodel), "--steps", "1", "--out", str(tmp_path / "f")])
     assert r.exit_code == 2
+
+
+def test_evaluate_values_with_the_committed_upsampler_and_bad_input(tmp_path):
+    out = tmp_path / "ev"
+    r = _run(["evaluate", "--values", "--upsampler", "default", "--per-prompt", "1", "--steps", "2",
+              "--threads", "1", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output.strip().splitlines()[-1])
+    assert res["n"] == 9 and res["px"] == 128 and res["upsampled"] is True
+    assert 0 <= res["value_accuracy_low"] <= res["value_accuracy"] <= res["value_accuracy_high"] <= 1
+    assert json.loads((out / "evaluate.json").read_text())["value_accuracy"] == res["value_accuracy"]
+    r = _run(["evaluate", "--per-prompt", "0", "--out", str(tmp_path / "bad"), "--json"])
+    assert r.exit_code == 2 and "--per-prompt" in r.output

@@ -149,3 +149,37 @@ def test_a_busy_worker_skips_jobs_instead_of_falling_behind(tmp_path, tiny_model
     stage.close()  # applies the running job
     s = stage.summary()
     assert s["jobs"] == 1 and s["skipped_jobs"] == 2 and s["pending_jobs"] == 0
+
+
+@pytest.mark.timeout(300)
+def test_swapped_textures_come_from_the_super_resolution_stage(tmp_path, tiny_model_dir):
+    """With genai.upsample the stage lifts each image with the upsampler (prompted with the
+    sign's own speed value), scores it and swaps that image, not a resize of the base output."""
+    import cv2
+
+    from carla_mr.genai.api import generate, upsample
+
+    world = FakeWorld(signs=sign_table(["s", "t"], ["speed_limit", "stop"], x=[5.0, 20.0], values=[30.0, np.nan]))
+    cfg = GenaiConfig(enabled=True, checkpoint=str(tiny_model_dir), steps=2, signs_per_job=2, worker=False,
+                      swap_only_recognised=False, measure_theta={"enabled": False}, upsample=True,
+                      upsample_steps=2, simulators=[])
+    ctx = RunContext(scenario=None, world=world, run_dir=tmp_path, seed=1)
+    stage = GenaiStage(cfg, n_simulators=2)
+    stage.start(ctx)
+    ctx.board.market_round = _round(1, [1])
+    stage.on_tick(_snap(0.0), ctx)
+    lines = [json.loads(x) for x in (tmp_path / "genai" / "manifest.jsonl").read_text().splitlines()]
+    assert [x["sign_id"] for x in lines] == ["s", "t"]
+    assert lines[0]["prompt"].startswith("a speed limit 30 sign on a ")
+    assert lines[1]["prompt"].startswith("a stop sign on a ")
+    assert all(x["upsampled"] and x["px"] == 64 for x in lines)  # 16 px tiny model x 4
+    prompts = [x["prompt"] for x in lines]
+    low = generate(stage.models[str(tiny_model_dir)], prompts, seed=lines[0]["seed"], steps=2)
+    high = upsample(stage.upsampler, low, prompts, seed=lines[0]["seed"], steps=2)
+    saved = cv2.cvtColor(cv2.imread(str(tmp_path / lines[0]["image"])), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(saved, high[0])
+    tex = world.sign_textures()["s"].image
+    assert tex.shape == (128, 128, 3)
+    np.testing.assert_array_equal(tex, cv2.resize(high[0], (128, 128), interpolation=cv2.INTER_CUBIC))
+    assert not np.array_equal(tex, cv2.resize(low[0], (128, 128), interpolation=cv2.INTER_CUBIC))
+    stage.close()

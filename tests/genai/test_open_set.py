@@ -7,8 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carla_mr.config.genai import SPEED_VALUES
-from carla_mr.config.vocab import SIGN_CLASSES
+from carla_mr.config.vocab import SIGN_CLASSES, SPEED_VALUES
 from carla_mr.genai.scores import diversity, generative_score, read_matches, wilson_interval
 from carla_mr.genai.validator import Validator, build_validator
 from carla_mr.genai.validator_art import REJECT, kind_of, make_set, paint_face, validator_classes
@@ -156,3 +155,39 @@ def test_base_model_beats_its_degraded_copy_on_theta_and_F():
     assert good["theta"] <= bad["theta"] and good["G"] >= bad["G"]
     for Q in (0.5, 1.0, 4.0):
         assert _F(good["G"], good["theta"], Q) >= _F(bad["G"], bad["theta"], Q)
+
+
+class _ValueReader(Fixed):
+    """Reads the speed value a fake generator wrote into pixel (0, 0, 0) as an index."""
+
+    def __init__(self):
+        from carla_mr.config.vocab import SPEED_VALUES as V
+
+        super().__init__(np.zeros((0, len(V) + 1)), [f"speed_limit_{v}" for v in V] + [REJECT])
+
+    def probs(self, images):
+        p = np.zeros((len(images), len(self.class_names)))
+        p[np.arange(len(images)), np.asarray(images)[:, 0, 0, 0].astype(int)] = 1.0
+        return p
+
+
+@pytest.mark.parametrize("draws_the_prompt", [True, False])
+def test_speed_value_accuracy_counts_reads_of_the_prompted_value(monkeypatch, draws_the_prompt):
+    import carla_mr.genai.api as api
+    from carla_mr.genai.evaluate import speed_value_accuracy
+    from carla_mr.genai.prompts import parse_prompt
+
+    def fake_generate(model, prompts, seed=0, **kw):
+        out = np.zeros((len(prompts), 8, 8, 3), np.uint8)
+        for i, p in enumerate(prompts):  # right value, or always 60 km/h
+            out[i, 0, 0, 0] = SPEED_VALUES.index(parse_prompt(p).value if draws_the_prompt else 60)
+        return out
+
+    monkeypatch.setattr(api, "generate", fake_generate)
+    r = speed_value_accuracy(None, _ValueReader(), per_value=3, colours=["red", "blue"])
+    assert r["n"] == 3 * len(SPEED_VALUES) and r["read_as_speed_limit"] == 1.0
+    want = 1.0 if draws_the_prompt else 1 / len(SPEED_VALUES)
+    assert r["value_accuracy"] == pytest.approx(want) and r["chance"] == pytest.approx(1 / len(SPEED_VALUES))
+    assert r["value_accuracy_low"] <= r["value_accuracy"] <= r["value_accuracy_high"]
+    assert sum(v["correct"] for v in r["per_value"].values()) == round(want * r["n"])
+    assert r["per_value"][60]["read"] == {"speed_limit_60": 3}
