@@ -95,6 +95,12 @@ class GenaiConfig(StrictModel):
                                                            "comes due while the worker is this far behind is "
                                                            "skipped (counted in summary.skipped_jobs), so "
                                                            "generation never holds the run back.")
+    use_real_time_lead: bool = Field(True, description="When the worker is max_backlog jobs behind but the run is "
+                                                       "ahead of real time, the tick thread waits for the worker "
+                                                       "(until wall time reaches 0.85 x simulated time: "
+                                                       "stage.LEAD_SHARE) instead of skipping the window, so a run "
+                                                       "faster than real time spends its lead on generation and "
+                                                       "stays at or under 1x real time.")
     upsample: bool = Field(True, description="Lift each generated image to 128 px with the super-resolution stage "
                                              "before it is scored and swapped onto its sign (the paper's "
                                              "TSDreamBooth: base model, then super-resolution).")

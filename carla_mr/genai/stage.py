@@ -39,6 +39,12 @@ TEXTURE_PX = 128  # generated images are upscaled to this many pixels for the si
 VALUE_LABEL_MIN = 0.9
 
 
+#: Share of the simulated time the tick thread may let wall time reach while it waits for the
+#: worker (``genai.use_real_time_lead``): 0.85 keeps a 120 s run's start-up, close and report
+#: (5-10 s here) inside 1x real time.
+LEAD_SHARE = 0.85
+
+
 class GenaiStage(BaseStage):
     name = "genai"
 
@@ -53,6 +59,8 @@ class GenaiStage(BaseStage):
         self._pool = None
         self._jobs = 0
         self._skipped = 0
+        self._clock0: tuple[float, float] | None = None  # (simulated s, wall s) at the first tick
+        self._lead_wait = 0.0  # wall s the tick thread waited for the worker within the run's lead
         K = self.n_simulators
         self._images = np.zeros(K, np.int64)
         self._recognised = np.zeros(K, np.int64)
@@ -120,6 +128,8 @@ class GenaiStage(BaseStage):
     # ---------------------------------------------------------------- per tick
     def on_tick(self, snapshot: Snapshot, ctx: RunContext) -> None:
         t0 = time.perf_counter()
+        if self._clock0 is None:
+            self._clock0 = (float(snapshot.time), t0)
         try:
             self._collect(ctx, snapshot.time, block=False)
             rnd = ctx.board.market_round
@@ -165,12 +175,33 @@ class GenaiStage(BaseStage):
                                      f"{job['task']}".encode()))
         window = list(self._window.get(k, []))
         if self._pool is not None:
-            if sum(not f.done() for _, f in self._pending) >= self.config.max_backlog:
+            if self._backlog() >= self.config.max_backlog and not self._wait_within_lead(snap.time):
                 self._skipped += 1  # the worker is behind: this window's GPU time goes unused
                 return
             self._pending.append((job, self._pool.submit(self._work, job, window)))
         else:
             self._apply(job, self._work(job, window), ctx)
+
+    def _backlog(self) -> int:
+        return sum(not f.done() for _, f in self._pending)
+
+    def _wait_within_lead(self, sim_time: float) -> bool:
+        """With ``use_real_time_lead``: wait for the worker's oldest job for at most the run's
+        lead over real time, ``LEAD_SHARE`` x simulated seconds elapsed minus wall seconds
+        elapsed since the first tick (the rest is kept for the run's start-up, close and
+        report). True when the backlog has room afterwards."""
+        if not self.config.use_real_time_lead or self._clock0 is None:
+            return False
+        sim0, wall0 = self._clock0
+        now = time.perf_counter()
+        lead = LEAD_SHARE * (float(sim_time) - sim0) - (now - wall0)
+        if lead <= 0:
+            return False
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        wait([f for _, f in self._pending if not f.done()], timeout=lead, return_when=FIRST_COMPLETED)
+        self._lead_wait += time.perf_counter() - now
+        return self._backlog() < self.config.max_backlog
 
     def _work(self, job: dict, window: list) -> dict:
         """Generate, score and measure theta for one job (worker thread; touches no world state)."""
@@ -365,7 +396,7 @@ class GenaiStage(BaseStage):
                                "theta_detail": self._theta_detail.get(k)}
         return {"jobs": self._jobs, "images": n, "recognised": r, "G": G,
                 "signs_swapped": len(self._swapped), "pending_jobs": len(self._queue) + len(self._pending),
-                "skipped_jobs": self._skipped,
+                "skipped_jobs": self._skipped, "lead_wait_s": self._lead_wait,
                 "worker": bool(self.config.worker), "per_simulator": per_sim,
                 "generation_wall_s": self._wall, "theta_wall_s": self._theta_wall,
                 "tick_thread_wall_s": self._tick_wall, "scheduled_gpu_s": self._slot,

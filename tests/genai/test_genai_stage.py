@@ -151,6 +151,29 @@ def test_a_busy_worker_skips_jobs_instead_of_falling_behind(tmp_path, tiny_model
     assert s["jobs"] == 1 and s["skipped_jobs"] == 2 and s["pending_jobs"] == 0
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("use_lead", [True, False])
+def test_a_run_ahead_of_real_time_spends_its_lead_on_the_worker(tmp_path, tiny_model_dir, use_lead):
+    """Simulated time 100 s ahead of the wall clock: the tick thread waits for the busy worker
+    (within that lead) instead of skipping windows; without use_real_time_lead it skips."""
+    cfg = GenaiConfig(enabled=True, checkpoint=str(tiny_model_dir), steps=2, signs_per_job=1, worker=True,
+                      jobs_per_round=3, max_backlog=1, measure_theta={"enabled": False},
+                      use_real_time_lead=use_lead)
+    ctx = RunContext(scenario=None, world=_SignWorld(), run_dir=tmp_path, seed=1)
+    stage = GenaiStage(cfg, n_simulators=3)
+    stage.start(ctx)
+    stage.on_tick(_snap(0.0), ctx)  # the run's clocks start
+    ctx.board.market_round = _round(1, [1, 2, 1])
+    stage.on_tick(_snap(100.0), ctx)  # three jobs come due at once, 100 s of simulated time later
+    stage.wait(ctx)
+    stage.close()
+    s = stage.summary()
+    if use_lead:
+        assert s["jobs"] == 3 and s["skipped_jobs"] == 0 and 0 < s["lead_wait_s"] < 100
+    else:
+        assert s["jobs"] == 1 and s["skipped_jobs"] == 2 and s["lead_wait_s"] == 0
+
+
 @pytest.mark.timeout(300)
 def test_swapped_textures_come_from_the_super_resolution_stage(tmp_path, tiny_model_dir):
     """With genai.upsample the stage lifts each image with the upsampler (prompted with the
