@@ -406,6 +406,12 @@ class EmbeddedWorld(World):
         """The map's landmarks as libcarla lists them: total, by_type, unique_signs."""
         return dict(self._landmarks)
 
+    def summary(self) -> dict[str, Any]:
+        """Backend facts for a run summary: once a camera is attached, ``scene``: the OpenGL
+        town's prop counts (the map's own objects under ``map_objects``)."""
+        rig = self._camera_rig
+        return {"scene": dict(rig.scene_counts)} if rig is not None and rig.scene_counts else {}
+
     # -- cameras (rendered by carla_mr.world.render; the rig is built on first attach) ------------
     def attach_camera(self, name: str, spec: Any, vehicle_id: int) -> None:
         """Attach an RGB camera (CameraSpec) to a vehicle; see EmbeddedCameraRig."""

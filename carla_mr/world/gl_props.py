@@ -7,6 +7,12 @@ lies from the nearest road surface, and its gradient which way the road is. Buil
 :data:`BUILDING_SETBACK_M` or more from any road surface, facing the road; trees and
 street furniture stand on the verge beside the sidewalks; nothing overlaps a road or another
 prop. The same map and seed give the same town (metres, CARLA's world frame).
+
+With a ``carla.Map``, the map's own OpenDRIVE ``<object>``s (poles, street lamps, buildings,
+trees, barriers, crosswalks, road marks, ...; :mod:`carla_mr.world.xodr_objects`) are drawn
+first, by type (:mod:`carla_mr.world.gl_objects`, :func:`map_objects`), and the seeded props
+keep clear of them; objects that are signs of the sign table are not drawn again. When the
+map draws crosswalks of its own, the procedural zebra crossings are left out.
 """
 
 from __future__ import annotations
@@ -15,7 +21,12 @@ import math
 
 import numpy as np
 
+from carla_mr.world.gl_objects import (BARRIER_HEIGHT_M, BARRIER_THICKNESS_M, COLOURS, FLAT_LIFT_M, LAMP_HEIGHT_M,
+                                       POLE_HEIGHT_M, POLE_RADIUS_M, add_cap, add_pole, add_prism, add_stripes,
+                                       add_walls, category, circle, counter_clockwise, rectangle, sign_like,
+                                       signed_area)
 from carla_mr.world.gl_scene import Mesh, add_quads, box_tris, merged, road_mesh, terrain_mesh
+from carla_mr.world.xodr_objects import XodrObjects, read_objects
 
 #: The nearest a building wall stands to a road surface (metres).
 BUILDING_SETBACK_M = 3.0
@@ -313,23 +324,176 @@ def crosswalks(carla_map, step_m: float = 2.0) -> np.ndarray:
     return np.asarray(quads, np.float64).reshape(-1, 4, 3)
 
 
+# -- the map's own <object>s (carla_mr.world.gl_objects says how each type is drawn) -----------
+
+def _object_footprint(objs: XodrObjects, i: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Object ``i``'s footprint: counter-clockwise corners (K, 3) metres and their heights (K,)
+    metres (the outline's, else the object's height), from its outline, else its
+    length x width, else its radius; None without one (or with no area)."""
+    corners, heights = objs.outline(i)
+    if len(corners) >= 3:
+        h = heights if (heights > 0).any() else np.full(len(corners), objs.height[i])
+        rows = counter_clockwise(np.column_stack([corners, h]))  # heights stay with their corners
+        foot, h = rows[:, :3], rows[:, 3]
+    elif objs.length[i] > 0 and objs.width[i] > 0:
+        foot = np.column_stack([rectangle(objs.x[i], objs.y[i], objs.yaw[i], objs.length[i], objs.width[i]),
+                                np.full(4, objs.z[i])])
+        h = np.full(4, objs.height[i])
+    elif objs.radius[i] > 0:
+        foot = np.column_stack([circle(objs.x[i], objs.y[i], objs.radius[i]), np.full(8, objs.z[i])])
+        h = np.full(8, objs.height[i])
+    else:
+        return None
+    return (foot, h) if abs(signed_area(foot)) > 1e-4 else None
+
+
+def _draw_pole(mesh: Mesh, objs: XodrObjects, i: int, rng, lamp: bool = False) -> np.ndarray | None:
+    """A pole (or street lamp) at the object (its outline's centre when it has one). Returns the
+    footprint it takes (K, 2) metres, 0.3 m or more across."""
+    corners, _ = objs.outline(i)
+    x, y = (corners[:, :2].mean(axis=0) if len(corners) else (objs.x[i], objs.y[i]))
+    sized = objs.length[i] > 0 and objs.width[i] > 0
+    r = objs.radius[i] or (min(objs.length[i], objs.width[i]) / 2 if sized else 0.0)
+    r = float(np.clip(r or POLE_RADIUS_M, 0.03, 0.5))
+    h = float(objs.height[i] or (LAMP_HEIGHT_M if lamp else POLE_HEIGHT_M))
+    add_pole(mesh, float(x), float(y), float(objs.z[i]), r, h, COLOURS["street_lamp" if lamp else "pole"],
+             glow=LAMP_GLOW if lamp else None)
+    return circle(float(x), float(y), max(r, 0.3))
+
+
+def _draw_building(mesh: Mesh, objs: XodrObjects, i: int, rng) -> np.ndarray | None:
+    """A prism on the footprint with facade windows, wall colour from :data:`WALLS`.
+    Returns the footprint (K, 2) metres, None when unsized."""
+    fp = _object_footprint(objs, i)
+    if fp is None or fp[1].max() <= 0:
+        return None
+    wall = np.clip(WALLS[int(rng.integers(len(WALLS)))] * rng.uniform(0.9, 1.08), 0, 1)
+    add_prism(mesh, fp[0], np.maximum(fp[1], 0.0), wall, COLOURS["roof"], aa=FACADE_AA)
+    return fp[0][:, :2]
+
+
+def _draw_tree(mesh: Mesh, objs: XodrObjects, i: int, rng) -> np.ndarray | None:
+    """The procedural tree at the object (its outline's centre when it has one).
+    Returns the footprint (K, 2) metres, None when unsized."""
+    corners, _ = objs.outline(i)
+    x, y = (corners[:, :2].mean(axis=0) if len(corners) else (objs.x[i], objs.y[i]))
+    _tree(mesh, float(x), float(y), float(objs.z[i]), rng)
+    return _footprint(float(x), float(y), 0.0, 1.2, 1.2)
+
+
+def _draw_barrier(mesh: Mesh, objs: XodrObjects, i: int, rng) -> np.ndarray | None:
+    """Walls along the outline's edges, else a thin box ``length`` metres along the object's yaw.
+    Returns the footprint (K, 2) metres, None without an outline or a length."""
+    corners, heights = objs.outline(i)
+    height = objs.height[i] or BARRIER_HEIGHT_M
+    if len(corners) >= 2:
+        rows = np.column_stack([corners, np.where(heights > 0, heights, height)])
+        rows = counter_clockwise(rows) if len(rows) >= 3 else rows
+        add_walls(mesh, rows[:, :3], rows[:, 3], COLOURS["barrier"], closed=len(rows) >= 3)
+        return rows[:, :2]
+    if objs.length[i] <= 0:
+        return None
+    thick = float(np.clip(objs.width[i], *BARRIER_THICKNESS_M))
+    foot = np.column_stack([rectangle(objs.x[i], objs.y[i], objs.yaw[i], objs.length[i], thick),
+                            np.full(4, objs.z[i])])
+    add_prism(mesh, foot, np.full(4, height), COLOURS["barrier"], COLOURS["barrier"])
+    return foot[:, :2]
+
+
+def _draw_crosswalk(mesh: Mesh, objs: XodrObjects, i: int, rng) -> np.ndarray | None:
+    """Zebra stripes on the footprint, :data:`FLAT_LIFT_M` metres above it.
+    Returns the footprint (K, 2) metres, None when unsized."""
+    fp = _object_footprint(objs, i)
+    if fp is None or not add_stripes(mesh, fp[0], COLOURS["crosswalk"]):
+        return None
+    return fp[0][:, :2]
+
+
+def _draw_road_mark(mesh: Mesh, objs: XodrObjects, i: int, rng) -> np.ndarray | None:
+    """The footprint filled white, :data:`FLAT_LIFT_M` metres above it.
+    Returns the footprint (K, 2) metres, None when unsized."""
+    fp = _object_footprint(objs, i)
+    if fp is None:
+        return None
+    add_cap(mesh, fp[0], COLOURS["road_mark"], FLAT_LIFT_M)
+    return fp[0][:, :2]
+
+
+def _draw_other(mesh: Mesh, objs: XodrObjects, i: int, rng) -> np.ndarray | None:
+    """A grey prism on the footprint (it needs a height). Returns the footprint (K, 2) metres, None when unsized."""
+    fp = _object_footprint(objs, i)
+    if fp is None or fp[1].max() <= 0:
+        return None
+    add_prism(mesh, fp[0], np.maximum(fp[1], 0.0), COLOURS["other"], COLOURS["other"])
+    return fp[0][:, :2]
+
+
+_DRAW = {"pole": _draw_pole, "street_lamp": lambda m, o, i, r: _draw_pole(m, o, i, r, lamp=True),
+         "building": _draw_building, "tree": _draw_tree, "barrier": _draw_barrier, "crosswalk": _draw_crosswalk,
+         "road_mark": _draw_road_mark, "other": _draw_other}
+#: Categories drawn flat on the road: they take no room from the procedural props.
+FLAT = ("crosswalk", "road_mark")
+
+
+def map_objects(objs: XodrObjects, mesh: Mesh, sign_xy: np.ndarray | None = None, rng=None,
+                rr: RoadRaster | None = None) -> dict:
+    """Draw the map's ``<object>``s into ``mesh`` by type (:mod:`carla_mr.world.gl_objects`),
+    skipping those that are signs already (``sign_xy`` (S, 2) metres: the sign table's
+    positions) and those without a size. With ``rr`` the drawn footprints are taken, so the
+    procedural props placed afterwards keep clear of them. Returns the counts: ``parsed``,
+    ``drawn`` (category -> count), ``skipped_signs``, ``skipped_unsized``, ``references``
+    (``<objectReference>`` elements, not drawn)."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    skip = sign_like(objs.name, np.column_stack([objs.x, objs.y]), sign_xy)
+    drawn: dict[str, int] = {}
+    unsized = 0
+    for i in np.nonzero(~skip)[0]:
+        cat = category(objs.type[i], objs.name[i])
+        foot = _DRAW[cat](mesh, objs, int(i), rng)
+        if foot is None:
+            unsized += 1
+            continue
+        drawn[cat] = drawn.get(cat, 0) + 1
+        if rr is not None and cat not in FLAT and len(foot) >= 3:
+            rr.take(np.asarray(foot, float), 0.5)
+    return {"parsed": len(objs), "drawn": dict(sorted(drawn.items())), "skipped_signs": int(skip.sum()),
+            "skipped_unsized": unsized, "references": int(objs.references)}
+
+
+def map_sign_xy(carla_map) -> np.ndarray:
+    """(S, 2) positions (metres, CARLA frame) of the map's landmarks: the signs of the sign table."""
+    pts = [(lm.transform.location.x, lm.transform.location.y) for lm in carla_map.get_all_landmarks()]
+    return np.asarray(pts, float).reshape(-1, 2)
+
+
 def props_mesh(scene, carla_map=None, seed: int = 0) -> tuple[Mesh, dict]:
-    """Every prop of a town (see the module notes) and their counts."""
+    """Every prop of a town (see the module notes) and their counts: with ``carla_map``, its
+    own ``<object>``s first (:func:`map_objects`, counts under ``map_objects``), then the
+    seeded props around them, and zebra crossings at the junctions unless the map draws its
+    own crosswalks."""
     rng = np.random.default_rng(seed)
     rr = RoadRaster(scene.road, scene.extent)
     mesh = Mesh()
+    obj_counts = None
+    if carla_map is not None:
+        objs = read_objects(carla_map.to_opendrive(), source=str(getattr(carla_map, "name", "map")))
+        obj_counts = map_objects(objs, mesh, map_sign_xy(carla_map), np.random.default_rng(seed + 1), rr)
     counts = {"street_trees": sidewalk_trees(scene, rr, rng, mesh), "furniture": furniture(rr, rng, mesh), "verge_trees": trees(rr, rng, mesh, verge=700, park=0),
               "buildings": buildings(rr, rng, mesh), "park_trees": trees(rr, rng, mesh, verge=0, park=500)}
     if carla_map is not None:
-        zebra = crosswalks(carla_map)
+        zebra = crosswalks(carla_map) if not obj_counts["drawn"].get("crosswalk") else np.zeros((0, 4, 3))
         add_quads(mesh, zebra, np.tile((235, 235, 235), (len(zebra), 1)), aa=True)
         counts["crosswalk_stripes"] = len(zebra)
+        counts["map_objects"] = obj_counts
     return mesh, counts
 
 
-def town_mesh(scene: RoadScene, carla_map=None, seed: int = 0) -> Mesh:
-    """The static town of a map: terrain, roads (sidewalks, curbs, markings, crossings) and
-    the seeded props of :mod:`carla_mr.world.gl_props`."""
-    props, _counts = props_mesh(scene, carla_map, seed)
+def town_mesh(scene: RoadScene, carla_map=None, seed: int = 0, counts: dict | None = None) -> Mesh:
+    """The static town of a map: terrain, roads (sidewalks, curbs, markings, crossings), the
+    map's objects and the seeded props of :mod:`carla_mr.world.gl_props`. A ``counts`` dict
+    is filled with :func:`props_mesh`'s counts."""
+    props, prop_counts = props_mesh(scene, carla_map, seed)
+    if counts is not None:
+        counts.update(prop_counts)
     # Roads and props before the terrain below them: their pixels reject the terrain's early.
     return merged(road_mesh(scene), props, terrain_mesh(scene, seed=seed))

@@ -581,28 +581,35 @@ def cached_road_scene(carla_map) -> RoadScene:
     return sc
 
 
-_TOWNS: list[tuple[Any, Any]] = []
+_TOWNS: list[tuple[Any, Any, dict]] = []
 
 
-def cached_town_mesh(carla_map, scene: RoadScene):
-    """gl_scene.town_mesh(scene), remembered for the last few map objects."""
+def cached_town_mesh(carla_map, scene: RoadScene, counts: dict | None = None):
+    """gl_props.town_mesh(scene), remembered for the last few map objects; ``counts`` is
+    filled with the props' counts (gl_props.props_mesh)."""
     from carla_mr.world.gl_props import town_mesh
 
-    for m, mesh in _TOWNS:
+    for m, mesh, made in _TOWNS:
         if m is carla_map:
+            if counts is not None:
+                counts.update(made)
             return mesh
-    mesh = town_mesh(scene, carla_map)
+    made: dict = {}
+    mesh = town_mesh(scene, carla_map, counts=made)
+    if counts is not None:
+        counts.update(made)
     if carla_map is not None:
-        _TOWNS.append((carla_map, mesh))
+        _TOWNS.append((carla_map, mesh, made))
         del _TOWNS[:-2]
     return mesh
 
 
 def make_renderer(scene: RoadScene, geom: SignGeometry, *, carla_map=None, face_size: int = 128,
-                  sign_range_m: float = 150.0, draw_distance_m: float = 350.0, renderer: str | None = None):
+                  sign_range_m: float = 150.0, draw_distance_m: float = 350.0, renderer: str | None = None,
+                  counts: dict | None = None):
     """The OpenGL renderer when a context can be made (``renderer``/``CARLA_MR_RENDERER``:
     ``auto``, ``gl`` or ``cpu``), else the CPU :class:`SceneRenderer` with a RuntimeWarning
-    naming what to install."""
+    naming what to install. ``counts`` is filled with the OpenGL town's prop counts."""
     import warnings
 
     from carla_mr.world.gl_context import INSTALL_HINT, gl_available, renderer_choice
@@ -614,7 +621,7 @@ def make_renderer(scene: RoadScene, geom: SignGeometry, *, carla_map=None, face_
             from carla_mr.world.gl_render import GLSceneRenderer
             from carla_mr.world.gl_scene import merged, post_mesh
 
-            static = merged(cached_town_mesh(carla_map, scene), post_mesh(geom))
+            static = merged(cached_town_mesh(carla_map, scene, counts), post_mesh(geom))
             return GLSceneRenderer(static, geom, face_size=face_size, sign_range_m=sign_range_m)
         if choice == "gl":
             raise RunError(why)
@@ -641,8 +648,12 @@ class EmbeddedCameraRig:
         gz = ground_height_under(carla_map, np.asarray(signs.x, float), np.asarray(signs.y, float)) \
             if (carla_map is not None and len(signs)) else None
         self.geom = build_sign_geometry(signs, gz)
+        #: The OpenGL town's prop counts (gl_props.props_mesh; the map's objects under
+        #: ``map_objects``); empty for the CPU renderer.
+        self.scene_counts: dict = {}
         self.renderer = make_renderer(self.scene, self.geom, carla_map=carla_map, face_size=face_size,
-                                      sign_range_m=sign_range_m, draw_distance_m=draw_distance_m, renderer=renderer)
+                                      sign_range_m=sign_range_m, draw_distance_m=draw_distance_m, renderer=renderer,
+                                      counts=self.scene_counts)
         self.is_gl = not isinstance(self.renderer, SceneRenderer)
         self.cameras: dict[str, tuple[CameraSpec, int]] = {}
         #: vehicle id -> vehicle type name (gl_scene.VEHICLE_TYPES); set by the world.

@@ -159,6 +159,9 @@ def test_world_sign_poses_are_the_rendered_ones(town01):
         for lab in fr.labels:
             i = list(w.signs.ids).index(lab["id"])
             assert lab["position"] == pytest.approx([w.signs.x[i], w.signs.y[i], w.signs.z[i]])
+        # the world summary reports the town's props, the map's <object>s among them
+        objs = w.summary()["scene"]["map_objects"]
+        assert objs["parsed"] == 22 and objs["drawn"] == {} and objs["skipped_signs"] == 22
 
 
 def test_tl_state_of_sumo_link_strings():
