@@ -49,7 +49,10 @@ class RoadScene:
 
 
 def _mark_kind(marking) -> tuple[str, tuple[int, int, int], float]:
-    """('solid'|'broken'|'none', colour, width m) of a carla.LaneMarking."""
+    """('solid'|'broken'|'none', colour, width m) of a carla.LaneMarking (None: a lane the
+    map gives no ``<roadMark>``, which libcarla returns as no marking: drawn as none)."""
+    if marking is None:
+        return "none", MARK_WHITE, 0.15
     name = str(getattr(marking.type, "name", marking.type))
     width = float(getattr(marking, "width", 0.0) or 0.0)
     width = width if 0.05 <= width <= 0.5 else 0.15

@@ -302,3 +302,17 @@ def test_props_mesh_draws_the_maps_objects_and_reports_them():
     filled: dict = {}
     town_mesh(scene, cmap, seed=1, counts=filled)
     assert filled["map_objects"] == got
+
+
+def test_a_lane_without_road_marks_builds_a_scene_with_no_marks_for_it():
+    """A user's map may give a lane no ``<roadMark>``; libcarla then returns no marking and the
+    scene draws none there instead of failing."""
+    import re
+
+    carla = pytest.importorskip("carla")
+    from carla_mr.world.scene import build_road_scene
+
+    bare = re.sub(r"<roadMark [^>]*/>", "", xodr(objects=()))
+    assert "roadMark" not in bare
+    scene = build_road_scene(carla.Map("nomarks", bare))
+    assert len(scene.road) > 0 and len(scene.marks) == 0
