@@ -35,7 +35,7 @@ from carla_mr.world import gl_shaders as sh
 from carla_mr.world.gl_scene import VEHICLE_TYPES, Mesh, vehicle_colours, vehicle_unit_mesh
 from carla_mr.world.scene import CAR_SIZE, SIGN_BACK
 from carla_mr.world.sign_art import PALETTE
-from carla_mr.world.sign_geometry import SignGeometry, class_name, fit_to_shape, original_face
+from carla_mr.world.sign_geometry import SignGeometry, fit_to_shape, original_face, sign_label, visible_box
 
 NEAR_M = 0.1
 FAR_M = 1500.0
@@ -437,20 +437,13 @@ class GLSceneRenderer:
             n, x0, y0, x1, y1 = (int(v) for v in stats[k])
             x1, y1 = x1 + 1, y1 + 1
             vis = int(min(counts[k + 1], n))
-            sub = ids[y0:y1, x0:x1] == k + 1
-            rows = np.nonzero(sub.any(axis=1))[0]
-            cols = np.nonzero(sub.any(axis=0))[0]
             tex = textures.get(str(geom.ids[k])) or SignTexture()
-            v = float(geom.value[k])
-            value = v if math.isfinite(v) else None
-            kind = str(geom.kind[k])
-            lab = {"id": str(geom.ids[k]), "kind": kind, "class": class_name(kind, value), "value": value,
+            lab = {**sign_label(geom.ids[k], geom.kind[k], geom.value[k], tex),
                    "box": [x0, y0, x1, y1], "amodal_bbox": [x0, y0, x1, y1], "visible": vis / n,
-                   "distance": float(dist[k]), "source": tex.source, "ref": tex.ref, "pixels": vis,
-                   "face_pixels": n, "instance": int(k + 1),
-                   "visible_box": [x0 + int(cols[0]), y0 + int(rows[0]), x0 + int(cols[-1]) + 1, y0 + int(rows[-1]) + 1],
+                   "distance": float(dist[k]), "pixels": vis, "face_pixels": n, "instance": int(k + 1),
+                   "visible_box": visible_box(ids, (x0, y0, x1, y1), k + 1),
                    "position": [float(c) for c in geom.center[k]]}
-            if kind == "traffic_light":
+            if lab["kind"] == "traffic_light":
                 lab["state"] = TL_STATES[int(self.tl_states[k])]
             labels.append(lab)
         return labels

@@ -36,8 +36,8 @@ from carla_mr.world.base import CameraFrame, SignTexture, Snapshot
 from carla_mr.config.camera import CameraSpec
 from carla_mr.world.scene import (FACE_SHADE, GRASS, POST, SIGN_BACK, SKY_HORIZON, SKY_TOP, BOX_FACES, RoadScene,
                                   build_road_scene, ground_height_under, vehicle_boxes, vehicle_colour, CAR_SIZE)
-from carla_mr.world.sign_geometry import (POST_WIDTH_M, SignGeometry, build_sign_geometry, class_name, fit_to_shape,
-                                          original_face)
+from carla_mr.world.sign_geometry import (POST_WIDTH_M, SignGeometry, build_sign_geometry, fit_to_shape, original_face,
+                                          sign_label, visible_box)
 
 NEAR_M = 0.1
 GUARD_PX = 4000.0
@@ -532,23 +532,10 @@ class SceneRenderer:
             vis = int(counts[k + 1])
             if vis == 0:
                 continue
-            x0, y0, x1, y1 = box
-            sub = ids[y0:y1, x0:x1] == k + 1
-            rows = np.nonzero(sub.any(axis=1))[0]
-            cols = np.nonzero(sub.any(axis=0))[0]
             tex = textures.get(str(geom.ids[k])) or SignTexture()
-            v = float(geom.value[k])
-            value = v if math.isfinite(v) else None
-            if tex.label_class:  # a generated face: the class the validator read on it (docs/genai.md)
-                value = _value_of(tex.label_class)
-            labels.append({
-                "id": str(geom.ids[k]), "kind": str(geom.kind[k]),
-                "class": tex.label_class or class_name(str(geom.kind[k]), value),
-                "value": value, "box": [x0, y0, x1, y1], "visible": vis / n, "distance": dist_o,
-                "source": tex.source, "ref": tex.ref, "pixels": vis, "face_pixels": n,
-                "visible_box": [x0 + int(cols[0]), y0 + int(rows[0]), x0 + int(cols[-1]) + 1,
-                                y0 + int(rows[-1]) + 1],
-            })
+            labels.append({**sign_label(geom.ids[k], geom.kind[k], geom.value[k], tex),
+                           "box": [int(v) for v in box], "visible": vis / n, "distance": dist_o, "pixels": vis,
+                           "face_pixels": n, "visible_box": visible_box(ids, box, k + 1)})
         return labels
 
     def _post_quad(self, view: _View, k: int) -> np.ndarray | None:
@@ -701,9 +688,3 @@ class EmbeddedCameraRig:
         return CameraFrame(frame=int(snapshot.frame), time=float(snapshot.time), image=img,
                            intrinsics=spec.intrinsics(), cam_to_world=pose, ego=ego, labels=labels, depth=depth,
                            instance=ids)
-
-
-def _value_of(label_class: str) -> float | None:
-    """``speed_limit_30`` -> 30.0; a class without a trailing number -> None."""
-    tail = str(label_class).rsplit("_", 1)[-1]
-    return float(tail) if tail.isdigit() else None

@@ -50,6 +50,31 @@ def class_name(kind: str, value: float | None) -> str:
     return f"{kind}_{int(round(float(value)))}"
 
 
+def sign_label(sign_id: str, kind: str, value: float, texture) -> dict:
+    """The identity fields of a sign's label: ``id``, ``kind``, ``class``, ``value``, ``source``
+    and ``ref``. A generated face (``texture.label_class`` set) carries the class the validator
+    read on it (docs/genai.md), never the in-world sign's own value; otherwise the class is the
+    sign's kind and value (:func:`class_name`). ``value``: km/h or NaN. One function for every
+    renderer."""
+    value_or_none = float(value) if math.isfinite(float(value)) else None
+    label_class = getattr(texture, "label_class", None)
+    if label_class:
+        tail = str(label_class).rsplit("_", 1)[-1]
+        value_or_none = float(tail) if tail.isdigit() else None
+    return {"id": str(sign_id), "kind": str(kind), "class": label_class or class_name(str(kind), value_or_none),
+            "value": value_or_none, "source": texture.source, "ref": texture.ref}
+
+
+def visible_box(ids: np.ndarray, box, instance: int) -> list[int]:
+    """[x0, y0, x1, y1] (pixels, exclusive ends) of the pixels of ``instance`` in the id image
+    ``ids`` (H, W) inside ``box``; the instance must have at least one pixel there."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    sub = ids[y0:y1, x0:x1] == instance
+    rows = np.nonzero(sub.any(axis=1))[0]
+    cols = np.nonzero(sub.any(axis=0))[0]
+    return [x0 + int(cols[0]), y0 + int(rows[0]), x0 + int(cols[-1]) + 1, y0 + int(rows[-1]) + 1]
+
+
 @dataclass(frozen=True)
 class SignGeometry:
     """Per-sign world geometry as arrays (S = number of signs).

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from carla_mr.errors import InputError
+from carla_mr.world.opendrive import parse_xodr
 
 #: Longest piece (metres) a continuous repeated object (``<repeat distance="0">``) is cut into.
 CONTINUOUS_STEP_M = 2.0
@@ -333,12 +334,7 @@ def _to_carla(rows: list[dict], references: int) -> XodrObjects:
 def read_objects(text: str, *, source: str = "xodr") -> XodrObjects:
     """Every ``<object>`` of OpenDRIVE ``text`` placed in CARLA's frame (see the module notes).
     InputError for text that is not OpenDRIVE or a malformed number."""
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError as exc:
-        raise InputError(f"not valid OpenDRIVE XML: {exc}", source=source) from exc
-    if root.tag != "OpenDRIVE":
-        raise InputError(f"the root element is <{root.tag}>, expected <OpenDRIVE>", source=source)
+    root = parse_xodr(text, source=source).getroot()
     rows: list[dict] = []
     references = 0
     for road in root.findall("road"):

@@ -64,6 +64,23 @@ def test_unoccluded_sign_matches_cpu_renderer_and_id_pass():
     assert (px[:, 0] > 150).all() and (px[:, 1] < 40).all() and (px[:, 2] > 150).all()
 
 
+@pytest.mark.parametrize("label_class, want_class, want_value", [
+    ("speed_limit_80", "speed_limit_80", 80.0),  # the validator read 80 on the generated face
+    ("speed_limit", "speed_limit", None),  # it read no value: the generic class, never the sign's 30
+    (None, "speed_limit_30", 30.0)])  # no generated face: the in-world sign's own value
+def test_both_renderers_label_a_generated_face_with_what_the_validator_read(label_class, want_class, want_value):
+    signs = one_sign(x=20.0, z=2.0, kind="speed_limit")
+    signs.value[0] = 30.0
+    pose = camera_pose(SPEC, 0.0, 0.0, 0.0, 0.0)
+    tex = {"s1": SignTexture("generated", "t", solid(MAGENTA), label_class=label_class)}
+    empty = RoadScene(np.zeros((0, 4, 3)), np.zeros((0, 3), np.uint8), np.zeros((0, 4, 3)), np.zeros((0, 3), np.uint8),
+                      (-1, -1, 1, 1), [])
+    for renderer in (gl(signs), SceneRenderer(empty, build_sign_geometry(signs))):
+        _, _, labels = renderer.render(SPEC, pose, None, tex)
+        assert [(lab["class"], lab["value"], lab["source"]) for lab in labels] == [(want_class, want_value,
+                                                                                   "generated")]
+
+
 def test_vehicle_occludes_sign_and_box_follows_visible_pixels():
     signs = one_sign(x=30.0, y=0.0, z=1.0, w=2.0, h=2.0)
     pose = camera_pose(SPEC, 0.0, 0.0, 0.0, 0.0)
