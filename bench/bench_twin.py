@@ -12,6 +12,13 @@ Rows (each against a baseline measured in the same run):
   rows, publishing R): the slowest of the 10 tick positions of a stride (each position's 25th
   percentile over strides), ms, with the batch spread over the stride (the default); baseline:
   the whole batch on the sample tick (``spread: false``). Target <= 5 ms (the tick is 50 ms).
+- ``map_features_200``: the map inputs (:mod:`carla_mr.twin.map_features`) of 200 vehicles on
+  lanes of mr_town, look-ahead cache warm (as the stage runs), ms; baseline: the same without
+  the cache (every look-ahead recomputed through libcarla). Target well under 5 ms.
+- ``map_model_predict_200``: a residual model WITH map inputs (the default if it takes them,
+  else one of the same size with random weights) predicting those 200 vehicles, map features
+  included, ms; baseline: the map-free committed default on the same batch (if the default is
+  map-aware: that model served without a map). Target <= 5 ms.
 - ``buffer_push_1000``: TrackBuffer.push of 1000 vehicles (some leaving and arriving each
   tick), ms; baseline: a dict-of-deques reference. Target < 1 ms.
 
@@ -58,6 +65,30 @@ def _model():
     from carla_mr.twin.predictors import load_predictor
 
     return load_predictor(REPO / "carla_mr" / "data" / "twin" / "residual", sample_hz=2.0)
+
+
+def _lane_tracks(feats, m: int, p: int, seed: int = 3) -> np.ndarray:
+    """(m, p, 2) straight 8 m/s tracks (2 Hz) ending on ``m`` random lane points of the map."""
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, len(feats.xy), m)
+    back = (np.arange(p)[::-1] * 4.0)[None, :, None]
+    d = np.stack([np.cos(feats.yaw[i]), np.sin(feats.yaw[i])], axis=-1)[:, None, :]
+    return feats.xy[i][:, None, :] - back * d + rng.normal(0, 0.05, (m, p, 2))
+
+
+def _map_model(default):
+    """The default if it takes map inputs, else a same-size map-aware model with random weights."""
+    from carla_mr.twin.residual import ResidualPredictor, n_features
+
+    if getattr(default, "map_inputs", False):
+        return default
+    rng = np.random.default_rng(0)
+    d, h, f = n_features(True), default.params["W0"].shape[1], default.future
+    params = {"W0": rng.normal(0, 0.1, (d, h)), "b0": np.zeros(h), "W1": rng.normal(0, 0.1, (h, h)),
+              "b1": np.zeros(h), "W2": rng.normal(0, 0.1, (h, 2 * f)), "b2": np.zeros(2 * f)}
+    params = {k: v.astype(np.float32) for k, v in params.items()}
+    return ResidualPredictor(default.past, f, 2.0, params=params, norm={"mean": np.zeros(d), "std": np.ones(d)},
+                             map_inputs=True)
 
 
 class _DictBuffer:
@@ -150,6 +181,30 @@ def run(quick: bool = True) -> list[dict]:
     s_full = _stage_tick_ms(model, 200, reps, spread=False)
     rows.append({"name": "twin_stage_worst_tick_200", "value": s_spread, "unit": "ms", "baseline": s_full,
                  "ratio": s_spread / s_full, "target": "<= 5 ms"})
+
+    # map inputs: 200 vehicles on mr_town's lanes
+    import copy
+
+    from carla_mr.twin.map_features import MapFeatures
+    from carla_mr.twin.residual import map_inputs_for
+    from carla_mr.world.maps import load_map
+
+    cmap = load_map(REPO / "maps" / "mr_town.xodr")
+    feats = MapFeatures(cmap, name="mr_town").warm()
+    fresh = MapFeatures(cmap, name="mr_town", cache=False)
+    lane_batch = _lane_tracks(feats, 200, 60)
+    t_mf = _time(lambda: map_inputs_for(lane_batch, feats), reps) * 1e3
+    t_mf0 = _time(lambda: map_inputs_for(lane_batch, fresh), max(3, reps // 5)) * 1e3
+    rows.append({"name": "map_features_200", "value": t_mf, "unit": "ms", "baseline": t_mf0,
+                 "ratio": t_mf / t_mf0, "target": "well under 5 ms"})
+    mm = _map_model(model)
+    mm.map = feats
+    plain = copy.copy(model)
+    plain.map = None
+    t_mm = _time(lambda: mm.predict(lane_batch), reps) * 1e3
+    t_plain = _time(lambda: plain.predict(lane_batch), reps) * 1e3
+    rows.append({"name": "map_model_predict_200", "value": t_mm, "unit": "ms", "baseline": t_plain,
+                 "ratio": t_mm / t_plain, "target": "<= 5 ms"})
 
     # buffer: 1000 vehicles, 1% leave and 1% arrive per tick
     rng = np.random.default_rng(0)

@@ -28,6 +28,7 @@ class TestSet:
     keys: np.ndarray
     available: int
     report: dict = field(default_factory=dict)
+    map: Any = None  # the MapFeatures of the source's map, or None
 
 
 def window_keys(tracks: data.Tracks, past: int, future: int, *, step: int = 1, max_windows: int | None = None,
@@ -57,14 +58,19 @@ def rate_tracks(rows: tuple, hz: float | None, *, min_samples: int, allow_upsamp
 
 def training_sets(sources: list[tuple], rates: list[float], *, past: int, future: int, test_fraction: float,
                   seed: int, max_windows: int, max_test_windows: int, noise_m: float, load: dict,
-                  log: Callable[[str], None]) -> tuple[dict, np.ndarray, list[str], list[TestSet]]:
+                  log: Callable[[str], None], maps: list | None = None, map_inputs: bool = False,
+                  map_dropout: float = 0.0) -> tuple[dict, np.ndarray, list[str], list[TestSet]]:
     """Pooled training arrays (:func:`residual_train.prepare`) over sources x rates, their
-    vehicle keys, the training vehicles' keys, and the held-apart test sets (P + F windows)."""
+    vehicle keys, the training vehicles' keys, and the held-apart test sets (P + F windows).
+
+    ``maps``: per source, its MapFeatures or None; with ``map_inputs`` the training arrays carry
+    the map features (a ``map_dropout`` share of windows without them)."""
     from carla_mr.twin.residual_train import prepare
 
     rng = np.random.default_rng(seed)
     parts, groups, train_keys, tests = [], [], set(), []
-    for rows in sources:
+    maps = list(maps) if maps is not None else [None] * len(sources)
+    for rows, cmap in zip(sources, maps):
         src = rows[4]["source"]
         for hz in rates:
             tr = rate_tracks(rows, hz, min_samples=2, log=log, **load)
@@ -79,11 +85,12 @@ def training_sets(sources: list[tuple], rates: list[float], *, past: int, future
                 f"{len(xp)} test windows ({n_te} available, {past}+{future} steps) from "
                 f"{len(set(xk.tolist()))} held-apart vehicles")
             if len(tp):
-                parts.append(prepare(tp, tf, 1.0 / hz, rng=rng, noise_m=noise_m))
+                parts.append(prepare(tp, tf, 1.0 / hz, rng=rng, noise_m=noise_m, map_inputs=map_inputs, cmap=cmap,
+                                     map_dropout=map_dropout))
                 groups.append(tk)
                 train_keys.update(train.keys.tolist())
             if len(xp):
-                tests.append(TestSet(src, hz, xp, xf, xk, n_te, dict(tr.report)))
+                tests.append(TestSet(src, hz, xp, xf, xk, n_te, dict(tr.report), cmap))
     if not parts:
         raise InputError(f"no training window of the needed length at any of the rates {rates}; give longer "
                          f"tracks or lower --future", field="DATA")
@@ -96,6 +103,8 @@ def score(predictors: dict[str, Any], ts: TestSet, *, seed: int = 0, n_boot: int
     preds = {}
     for name, p in predictors.items():
         p.sample_hz = ts.hz
+        if getattr(p, "map_inputs", False) and not getattr(p, "no_map", False):
+            p.map = ts.map
         preds[name] = np.asarray(p.predict(ts.past), np.float64)
     res = metrics.compare(preds, ts.past, ts.future)
     errs = {k: np.linalg.norm(v - ts.future, axis=-1) for k, v in preds.items()}

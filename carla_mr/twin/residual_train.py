@@ -17,7 +17,7 @@ import numpy as np
 
 from carla_mr.errors import InputError, require
 from carla_mr.twin.frames import to_local
-from carla_mr.twin.residual import bounds, context_samples, cv_local, features, local_frame
+from carla_mr.twin.residual import bounds, context_samples, cv_local, features, local_frame, map_inputs_for
 
 
 @dataclass
@@ -42,8 +42,13 @@ class ResidualRecipe:
 
 
 def prepare(past: np.ndarray, future: np.ndarray, dt: float, *, rng: np.random.Generator | None = None,
-            noise_m: float = 0.0) -> dict[str, np.ndarray]:
-    """Windows of one rate -> {feat (M, D), cv (M, F, 2), y (M, F, 2), bound (M, F)} in the local frame."""
+            noise_m: float = 0.0, map_inputs: bool = False, cmap=None, map_dropout: float = 0.0
+            ) -> dict[str, np.ndarray]:
+    """Windows of one rate -> {feat (M, D), cv (M, F, 2), y (M, F, 2), bound (M, F)} in the local frame.
+
+    ``map_inputs``: append the map features of ``cmap`` (a MapFeatures, or None: zeros, flag 0);
+    a random ``map_dropout`` share of the windows get the map-less zeros (so the model also serves
+    data with no map)."""
     past = np.asarray(past, np.float64)
     future = np.asarray(future, np.float64)
     if noise_m > 0 and dt >= 0.2 - 1e-9 and rng is not None:
@@ -54,7 +59,13 @@ def prepare(past: np.ndarray, future: np.ndarray, dt: float, *, rng: np.random.G
     past = past[:, -context_samples(dt, past.shape[1]):]
     origin, heading = local_frame(past)
     f = future.shape[1]
-    return {"feat": features(past, dt), "cv": cv_local(past, heading, f), "y": to_local(future, origin, heading),
+    feat = features(past, dt)
+    if map_inputs:
+        mf = map_inputs_for(past, cmap, origin, heading)
+        if map_dropout > 0 and rng is not None:
+            mf[rng.random(mf.shape[0]) < map_dropout] = 0.0
+        feat = np.concatenate([feat, mf], axis=1)
+    return {"feat": feat, "cv": cv_local(past, heading, f), "y": to_local(future, origin, heading),
             "bound": np.broadcast_to(bounds(dt, f), (past.shape[0], f)).copy()}
 
 
