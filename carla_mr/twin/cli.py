@@ -195,6 +195,11 @@ def twin_group():
 @click.option("--map-dropout", type=click.FloatRange(0.0, 1.0), default=0.3, show_default=True,
               help="With --map: share of training windows whose map inputs are zeroed (flag 0), so the model also "
                    "serves tracks with no map.")
+@click.option("--init", "init_model", default=None, metavar="MODEL",
+              help="With --map: start from this map-free residual model (same --hidden/--layers; map weights 0) "
+                   "and keep it inside the new model as the fallback that serves tracks with no map, unchanged.")
+@click.option("--rate-balance", is_flag=True, help="Weight each window's loss by 1 / constant velocity's ADE on its "
+                                                   "(source, rate), so every rate counts alike.")
 @click.option("--compare", "compare", default=None, metavar="MODEL",
               help="Also score this saved model (e.g. the committed default) on the same held-apart windows, "
                    "as 'reference'.")
@@ -202,8 +207,8 @@ def twin_group():
 @common_options
 @guarded
 def train_cmd(data_paths, past, future, rates, epochs, batch_size, lr, hidden, layers, patience, max_seconds,
-              noise_m, test_fraction, max_windows, max_test_windows, threads, map_dropout, compare, out, seed,
-              as_json, **kw):
+              noise_m, test_fraction, max_windows, max_test_windows, threads, map_dropout, init_model, rate_balance,
+              compare, out, seed, as_json, **kw):
     """Train the residual predictor on DATA (run directories, .parquet or .csv) and compare it with
     the baselines on held-apart vehicles, with per-vehicle bootstrap intervals."""
     from carla_mr.errors import require
@@ -221,6 +226,16 @@ def train_cmd(data_paths, past, future, rates, epochs, batch_size, lr, hidden, l
                             patience=patience, max_seconds=max_seconds, noise_m=noise_m)
     maps, test_maps = _maps(kw, len(data_paths), len(kw["test_data"]))
     map_inputs = any(m is not None for m in maps)
+    init = None
+    if init_model:
+        from carla_mr.twin.predictors import load_predictor
+
+        im = load_predictor(init_model, past=past, future=future)
+        if im.kind != ResidualPredictor.kind or getattr(im, "map_inputs", False) or im.params is None:
+            raise InputError("--init needs a trained map-free residual model", field="--init", source=str(init_model))
+        if not map_inputs:
+            raise InputError("--init is for a map-aware model: give --map too", field="--init")
+        init = {"params": im.params, "norm": im.norm}
     reference = None
     if compare:
         from carla_mr.twin.predictors import load_predictor
@@ -231,19 +246,23 @@ def train_cmd(data_paths, past, future, rates, epochs, batch_size, lr, hidden, l
     arrays, groups, train_keys, tests = training_sets(
         sources, hzs, past=past, future=future, test_fraction=test_fraction, seed=seed, max_windows=max_windows,
         max_test_windows=max_test_windows, noise_m=noise_m, load=_load_opts(kw), log=log, maps=maps,
-        map_inputs=map_inputs, map_dropout=map_dropout)
+        map_inputs=map_inputs, map_dropout=map_dropout, rate_balance=rate_balance)
     if not tests:
         raise InputError(f"no held-apart vehicle has a window of {past}+{future} samples at any rate; give longer "
                          f"tracks or lower --past/--future", field="DATA")
     log(f"training on {arrays['feat'].shape[0]} windows from {len(train_keys)} vehicles")
-    params, norm, facts = fit(arrays, groups, recipe, seed=seed, on_epoch=lambda e, tl, vl: log(
-        f"epoch {e}: train ADE {tl:.4f} m, validation ADE {vl:.4f} m"))
+    unit = "(weighted)" if rate_balance else "m"
+    params, norm, facts = fit(arrays, groups, recipe, seed=seed, init=init, on_epoch=lambda e, tl, vl: log(
+        f"epoch {e}: train ADE {tl:.4f} {unit}, validation ADE {vl:.4f} {unit}"))
     facts["rates_hz"] = hzs
+    facts["rate_balance"] = rate_balance
+    if init_model:
+        facts["init"] = str(init_model)
     if map_inputs:
         facts["map_dropout"] = map_dropout
         facts["maps"] = [None if m is None else m.name for m in maps]
     model = ResidualPredictor(past, future, hzs[0], params=params, norm=norm, info=facts, train_keys=train_keys,
-                              map_inputs=map_inputs)
+                              map_inputs=map_inputs, fallback=init)
     model_dir = model.save(run_dir / "model")
     for hz in sorted({t.hz for t in tests}):
         log(f"scoring held-apart vehicles at {hz:g} Hz")

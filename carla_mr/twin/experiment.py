@@ -59,12 +59,15 @@ def rate_tracks(rows: tuple, hz: float | None, *, min_samples: int, allow_upsamp
 def training_sets(sources: list[tuple], rates: list[float], *, past: int, future: int, test_fraction: float,
                   seed: int, max_windows: int, max_test_windows: int, noise_m: float, load: dict,
                   log: Callable[[str], None], maps: list | None = None, map_inputs: bool = False,
-                  map_dropout: float = 0.0) -> tuple[dict, np.ndarray, list[str], list[TestSet]]:
+                  map_dropout: float = 0.0, rate_balance: bool = False
+                  ) -> tuple[dict, np.ndarray, list[str], list[TestSet]]:
     """Pooled training arrays (:func:`residual_train.prepare`) over sources x rates, their
     vehicle keys, the training vehicles' keys, and the held-apart test sets (P + F windows).
 
     ``maps``: per source, its MapFeatures or None; with ``map_inputs`` the training arrays carry
-    the map features (a ``map_dropout`` share of windows without them)."""
+    the map features (a ``map_dropout`` share of windows without them). ``rate_balance``: each
+    window's loss weight ``w`` is 1 / constant velocity's mean ADE on its (source, rate), so every
+    rate counts alike (the loss is then about the ratio to constant velocity, as the results are)."""
     from carla_mr.twin.residual_train import prepare
 
     rng = np.random.default_rng(seed)
@@ -85,8 +88,11 @@ def training_sets(sources: list[tuple], rates: list[float], *, past: int, future
                 f"{len(xp)} test windows ({n_te} available, {past}+{future} steps) from "
                 f"{len(set(xk.tolist()))} held-apart vehicles")
             if len(tp):
-                parts.append(prepare(tp, tf, 1.0 / hz, rng=rng, noise_m=noise_m, map_inputs=map_inputs, cmap=cmap,
-                                     map_dropout=map_dropout))
+                part = prepare(tp, tf, 1.0 / hz, rng=rng, noise_m=noise_m, map_inputs=map_inputs, cmap=cmap,
+                               map_dropout=map_dropout)
+                cv_ade = float(np.linalg.norm(part["cv"] - part["y"], axis=-1).mean())
+                part["w"] = np.full(len(tp), 1.0 / max(cv_ade, 1e-6) if rate_balance else 1.0)
+                parts.append(part)
                 groups.append(tk)
                 train_keys.update(train.keys.tolist())
             if len(xp):

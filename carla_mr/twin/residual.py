@@ -25,7 +25,9 @@ from an offline ``carla.Map`` (:mod:`carla_mr.twin.map_features`, N_MAP more inp
 vehicle frame). The predictor's :attr:`ResidualPredictor.map` is the
 :class:`~carla_mr.twin.map_features.MapFeatures` of the map the positions are on, or None: then
 those inputs are zeros with the map flag 0 (the model is trained with map dropout to serve that
-case too). A model saved without ``features.map`` (format 2) takes no map inputs.
+case too) -- unless it carries a ``fallback`` network (``twin train --init MODEL``: the map-free
+model it was warm-started from), which then serves the windows without a map exactly as that
+model would. A model saved without ``features.map`` (format 2) takes no map inputs.
 
 Saved as a directory: ``config.json`` (kind, shapes, feature layout, normalisers, training
 facts, training-vehicle fingerprints) and ``weights.npz`` (float32; loaded with
@@ -148,7 +150,7 @@ class ResidualPredictor:
     def __init__(self, past: int = 60, future: int = 5, sample_hz: float = 2.0, *,
                  params: dict[str, np.ndarray] | None = None, norm: dict[str, np.ndarray] | None = None,
                  info: dict[str, Any] | None = None, train_keys: list[str] | None = None,
-                 map_inputs: bool = False):
+                 map_inputs: bool = False, fallback: dict[str, dict[str, np.ndarray]] | None = None):
         if past < 2 or future < 1 or not sample_hz > 0:
             raise InputError(f"need past >= 2, future >= 1, sample_hz > 0 (got {past}, {future}, {sample_hz})",
                              field="past/future")
@@ -160,13 +162,17 @@ class ResidualPredictor:
         #: whether the model takes map inputs; ``map``: the MapFeatures of the data's map, or None
         self.map_inputs = bool(map_inputs)
         self.map = None
+        #: {"params", "norm"} of a map-free network serving when there is no map (or None)
+        self.fallback = fallback if map_inputs else None
 
-    def correction(self, feat: np.ndarray, dt: float) -> np.ndarray:
-        """(M, F, 2) local-frame correction, metres."""
-        if self.params is None:
+    def correction(self, feat: np.ndarray, dt: float, params: dict | None = None,
+                   norm: dict | None = None) -> np.ndarray:
+        """(M, F, 2) local-frame correction, metres (``params``/``norm``: another network, the fallback)."""
+        params, norm = (self.params, self.norm) if params is None else (params, norm)
+        if params is None:
             return np.zeros((feat.shape[0], self.future, 2))
-        x = (feat - self.norm["mean"]) / self.norm["std"]
-        o = mlp_forward(self.params, x.astype(np.float32)).astype(np.float64)
+        x = (feat - norm["mean"]) / norm["std"]
+        o = mlp_forward(params, x.astype(np.float32)).astype(np.float64)
         return np.tanh(o.reshape(-1, self.future, 2)) * bounds(dt, self.future)[None, :, None]
 
     def predict(self, past: np.ndarray) -> np.ndarray:
@@ -180,9 +186,13 @@ class ResidualPredictor:
         past = past[:, -context_samples(dt, past.shape[1]):]
         origin, heading = local_frame(past)
         feat = features(past, dt)
-        if self.map_inputs:
-            feat = np.concatenate([feat, map_inputs_for(past, self.map, origin, heading)], axis=1)
-        local = cv_local(past, heading, self.future) + self.correction(feat, dt)
+        if self.map_inputs and self.map is None and self.fallback is not None:
+            corr = self.correction(feat, dt, self.fallback["params"], self.fallback["norm"])
+        else:
+            if self.map_inputs:
+                feat = np.concatenate([feat, map_inputs_for(past, self.map, origin, heading)], axis=1)
+            corr = self.correction(feat, dt)
+        local = cv_local(past, heading, self.future) + corr
         return to_world(local, origin, heading)
 
     # -- persistence ----------------------------------------------------------------------------
@@ -193,6 +203,8 @@ class ResidualPredictor:
                              "accel_bound": ACCEL_BOUND, "correction_bound_m": CORRECTION_BOUND,
                              **({"map": _map_layout()} if self.map_inputs else {})},
                 "norm": {k: v.tolist() for k, v in (self.norm or {}).items()}, "train": self.info,
+                **({"fallback_norm": {k: np.asarray(v).tolist() for k, v in self.fallback["norm"].items()}}
+                   if self.fallback else {}),
                 "train_vehicle_keys": self.train_keys}
 
     def save(self, directory: str | os.PathLike) -> Path:
@@ -201,7 +213,10 @@ class ResidualPredictor:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         atomic_write_json(d / "config.json", self.config(), indent=None)
-        atomic_save_npz(d / "weights.npz", **{k: v.astype(np.float32) for k, v in self.params.items()})
+        arrays = {k: v.astype(np.float32) for k, v in self.params.items()}
+        if self.fallback:
+            arrays.update({f"fallback_{k}": np.asarray(v, np.float32) for k, v in self.fallback["params"].items()})
+        atomic_save_npz(d / "weights.npz", **arrays)
         return d
 
     @classmethod
@@ -218,10 +233,15 @@ class ResidualPredictor:
         if not w.is_file():
             raise InputError("the model directory has no weights.npz", source=str(directory))
         with np.load(w, allow_pickle=False) as z:
-            params = {k: np.asarray(z[k], np.float32) for k in z.files}
+            arrays = {k: np.asarray(z[k], np.float32) for k in z.files}
+        params = {k: v for k, v in arrays.items() if not k.startswith("fallback_")}
+        fb = {k[len("fallback_"):]: v for k, v in arrays.items() if k.startswith("fallback_")}
         norm = {k: np.asarray(v, np.float64) for k, v in cfg["norm"].items()}
+        fallback = None
+        if fb:
+            fallback = {"params": fb, "norm": {k: np.asarray(v, np.float64) for k, v in cfg["fallback_norm"].items()}}
         return cls(cfg["past"], cfg["future"], cfg["sample_hz"], params=params, norm=norm, info=cfg.get("train"),
-                   train_keys=cfg.get("train_vehicle_keys"), map_inputs="map" in f)
+                   train_keys=cfg.get("train_vehicle_keys"), map_inputs="map" in f, fallback=fallback)
 
 
 def _map_layout() -> dict[str, Any]:

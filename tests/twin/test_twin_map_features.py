@@ -215,3 +215,56 @@ def test_stage_builds_the_map_once_for_a_map_model(tmp_path):
         assert tw["map_inputs"] is map_inputs
         assert (tw["map"] == "synthetic") if map_inputs else tw["map"] is None
         assert tw["scored"] > 0 and tw["online"]["ade_m"] < 1e-6  # zero output: constant velocity, exact here
+
+
+def test_fallback_serves_windows_without_a_map_exactly(tmp_path):
+    """A map-aware model with a fallback (--init) predicts as the map-free model when there is no map."""
+    rng = np.random.default_rng(4)
+    d0, d1 = n_features(False), n_features(True)
+
+    def net(d):
+        return {"W0": rng.normal(0, 0.3, (d, 8)).astype(np.float32), "b0": np.zeros(8, np.float32),
+                "W1": rng.normal(0, 0.3, (8, 10)).astype(np.float32), "b1": np.zeros(10, np.float32)}
+
+    plain_p, norm0 = net(d0), {"mean": np.zeros(d0), "std": np.ones(d0)}
+    plain = ResidualPredictor(20, 5, 5.0, params=plain_p, norm=norm0)
+    both = ResidualPredictor(20, 5, 5.0, params=net(d1), norm={"mean": np.zeros(d1), "std": np.ones(d1)},
+                             map_inputs=True, fallback={"params": plain_p, "norm": norm0})
+    past = np.cumsum(rng.normal(1.0, 0.5, (6, 20, 2)), axis=1)
+    np.testing.assert_array_equal(both.predict(past), plain.predict(past))
+    both.save(tmp_path / "m")
+    back = load_predictor(tmp_path / "m", sample_hz=5.0)
+    assert back.fallback is not None
+    np.testing.assert_allclose(back.predict(past), plain.predict(past), atol=1e-9)
+    back.map = _features(_xodr())  # with a map, the map network serves (here: another prediction)
+    assert not np.allclose(back.predict(past), plain.predict(past))
+
+
+def test_cli_train_with_map_and_init(tmp_path):
+    """`twin train --map --init`: a map-aware model that keeps the map-free one as its fallback."""
+    pytest.importorskip("torch")
+    import json
+
+    from click.testing import CliRunner
+
+    from carla_mr.cli import main
+    from twin_helpers import synthetic_rows, write_csv
+
+    csv = tmp_path / "t.csv"
+    write_csv(csv, synthetic_rows(n_vehicles=12, seconds=40, hz=5, seed=5))
+    xodr = ROOT / "maps" / "Town02.xodr"  # (the tracks are not on its lanes: on_lane 0, the flag 1)
+    common = [str(csv), "--past", "8", "--future", "3", "--epochs", "1", "--hidden", "8", "--rates", "5",
+              "--max-windows", "500", "--json", "--seed", "1"]
+    res = CliRunner().invoke(main, ["twin", "train", *common, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["twin", "train", *common, "--out", str(tmp_path / "b"), "--map", str(xodr),
+                                    "--init", str(tmp_path / "a" / "model"), "--rate-balance",
+                                    "--compare", str(tmp_path / "a" / "model")])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    assert r["map_inputs"] and r["training"]["init"]
+    m = r["held_apart"][0]["metrics"]
+    assert m["residual_no_map"]["ade"] == pytest.approx(m["reference"]["ade"], rel=1e-9)  # the fallback
+    res = CliRunner().invoke(main, ["twin", "train", *common, "--out", str(tmp_path / "c"), "--init",
+                                    str(tmp_path / "a" / "model")])
+    assert res.exit_code == 2 and "--init" in res.output  # without --map
