@@ -186,6 +186,7 @@ def fit(arrays: dict[str, np.ndarray], groups: np.ndarray, recipe: ResidualRecip
         params[f"b{i}"] = mod.bias.detach().numpy().astype(np.float32).copy()
     facts = {"recipe": asdict(recipe), "epochs_run": epoch, "stopped_by": stop,
              "train_seconds": round(time.perf_counter() - t0, 1), "train_windows": int(tr_idx.size),
-             "val_windows": int(va_idx.size), "best_val_ade_m": best, "weighted": w is not None,
+             "val_windows": int(va_idx.size), "best_val_ade_m": best,
+             "weighted": bool(w is not None and np.ptp(w) > 0),
              "init": init is not None}
     return params, {"mean": mean, "std": std}, facts
