@@ -379,7 +379,10 @@ def _world_map_features(world):
             from carla_mr.world.maps import load_map
 
             cmap = load_map(info["xodr_path"])
-        return None if cmap is None else MapFeatures(cmap, name=name).warm()
+        if cmap is None:
+            logging.getLogger(__name__).warning("twin: the world has no map; the model serves without map inputs")
+            return None
+        return MapFeatures(cmap, name=name).warm()
     except (InputError, AttributeError, RuntimeError, TypeError) as exc:
         logging.getLogger(__name__).warning("twin: no map inputs (%s); the model serves without them", exc)
         return None

@@ -268,3 +268,13 @@ def test_cli_train_with_map_and_init(tmp_path):
     res = CliRunner().invoke(main, ["twin", "train", *common, "--out", str(tmp_path / "c"), "--init",
                                     str(tmp_path / "a" / "model")])
     assert res.exit_code == 2 and "--init" in res.output  # without --map
+
+
+def test_default_without_a_map_is_the_previous_default():
+    """The committed default takes map inputs; without a map it predicts exactly as residual_nomap."""
+    data = ROOT / "carla_mr" / "data" / "twin"
+    new, old = load_predictor(data / "residual", sample_hz=2.0), load_predictor(data / "residual_nomap", sample_hz=2.0)
+    assert new.map_inputs and new.fallback is not None and not old.map_inputs
+    past = np.cumsum(np.random.default_rng(7).normal(2.0, 0.6, (16, 60, 2)), axis=1)
+    np.testing.assert_array_equal(new.predict(past), old.predict(past))
+    assert sum(p.stat().st_size for p in (data / "residual").iterdir()) <= 1_000_000
