@@ -48,7 +48,7 @@ def _data_options(f):
         click.option("--map", "maps", multiple=True, metavar="PATH.xodr",
                      help="The OpenDRIVE map the tracks are on (CARLA frame), for a model's map inputs: once "
                           "for every source, or once per source in order (DATA, then --test-data), 'none' for "
-                          "a source without a map. Without it a map-aware model gets no map inputs."),
+                          "a source without a map. Without it a map-aware model serves map-less (by its fallback)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -109,7 +109,7 @@ def _rows(results: list[dict]) -> list[tuple]:
 
 
 def _no_map(model):
-    """The same model served without map inputs (zeros, flag 0), as for tracks with no map."""
+    """The same model served without a map, as tracks with no map get it (its fallback, else zero map inputs)."""
     import copy
 
     m = copy.copy(model)

@@ -53,6 +53,7 @@ NAMES = ("map_present", "on_lane", "lateral_offset", "lane_heading", "ahead10_si
          "ahead20_side", "ahead20_heading", "ahead30_side", "ahead30_heading", "branch_ahead",
          "junction_distance", "in_junction")
 _HALF_PI = 0.5 * math.pi
+_AHEAD = np.asarray(AHEAD_M)
 
 
 def _wrap(a):
@@ -160,10 +161,8 @@ class MapFeatures:
         """(M,) x, y (m, CARLA frame), heading (rad) -> (M, N_MAP) features."""
         x, y, heading = (np.asarray(v, np.float64).reshape(-1) for v in (x, y, heading))
         m = x.size
-        out = np.zeros((m, N_MAP))
         if m == 0:
-            return out
-        out[:, 0] = 1.0
+            return np.zeros((0, N_MAP))
         idx, on = self.nearest(x, y, heading)
         if self.use_cache:
             self._fill(idx[on])
@@ -173,21 +172,20 @@ class MapFeatures:
             axy = np.stack([p[0] for p in parts])
             ayaw = np.stack([p[1] for p in parts])
             misc = np.stack([p[2] for p in parts])
-        c, s = np.cos(heading), np.sin(heading)
+        c, s = np.cos(heading)[:, None], np.sin(heading)[:, None]
+        pos = np.stack([x, y], axis=-1)
         lyaw = self.yaw[idx]
-        dx, dy = x - self.xy[idx, 0], y - self.xy[idx, 1]
-        lat = -np.sin(lyaw) * dx + np.cos(lyaw) * dy  # + = right of the lane direction (CARLA frame)
-        f = np.zeros((m, N_MAP - 1))
-        f[:, 0] = 1.0
-        f[:, 1] = lat / 2.0
-        f[:, 2] = _wrap(lyaw - heading) / _HALF_PI
-        for a, da in enumerate(AHEAD_M):
-            ex, ey = axy[:, a, 0] - x, axy[:, a, 1] - y
-            f[:, 3 + 2 * a] = (-s * ex + c * ey) / da
-            f[:, 4 + 2 * a] = _wrap(ayaw[:, a] - heading) / _HALF_PI
-        f[:, 9:12] = misc
-        f[~on] = 0.0
-        out[:, 1:] = np.nan_to_num(f)
+        d = pos - self.xy[idx]
+        out = np.empty((m, N_MAP))
+        out[:, 0] = 1.0
+        out[:, 1] = 1.0
+        out[:, 2] = (np.cos(lyaw) * d[:, 1] - np.sin(lyaw) * d[:, 0]) / 2.0  # + = right of the lane (CARLA frame)
+        out[:, 3] = _wrap(lyaw - heading) / _HALF_PI
+        e = axy - pos[:, None, :]  # (M, A, 2) to the lane points ahead
+        out[:, 4:10:2] = (c * e[..., 1] - s * e[..., 0]) / _AHEAD
+        out[:, 5:10:2] = _wrap(ayaw - heading[:, None]) / _HALF_PI
+        out[:, 10:13] = misc
+        out[~on, 1:] = 0.0  # (the only rows whose look-ahead may be uncomputed, NaN)
         return out
 
     def features_for_past(self, past: np.ndarray) -> np.ndarray:
