@@ -102,11 +102,13 @@ def test_no_map_zeros_and_flag_zero():
     assert z.shape == (4, mf.N_MAP) and not z.any()
     rng = np.random.default_rng(0)
     past = np.cumsum(rng.normal(size=(3, 12, 2)), axis=1)
-    m = ResidualPredictor(12, 5, 2.0, map_inputs=True)
     from carla_mr.twin.residual import map_inputs_for
 
     assert not map_inputs_for(past, None).any()
     assert n_features(True) == n_features(False) + mf.N_MAP
+    m = _zero_model(True, past=12)  # map-aware, no fallback, no map: zero map inputs, still served
+    assert m.map is None and m.fallback is None
+    np.testing.assert_allclose(m.predict(past), ConstantVelocity(12, 5, 5.0).predict(past), atol=1e-9)
 
 
 def test_cache_matches_uncached_town01():
