@@ -3,8 +3,9 @@
 Rows (each against a baseline measured in the same run):
 
 - ``model_predict_200``: the committed default model (residual: constant velocity + a bounded
-  MLP correction, numpy; P=60, F=5 at 2 Hz) predicting 200 vehicles, ms per call; baseline:
-  constant velocity on the same batch. Target <= 5 ms.
+  MLP correction, numpy; P=60, F=5 at 2 Hz; no map here, so a map-aware default serves by its
+  map-free fallback) predicting 200 vehicles, ms per call; baseline: constant velocity on the
+  same batch. Target <= 5 ms.
 - ``gated_predict_200``: what the stage does per batch with gating: the model, constant
   velocity and the per-vehicle choice, ms; baseline: constant velocity alone. Target <= 5 ms.
 - ``twin_stage_worst_tick_200``: the TwinStage in a 20 Hz run predicting 200 AVs with the
@@ -12,6 +13,16 @@ Rows (each against a baseline measured in the same run):
   rows, publishing R): the slowest of the 10 tick positions of a stride (each position's 25th
   percentile over strides), ms, with the batch spread over the stride (the default); baseline:
   the whole batch on the sample tick (``spread: false``). Target <= 5 ms (the tick is 50 ms).
+- ``map_features_200``: the map inputs (:mod:`carla_mr.twin.map_features`) of 200 vehicles on
+  lanes of mr_town, look-ahead cache warm (as the stage runs), ms; baseline: the same without
+  the cache (every look-ahead recomputed through libcarla). Target well under 5 ms.
+- ``map_model_predict_200``: a residual model WITH map inputs (the default if it takes them,
+  else one of the same size with random weights) predicting those 200 vehicles, map features
+  included, ms; baseline: the map-free committed default on the same batch (if the default is
+  map-aware: that model served without a map). Target <= 5 ms.
+- ``twin_stage_worst_tick_200_map``: ``twin_stage_worst_tick_200`` with the map: the map-aware
+  model (as in ``map_model_predict_200``) given mr_town's lane table, 200 AVs driving along
+  its lanes, spread; baseline: the same stage and tracks with the model served without a map.
 - ``buffer_push_1000``: TrackBuffer.push of 1000 vehicles (some leaving and arriving each
   tick), ms; baseline: a dict-of-deques reference. Target < 1 ms.
 
@@ -60,6 +71,30 @@ def _model():
     return load_predictor(REPO / "carla_mr" / "data" / "twin" / "residual", sample_hz=2.0)
 
 
+def _lane_tracks(feats, m: int, p: int, seed: int = 3) -> np.ndarray:
+    """(m, p, 2) straight 8 m/s tracks (2 Hz) ending on ``m`` random lane points of the map."""
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, len(feats.xy), m)
+    back = (np.arange(p)[::-1] * 4.0)[None, :, None]
+    d = np.stack([np.cos(feats.yaw[i]), np.sin(feats.yaw[i])], axis=-1)[:, None, :]
+    return feats.xy[i][:, None, :] - back * d + rng.normal(0, 0.05, (m, p, 2))
+
+
+def _map_model(default):
+    """The default if it takes map inputs, else a same-size map-aware model with random weights."""
+    from carla_mr.twin.residual import ResidualPredictor, n_features
+
+    if getattr(default, "map_inputs", False):
+        return default
+    rng = np.random.default_rng(0)
+    d, h, f = n_features(True), default.params["W0"].shape[1], default.future
+    params = {"W0": rng.normal(0, 0.1, (d, h)), "b0": np.zeros(h), "W1": rng.normal(0, 0.1, (h, h)),
+              "b1": np.zeros(h), "W2": rng.normal(0, 0.1, (h, 2 * f)), "b2": np.zeros(2 * f)}
+    params = {k: v.astype(np.float32) for k, v in params.items()}
+    return ResidualPredictor(default.past, f, 2.0, params=params, norm={"mean": np.zeros(d), "std": np.ones(d)},
+                             map_inputs=True)
+
+
 class _DictBuffer:
     """The obvious per-vehicle Python implementation, as a baseline."""
 
@@ -76,7 +111,7 @@ class _DictBuffer:
         self.h = new
 
 
-def _stage_tick_ms(predictor, n: int, strides: int, spread: bool) -> float:
+def _stage_tick_ms(predictor, n: int, strides: int, spread: bool, traj_fn=None) -> float:
     """The slowest tick position of a stride (20 Hz ticks, 2 Hz samples: stride 10), ms: each position's
     25th percentile over strides, then the max over positions."""
     import tempfile
@@ -94,7 +129,7 @@ def _stage_tick_ms(predictor, n: int, strides: int, spread: bool) -> float:
         stage.start(ctx)
         stride = stage.stride
         n_samples = p.past + p.future + strides + 2
-        traj = _tracks(n, n_samples, seed=1)
+        traj = _tracks(n, n_samples, seed=1) if traj_fn is None else traj_fn(n, n_samples)
         ids = np.arange(n, dtype=np.int64) * 3 + 1
         role = np.ones(n, np.uint8)
         z = np.zeros(n)
@@ -150,6 +185,35 @@ def run(quick: bool = True) -> list[dict]:
     s_full = _stage_tick_ms(model, 200, reps, spread=False)
     rows.append({"name": "twin_stage_worst_tick_200", "value": s_spread, "unit": "ms", "baseline": s_full,
                  "ratio": s_spread / s_full, "target": "<= 5 ms"})
+
+    # map inputs: 200 vehicles on mr_town's lanes
+    import copy
+
+    from carla_mr.twin.map_features import MapFeatures
+    from carla_mr.twin.residual import map_inputs_for
+    from carla_mr.world.maps import load_map
+
+    cmap = load_map(REPO / "maps" / "mr_town.xodr")
+    feats = MapFeatures(cmap, name="mr_town").warm()
+    fresh = MapFeatures(cmap, name="mr_town", cache=False)
+    lane_batch = _lane_tracks(feats, 200, 60)
+    t_mf = _time(lambda: map_inputs_for(lane_batch, feats), reps) * 1e3
+    t_mf0 = _time(lambda: map_inputs_for(lane_batch, fresh), max(3, reps // 5)) * 1e3
+    rows.append({"name": "map_features_200", "value": t_mf, "unit": "ms", "baseline": t_mf0,
+                 "ratio": t_mf / t_mf0, "target": "well under 5 ms"})
+    mm = _map_model(model)
+    mm.map = feats
+    plain = copy.copy(model)
+    plain.map = None
+    t_mm = _time(lambda: mm.predict(lane_batch), reps) * 1e3
+    t_plain = _time(lambda: plain.predict(lane_batch), reps) * 1e3
+    rows.append({"name": "map_model_predict_200", "value": t_mm, "unit": "ms", "baseline": t_plain,
+                 "ratio": t_mm / t_plain, "target": "<= 5 ms"})
+    lanes = lambda n, k: _lane_tracks(feats, n, k, seed=5)  # noqa: E731
+    s_map = _stage_tick_ms(mm, 200, reps, spread=True, traj_fn=lanes)
+    s_plain = _stage_tick_ms(plain, 200, reps, spread=True, traj_fn=lanes)
+    rows.append({"name": "twin_stage_worst_tick_200_map", "value": s_map, "unit": "ms", "baseline": s_plain,
+                 "ratio": s_map / s_plain, "target": "<= 5 ms"})
 
     # buffer: 1000 vehicles, 1% leave and 1% arrive per tick
     rng = np.random.default_rng(0)

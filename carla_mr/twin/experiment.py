@@ -28,6 +28,7 @@ class TestSet:
     keys: np.ndarray
     available: int
     report: dict = field(default_factory=dict)
+    map: Any = None  # the MapFeatures of the source's map, or None
 
 
 def window_keys(tracks: data.Tracks, past: int, future: int, *, step: int = 1, max_windows: int | None = None,
@@ -57,14 +58,22 @@ def rate_tracks(rows: tuple, hz: float | None, *, min_samples: int, allow_upsamp
 
 def training_sets(sources: list[tuple], rates: list[float], *, past: int, future: int, test_fraction: float,
                   seed: int, max_windows: int, max_test_windows: int, noise_m: float, load: dict,
-                  log: Callable[[str], None]) -> tuple[dict, np.ndarray, list[str], list[TestSet]]:
+                  log: Callable[[str], None], maps: list | None = None, map_inputs: bool = False,
+                  map_dropout: float = 0.0, rate_balance: bool = False
+                  ) -> tuple[dict, np.ndarray, list[str], list[TestSet]]:
     """Pooled training arrays (:func:`residual_train.prepare`) over sources x rates, their
-    vehicle keys, the training vehicles' keys, and the held-apart test sets (P + F windows)."""
+    vehicle keys, the training vehicles' keys, and the held-apart test sets (P + F windows).
+
+    ``maps``: per source, its MapFeatures or None; with ``map_inputs`` the training arrays carry
+    the map features (a ``map_dropout`` share of windows without them). ``rate_balance``: each
+    window's loss weight ``w`` is 1 / constant velocity's mean ADE on its (source, rate), so every
+    rate counts alike (the loss is then about the ratio to constant velocity, as the results are)."""
     from carla_mr.twin.residual_train import prepare
 
     rng = np.random.default_rng(seed)
     parts, groups, train_keys, tests = [], [], set(), []
-    for rows in sources:
+    maps = list(maps) if maps is not None else [None] * len(sources)
+    for rows, cmap in zip(sources, maps):
         src = rows[4]["source"]
         for hz in rates:
             tr = rate_tracks(rows, hz, min_samples=2, log=log, **load)
@@ -79,11 +88,15 @@ def training_sets(sources: list[tuple], rates: list[float], *, past: int, future
                 f"{len(xp)} test windows ({n_te} available, {past}+{future} steps) from "
                 f"{len(set(xk.tolist()))} held-apart vehicles")
             if len(tp):
-                parts.append(prepare(tp, tf, 1.0 / hz, rng=rng, noise_m=noise_m))
+                part = prepare(tp, tf, 1.0 / hz, rng=rng, noise_m=noise_m, map_inputs=map_inputs, cmap=cmap,
+                               map_dropout=map_dropout)
+                cv_ade = float(np.linalg.norm(part["cv"] - part["y"], axis=-1).mean())
+                part["w"] = np.full(len(tp), 1.0 / max(cv_ade, 1e-6) if rate_balance else 1.0)
+                parts.append(part)
                 groups.append(tk)
                 train_keys.update(train.keys.tolist())
             if len(xp):
-                tests.append(TestSet(src, hz, xp, xf, xk, n_te, dict(tr.report)))
+                tests.append(TestSet(src, hz, xp, xf, xk, n_te, dict(tr.report), cmap))
     if not parts:
         raise InputError(f"no training window of the needed length at any of the rates {rates}; give longer "
                          f"tracks or lower --future", field="DATA")
@@ -96,6 +109,8 @@ def score(predictors: dict[str, Any], ts: TestSet, *, seed: int = 0, n_boot: int
     preds = {}
     for name, p in predictors.items():
         p.sample_hz = ts.hz
+        if getattr(p, "map_inputs", False) and not getattr(p, "no_map", False):
+            p.map = ts.map
         preds[name] = np.asarray(p.predict(ts.past), np.float64)
     res = metrics.compare(preds, ts.past, ts.future)
     errs = {k: np.linalg.norm(v - ts.future, axis=-1) for k, v in preds.items()}

@@ -118,6 +118,7 @@ class TwinStage(BaseStage):
         self._stats = {"samples": 0, "predictions": 0, "scored": 0, "lost": 0, "ade_sum": 0.0, "fde_sum": 0.0,
                        "misses": 0, "served_model": 0, "served_baseline": 0}
         self._step_ms: list[float] = []
+        self._map_name: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self, ctx) -> None:
@@ -130,6 +131,9 @@ class TwinStage(BaseStage):
         p = self.predictor
         if hasattr(p, "threads"):
             p.threads = cfg.threads
+        if getattr(p, "map_inputs", False) and getattr(p, "map", None) is None:
+            p.map = _world_map_features(ctx.world)
+        self._map_name = getattr(getattr(p, "map", None), "name", None)
         self.stride = stride_for(p.sample_hz, self._tick_s)
         if getattr(p, "kind", None) not in BASELINES:
             self.baseline = ConstantVelocity(p.past, p.future, p.sample_hz)
@@ -320,6 +324,7 @@ class TwinStage(BaseStage):
             "model": getattr(p, "kind", None), "model_source": self.config.model,
             "past": getattr(p, "past", None), "future": getattr(p, "future", None),
             "sample_hz": getattr(p, "sample_hz", None), "stride_ticks": self.stride, "vehicles": self.config.vehicles,
+            "map_inputs": bool(getattr(p, "map_inputs", False)), "map": getattr(self, "_map_name", None),
             "samples": s["samples"], "predictions": s["predictions"], "scored": s["scored"],
             "lost_before_truth": s["lost"],
             "online": {"ade_m": s["ade_sum"] / s["scored"] if s["scored"] else None,
@@ -357,6 +362,30 @@ def _served_text(tab, stats: dict) -> str:
                  f"from constant velocity, {stats['ade_baseline_m']:.3f} m; served: {stats['ade_m']:.3f} m. "
                  f"R (the market's R_acc) counts the served predictions only.\n\n")
     return text
+
+
+def _world_map_features(world):
+    """The MapFeatures of the world's map (built once, look-ahead warmed), or None (the model then
+    gets its map-less inputs): the world's ``carla.Map``, else one parsed from its ``xodr_path``."""
+    import logging
+
+    from carla_mr.twin.map_features import MapFeatures
+
+    cmap = getattr(world, "map", None)
+    info = world.map_info() if hasattr(world, "map_info") else {}
+    name = Path(info.get("xodr_path")).stem if info.get("xodr_path") else str(getattr(cmap, "name", "map"))
+    try:
+        if cmap is None and info.get("xodr_path"):
+            from carla_mr.world.maps import load_map
+
+            cmap = load_map(info["xodr_path"])
+        if cmap is None:
+            logging.getLogger(__name__).warning("twin: the world has no map; the model serves without map inputs")
+            return None
+        return MapFeatures(cmap, name=name).warm()
+    except (InputError, AttributeError, RuntimeError, TypeError) as exc:
+        logging.getLogger(__name__).warning("twin: no map inputs (%s); the model serves without them", exc)
+        return None
 
 
 def _merge(items: list) -> "_Pending":

@@ -20,7 +20,14 @@ Inputs (rate-agnostic; ``dt`` is the data's own step, seconds):
 - the local-frame velocity of the last ``STEP_VELOCITIES`` steps (m/s / 10);
 - log(dt) and the speed of the last step.
 
-Map features (lane geometry ahead) are not inputs of this version (see docs/twin.md).
+Optionally (``map_inputs``, said in ``config.json``'s ``features.map``) the lane geometry ahead
+from an offline ``carla.Map`` (:mod:`carla_mr.twin.map_features`, N_MAP more inputs, in the same
+vehicle frame). The predictor's :attr:`ResidualPredictor.map` is the
+:class:`~carla_mr.twin.map_features.MapFeatures` of the map the positions are on, or None: then
+those inputs are zeros with the map flag 0 (the model is trained with map dropout to serve that
+case too) -- unless it carries a ``fallback`` network (``twin train --init MODEL``: the map-free
+model it was warm-started from), which then serves the windows without a map exactly as that
+model would. A model saved without ``features.map`` (format 2) takes no map inputs.
 
 Saved as a directory: ``config.json`` (kind, shapes, feature layout, normalisers, training
 facts, training-vehicle fingerprints) and ``weights.npz`` (float32; loaded with
@@ -45,8 +52,10 @@ ACCEL_BOUND = 4.0  # m/s^2
 CORRECTION_BOUND = 6.0  # m
 
 
-def n_features() -> int:
-    return 3 * len(LAGS_S) + 2 * STEP_VELOCITIES + 2
+def n_features(map_inputs: bool = False) -> int:
+    from carla_mr.twin.map_features import N_MAP
+
+    return 3 * len(LAGS_S) + 2 * STEP_VELOCITIES + 2 + (N_MAP if map_inputs else 0)
 
 
 def context_samples(dt: float, past: int) -> int:
@@ -64,7 +73,7 @@ def features(past: np.ndarray, dt: float) -> np.ndarray:
     m, p, _ = past.shape
     origin, heading = local_frame(past)
     q = to_local(past, origin, heading)  # (M, P, 2), last point at the origin
-    out = np.zeros((m, n_features()))
+    out = np.zeros((m, n_features(False)))
     col = 0
     for lag in LAGS_S:
         s = lag / dt  # steps back (may be fractional)
@@ -85,6 +94,19 @@ def features(past: np.ndarray, dt: float) -> np.ndarray:
     out[:, col] = np.log(dt)
     out[:, col + 1] = np.hypot(v[:, -1, 0], v[:, -1, 1])
     return out
+
+
+def map_inputs_for(past: np.ndarray, cmap, origin: np.ndarray | None = None,
+                   heading: np.ndarray | None = None) -> np.ndarray:
+    """(M, N_MAP) map features of windows ``past`` (their last point and residual heading); zeros
+    with flag 0 when ``cmap`` (a :class:`~carla_mr.twin.map_features.MapFeatures`) is None."""
+    from carla_mr.twin.map_features import absent
+
+    if cmap is None:
+        return absent(past.shape[0])
+    if origin is None or heading is None:
+        origin, heading = local_frame(past)
+    return cmap.compute(origin[:, 0], origin[:, 1], heading)
 
 
 def bounds(dt: float, future: int) -> np.ndarray:
@@ -127,7 +149,8 @@ class ResidualPredictor:
 
     def __init__(self, past: int = 60, future: int = 5, sample_hz: float = 2.0, *,
                  params: dict[str, np.ndarray] | None = None, norm: dict[str, np.ndarray] | None = None,
-                 info: dict[str, Any] | None = None, train_keys: list[str] | None = None):
+                 info: dict[str, Any] | None = None, train_keys: list[str] | None = None,
+                 map_inputs: bool = False, fallback: dict[str, dict[str, np.ndarray]] | None = None):
         if past < 2 or future < 1 or not sample_hz > 0:
             raise InputError(f"need past >= 2, future >= 1, sample_hz > 0 (got {past}, {future}, {sample_hz})",
                              field="past/future")
@@ -136,13 +159,20 @@ class ResidualPredictor:
         self.norm = norm
         self.info = dict(info or {})
         self.train_keys = list(train_keys or [])
+        #: whether the model takes map inputs; ``map``: the MapFeatures of the data's map, or None
+        self.map_inputs = bool(map_inputs)
+        self.map = None
+        #: {"params", "norm"} of a map-free network serving when there is no map (or None)
+        self.fallback = fallback if map_inputs else None
 
-    def correction(self, feat: np.ndarray, dt: float) -> np.ndarray:
-        """(M, F, 2) local-frame correction, metres."""
-        if self.params is None:
+    def correction(self, feat: np.ndarray, dt: float, params: dict | None = None,
+                   norm: dict | None = None) -> np.ndarray:
+        """(M, F, 2) local-frame correction, metres (``params``/``norm``: another network, the fallback)."""
+        params, norm = (self.params, self.norm) if params is None else (params, norm)
+        if params is None:
             return np.zeros((feat.shape[0], self.future, 2))
-        x = (feat - self.norm["mean"]) / self.norm["std"]
-        o = mlp_forward(self.params, x.astype(np.float32)).astype(np.float64)
+        x = (feat - norm["mean"]) / norm["std"]
+        o = mlp_forward(params, x.astype(np.float32)).astype(np.float64)
         return np.tanh(o.reshape(-1, self.future, 2)) * bounds(dt, self.future)[None, :, None]
 
     def predict(self, past: np.ndarray) -> np.ndarray:
@@ -155,7 +185,14 @@ class ResidualPredictor:
         dt = 1.0 / self.sample_hz
         past = past[:, -context_samples(dt, past.shape[1]):]
         origin, heading = local_frame(past)
-        local = cv_local(past, heading, self.future) + self.correction(features(past, dt), dt)
+        feat = features(past, dt)
+        if self.map_inputs and self.map is None and self.fallback is not None:
+            corr = self.correction(feat, dt, self.fallback["params"], self.fallback["norm"])
+        else:
+            if self.map_inputs:
+                feat = np.concatenate([feat, map_inputs_for(past, self.map, origin, heading)], axis=1)
+            corr = self.correction(feat, dt)
+        local = cv_local(past, heading, self.future) + corr
         return to_world(local, origin, heading)
 
     # -- persistence ----------------------------------------------------------------------------
@@ -163,8 +200,11 @@ class ResidualPredictor:
         return {"kind": self.kind, "format": 2, "past": self.past, "future": self.future,
                 "sample_hz": self.sample_hz, "rates_hz": self.info.get("rates_hz"),
                 "features": {"lags_s": list(LAGS_S), "step_velocities": STEP_VELOCITIES,
-                             "accel_bound": ACCEL_BOUND, "correction_bound_m": CORRECTION_BOUND},
+                             "accel_bound": ACCEL_BOUND, "correction_bound_m": CORRECTION_BOUND,
+                             **({"map": _map_layout()} if self.map_inputs else {})},
                 "norm": {k: v.tolist() for k, v in (self.norm or {}).items()}, "train": self.info,
+                **({"fallback_norm": {k: np.asarray(v).tolist() for k, v in self.fallback["norm"].items()}}
+                   if self.fallback else {}),
                 "train_vehicle_keys": self.train_keys}
 
     def save(self, directory: str | os.PathLike) -> Path:
@@ -173,7 +213,10 @@ class ResidualPredictor:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         atomic_write_json(d / "config.json", self.config(), indent=None)
-        atomic_save_npz(d / "weights.npz", **{k: v.astype(np.float32) for k, v in self.params.items()})
+        arrays = {k: v.astype(np.float32) for k, v in self.params.items()}
+        if self.fallback:
+            arrays.update({f"fallback_{k}": np.asarray(v, np.float32) for k, v in self.fallback["params"].items()})
+        atomic_save_npz(d / "weights.npz", **arrays)
         return d
 
     @classmethod
@@ -183,11 +226,27 @@ class ResidualPredictor:
                 or f.get("accel_bound") != ACCEL_BOUND or f.get("correction_bound_m") != CORRECTION_BOUND):
             raise InputError("the model's feature layout differs from this version's; retrain it with "
                              "'carla-mr twin train'", field="features", source=str(directory))
+        if "map" in f and f["map"] != _map_layout():
+            raise InputError("the model's map-feature layout differs from this version's; retrain it with "
+                             "'carla-mr twin train --map ...'", field="features.map", source=str(directory))
         w = Path(directory) / "weights.npz"
         if not w.is_file():
             raise InputError("the model directory has no weights.npz", source=str(directory))
         with np.load(w, allow_pickle=False) as z:
-            params = {k: np.asarray(z[k], np.float32) for k in z.files}
+            arrays = {k: np.asarray(z[k], np.float32) for k in z.files}
+        params = {k: v for k, v in arrays.items() if not k.startswith("fallback_")}
+        fb = {k[len("fallback_"):]: v for k, v in arrays.items() if k.startswith("fallback_")}
         norm = {k: np.asarray(v, np.float64) for k, v in cfg["norm"].items()}
+        fallback = None
+        if fb:
+            fallback = {"params": fb, "norm": {k: np.asarray(v, np.float64) for k, v in cfg["fallback_norm"].items()}}
         return cls(cfg["past"], cfg["future"], cfg["sample_hz"], params=params, norm=norm, info=cfg.get("train"),
-                   train_keys=cfg.get("train_vehicle_keys"))
+                   train_keys=cfg.get("train_vehicle_keys"), map_inputs="map" in f, fallback=fallback)
+
+
+def _map_layout() -> dict[str, Any]:
+    from carla_mr.twin import map_features as mf
+
+    return {"n": mf.N_MAP, "names": list(mf.NAMES), "ahead_m": list(mf.AHEAD_M), "step_m": mf.STEP_M,
+            "junction_horizon_m": mf.JUNCTION_HORIZON_M, "spacing_m": mf.SPACING_M,
+            "max_offset_m": mf.MAX_OFFSET_M}

@@ -17,7 +17,7 @@ import numpy as np
 
 from carla_mr.errors import InputError, require
 from carla_mr.twin.frames import to_local
-from carla_mr.twin.residual import bounds, context_samples, cv_local, features, local_frame
+from carla_mr.twin.residual import bounds, context_samples, cv_local, features, local_frame, map_inputs_for
 
 
 @dataclass
@@ -42,8 +42,13 @@ class ResidualRecipe:
 
 
 def prepare(past: np.ndarray, future: np.ndarray, dt: float, *, rng: np.random.Generator | None = None,
-            noise_m: float = 0.0) -> dict[str, np.ndarray]:
-    """Windows of one rate -> {feat (M, D), cv (M, F, 2), y (M, F, 2), bound (M, F)} in the local frame."""
+            noise_m: float = 0.0, map_inputs: bool = False, cmap=None, map_dropout: float = 0.0
+            ) -> dict[str, np.ndarray]:
+    """Windows of one rate -> {feat (M, D), cv (M, F, 2), y (M, F, 2), bound (M, F)} in the local frame.
+
+    ``map_inputs``: append the map features of ``cmap`` (a MapFeatures, or None: zeros, flag 0);
+    a random ``map_dropout`` share of the windows get the map-less zeros (so the model also serves
+    data with no map)."""
     past = np.asarray(past, np.float64)
     future = np.asarray(future, np.float64)
     if noise_m > 0 and dt >= 0.2 - 1e-9 and rng is not None:
@@ -54,7 +59,13 @@ def prepare(past: np.ndarray, future: np.ndarray, dt: float, *, rng: np.random.G
     past = past[:, -context_samples(dt, past.shape[1]):]
     origin, heading = local_frame(past)
     f = future.shape[1]
-    return {"feat": features(past, dt), "cv": cv_local(past, heading, f), "y": to_local(future, origin, heading),
+    feat = features(past, dt)
+    if map_inputs:
+        mf = map_inputs_for(past, cmap, origin, heading)
+        if map_dropout > 0 and rng is not None:
+            mf[rng.random(mf.shape[0]) < map_dropout] = 0.0
+        feat = np.concatenate([feat, mf], axis=1)
+    return {"feat": feat, "cv": cv_local(past, heading, f), "y": to_local(future, origin, heading),
             "bound": np.broadcast_to(bounds(dt, f), (past.shape[0], f)).copy()}
 
 
@@ -71,16 +82,40 @@ def _net(torch, n_in: int, hidden: int, layers: int, n_out: int):
     return net
 
 
-def _ade(torch, net, X, CV, Y, B):
+def _ade(torch, net, X, CV, Y, B, W=None):
+    """The ADE (metres); with per-window weights ``W`` their weighted mean."""
     o = net(X).reshape(CV.shape)
     pred = CV + torch.tanh(o) * B.unsqueeze(-1)
-    return torch.sqrt(((pred - Y) ** 2).sum(-1) + 1e-6).mean()
+    err = torch.sqrt(((pred - Y) ** 2).sum(-1) + 1e-6).mean(-1)
+    return err.mean() if W is None else (err * W).sum() / W.sum()
+
+
+def _init_net(torch, net, init: dict, n_in: int) -> None:
+    """Copy a trained network with fewer inputs (the first columns) into ``net``; new inputs' weights 0."""
+    lin = [mod for mod in net if isinstance(mod, torch.nn.Linear)]
+    n = len([k for k in init if k.startswith("W")])
+    if n != len(lin) or init["W0"].shape[1] != lin[0].out_features or init["W0"].shape[0] > n_in:
+        raise InputError("--init: the model's layers differ from this recipe's (give the same --hidden/--layers)",
+                         field="--init")
+    with torch.no_grad():
+        for i, mod in enumerate(lin):
+            w = torch.from_numpy(np.ascontiguousarray(init[f"W{i}"].T, np.float32))
+            if i == 0:
+                mod.weight.zero_()
+                mod.weight[:, :w.shape[1]] = w
+            else:
+                mod.weight.copy_(w)
+            mod.bias.copy_(torch.from_numpy(np.ascontiguousarray(init[f"b{i}"], np.float32)))
 
 
 def fit(arrays: dict[str, np.ndarray], groups: np.ndarray, recipe: ResidualRecipe, *, seed: int = 0,
-        on_epoch: Callable[[int, float, float], None] | None = None) -> tuple[dict, dict, dict[str, Any]]:
+        on_epoch: Callable[[int, float, float], None] | None = None, init: dict | None = None,
+        ) -> tuple[dict, dict, dict[str, Any]]:
     """Train on pooled ``prepare`` arrays; ``groups`` (M,) vehicle keys for the validation split.
 
+    ``arrays["w"]`` (optional, (M,)): per-window loss weights (training and validation).
+    ``init`` ({"params", "norm"} of a trained model whose inputs are the first columns): start
+    from it (its normalisers for those columns, zero weights for the others).
     Returns (params {W0, b0, ...} float32, norm {mean, std}, facts).
     """
     torch = require("torch", extra="genai", feature="twin train")
@@ -95,13 +130,25 @@ def fit(arrays: dict[str, np.ndarray], groups: np.ndarray, recipe: ResidualRecip
     feat = arrays["feat"]
     mean, std = feat[~is_val].mean(0), feat[~is_val].std(0) + 1e-6
     std[std < 1e-3] = 1.0  # constant columns (e.g. an always-present lag flag) pass through
+    if init is not None:
+        k0 = init["norm"]["mean"].shape[0]
+        mean[:k0], std[:k0] = init["norm"]["mean"], init["norm"]["std"]
+    w = arrays.get("w")
     T = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in
-         {"X": (feat - mean) / std, "CV": arrays["cv"], "Y": arrays["y"], "B": arrays["bound"]}.items()}
+         {"X": (feat - mean) / std, "CV": arrays["cv"], "Y": arrays["y"], "B": arrays["bound"],
+          "W": np.ones(m) if w is None else w}.items()}
     f = arrays["cv"].shape[1]
     net = _net(torch, feat.shape[1], recipe.hidden, recipe.layers, 2 * f)
+    if init is not None:
+        _init_net(torch, net, init["params"], feat.shape[1])
     opt = torch.optim.Adam(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     tr_idx, va_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     best, best_state, since, t0, stop, epoch = math.inf, None, 0, time.perf_counter(), "epochs", 0
+    if init is not None:  # the starting point counts: fine-tuning must beat it on validation
+        with torch.no_grad():
+            idx = torch.from_numpy(va_idx if va_idx.size else tr_idx)
+            best = float(_ade(torch, net, T["X"][idx], T["CV"][idx], T["Y"][idx], T["B"][idx], T["W"][idx]))
+        best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     for epoch in range(1, recipe.epochs + 1):
         net.train()
         perm = rng.permutation(tr_idx)
@@ -109,14 +156,14 @@ def fit(arrays: dict[str, np.ndarray], groups: np.ndarray, recipe: ResidualRecip
         for i in range(0, perm.size, recipe.batch_size):
             b = torch.from_numpy(perm[i:i + recipe.batch_size])
             opt.zero_grad()
-            loss = _ade(torch, net, T["X"][b], T["CV"][b], T["Y"][b], T["B"][b])
+            loss = _ade(torch, net, T["X"][b], T["CV"][b], T["Y"][b], T["B"][b], T["W"][b])
             loss.backward()
             opt.step()
             tot += loss.item() * len(b)
         net.eval()
         with torch.no_grad():
             idx = torch.from_numpy(va_idx if va_idx.size else tr_idx)
-            val = float(_ade(torch, net, T["X"][idx], T["CV"][idx], T["Y"][idx], T["B"][idx]))
+            val = float(_ade(torch, net, T["X"][idx], T["CV"][idx], T["Y"][idx], T["B"][idx], T["W"][idx]))
         if on_epoch:
             on_epoch(epoch, tot / max(perm.size, 1), val)
         if val < best - 1e-5:
@@ -139,5 +186,7 @@ def fit(arrays: dict[str, np.ndarray], groups: np.ndarray, recipe: ResidualRecip
         params[f"b{i}"] = mod.bias.detach().numpy().astype(np.float32).copy()
     facts = {"recipe": asdict(recipe), "epochs_run": epoch, "stopped_by": stop,
              "train_seconds": round(time.perf_counter() - t0, 1), "train_windows": int(tr_idx.size),
-             "val_windows": int(va_idx.size), "best_val_ade_m": best}
+             "val_windows": int(va_idx.size), "best_val_ade_m": best,
+             "weighted": bool(w is not None and np.ptp(w) > 0),
+             "init": init is not None}
     return params, {"mean": mean, "std": std}, facts
