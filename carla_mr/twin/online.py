@@ -371,8 +371,8 @@ def _world_map_features(world):
 
     from carla_mr.twin.map_features import MapFeatures
 
-    cmap = getattr(world, "map", None)
-    info = world.map_info() if hasattr(world, "map_info") else {}
+    cmap = world.map  # declared on World (None until the world knows its map)
+    info = world.map_info()
     name = Path(info.get("xodr_path")).stem if info.get("xodr_path") else str(getattr(cmap, "name", "map"))
     try:
         if cmap is None and info.get("xodr_path"):
