@@ -57,12 +57,23 @@ def market_section(run_dir: Path, summary: Mapping[str, Any], figs: Path) -> Opt
             "The same bids cleared by every mechanism (pure functions):\n\n"
             + md_table(rows, ("mechanism", "mean total surplus", "median", f"mean / {registry.label(base)}",
                               f"median / {registry.label(base)}", "mean S_DT", "mean S_T", "mean S_D"))
+            + _no_driving_note(rows)
             + f"\n\n![market](report/{png})\n")
     return ReportSection("Market", text, {"rounds": len(rounds), "n_tasks": n_tasks,
                                           "distinct_winners": len(set(winners)),
                                           "paid_rounds": int((pays > 0).sum()),
                                           "mean_total_surplus": {m: float(tot[m].mean()) for m in mechs},
                                           "median_total_surplus": {m: float(np.median(tot[m])) for m in mechs}})
+
+
+def _no_driving_note(rows: list[tuple]) -> str:
+    """A sentence when the driving simulator won no window under any mechanism (S_D = 0)."""
+    if any(r[-1] > 0 for r in rows):
+        return ""
+    return ("\n\nS_D is 0: the driving simulator won no window under any mechanism. With this many "
+            "traffic simulators the expected second-highest traffic match quality exceeds the driving "
+            "term, so alpha = 1 and the highest traffic bid always wins the window (the market model's "
+            "beta0 = 1; docs/market.md on alpha and beta0).")
 
 
 def _ratio(a: float, b: float) -> float | None:

@@ -122,3 +122,17 @@ def test_rounds_redraw_values_and_use_measured_scores(tmp_path):
     assert s["paid_rounds"] == 8 and s["n_tasks"] == 3 and s["distinct_winners"] >= 2
     mech = [x["by_mechanism"] for x in lines]
     assert any(m["epvisa"]["total"] != m["mtepvisa"]["total"] for m in mech)
+    # the report explains an S_D that stays 0 (the driving simulator won no window), only then
+    from carla_mr.market.stage_report import market_section
+
+    sd = [m[k]["S_D"] for m in mech for k in m]
+    text = market_section(tmp_path, {}, tmp_path).markdown
+    assert ("the driving simulator won no window" in text) == (max(sd) == 0)
+
+
+def test_report_says_why_the_driving_surplus_is_zero_only_when_it_is():
+    from carla_mr.market.stage_report import _no_driving_note
+
+    row = ("MTEPViSA", 10.0, 9.0, 1.0, 1.0, 0.5, 9.5)
+    assert "won no window" in _no_driving_note([row + (0.0,), row + (0.0,)])
+    assert _no_driving_note([row + (0.0,), row + (0.2,)]) == ""
