@@ -70,11 +70,16 @@ def load_default_generator(path: str | os.PathLike | None = None, device: str = 
 
 
 def generate(model, prompts: Sequence[str], seed: int = 0, *, steps: int = 20, guidance: float = 7.5,
-             sampler: str = "dpm") -> np.ndarray:
-    """(B, H, W, 3) uint8 RGB, one image per prompt; image i uses seed ``seed + i``."""
+             sampler: str = "dpm", upsampler=None, upsample_steps: int = 10) -> np.ndarray:
+    """(B, H, W, 3) uint8 RGB, one image per prompt; image i uses seed ``seed + i``. With
+    ``upsampler`` (:func:`load_default_upsampler`) the images are lifted by the super-resolution
+    stage with the same prompts (``upsample_steps`` DDIM steps): (B, 128, 128, 3)."""
     from carla_mr.genai.sample import sample
 
-    return sample(model, list(prompts), seed=seed, steps=steps, guidance=guidance, sampler=sampler)
+    images = sample(model, list(prompts), seed=seed, steps=steps, guidance=guidance, sampler=sampler)
+    if upsampler is not None:
+        images = upsample(upsampler, images, prompts, seed=seed, steps=upsample_steps)
+    return images
 
 
 def load_default_validator(path: str | os.PathLike | None = None):
@@ -107,10 +112,8 @@ def sign_images(kinds: Sequence[str], seed: int = 0, *, colours: Sequence[str] |
         raise InputError("one colour (and one value, if given) per sign kind is needed", field="colours")
     m = model or load_default_generator()
     prompts = [prompt_for(k, c, value=v if k == "speed_limit" else None) for k, c, v in zip(kinds, cols, vals)]
-    images = generate(m, prompts, seed, steps=steps, guidance=guidance)
-    if upsampler is not None:
-        images = upsample(upsampler, images, prompts, seed=seed, steps=upsample_steps)
-    return images
+    return generate(m, prompts, seed, steps=steps, guidance=guidance, upsampler=upsampler,
+                    upsample_steps=upsample_steps)
 
 
 def run_from_config(cfg, out: str | os.PathLike, seed: int = 0, *, model=None, validator=None, progress=None,

@@ -39,14 +39,13 @@ def evaluate_generator(model, validator, *, per_prompt: int = 2, steps: int = 20
     """G with its 95% Wilson interval, per class and per colour, coverage, diversity, theta, and
     the speed-limit readings (share read as a value class, the values read) of one generator
     (scored after ``upsampler``, the super-resolution stage, when given)."""
-    from carla_mr.genai.api import generate, upsample
+    from carla_mr.genai.api import generate
     from carla_mr.genai.scores import diversity, generative_score, wilson_interval
     from carla_mr.genai.theta import theta_of
 
     prompts, ks, cs = prompt_grid(kinds, colours, per_prompt)
-    images = generate(model, prompts, seed=seed, steps=steps, guidance=guidance)
-    if upsampler is not None:
-        images = upsample(upsampler, images, prompts, seed=seed, steps=upsample_steps)
+    images = generate(model, prompts, seed=seed, steps=steps, guidance=guidance, upsampler=upsampler,
+                      upsample_steps=upsample_steps)
     v = generative_score(validator, images, ks)
     rec = np.asarray(v["recognised"], bool)
 
@@ -85,8 +84,7 @@ def speed_value_accuracy(model, validator, *, upsampler=None, per_value: int = 8
     its 95% Wilson interval, "read_as_speed_limit", "chance" (1 / number of values),
     "per_value": {value: {"n", "correct", "read": Counter of classes read}}, "px"}."""
     from carla_mr.config.vocab import SPEED_VALUES
-    from carla_mr.genai.api import generate, upsample
-    from carla_mr.genai.prompts import prompt_for
+    from carla_mr.genai.api import sign_images
     from carla_mr.genai.scores import generative_score, wilson_interval
 
     if int(per_value) < 1:
@@ -94,10 +92,10 @@ def speed_value_accuracy(model, validator, *, upsampler=None, per_value: int = 8
 
         raise InputError(f"per_value must be >= 1, got {per_value}", field="per_value")
     values = [v for v in SPEED_VALUES for _ in range(int(per_value))]
-    prompts = [prompt_for("speed_limit", colours[i % len(colours)], value=v) for i, v in enumerate(values)]
-    images = generate(model, prompts, seed=seed, steps=steps, guidance=guidance)
-    if upsampler is not None:
-        images = upsample(upsampler, images, prompts, seed=seed, steps=upsample_steps)
+    images = sign_images(["speed_limit"] * len(values), seed, colours=[colours[i % len(colours)] for i in
+                                                                       range(len(values))],
+                         model=model, steps=steps, guidance=guidance, values=values, upsampler=upsampler,
+                         upsample_steps=upsample_steps)
     read = generative_score(validator, images, ["speed_limit"] * len(values))["predicted"]
     ok = [r == f"speed_limit_{v}" for r, v in zip(read, values)]
     lo, hi = wilson_interval(int(sum(ok)), len(ok))

@@ -29,6 +29,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from carla_mr.config.genai import GenaiConfig
+from carla_mr.config.vocab import SPEED_VALUES
 from carla_mr.reporting import md_table, plot_png, read_jsonl
 from carla_mr.stages import BaseStage, GenerationScores, ReportSection, RunContext
 from carla_mr.world.base import SignTexture, Snapshot
@@ -98,9 +99,9 @@ class GenaiStage(BaseStage):
             from carla_mr.genai.api import load_default_upsampler
 
             # the upsampler reads prompts with the text encoder it was trained with: the
-            # committed base model's for the committed upsampler
-            base = self.models.get(None) or load_default_generator()
-            self.upsampler = load_default_upsampler(self.config.upsampler, text_model=base)
+            # committed base model's for the committed upsampler (loaded already when a simulator
+            # uses the base; load_default_upsampler loads it otherwise)
+            self.upsampler = load_default_upsampler(self.config.upsampler, text_model=self.models.get(None))
         self.seed = int(ctx.seed)
         self._ctx = ctx  # close() applies the worker's last jobs while the world is still open
         self.dir = Path(ctx.run_dir) / "genai"
@@ -207,18 +208,17 @@ class GenaiStage(BaseStage):
         """Generate, score and measure theta for one job (worker thread; touches no world state)."""
         import torch
 
-        from carla_mr.genai.api import generate, score, upsample
+        from carla_mr.genai.api import generate, score
 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # idle OpenMP threads would spin against the tick loop's own work
         try:
             st = job["settings"]
             t0 = time.perf_counter()
+            # with the upsampler, scored, measured and swapped at the swap resolution
             images = generate(self.models[st["checkpoint"]], job["prompts"], seed=job["seed"], steps=st["steps"],
-                              guidance=st["guidance"], sampler=self.config.sampler)
-            if self.upsampler is not None:  # scored, measured and swapped at the swap resolution
-                images = upsample(self.upsampler, images, job["prompts"], seed=job["seed"],
-                                  steps=self.config.upsample_steps)
+                              guidance=st["guidance"], sampler=self.config.sampler, upsampler=self.upsampler,
+                              upsample_steps=self.config.upsample_steps)
             verdict = score(self.validator, images, job["kinds"])
             wall = time.perf_counter() - t0
             theta, theta_wall = None, 0.0
@@ -406,8 +406,6 @@ class GenaiStage(BaseStage):
 def _speed_value(kind: str, value: float) -> int | None:
     """The km/h a speed-limit prompt carries: the in-world sign's own value when the generator
     knows it (SPEED_VALUES), else None (the generic "speed limit" prompt)."""
-    from carla_mr.config.vocab import SPEED_VALUES
-
     if kind != "speed_limit" or not np.isfinite(value) or int(round(value)) not in SPEED_VALUES:
         return None
     return int(round(value))

@@ -75,8 +75,7 @@ def template_arrays(per_class: int = 40, seed: int = 7, size: int = 32) -> tuple
     """The generator's own templates (:mod:`carla_mr.genai.procedural`, prompt-like clean
     pictures of a sign on a colour) with their validator class names (speed limits by value):
     the validator never trains on these; they are its second, separate test."""
-    from carla_mr.config.vocab import SPEED_VALUES
-    from carla_mr.config.vocab import COLOURS, SIGN_CLASSES
+    from carla_mr.config.vocab import COLOURS, SIGN_CLASSES, SPEED_VALUES
     from carla_mr.genai.procedural import BASE_JITTER, render_sample
 
     rng = np.random.default_rng(seed)

@@ -21,8 +21,7 @@ import math
 import cv2
 import numpy as np
 
-from carla_mr.config.vocab import SPEED_VALUES
-from carla_mr.config.vocab import SIGN_CLASSES
+from carla_mr.config.vocab import SIGN_CLASSES, SPEED_VALUES
 
 REJECT = "reject"
 #: Fonts of this painter (the template painter uses FONT_HERSHEY_SIMPLEX only).
