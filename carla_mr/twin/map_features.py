@@ -188,12 +188,5 @@ class MapFeatures:
         out[~on, 1:] = 0.0  # (the only rows whose look-ahead may be uncomputed, NaN)
         return out
 
-    def features_for_past(self, past: np.ndarray) -> np.ndarray:
-        """(M, P, 2) windows (CARLA frame) -> (M, N_MAP), at the last point and the residual heading."""
-        from carla_mr.twin.frames import heading_from_past
-
-        past = np.asarray(past, np.float64)
-        return self.compute(past[:, -1, 0], past[:, -1, 1], heading_from_past(past))
-
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "table_points": int(len(self._wps)), "cached": int(self.cached.sum())}

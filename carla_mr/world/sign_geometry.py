@@ -50,14 +50,14 @@ def class_name(kind: str, value: float | None) -> str:
     return f"{kind}_{int(round(float(value)))}"
 
 
-def sign_label(sign_id: str, kind: str, value: float, texture) -> dict:
+def sign_label(sign_id: str, kind: str, value: float, texture: "SignTexture") -> dict:
     """The identity fields of a sign's label: ``id``, ``kind``, ``class``, ``value``, ``source``
     and ``ref``. A generated face (``texture.label_class`` set) carries the class the validator
     read on it (docs/genai.md), never the in-world sign's own value; otherwise the class is the
     sign's kind and value (:func:`class_name`). ``value``: km/h or NaN. One function for every
     renderer."""
     value_or_none = float(value) if math.isfinite(float(value)) else None
-    label_class = getattr(texture, "label_class", None)
+    label_class = texture.label_class
     if label_class:
         tail = str(label_class).rsplit("_", 1)[-1]
         value_or_none = float(tail) if tail.isdigit() else None
