@@ -3,7 +3,9 @@ texture source (original vs generated), distance band and visibility band.
 
 An answer is correct when it equals the sign's class (``speed_limit_30``) or its kind
 (``speed_limit``), so kind-level classifiers (the genai validator) and value-level ones are
-both scored fairly. Traffic lights are skipped unless ``include_traffic_lights``.
+both scored fairly; on a label without value (a generated face whose value the validator could
+not read: the generic ``speed_limit``) any value of that kind is correct
+(:func:`~carla_mr.world.sign_geometry.class_matches`). Traffic lights are skipped unless ``include_traffic_lights``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from carla_mr.config.dataset import PerceptionConfig
 from carla_mr.dataset.detection_eval import band as _band
+from carla_mr.world.sign_geometry import class_matches
 from carla_mr.dataset.models import load_model
 from carla_mr.errors import InputError
 from carla_mr.io import atomic_write, atomic_write_json, atomic_write_text
@@ -66,7 +69,7 @@ class Evaluator:
                 "class": lab["class"], "source": lab["source"], "ref": lab["ref"],
                 "distance": float(lab["distance"]), "visible": float(lab["visible"]),
                 "box_px": int(min(x1 - x0, y1 - y0)), "pred": str(pred),
-                "correct": bool(pred == lab["class"] or pred == lab["kind"]),
+                "correct": bool(class_matches(str(pred), lab["class"]) or pred == lab["kind"]),
             })
         return len(labs)
 

@@ -35,9 +35,11 @@ from carla_mr.errors import InputError
 
 
 def read_matches(read: str, kind: str) -> bool:
-    """Whether a validator reading matches a prompted class: exactly (``speed_limit_30``), or
-    a value class of a prompted kind without value (``speed_limit_50`` for ``speed_limit``)."""
-    return read == kind or (read.startswith(kind + "_") and read[len(kind) + 1:].isdigit())
+    """Whether a validator reading matches a prompted class
+    (:func:`~carla_mr.world.sign_geometry.class_matches`, the rule the perception scores use too)."""
+    from carla_mr.world.sign_geometry import class_matches
+
+    return class_matches(read, kind)
 
 
 def generative_score(validator, images: np.ndarray, kinds: Sequence[str]) -> dict:

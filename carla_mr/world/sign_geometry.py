@@ -50,6 +50,13 @@ def class_name(kind: str, value: float | None) -> str:
     return f"{kind}_{int(round(float(value)))}"
 
 
+def class_matches(read: str, label_class: str) -> bool:
+    """Whether a class read on a sign (a classifier's answer, a validator's reading) matches a
+    label or prompted class: exactly (``speed_limit_30``), or a value class of a class without
+    value (``speed_limit_50`` for the generic ``speed_limit``, whose value nobody could read)."""
+    return read == label_class or (read.startswith(label_class + "_") and read[len(label_class) + 1:].isdigit())
+
+
 def sign_label(sign_id: str, kind: str, value: float, texture: "SignTexture") -> dict:
     """The identity fields of a sign's label: ``id``, ``kind``, ``class``, ``value``, ``source``
     and ``ref``. A generated face (``texture.label_class`` set) carries the class the validator

@@ -212,3 +212,22 @@ def test_default_model_loads_a_genai_validator_checkpoint(tmp_path):
     assert m.name == "validator:val"
     preds = m.predict([np.zeros((20, 30, 3), np.uint8), np.full((50, 50, 3), 200, np.uint8)])
     assert len(preds) == 2 and set(preds) <= set(SIGN_CLASSES)
+
+
+def test_a_value_answer_on_a_label_without_value_is_correct_a_wrong_value_is_not():
+    """A generated face whose value the validator could not read is labelled the generic
+    ``speed_limit``: any speed-limit value is a right answer there; on ``speed_limit_30`` only 30."""
+    class Fixed:
+        name = "fixed"
+
+        def __init__(self, answers):
+            self.answers = list(answers)
+
+        def predict(self, crops):
+            return [self.answers.pop(0) for _ in crops]
+
+    ev = Evaluator(PerceptionConfig(), Fixed(["speed_limit_50", "speed_limit_50", "yield", "speed_limit_300x"]))
+    img = np.zeros((60, 60, 3), np.uint8)
+    ev.add_frame(img, [_labels(cls="speed_limit", source="generated"), _labels(cls="speed_limit_30"),
+                       _labels(cls="speed_limit", source="generated"), _labels(cls="speed_limit")], frame=0, camera="c")
+    assert [r["correct"] for r in ev.records] == [True, False, False, False]
