@@ -10,7 +10,9 @@ detection that matches no sign counts as a false positive in every bin.
 
 Categories: a ground-truth class the detector names (``speed_limit_30``), else its kind when the
 detector names kinds (``speed_limit``), so kind-level and value-level detectors are both
-scored fairly. Measures per bin: COCO mAP@[.50:.95], AP@.50, recall at IoU 0.5 (up to 100
+scored fairly. A label without a value (``speed_limit``: a generated face whose value the validator
+could not read) under a detector that names values only is an ignored region in every value
+category of its kind: no value is right or wrong on a face that shows none. Measures per bin: COCO mAP@[.50:.95], AP@.50, recall at IoU 0.5 (up to 100
 detections an image, averaged over categories with ground truth) and the count of ground truth.
 """
 
@@ -90,12 +92,28 @@ class DetectionEvaluator:
             return gt["class"]
         return gt["kind"]
 
+    def _value_classes(self, kind: str) -> list[str]:
+        """The detector's value-level classes of ``kind`` (``speed_limit_30``...)."""
+        return sorted(c for c in self.det_classes if c.startswith(kind + "_"))
+
+    def _ignore_unknown_values(self, gts: list[dict]) -> list[dict]:
+        """A label without a value, under a detector that names only values of its kind, becomes
+        an ignored (crowd) region in each of those value categories."""
+        out = []
+        for g in gts:
+            values = self._value_classes(g["kind"]) if g["class"] == g["kind"] not in self.det_classes else []
+            if values:
+                out.extend(dict(g, wanted=False, **{"class": c}) for c in values)
+            else:
+                out.append(g)
+        return out
+
     def _bins(self) -> dict[str, dict[str, Any]]:
         """{group: {bin: predicate(gt) or ('weather', name)}}."""
         c = self.cfg
         groups: dict[str, dict[str, Any]] = {"overall": {"all": lambda g: True}, "source": {}, "distance": {},
                                              "visibility": {}, "weather": {}}
-        for g in self.gts:
+        for g in self._ignore_unknown_values(self.gts):
             if not g["wanted"]:
                 continue
             groups["source"].setdefault(g["source"], lambda x, s=g["source"]: x["source"] == s)
@@ -127,6 +145,7 @@ class DetectionEvaluator:
         else:
             img_ids = [im["id"] for im in self.images]
             gts = [dict(g, wanted=g["wanted"] and pred(g)) for g in self.gts]
+        gts = self._ignore_unknown_values(gts)
         n_gt = sum(g["wanted"] for g in gts)
         if n_gt == 0:
             return {"n_gt": 0, "mAP": float("nan"), "AP50": float("nan"), "recall50": float("nan")}

@@ -156,6 +156,22 @@ def test_kind_level_detector_is_scored_on_kinds():
     assert _row(rep, "overall", "all")["mAP"] == pytest.approx(1.0)
 
 
+def test_label_without_value_is_ignored_by_a_value_level_detector():
+    """A generated face labelled plain speed_limit (no legible value): a value-level detector is
+    neither credited nor charged on it, whatever value it names there."""
+    known = _lab([10, 10, 30, 30], cls="speed_limit_30", kind="speed_limit")
+    unknown = _lab([50, 50, 70, 70], cls="speed_limit", kind="speed_limit", source="generated")
+    dets = Detections([known["box"], unknown["box"]], ["speed_limit_30", "speed_limit_80"], [0.9, 0.95])
+    rep = _run([([known, unknown], dets, "clear")])
+    overall = _row(rep, "overall", "all")
+    assert overall["n_gt"] == 1
+    assert overall["mAP"] == pytest.approx(1.0)  # the speed_limit_80 box on the unknown face is no false positive
+    assert not any(r["group"] == "source" and r["bin"] == "generated" for r in rep["table"])
+    # a kind-level detector still scores the same label as a hit
+    rep2 = _run([([unknown], Detections([unknown["box"]], ["speed_limit"], [0.9]), "clear")])
+    assert _row(rep2, "overall", "all")["n_gt"] == 1 and _row(rep2, "overall", "all")["mAP"] == pytest.approx(1.0)
+
+
 def test_no_detections_at_all_scores_zero():
     rep = _run([([_lab([10, 10, 30, 30])], Detections(), "clear")])
     assert _row(rep, "overall", "all")["recall50"] == 0.0 and rep["detections"] == 0
