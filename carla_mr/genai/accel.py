@@ -99,7 +99,7 @@ def bnb_available():
 
 
 def make_optimizer(params, *, lr: float, weight_decay: float, accel: Accel | None = None):
-    """AdamW, or bitsandbytes' AdamW8bit with ``accel.use_8bit_adam``."""
+    """AdamW, or bitsandbytes' AdamW8bit with ``accel.use_8bit_adam``; ``params``: tensors or param groups."""
     torch = require("torch", extra="genai", feature="training")
     params = list(params)
     if accel is not None and accel.use_8bit_adam:

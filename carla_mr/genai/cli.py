@@ -43,10 +43,19 @@ def genai_group():
               help="Fraction of each batch that is speed-limit signs (0: uniform over the classes).")
 @click.option("--freeze-text-encoder", is_flag=True,
               help="Train the UNet only (keeps an upsampler that shares the text encoder valid).")
+@click.option("--train-tokens", type=str, default="", show_default=True,
+              help="With --freeze-text-encoder: these whitespace-separated tokens' input embeddings still train "
+                   "(e.g. '0 1 2 3 4 5 6 7 8 9', the digits of speed values).")
+@click.option("--cross-attention-levels", type=int, default=0, show_default=True,
+              help="Cross-attention in this many lowest-resolution UNet levels (widens an --init model; "
+                   "0 keeps its architecture).")
+@click.option("--token-lr", type=float, default=5e-3, show_default=True,
+              help="Peak learning rate of the --train-tokens embeddings.")
 @accel_options
 @guarded
 def train_base_cmd(out, seed, as_json, steps, batch_size, lr, image_size, ema_decay, save_every, threads, resume, warmup,
-                   init, value_prompts, speed_share, freeze_text_encoder, device, dtype, gradient_checkpointing, use_8bit_adam):
+                   init, value_prompts, speed_share, freeze_text_encoder, train_tokens, cross_attention_levels, token_lr,
+                   device, dtype, gradient_checkpointing, use_8bit_adam):
     """Train the pixel-space text-to-image base model from scratch on procedural signs."""
     from carla_mr.genai.accel import make_accel
     from carla_mr.genai.train import BaseTrainConfig, train_base
@@ -59,7 +68,8 @@ def train_base_cmd(out, seed, as_json, steps, batch_size, lr, image_size, ema_de
     run = make_run_dir(out, "genai-train-base")
     cfg = BaseTrainConfig(steps=steps, batch_size=batch_size, lr=lr, image_size=image_size, save_every=save_every,
                           ema_decay=ema_decay, warmup=warmup, init=init, value_prompts=value_prompts,
-                          speed_share=speed_share, train_text_encoder=not freeze_text_encoder, device=device, dtype=dtype,
+                          speed_share=speed_share, train_text_encoder=not freeze_text_encoder, train_tokens=train_tokens,
+                          token_lr=token_lr, cross_attention_levels=cross_attention_levels, device=device, dtype=dtype,
                           gradient_checkpointing=gradient_checkpointing, use_8bit_adam=use_8bit_adam,
                           seed=0 if seed is None else seed, threads=threads)
     log(f"training the base model into {run}")

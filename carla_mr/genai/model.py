@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import json
 import os
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from carla_mr.errors import InputError, require
+from carla_mr.errors import InputError, RunError, require
 
 #: Architecture of the CPU default (about 1.5 M UNet parameters, 32x32 pixels; cross-attention
 #: at 8x8 and in the mid block).
@@ -162,6 +163,47 @@ def build_tiny(*, image_size: int = 32, unet_overrides: dict | None = None, text
     tokenizer = build_clip_tokenizer(model_max_length=tcfg["max_position_embeddings"])
     return TextToImage(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer,
                        scheduler_config=dict(TRAIN_SCHEDULER), source="scratch")
+
+
+def widen_cross_attention(model: TextToImage, levels: int) -> TextToImage:
+    """The same model with cross-attention in its ``levels`` lowest-resolution down and up blocks.
+
+    The existing weights are kept; each new attention layer starts freshly initialised with its
+    output projection zeroed, so the widened model computes exactly what the old one did until
+    it is trained (``carla-mr genai train-base --init DIR --cross-attention-levels N``). A model
+    that already has cross-attention at those levels is returned unchanged.
+    """
+    torch = require("torch", extra="genai", feature="the text-to-image model")
+    diffusers = require("diffusers", extra="genai", feature="the text-to-image model")
+    cfg = dict(model.unet.config)
+    down, up = list(cfg["down_block_types"]), list(cfg["up_block_types"])
+    if not 1 <= int(levels) <= len(down):
+        raise InputError(f"cross-attention levels must be 1..{len(down)} for this UNet, got {levels}",
+                         field="--cross-attention-levels")
+    new_down = [("CrossAttnDownBlock2D" if i >= len(down) - levels else t) for i, t in enumerate(down)]
+    new_up = [("CrossAttnUpBlock2D" if i < levels else t) for i, t in enumerate(up)]
+    if new_down == down and new_up == up:
+        return model
+    if any(t not in ("DownBlock2D", "CrossAttnDownBlock2D") for t in down) or \
+            any(t not in ("UpBlock2D", "CrossAttnUpBlock2D") for t in up):
+        raise InputError(f"only plain/cross-attention 2-D blocks can be widened, got {down} / {up}",
+                         field="--cross-attention-levels")
+    cfg.update(down_block_types=tuple(new_down), up_block_types=tuple(new_up))
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    unet = diffusers.UNet2DConditionModel(**cfg)
+    old = model.unet.state_dict()
+    missing, unexpected = unet.load_state_dict(old, strict=False)
+    if unexpected or any(".attentions." not in k for k in missing):
+        raise RunError(f"widening the UNet lost weights: unexpected {unexpected[:3]}, "
+                       f"missing {[k for k in missing if '.attentions.' not in k][:3]}")
+    with torch.no_grad():
+        for k in {k.rsplit(".proj_out.", 1)[0] for k in missing if ".proj_out." in k}:
+            proj = unet.get_submodule(k + ".proj_out")
+            proj.weight.zero_()
+            if proj.bias is not None:
+                proj.bias.zero_()
+    unet.to(dtype=next(model.unet.parameters()).dtype)
+    return dataclasses.replace(model, unet=unet)
 
 
 # ------------------------------------------------------------------- save / load

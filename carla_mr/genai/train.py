@@ -55,6 +55,14 @@ class BaseTrainConfig:
     value_drop: float = 0.2
     speed_share: float = 0.0
     train_text_encoder: bool = True  # False: the text encoder is frozen (an upsampler sharing it stays valid)
+    # with train_text_encoder False: these tokens' input embeddings still train (textual-inversion
+    # style; e.g. "0 1 2 3 4 5 6 7 8 9" for the digits of speed values, which the original base
+    # never saw); every other weight of the text encoder stays bit-identical
+    train_tokens: str = ""
+    # > 0: cross-attention in this many lowest-resolution UNet levels (widens an --init model, new
+    # attention layers start as the identity); 0 keeps the architecture
+    cross_attention_levels: int = 0
+    token_lr: float = 5e-3  # their peak learning rate (textual inversion needs far more than the UNet's)
     init: str | None = None  # continue from this checkpoint directory instead of a fresh model
     device: str = "cpu"
     dtype: str = "fp32"
@@ -115,13 +123,35 @@ def _batch(rng, cfg: BaseTrainConfig, kinds, colours):
     return imgs, prompts
 
 
+def token_rows_trainable(model, tokens: str):
+    """Make the input-embedding rows of ``tokens`` (whitespace-separated) trainable, and only them.
+
+    Returns the embedding weight (V, D) with ``requires_grad`` and a gradient hook that zeroes every
+    other row; with weight decay 0 for it, Adam leaves those rows exactly as they were.
+    """
+    torch = require("torch", extra="genai", feature="training")
+    ids = set()
+    special = {model.tokenizer.bos_token_id, model.tokenizer.eos_token_id, model.tokenizer.pad_token_id}
+    for tok in tokens.split():
+        got = [i for i in model.tokenizer(tok).input_ids if i not in special]
+        if not got:
+            raise InputError(f"train_tokens: {tok!r} is not a token of this tokenizer", field="train_tokens")
+        ids.update(got)
+    weight = model.text_encoder.get_input_embeddings().weight
+    mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+    mask[sorted(ids)] = 1.0
+    weight.requires_grad_(True)
+    weight.register_hook(lambda g: g * mask)
+    return weight
+
+
 def train_base(out: str | os.PathLike, cfg: BaseTrainConfig | None = None, *, resume: bool = False,
                progress=None, log=None, model=None) -> dict:
     """Train (or resume) the base model into the run directory ``out``; returns a summary."""
     torch = require("torch", extra="genai", feature="training the base model")
     diffusers = require("diffusers", extra="genai", feature="training the base model")
     from carla_mr.genai.accel import backward_step, make_accel, make_optimizer, prepare_unet
-    from carla_mr.genai.model import build_tiny, load_model, save_model
+    from carla_mr.genai.model import build_tiny, load_model, save_model, widen_cross_attention
     from carla_mr.io import atomic_write, atomic_write_json, atomic_write_text
 
     cfg = cfg or BaseTrainConfig()
@@ -135,11 +165,22 @@ def train_base(out: str | os.PathLike, cfg: BaseTrainConfig | None = None, *, re
     accel = make_accel(cfg.device, cfg.dtype, cfg.gradient_checkpointing, cfg.use_8bit_adam)
     if model is None:
         model = load_model(cfg.init) if cfg.init else build_tiny(image_size=cfg.image_size, seed=cfg.seed)
+    if cfg.cross_attention_levels:
+        model = widen_cross_attention(model, cfg.cross_attention_levels)
     prepare_unet(model.unet, accel)
     model.text_encoder.to(device=accel.device, dtype=torch.float32)
     model.text_encoder.requires_grad_(bool(cfg.train_text_encoder))
     params = list(model.unet.parameters()) + (list(model.text_encoder.parameters()) if cfg.train_text_encoder else [])
-    opt = make_optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay, accel=accel)
+    groups = [{"params": list(params)}]
+    if cfg.train_tokens.strip() and cfg.train_text_encoder:
+        raise InputError("train_tokens trains single embedding rows of a frozen text encoder; add "
+                         "--freeze-text-encoder, or drop --train-tokens (the whole encoder trains)", field="train_tokens")
+    if cfg.train_tokens.strip():
+        emb = token_rows_trainable(model, cfg.train_tokens)
+        params.append(emb)
+        # no decay: it would shrink the frozen rows; the schedule scales this group's own peak lr
+        groups.append({"params": [emb], "weight_decay": 0.0, "lr_scale": cfg.token_lr / cfg.lr})
+    opt = make_optimizer(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, accel=accel)
     scaler = accel.scaler()
     ema = Ema(params, cfg.ema_decay)
     start = 0
@@ -204,7 +245,7 @@ def train_base(out: str | os.PathLike, cfg: BaseTrainConfig | None = None, *, re
         t = torch.randint(0, T, (x0.shape[0],), generator=g).to(accel.device)
         xt = sched.add_noise(x0, noise, t)
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg)
+            group["lr"] = _lr_at(step, cfg) * group.get("lr_scale", 1.0)
         with accel.autocast():
             hs = model.encode_prompts(prompts)
             pred = model.unet(xt, t, encoder_hidden_states=hs).sample

@@ -96,6 +96,53 @@ def test_train_base_resume_matches_uninterrupted(fresh_tiny, tmp_path):
         train_base(tmp_path / "c", cfg, model=fresh(), resume=True)
 
 
+def test_train_tokens_moves_only_those_embedding_rows(fresh_tiny, tmp_path):
+    """--train-tokens with a frozen text encoder: the named tokens' input embeddings train and
+    every other text-encoder weight stays bit-identical (an upsampler sharing it stays valid)."""
+    from carla_mr.genai.train import BaseTrainConfig, train_base
+
+    before = fresh_tiny()
+    cfg = BaseTrainConfig(steps=3, batch_size=4, image_size=16, save_every=10, log_every=1, threads=1,
+                          half_save=False, value_prompts=True, speed_share=1.0, value_drop=0.0, cfg_drop=0.0,
+                          train_text_encoder=False, train_tokens="0 1 2 3 4 5 6 7 8 9", token_lr=1e-2)
+    train_base(tmp_path / "run", cfg, model=fresh_tiny())
+    after = load_model(tmp_path / "run" / "model")
+    digit_ids = sorted({i for d in "0123456789" for i in before.tokenizer(d).input_ids[1:-1]})
+    e0 = before.text_encoder.get_input_embeddings().weight.detach()
+    e1 = after.text_encoder.get_input_embeddings().weight.detach().float()
+    moved = (e1 != e0).any(dim=1)
+    assert set(torch.nonzero(moved).flatten().tolist()) <= set(digit_ids)
+    assert moved[digit_ids].sum() >= 5  # the digits of the values drawn in 3 steps moved
+    sd0, sd1 = before.text_encoder.state_dict(), after.text_encoder.state_dict()
+    for k, v in sd0.items():
+        if "token_embedding" not in k:
+            assert torch.equal(v, sd1[k].float()), k
+    with pytest.raises(InputError, match="freeze-text-encoder"):
+        train_base(tmp_path / "bad", BaseTrainConfig(steps=1, batch_size=2, image_size=16, threads=1,
+                                                     train_tokens="5"), model=fresh_tiny())
+
+
+def test_widen_cross_attention_starts_as_the_same_function(fresh_tiny):
+    """New cross-attention levels are exact identities until trained; the old weights are kept."""
+    from carla_mr.genai.model import widen_cross_attention
+
+    m = fresh_tiny()
+    w = widen_cross_attention(m, 2)
+    assert list(w.unet.config.down_block_types) == ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
+    assert list(w.unet.config.up_block_types) == ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    hs = m.encode_prompts(["a speed limit 30 sign on a red background", "a stop sign on a blue background"])
+    with torch.no_grad():
+        a = m.unet(x, torch.tensor([700, 50]), encoder_hidden_states=hs).sample
+        b = w.unet(x, torch.tensor([700, 50]), encoder_hidden_states=hs).sample
+    assert torch.equal(a, b)
+    new = [k for k in w.unet.state_dict() if k not in m.unet.state_dict()]
+    assert new and all(".attentions." in k for k in new)
+    assert widen_cross_attention(w, 2) is w  # already that wide
+    with pytest.raises(InputError, match="levels"):
+        widen_cross_attention(m, 4)
+
+
 def test_sample_rejects_bad_size_and_steps(tiny_model_dir):
     m = load_model(tiny_model_dir)
     with pytest.raises(InputError, match="multiple"):
