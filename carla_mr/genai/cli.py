@@ -180,6 +180,12 @@ def train_validator_cmd(out, seed, as_json, data, arch, width, epochs, per_class
               help="Default: 5e-6 full latent (SD), 1e-5 full pixel model, 1e-4 LoRA.")
 @click.option("--prior-loss-weight", type=float, default=1.0, show_default=True)
 @click.option("--num-class-images", type=int, default=100, show_default=True)
+@click.option("--prior-classes", type=click.Choice(["instance", "all"]), default="instance", show_default=True,
+              help="Class images of the instance's class only (the paper), or of every class the base knows "
+                   "(keeps the classes a full fine-tune does not train).")
+@click.option("--class-guidance", type=float, default=None,
+              help="Classifier-free guidance of the class images. Default: 1.0 for pixel-space models (samples "
+                   "the model's own prior; guided samples make a full fine-tune drift), 7.5 for latent (SD).")
 @click.option("--mode", type=click.Choice(["full", "lora"]), default="full", show_default=True)
 @click.option("--rank", type=int, default=4, show_default=True, help="LoRA rank.")
 @click.option("--train-text-encoder", is_flag=True)
@@ -193,7 +199,8 @@ def train_validator_cmd(out, seed, as_json, data, arch, width, epochs, per_class
 @accel_options
 @guarded
 def dreambooth_cmd(out, seed, as_json, base, instance_dir, kind, token, instance_prompt, class_prompt, steps, batch_size,
-                   lr, prior_loss_weight, num_class_images, mode, rank, train_text_encoder, shift_px, upsampler,
+                   lr, prior_loss_weight, num_class_images, prior_classes, class_guidance, mode, rank, train_text_encoder, shift_px,
+                   upsampler,
                    upsampler_steps, threads, device, dtype, gradient_checkpointing, use_8bit_adam):
     """DreamBooth with prior preservation: teach the model one sign under a rare token."""
     from carla_mr.genai.accel import make_accel
@@ -217,7 +224,8 @@ def dreambooth_cmd(out, seed, as_json, base, instance_dir, kind, token, instance
     run = make_run_dir(out, "genai-dreambooth")
     cfg = DreamBoothConfig(kind=kind, token=token, instance_prompt=instance_prompt, class_prompt=class_prompt,
                            steps=steps, batch_size=batch_size, lr=lr, prior_loss_weight=prior_loss_weight,
-                           num_class_images=num_class_images, mode=mode, rank=rank,
+                           num_class_images=num_class_images, prior_classes=prior_classes,
+                           class_guidance=class_guidance, mode=mode, rank=rank,
                            train_text_encoder=train_text_encoder, shift_px=shift_px, upsampler=upsampler,
                            upsampler_steps=upsampler_steps, device=device, dtype=dtype,
                            gradient_checkpointing=gradient_checkpointing, use_8bit_adam=use_8bit_adam,

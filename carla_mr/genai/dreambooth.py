@@ -52,7 +52,15 @@ class DreamBoothConfig:
     lr: float | None = None  # None: 5e-6 full (SD) / 1e-5 full (pixel model) / 1e-4 LoRA
     prior_loss_weight: float = 1.0
     num_class_images: int = 100
+    # "instance": class images of the instance's class only (the paper's prior preservation);
+    # "all": of every class the base model knows (its carla_mr.json classes, else the sign
+    # vocabulary), so a full fine-tune also keeps the classes it does not train
+    prior_classes: str = "instance"
     class_sample_steps: int = 20
+    # classifier-free guidance of the class images; None: 1.0 for pixel-space models (the model's
+    # own p(x | prompt): guided samples are sharper than the prior, and training on them drifts
+    # the model toward them), 7.5 for latent (Stable Diffusion) models, whose unguided samples are poor
+    class_guidance: float | None = None
     mode: str = "full"  # "full" | "lora"
     rank: int = 4
     train_text_encoder: bool = False
@@ -73,6 +81,11 @@ def default_lr(mode: str, pixel_space: bool) -> float:
     if mode == "lora":
         return 1e-4
     return 1e-5 if pixel_space else 5e-6
+
+
+def default_class_guidance(pixel_space: bool) -> float:
+    """Guidance of the prior-preservation class images: 1.0 pixel-space, 7.5 latent (SD)."""
+    return 1.0 if pixel_space else 7.5
 
 
 def shift_augment(x, max_px: int, gen):
@@ -153,7 +166,7 @@ def _background_colour(img: np.ndarray) -> str:
     return best or "white"
 
 
-def _class_images(m, cfg: DreamBoothConfig, class_prompts, out: Path, log=None) -> np.ndarray:
+def _class_images(m, cfg: DreamBoothConfig, class_prompts, out: Path, guidance: float, log=None) -> np.ndarray:
     """Sample the prior-preservation class images with the base model (and write them as PNG)."""
     import cv2
 
@@ -164,7 +177,7 @@ def _class_images(m, cfg: DreamBoothConfig, class_prompts, out: Path, log=None) 
         return np.zeros((0, m.image_size, m.image_size, 3), np.uint8)
     if log:
         log(f"sampling {cfg.num_class_images} class images with the base model")
-    cls = sample(m, class_prompts, seed=int(cfg.seed) * 100_003 + 17, steps=cfg.class_sample_steps)
+    cls = sample(m, class_prompts, seed=int(cfg.seed) * 100_003 + 17, steps=cfg.class_sample_steps, guidance=guidance)
     cdir = out / "class_images"
     cdir.mkdir(exist_ok=True)
     for i, im in enumerate(cls):
@@ -274,6 +287,7 @@ def dreambooth(base: str | os.PathLike, instance_dir: str | os.PathLike, out: st
     from carla_mr.genai.accel import make_accel
     from carla_mr.genai.model import load_model, save_model
     from carla_mr.genai.prompts import COLOURS, prompt_for
+    from carla_mr.genai.signs import SIGN_CLASSES
     from carla_mr.genai.train import images_to_tensor
     from carla_mr.io import atomic_write_json, atomic_write_text
 
@@ -283,6 +297,9 @@ def dreambooth(base: str | os.PathLike, instance_dir: str | os.PathLike, out: st
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.num_class_images < 0:
         raise InputError("steps and batch_size must be >= 1, num_class_images >= 0", field="--steps")
     prompt_for(cfg.kind)  # validates the class
+    if cfg.prior_classes not in ("instance", "all"):
+        raise InputError(f"prior_classes must be 'instance' or 'all', got {cfg.prior_classes!r}",
+                         field="--prior-classes")
     accel = make_accel(cfg.device, cfg.dtype, cfg.gradient_checkpointing, cfg.use_8bit_adam)
     if cfg.upsampler:
         from carla_mr.genai.upsampler import check_upsampler_dir
@@ -304,9 +321,11 @@ def dreambooth(base: str | os.PathLike, instance_dir: str | os.PathLike, out: st
     if cfg.class_prompt:
         class_prompts = [cfg.class_prompt] * cfg.num_class_images
     else:
-        class_prompts = [prompt_for(cfg.kind, colours[int(rng.integers(len(colours)))])
-                         for _ in range(cfg.num_class_images)]
-    cls = _class_images(m, cfg, class_prompts, out, log)
+        kinds = [cfg.kind] if cfg.prior_classes == "instance" else list(m.extra.get("classes") or SIGN_CLASSES)
+        class_prompts = [prompt_for(kinds[i % len(kinds)], colours[int(rng.integers(len(colours)))])
+                         for i in range(cfg.num_class_images)]
+    class_guidance = cfg.class_guidance if cfg.class_guidance is not None else default_class_guidance(m.pixel_space)
+    cls = _class_images(m, cfg, class_prompts, out, class_guidance, log)
     lr = cfg.lr if cfg.lr is not None else default_lr(cfg.mode, m.pixel_space)
     params = _trainable(m, cfg, accel)
     X_cls = images_to_tensor(cls) if len(cls) else None
@@ -331,7 +350,7 @@ def dreambooth(base: str | os.PathLike, instance_dir: str | os.PathLike, out: st
     if cfg.upsampler:
         summary_extra.update(finetune_upsampler(cfg.upsampler, m, instance_dir, inst_prompts, cfg, out, accel, log))
     summary = {"model": str(out / "model"), "base": str(base), "mode": cfg.mode, "steps": cfg.steps, "lr": lr,
-               "instance_images": int(len(inst)), "class_images": int(len(cls)),
+               "instance_images": int(len(inst)), "class_images": int(len(cls)), "class_guidance": class_guidance,
                "instance_prompt": inst_prompts[0], "final_loss": last[0], "elapsed_s": round(time.time() - t0, 1),
                **summary_extra, "config": asdict(cfg)}
     atomic_write_json(out / "dreambooth.json", summary)

@@ -68,6 +68,32 @@ def test_dreambooth_runs_and_changes_the_unet(tiny_model_dir, tmp_path, mode):
         assert (tmp_path / "db" / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
 
+def test_class_images_guidance_and_prior_classes(tiny_model_dir, tmp_path, monkeypatch):
+    """Class images of a pixel model are sampled unguided by default (the model's own prior),
+    at the guidance asked for otherwise; prior_classes='all' spreads them over every class."""
+    import carla_mr.genai.sample as sample_mod
+
+    calls = []
+    real = sample_mod.sample
+
+    def spy(m, prompts, **kw):
+        calls.append((list(prompts), kw.get("guidance")))
+        return real(m, prompts, **kw)
+
+    monkeypatch.setattr(sample_mod, "sample", spy)
+    inst = _instances(tmp_path / "inst", 2)
+    base = dict(kind="stop", steps=1, batch_size=1, num_class_images=8, class_sample_steps=1, threads=1)
+    res = dreambooth(tiny_model_dir, inst, tmp_path / "a", DreamBoothConfig(**base))
+    assert res["class_guidance"] == 1.0 and calls[-1][1] == 1.0
+    assert all(" stop sign " in p for p in calls[-1][0])
+    res = dreambooth(tiny_model_dir, inst, tmp_path / "b", DreamBoothConfig(**base, class_guidance=7.5,
+                                                                            prior_classes="all"))
+    assert res["class_guidance"] == 7.5 and calls[-1][1] == 7.5
+    assert len({p.split(" sign ")[0] for p in calls[-1][0]}) == 8  # every class of the vocabulary
+    with pytest.raises(InputError, match="prior_classes"):
+        dreambooth(tiny_model_dir, inst, tmp_path / "c", DreamBoothConfig(**base, prior_classes="some"))
+
+
 def test_dreambooth_input_errors(tiny_model_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no images"):
