@@ -8,7 +8,10 @@ round (wall clock, same host); the round closes early as soon as every bidder ha
 
 Baseline, same run, same sockets and CURVE setting: a bare ROUTER that, once it has a
 request from every DEALER, sends each a payload of the size of the auction's result
-(raw fan-out round-trip, no decoding, no clearing, no ledger). Ratio = auction / raw.
+(raw fan-out round-trip, no decoding, no clearing, no ledger). Ratio = auction / raw. A second
+baseline, raw request/ack/result, also acks every request at once with a payload of the
+auction's ack size, as the auctioneer does: the same messages per bidder (the bench's bidders
+share one process, so their own receive work is part of every figure).
 
 Rows: p50 and p99 per configuration (the auctioneer's default sends results before the
 outcome's fsync), plus 60 bidders with ``commit-first`` (fsync, then send). Targets: 60 bidders over CURVE p99 <= 5 ms; 1000 bidders p50 <=
@@ -81,10 +84,13 @@ def _server_main(conn, cfg: dict) -> None:
     n, size, rounds = cfg["n"], cfg["size"], cfg["rounds"]
     import msgpack
 
+    ack = b"\x00" * cfg.get("ack_size", 0)
     for _ in range(rounds):
         seen = []
         while len(seen) < n:
             seen.append(s.recv_multipart()[0])
+            if ack:  # the auction's pattern: every request acked at once, the result after the last
+                s.send_multipart([seen[-1], b"a", ack])
         t_last = time.time_ns()
         payload = msgpack.packb({"t": t_last, "pad": b"\x00" * max(0, size - 20)})
         for ident in seen:
@@ -112,8 +118,9 @@ def _dealers(ctx, endpoint: str, ids: list[str], keys: dict, server_public: byte
     return socks
 
 
-def _collect(socks, want, timeout: float = 120.0) -> list[tuple[int, list]]:
-    """Poll every socket until ``want(frames)`` is true once per socket; returns (recv_ns, frames)."""
+def _collect(socks, want, timeout: float = 120.0, on_other=None) -> list[tuple[int, list]]:
+    """Poll every socket until ``want(frames)`` is true once per socket; returns (recv_ns, frames).
+    Other messages go to ``on_other`` (when given)."""
     import zmq
 
     poller = zmq.Poller()
@@ -132,6 +139,8 @@ def _collect(socks, want, timeout: float = 120.0) -> list[tuple[int, list]]:
                     break
                 if s not in got and want(fr):
                     got[s] = (time.time_ns(), fr)
+                elif on_other is not None:
+                    on_other(fr)
     return [got[s] for s in socks]
 
 
@@ -167,8 +176,10 @@ def bench_config(n: int, curve: bool, rounds: int, publish_first: bool = True, s
             out = _bench_auction(sctx, ctx, {**common, "mode": "auction", "ledger": str(Path(d) / "ledger.sqlite"),
                                              "seed": seed, "publish_first": publish_first},
                                  ids, keys, server.public, curve, bodies, rounds)
-        out["raw"] = _bench_raw(sctx, ctx, {**common, "mode": "raw", "n": n, "size": out["result_bytes"],
-                                            "rounds": rounds}, ids, keys, server.public, curve, rounds)
+        raw_cfg = {**common, "mode": "raw", "n": n, "size": out["result_bytes"], "rounds": rounds}
+        out["raw"] = _bench_raw(sctx, ctx, raw_cfg, ids, keys, server.public, curve, rounds)
+        out["raw_acked"] = _bench_raw(sctx, ctx, {**raw_cfg, "ack_size": out["ack_bytes"]}, ids, keys,
+                                      server.public, curve, rounds)
     finally:
         ctx.term()
     return out
@@ -194,7 +205,7 @@ def _bench_auction(sctx, ctx, cfg, ids, keys, server_public, curve, bodies, roun
             hello = {"agent": "bench"} if curve else {"agent": "bench", "claim": b}
             s.send_multipart([encode_header(P.HELLO, seq=1), encode_body(hello)])
         _collect(socks, lambda fr: decode_header(fr[0], from_server=True)["type"] == P.WELCOME)
-        lat, size = [], 0
+        lat, size, acks = [], 0, []
         for r in range(rounds):
             conn.send("open")
             rid = conn.recv()
@@ -206,7 +217,7 @@ def _bench_auction(sctx, ctx, cfg, ids, keys, server_public, curve, bodies, roun
                 h = msgpack.unpackb(fr[0])
                 return h["type"] == P.RESULT and h["round_id"] == rid
 
-            got = _collect(socks, is_result)
+            got = _collect(socks, is_result, on_other=acks.append)
             closed = msgpack.unpackb(got[0][1][1])["closed_at_ns"]
             lat.append((max(t for t, _ in got) - closed) / 1e6)
             size = len(got[0][1][1])
@@ -218,7 +229,8 @@ def _bench_auction(sctx, ctx, cfg, ids, keys, server_public, curve, bodies, roun
         p.join(10)
         for s in socks:
             s.close(0)
-    return {"auction": _percentiles(lat), "result_bytes": size,
+    ack_sizes = [len(fr[1]) for fr in acks if decode_header(fr[0], from_server=True)["type"] == P.ACK]
+    return {"auction": _percentiles(lat), "result_bytes": size, "ack_bytes": max(ack_sizes, default=0),
             "server_publish_ms": _percentiles([t["publish_s"] * 1e3 for t in times.values()]),
             "server_clear_ms": _percentiles([t["clear_s"] * 1e3 for t in times.values()])}
 
@@ -234,7 +246,7 @@ def _bench_raw(sctx, ctx, cfg, ids, keys, server_public, curve, rounds) -> tuple
         for _ in range(rounds):
             for s in socks:
                 s.send_multipart([b"req"])
-            got = _collect(socks, lambda fr: True)
+            got = _collect(socks, lambda fr: fr[0] == b"h")
             t_last = msgpack.unpackb(got[0][1][1])["t"]
             raw.append((max(t for t, _ in got) - t_last) / 1e6)
         conn.send("stop")
@@ -275,6 +287,11 @@ def run(quick: bool) -> list[dict]:
             rows.append({"name": f"auction round latency {q}, {label} (close -> all results)",
                          "value": round(a, 3), "unit": "ms", "baseline": round(b, 3),
                          "ratio": round(a / b, 2) if b > 0 else None, "target": target})
+            c = r["raw_acked"][idx]
+            rows.append({"name": f"auction round latency {q}, {label}, vs raw request/ack/result",
+                         "value": round(a, 3), "unit": "ms", "baseline": round(c, 3),
+                         "ratio": round(a / c, 2) if c > 0 else None,
+                         "target": f"report (ack {r['ack_bytes']} bytes: the auction's message pattern without it)"})
         rows.append({"name": f"auctioneer close -> results sent (server side) p50, {label}",
                      "value": round(r["server_publish_ms"][0], 3), "unit": "ms", "baseline": round(r["raw"][0], 3),
                      "ratio": round(r["server_publish_ms"][0] / r["raw"][0], 2) if r["raw"][0] > 0 else None,
