@@ -10,10 +10,12 @@ detection that matches no sign counts as a false positive in every bin.
 
 Categories: a ground-truth class the detector names (``speed_limit_30``), else its kind when the
 detector names kinds (``speed_limit``), so kind-level and value-level detectors are both
-scored fairly. A label without a value (``speed_limit``: a generated face whose value the validator
-could not read) under a detector that names values only is an ignored region in every value
-category of its kind: no value is right or wrong on a face that shows none. Measures per bin: COCO mAP@[.50:.95], AP@.50, recall at IoU 0.5 (up to 100
-detections an image, averaged over categories with ground truth) and the count of ground truth.
+scored fairly. A label without a value (``speed_limit``: a generated face whose value the
+validator could not read) under a detector that names values only is an ignored region in
+every value category of its kind: no value is right or wrong on a face that shows none.
+
+Measures per bin: COCO mAP@[.50:.95], AP@.50, recall at IoU 0.5 (up to 100 detections an
+image, averaged over categories with ground truth) and the count of ground truth.
 """
 
 from __future__ import annotations

@@ -199,8 +199,8 @@ def train_validator_cmd(out, seed, as_json, data, arch, width, epochs, per_class
 @accel_options
 @guarded
 def dreambooth_cmd(out, seed, as_json, base, instance_dir, kind, token, instance_prompt, class_prompt, steps, batch_size,
-                   lr, prior_loss_weight, num_class_images, prior_classes, class_guidance, mode, rank, train_text_encoder, shift_px,
-                   upsampler,
+                   lr, prior_loss_weight, num_class_images, prior_classes, class_guidance, mode, rank,
+                   train_text_encoder, shift_px, upsampler,
                    upsampler_steps, threads, device, dtype, gradient_checkpointing, use_8bit_adam):
     """DreamBooth with prior preservation: teach the model one sign under a rare token."""
     from carla_mr.genai.accel import make_accel
