@@ -5,7 +5,8 @@ An answer is correct when it equals the sign's class (``speed_limit_30``) or its
 (``speed_limit``), so kind-level classifiers (the genai validator) and value-level ones are
 both scored fairly; on a label without value (a generated face whose value the validator could
 not read: the generic ``speed_limit``) any value of that kind is correct
-(:func:`~carla_mr.world.sign_geometry.class_matches`). Traffic lights are skipped unless ``include_traffic_lights``.
+(:func:`~carla_mr.world.sign_geometry.class_matches`). Traffic lights are skipped unless
+``include_traffic_lights``.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import numpy as np
 
 from carla_mr.config.dataset import PerceptionConfig
 from carla_mr.dataset.detection_eval import band as _band
-from carla_mr.world.sign_geometry import class_matches
 from carla_mr.dataset.models import load_model
 from carla_mr.errors import InputError
 from carla_mr.io import atomic_write, atomic_write_json, atomic_write_text
 from carla_mr.reporting import fmt, md_table, plot_png
 from carla_mr.stages import BaseStage, ReportSection
 from carla_mr.world.base import FrameMissed
+from carla_mr.world.sign_geometry import class_matches
 
 
 def crop(image: np.ndarray, box, margin: float) -> np.ndarray:

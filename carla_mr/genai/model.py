@@ -21,9 +21,9 @@ and ``decode`` the inverse, exactly as in Stable Diffusion.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

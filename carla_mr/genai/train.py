@@ -157,6 +157,10 @@ def train_base(out: str | os.PathLike, cfg: BaseTrainConfig | None = None, *, re
     cfg = cfg or BaseTrainConfig()
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise InputError("steps and batch_size must be >= 1", field="steps")
+    if cfg.train_tokens.strip() and cfg.train_text_encoder:
+        raise InputError("train_tokens trains single embedding rows of a frozen text encoder; add "
+                         "--freeze-text-encoder, or drop --train-tokens (the whole encoder trains)",
+                         field="train_tokens")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -172,9 +176,6 @@ def train_base(out: str | os.PathLike, cfg: BaseTrainConfig | None = None, *, re
     model.text_encoder.requires_grad_(bool(cfg.train_text_encoder))
     params = list(model.unet.parameters()) + (list(model.text_encoder.parameters()) if cfg.train_text_encoder else [])
     groups = [{"params": list(params)}]
-    if cfg.train_tokens.strip() and cfg.train_text_encoder:
-        raise InputError("train_tokens trains single embedding rows of a frozen text encoder; add "
-                         "--freeze-text-encoder, or drop --train-tokens (the whole encoder trains)", field="train_tokens")
     if cfg.train_tokens.strip():
         emb = token_rows_trainable(model, cfg.train_tokens)
         params.append(emb)

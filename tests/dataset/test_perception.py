@@ -52,17 +52,20 @@ def _labels(kind="speed_limit", cls="speed_limit_30", source="original", distanc
             "distance": distance, "source": source, "ref": None}
 
 
+class _Fixed:
+    """A crop classifier that gives scripted answers, one per crop."""
+
+    name = "fixed"
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+
+    def predict(self, crops):
+        return [self.answers.pop(0) for _ in crops]
+
+
 def test_evaluator_groups_and_correctness_rule():
-    class Fixed:
-        name = "fixed"
-
-        def __init__(self, answers):
-            self.answers = list(answers)
-
-        def predict(self, crops):
-            return [self.answers.pop(0) for _ in crops]
-
-    ev = Evaluator(PerceptionConfig(), Fixed(["speed_limit", "speed_limit_30", "stop", "speed_limit_60"]))
+    ev = Evaluator(PerceptionConfig(), _Fixed(["speed_limit", "speed_limit_30", "stop", "speed_limit_60"]))
     img = np.zeros((60, 60, 3), np.uint8)
     ev.add_frame(img, [_labels(source="original", distance=5), _labels(source="generated", distance=15)], frame=0,
                  camera="c")
@@ -217,16 +220,7 @@ def test_default_model_loads_a_genai_validator_checkpoint(tmp_path):
 def test_a_value_answer_on_a_label_without_value_is_correct_a_wrong_value_is_not():
     """A generated face whose value the validator could not read is labelled the generic
     ``speed_limit``: any speed-limit value is a right answer there; on ``speed_limit_30`` only 30."""
-    class Fixed:
-        name = "fixed"
-
-        def __init__(self, answers):
-            self.answers = list(answers)
-
-        def predict(self, crops):
-            return [self.answers.pop(0) for _ in crops]
-
-    ev = Evaluator(PerceptionConfig(), Fixed(["speed_limit_50", "speed_limit_50", "yield", "speed_limit_300x"]))
+    ev = Evaluator(PerceptionConfig(), _Fixed(["speed_limit_50", "speed_limit_50", "yield", "speed_limit_300x"]))
     img = np.zeros((60, 60, 3), np.uint8)
     ev.add_frame(img, [_labels(cls="speed_limit", source="generated"), _labels(cls="speed_limit_30"),
                        _labels(cls="speed_limit", source="generated"), _labels(cls="speed_limit")], frame=0, camera="c")
