@@ -95,24 +95,40 @@ def train_base_cmd(out, seed, as_json, steps, batch_size, lr, image_size, ema_de
 @click.option("--lr", type=float, default=5e-4, show_default=True)
 @click.option("--warmup", type=int, default=100, show_default=True)
 @click.option("--bank", type=int, default=3000, show_default=True, help="Rendered low/high-resolution pairs.")
+@click.option("--speed-share", type=float, default=0.3, show_default=True,
+              help="Share of speed-limit signs among the pairs.")
+@click.option("--value-swap", type=float, default=0.0, show_default=True,
+              help="Share of speed-limit pairs whose 32 px input shows other digits than the prompt and target "
+                   "(teaches drawing the prompted value over garbled input digits).")
+@click.option("--init", "init", type=str, default=None,
+              help="Continue an upsampler directory ('default': the committed one) instead of a fresh UNet.")
 @click.option("--save-every", type=int, default=200, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True)
 @accel_options
 @guarded
-def train_upsampler_cmd(out, seed, as_json, base, steps, batch_size, lr, warmup, bank, save_every, threads, device,
-                        dtype, gradient_checkpointing, use_8bit_adam):
+def train_upsampler_cmd(out, seed, as_json, base, steps, batch_size, lr, warmup, bank, speed_share, value_swap, init,
+                        save_every, threads, device, dtype, gradient_checkpointing, use_8bit_adam):
     """Train the super-resolution stage (32 -> 128 px) on procedural low/high-resolution pairs."""
     from carla_mr.genai.accel import make_accel
-    from carla_mr.genai.api import default_model_path
+    from carla_mr.errors import InputError
+    from carla_mr.genai.api import default_model_path, default_upsampler_path
     from carla_mr.genai.model import check_model_dir
+    from carla_mr.genai.upsampler import check_upsampler_dir
     from carla_mr.genai.upsampler_train import UpsamplerTrainConfig, train_upsampler
 
     make_accel(device, dtype, gradient_checkpointing, use_8bit_adam)
     base = base or str(default_model_path())
     check_model_dir(base, field="--base")
+    for name, share in (("--speed-share", speed_share), ("--value-swap", value_swap)):
+        if not 0.0 <= share <= 1.0:
+            raise InputError(f"{name} must be in [0, 1], got {share}", field=name)
+    if init == "default":
+        init = str(default_upsampler_path())
+    if init:
+        check_upsampler_dir(init, field="--init")
     run = make_run_dir(out, "genai-train-upsampler")
     cfg = UpsamplerTrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, bank=bank,
-                               save_every=save_every, threads=threads, device=device, dtype=dtype,
+                               speed_share=speed_share, value_swap=value_swap, init=init, save_every=save_every, threads=threads, device=device, dtype=dtype,
                                gradient_checkpointing=gradient_checkpointing, use_8bit_adam=use_8bit_adam,
                                seed=0 if seed is None else seed)
     with progress(steps, "train-upsampler") as adv:

@@ -9,6 +9,7 @@ deterministic for a seed (numpy ``default_rng``; OpenCV runs single-threaded her
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass
@@ -187,6 +188,42 @@ def value_batch(rng: np.random.Generator, n: int, *, size: int = 32, kinds=SIGN_
 
     ``speed_share``: probability that an item is a speed-limit sign (0: uniform over ``kinds``).
     """
+    ks, cs, vs = _draw_variants(rng, n, kinds, colours, speed_share)
+    imgs = np.stack([render_sample(k, rng, size=size, background=c, jitter=BASE_JITTER, value=v)[0]
+                     for k, c, v in zip(ks, cs, vs)])
+    return imgs, ks, cs, vs
+
+
+def value_batch_with_decoys(rng: np.random.Generator, n: int, *, size: int = 32, speed_share: float = 0.0,
+                            decoy_p: float = 0.0, decoy_rng: np.random.Generator | None = None):
+    """:func:`value_batch` (same images for the same ``rng``) plus a *decoy* per image:
+    (images, decoys, kinds, colours, values, decoy_values), decoys (n, size, size, 3) uint8.
+
+    With probability ``decoy_p`` (drawn from ``decoy_rng``) a speed-limit item's decoy is the
+    very same picture (pose, light, noise, background) with other digits: a random value in
+    10..199 km/h other than the item's, returned in ``decoy_values``; every other decoy is the
+    image itself (``decoy_values`` None). The super-resolution stage learns from such pairs to
+    draw the digits the prompt names rather than those its low-resolution input shows.
+    """
+    decoy_rng = decoy_rng if decoy_rng is not None else np.random.default_rng(0)
+    ks, cs, vs = _draw_variants(rng, n, SIGN_CLASSES, tuple(COLOURS), speed_share)
+    imgs, decoys, dvs = [], [], []
+    for k, c, v in zip(ks, cs, vs):
+        dv = None
+        if v is not None and decoy_rng.random() < decoy_p:
+            while dv is None or dv == v:
+                dv = int(decoy_rng.integers(10, 200))
+        state = copy.deepcopy(rng) if dv is not None else None
+        img = render_sample(k, rng, size=size, background=c, jitter=BASE_JITTER, value=v)[0]
+        imgs.append(img)
+        decoys.append(img if dv is None else
+                      render_sample(k, state, size=size, background=c, jitter=BASE_JITTER, value=dv)[0])
+        dvs.append(dv)
+    return np.stack(imgs), np.stack(decoys), ks, cs, vs, dvs
+
+
+def _draw_variants(rng, n, kinds, colours, speed_share):
+    """Kinds, colours and values (km/h for speed_limit, else None) of ``n`` items."""
     ks = []
     for _ in range(int(n)):
         if speed_share > 0 and "speed_limit" in kinds and rng.random() < speed_share:
@@ -196,9 +233,7 @@ def value_batch(rng: np.random.Generator, n: int, *, size: int = 32, kinds=SIGN_
     cs = [colours[int(i)] for i in rng.integers(len(colours), size=n)]
     vs = [VARIANTS["speed_limit"][int(rng.integers(len(VARIANTS["speed_limit"])))] if k == "speed_limit" else None
           for k in ks]
-    imgs = np.stack([render_sample(k, rng, size=size, background=c, jitter=BASE_JITTER, value=v)[0]
-                     for k, c, v in zip(ks, cs, vs)])
-    return imgs, ks, cs, vs
+    return ks, cs, vs
 
 
 def _split_stream(kind: str, cid: int, n: int, seed: int, stream: int, size: int):

@@ -38,7 +38,9 @@ class UpsamplerTrainConfig:
     ema_decay: float = 0.995
     cfg_drop: float = 0.1
     value_drop: float = 0.2
+    value_swap: float = 0.0  # share of speed-limit pairs whose low-res input shows other digits
     speed_share: float = 0.3
+    init: str | None = None  # an upsampler directory to continue from (None: a fresh UNet)
     bank: int = 3000  # rendered pairs (the data set the steps draw from)
     low_size: int = 32
     factor: int = 4
@@ -53,25 +55,39 @@ class UpsamplerTrainConfig:
 
 
 def render_pairs(n: int, *, low_size: int = 32, factor: int = 4, seed: int = 0, speed_share: float = 0.3,
-                 value_drop: float = 0.2, progress=None):
-    """``n`` (high (n, H, H, 3), low (n, h, h, 3) uint8, prompts) pairs of procedural signs."""
+                 value_drop: float = 0.2, value_swap: float = 0.0, progress=None):
+    """``n`` (high (n, H, H, 3), low (n, h, h, 3) uint8, prompts) pairs of procedural signs.
+
+    ``value_swap``: the share of speed-limit pairs whose low-resolution image shows other
+    digits (a random 10..199) than the high-resolution target and the prompt, which then always
+    names the value (see :func:`~carla_mr.genai.procedural.value_batch_with_decoys`): it teaches
+    the upsampler to draw the prompted value over the garbled digits of the base model's output.
+    """
     import cv2
 
-    from carla_mr.genai.procedural import value_batch
+    from carla_mr.genai.procedural import value_batch_with_decoys
     from carla_mr.genai.prompts import prompt_for
 
+    if not 0.0 <= float(value_swap) <= 1.0:
+        raise InputError(f"value_swap must be in [0, 1], got {value_swap}", field="--value-swap")
     rng = np.random.default_rng([int(seed), 77])
-    hi, prompts = [], []
+    swap_rng = np.random.default_rng([int(seed), 78])
+    hi, lo_src, prompts = [], [], []
     for b0 in range(0, int(n), 64):
         m = min(64, int(n) - b0)
-        imgs, ks, cs, vs = value_batch(rng, m, size=low_size * factor, speed_share=speed_share)
+        imgs, decoys, ks, cs, vs, dvs = value_batch_with_decoys(rng, m, size=low_size * factor,
+                                                                speed_share=speed_share, decoy_p=value_swap,
+                                                                decoy_rng=swap_rng)
         hi.append(imgs)
-        prompts += [prompt_for(k, c, value=v if (v is not None and rng.random() >= value_drop) else None)
-                    for k, c, v in zip(ks, cs, vs)]
+        lo_src.append(decoys)
+        prompts += [prompt_for(k, c, value=v if (v is not None and (rng.random() >= value_drop or dv is not None))
+                               else None)
+                    for k, c, v, dv in zip(ks, cs, vs, dvs)]
         if progress:
             progress(m)
     high = np.concatenate(hi)
-    low = np.stack([cv2.resize(im, (low_size, low_size), interpolation=cv2.INTER_AREA) for im in high])
+    low = np.stack([cv2.resize(im, (low_size, low_size), interpolation=cv2.INTER_AREA)
+                    for im in np.concatenate(lo_src)])
     return high, low, prompts
 
 
@@ -168,11 +184,12 @@ def fit_pairs(up, high: np.ndarray, low: np.ndarray, prompts, *, steps: int, lr:
 
 def train_upsampler(out: str | os.PathLike, base: str | os.PathLike, cfg: UpsamplerTrainConfig | None = None, *,
                     progress=None, log=None) -> dict:
-    """Train a fresh upsampler for the base checkpoint ``base`` (its text encoder) into ``out``."""
+    """Train an upsampler for the base checkpoint ``base`` (its text encoder) into ``out``: a
+    fresh one, or ``cfg.init`` (an upsampler directory) continued."""
     torch = require("torch", extra="genai", feature="training the upsampler")
     from carla_mr.genai.accel import make_accel
     from carla_mr.genai.model import load_model
-    from carla_mr.genai.upsampler import build_upsampler, save_upsampler
+    from carla_mr.genai.upsampler import build_upsampler, load_upsampler, save_upsampler
     from carla_mr.io import atomic_write_json, atomic_write_text
 
     cfg = cfg or UpsamplerTrainConfig()
@@ -185,12 +202,19 @@ def train_upsampler(out: str | os.PathLike, base: str | os.PathLike, cfg: Upsamp
     accel = make_accel(cfg.device, cfg.dtype, cfg.gradient_checkpointing, cfg.use_8bit_adam)
     text_model = load_model(base)
     text_model.text_encoder.to(accel.device)
-    up = build_upsampler(text_model, low_size=cfg.low_size, factor=cfg.factor, seed=cfg.seed)
+    if cfg.init:
+        up = load_upsampler(cfg.init, text_model, device=accel.device)
+        if (up.low_size, up.factor) != (cfg.low_size, cfg.factor):
+            raise InputError(f"--init {cfg.init} upsamples {up.low_size} px by {up.factor}, not "
+                             f"{cfg.low_size} px by {cfg.factor}", field="--init")
+    else:
+        up = build_upsampler(text_model, low_size=cfg.low_size, factor=cfg.factor, seed=cfg.seed)
     t0 = time.time()
     if log:
         log(f"rendering {cfg.bank} low/high-resolution pairs")
     high, low, prompts = render_pairs(cfg.bank, low_size=cfg.low_size, factor=cfg.factor, seed=cfg.seed,
-                                      speed_share=cfg.speed_share, value_drop=cfg.value_drop)
+                                      speed_share=cfg.speed_share, value_drop=cfg.value_drop,
+                                      value_swap=cfg.value_swap)
     rows: list[str] = []
     state = {"loss_ema": None}
 

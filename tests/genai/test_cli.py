@@ -101,6 +101,11 @@ def test_bad_input_exits_2_for_training_verbs(tiny_model_dir, tmp_path):
     assert not (tmp_path / "b").exists() and not (tmp_path / "e").exists()  # nothing made for bad input
     r = _run(["train-upsampler", "--base", str(notmodel), "--steps", "1", "--out", str(tmp_path / "f")])
     assert r.exit_code == 2
+    r = _run(["train-upsampler", "--init", str(notmodel), "--steps", "1", "--out", str(tmp_path / "g")])
+    assert r.exit_code == 2 and "--init" in r.output and "not an upsampler directory" in r.output
+    r = _run(["train-upsampler", "--value-swap", "1.5", "--steps", "1", "--out", str(tmp_path / "h")])
+    assert r.exit_code == 2 and "--value-swap" in r.output
+    assert not (tmp_path / "g").exists() and not (tmp_path / "h").exists()
 
 
 def test_evaluate_values_with_the_committed_upsampler_and_bad_input(tmp_path):

@@ -47,6 +47,41 @@ def test_render_pairs_are_consistent():
     assert np.array_equal(a[0], b[0]) and a[2] == b[2]
 
 
+def test_decoys_are_the_same_picture_with_other_digits():
+    from carla_mr.genai.procedural import value_batch, value_batch_with_decoys
+
+    imgs, ks, cs, vs = value_batch(np.random.default_rng(5), 24, size=32, speed_share=0.5)
+    out = value_batch_with_decoys(np.random.default_rng(5), 24, size=32, speed_share=0.5, decoy_p=1.0,
+                                  decoy_rng=np.random.default_rng(1))
+    imgs2, decoys, ks2, cs2, vs2, dvs = out
+    assert np.array_equal(imgs, imgs2) and (ks, cs, vs) == (ks2, cs2, vs2)  # the same images as value_batch
+    speed = [i for i, k in enumerate(ks) if k == "speed_limit"]
+    assert speed and len(speed) < 24
+    for i in range(24):
+        if i in speed:
+            assert dvs[i] is not None and dvs[i] != vs[i] and 10 <= dvs[i] < 200
+            diff = np.abs(decoys[i].astype(int) - imgs[i].astype(int)).max(axis=2)
+            # only the digits differ: the ring, the corners (background) and the pose are the same
+            assert diff.max() > 60 and diff[:4].max() == 0 and diff[:, :4].max() == 0
+        else:
+            assert dvs[i] is None and np.array_equal(decoys[i], imgs[i])
+    none = value_batch_with_decoys(np.random.default_rng(5), 24, size=32, speed_share=0.5, decoy_p=0.0)
+    assert np.array_equal(none[1], imgs) and set(none[5]) == {None}
+
+
+def test_render_pairs_value_swap_shows_other_digits_and_always_names_the_value():
+    plain = render_pairs(12, low_size=8, factor=4, seed=2, speed_share=1.0, value_drop=1.0)
+    high, low, prompts = render_pairs(12, low_size=8, factor=4, seed=2, speed_share=1.0, value_drop=1.0,
+                                      value_swap=0.5)
+    assert np.array_equal(high, plain[0])  # the targets do not change
+    swapped = [i for i in range(12) if not np.array_equal(low[i], plain[1][i])]
+    assert 0 < len(swapped) < 12
+    for i in range(12):  # value_drop 1.0 drops every value except those a swapped input needs
+        assert (prompts[i].split()[3].isdigit()) == (i in swapped), prompts[i]
+    with pytest.raises(InputError, match="value_swap"):
+        render_pairs(2, value_swap=1.5)
+
+
 def test_upsample_shapes_determinism_and_errors(tiny_up):
     up, _ = tiny_up
     rng = np.random.default_rng(0)
@@ -89,6 +124,28 @@ def test_fit_pairs_lowers_the_loss_and_save_load_roundtrip(tiny_up, tmp_path):
     assert np.array_equal(upsample(up, imgs, prompts[:2], steps=2), upsample(up2, imgs, prompts[:2], steps=2))
     with pytest.raises(InputError, match="not an upsampler directory"):
         load_upsampler(tmp_path, text)
+
+
+def test_train_upsampler_continues_an_init_directory(tiny_model_dir, tmp_path):
+    from carla_mr.genai.model import load_model
+    from carla_mr.genai.upsampler_train import UpsamplerTrainConfig, train_upsampler
+
+    text = load_model(tiny_model_dir)
+    up = build_upsampler(text, low_size=8, factor=2, unet_overrides=TINY_UP)
+    save_upsampler(up, tmp_path / "init", text_encoder_ref=str(tiny_model_dir), half=False)
+    cfg = UpsamplerTrainConfig(steps=2, batch_size=2, bank=4, low_size=8, factor=2, threads=1, lr=1e-2,
+                               value_swap=0.5, init=str(tmp_path / "init"), save_every=100)
+    res = train_upsampler(tmp_path / "run", tiny_model_dir, cfg)
+    tuned = load_upsampler(tmp_path / "run" / "upsampler", text)
+    assert res["config"]["init"] == str(tmp_path / "init") and res["params"] == sum(
+        p.numel() for p in up.unet.parameters())  # the init's (tiny) architecture, not the default one
+    assert tuple(tuned.unet.config.block_out_channels) == (16, 16, 16)
+    diff = sum(float((a - b).abs().sum()) for a, b in zip(up.unet.state_dict().values(),
+                                                          tuned.unet.state_dict().values()))
+    assert diff > 0
+    with pytest.raises(InputError, match="--init"):
+        train_upsampler(tmp_path / "run2", tiny_model_dir, UpsamplerTrainConfig(
+            steps=1, batch_size=2, bank=2, low_size=16, factor=2, threads=1, init=str(tmp_path / "init")))
 
 
 def test_dreambooth_fine_tunes_the_upsampler(tiny_model_dir, tmp_path, fresh_tiny):
