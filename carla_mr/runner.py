@@ -70,7 +70,7 @@ class _Stats:
         self.max_vehicles = 0
         self._last_ids = None
         self._last_role = None
-        self._av = np.zeros(0, dtype=bool)
+        self._av_idx = np.zeros(0, dtype=np.int64)
         self._n_av = 0
 
     def add(self, s: Snapshot) -> None:
@@ -80,15 +80,17 @@ class _Stats:
         self.max_vehicles = max(self.max_vehicles, n)
         if n == 0:
             return
-        self.speed_sum += float(s.speed.sum())
+        speed = s.speed
+        self.speed_sum += float(speed.sum())
         if s.role is not self._last_role:  # backends reuse the role array while the set is unchanged
             self._last_role = s.role
-            self._av = s.role == ROLE_AV
-            self._n_av = int(self._av.sum())
-        av = self._av
-        self.av_ticks += self._n_av
-        self.av_covered += int((s.rsu[av] >= 0).sum())
-        self.av_distance += float(s.speed[av].sum()) * self.tick_s
+            self._av_idx = np.flatnonzero(s.role == ROLE_AV)
+            self._n_av = len(self._av_idx)
+        av = self._av_idx
+        if self._n_av:
+            self.av_ticks += self._n_av
+            self.av_covered += int(np.count_nonzero(s.rsu.take(av) >= 0))
+            self.av_distance += float(speed.take(av).sum()) * self.tick_s
         if s.ids is not self._last_ids:  # backends reuse the ids array while the set is unchanged
             self._last_ids = s.ids
             self.ids.update(s.ids.tolist())

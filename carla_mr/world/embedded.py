@@ -175,6 +175,9 @@ class EmbeddedWorld(World):
                 atomic_write_text(xodr_path, new_text)
         net = build_net(xodr_path)
         super().__init__(scenario.tick_s, xodr_path=xodr_path, net_offset=net.net_offset)
+        ox, oy = self.net_offset
+        self._row_sign = np.array([1.0, -1.0, 1.0, 1.0, 1.0])  # see _step
+        self._row_shift = np.array([-float(ox), float(oy), 0.0, 90.0, 0.0])
         self.net_path = net.path
         self.map = map_from_text(Path(src).stem, new_text)
         from carla_mr.world.scene import signs_as_rendered
@@ -358,17 +361,15 @@ class EmbeddedWorld(World):
             self._role = self._role_by_id[self._ids]
             self._ids.flags.writeable = False  # shared by every Snapshot until the set changes
             self._role.flags.writeable = False
-        cols = np.ascontiguousarray(rows.reshape(n, 5).T)
-        ox, oy = self.net_offset
-        x, y = cols[0], cols[1]
-        if ox:
-            x -= ox
-        if oy:
-            y -= oy
-        np.negative(y, out=y)  # SUMO (right-handed) -> CARLA (left-handed)
-        yaw = cols[3]  # SUMO angle (cw from north) -> CARLA yaw (cw from +x) in [-180, 180)
-        yaw += 90.0
-        np.remainder(yaw, 360.0, out=yaw)
+        # per row (x, y, z, angle, speed) -> (x - ox, oy - y, z, angle + 90, speed): the net offset
+        # off, SUMO (right-handed) -> CARLA (left-handed), SUMO angle (cw from north) -> cw from +x;
+        # the same values as subtracting and negating one column at a time (in fewer numpy calls)
+        rows5 = rows.reshape(n, 5)
+        rows5 *= self._row_sign
+        rows5 += self._row_shift
+        cols = np.ascontiguousarray(rows5.T)
+        x, y, yaw = cols[0], cols[1], cols[3]
+        np.remainder(yaw, 360.0, out=yaw)  # CARLA yaw in [-180, 180)
         yaw -= 180.0
         snap = _new_snapshot(self._frame, round((self._frame + 1) * self.tick_s, 9), self._ids, self._role, x, y,
                              cols[2], yaw, cols[4], self._assoc.assign(x, y))

@@ -92,18 +92,21 @@ class RsuAssociator:
         self.chunk = chunk
         # with one common range, the nearest RSU covers the vehicle iff any RSU does
         self.uniform = bool(len(self.r2) == 0 or np.all(self.r2 == self.r2[0]))
-        self._rows = np.arange(chunk)
+        # (n, J) scratch reused while the vehicle count stays the same (called every tick)
+        self._d2 = self._dy = np.zeros((0, len(self.rx)))
 
     def _assign_block(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        dx = x[:, None] - self.rx
-        d2 = dx * dx
-        dy = y[:, None] - self.ry
+        if self._d2.shape[0] != len(x):
+            self._d2, self._dy = np.empty((len(x), len(self.rx))), np.empty((len(x), len(self.rx)))
+        d2, dy = self._d2, self._dy
+        np.subtract(x[:, None], self.rx, out=d2)
+        d2 *= d2
+        np.subtract(y[:, None], self.ry, out=dy)
         dy *= dy
         d2 += dy
         if self.uniform:
-            best = d2.argmin(axis=1)
-            out = best.astype(np.int32)
-            out[d2[self._rows[: len(x)], best] > self.r2[0]] = -1
+            out = d2.argmin(axis=1).astype(np.int32)
+            out[d2.min(axis=1) > self.r2[0]] = -1
             return out
         d2[d2 > self.r2] = np.inf
         best = d2.argmin(axis=1)
