@@ -1,10 +1,12 @@
 """Test-wide settings: one torch thread (2 cores oversubscribed make torch 30x slower),
-a headless SDL, and the ``--runslow`` switch for checks marked ``slow``."""
+a headless SDL, SIGINT's default (KeyboardInterrupt) handling, and the ``--runslow`` switch
+for checks marked ``slow``."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,12 @@ if importlib.util.find_spec("torch") is not None:
     import torch
 
     torch.set_num_threads(1)
+
+# A background job of a non-interactive shell (``.ci/run ... &``) starts with SIGINT ignored, and
+# Python then keeps it ignored: the Ctrl-C tests (in this process and in the children it starts,
+# which inherit an ignored signal but not a handler) would see no KeyboardInterrupt at all.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parent.parent
 #: The repository's maps: the project's own and CARLA's Town01/Town02 (maps/README.md).
