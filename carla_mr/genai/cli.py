@@ -128,7 +128,8 @@ def train_upsampler_cmd(out, seed, as_json, base, steps, batch_size, lr, warmup,
         check_upsampler_dir(init, field="--init")
     run = make_run_dir(out, "genai-train-upsampler")
     cfg = UpsamplerTrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, bank=bank,
-                               speed_share=speed_share, value_swap=value_swap, init=init, save_every=save_every, threads=threads, device=device, dtype=dtype,
+                               speed_share=speed_share, value_swap=value_swap, init=init, save_every=save_every,
+                               threads=threads, device=device, dtype=dtype,
                                gradient_checkpointing=gradient_checkpointing, use_8bit_adam=use_8bit_adam,
                                seed=0 if seed is None else seed)
     with progress(steps, "train-upsampler") as adv:
