@@ -23,8 +23,6 @@ TILES = (("Town01", "clear"), ("Town02", "clear"), ("Town01", "overcast"), ("Tow
 
 
 def best_frame(town: str, weather: str, ticks: int, seed: int):
-    import numpy as np
-
     from carla_mr.config import scenario_from_dict
     from carla_mr.config.camera import CameraSpec
     from carla_mr.world.embedded import EmbeddedWorld
