@@ -110,7 +110,6 @@ def train_upsampler_cmd(out, seed, as_json, base, steps, batch_size, lr, warmup,
                         save_every, threads, device, dtype, gradient_checkpointing, use_8bit_adam):
     """Train the super-resolution stage (32 -> 128 px) on procedural low/high-resolution pairs."""
     from carla_mr.genai.accel import make_accel
-    from carla_mr.errors import InputError
     from carla_mr.genai.api import default_model_path, default_upsampler_path
     from carla_mr.genai.model import check_model_dir
     from carla_mr.genai.upsampler import check_upsampler_dir
@@ -119,19 +118,16 @@ def train_upsampler_cmd(out, seed, as_json, base, steps, batch_size, lr, warmup,
     make_accel(device, dtype, gradient_checkpointing, use_8bit_adam)
     base = base or str(default_model_path())
     check_model_dir(base, field="--base")
-    for name, share in (("--speed-share", speed_share), ("--value-swap", value_swap)):
-        if not 0.0 <= share <= 1.0:
-            raise InputError(f"{name} must be in [0, 1], got {share}", field=name)
     if init == "default":
         init = str(default_upsampler_path())
     if init:
         check_upsampler_dir(init, field="--init")
-    run = make_run_dir(out, "genai-train-upsampler")
     cfg = UpsamplerTrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, bank=bank,
                                speed_share=speed_share, value_swap=value_swap, init=init, save_every=save_every,
                                threads=threads, device=device, dtype=dtype,
                                gradient_checkpointing=gradient_checkpointing, use_8bit_adam=use_8bit_adam,
-                               seed=0 if seed is None else seed)
+                               seed=0 if seed is None else seed)  # checks the shares before a run dir exists
+    run = make_run_dir(out, "genai-train-upsampler")
     with progress(steps, "train-upsampler") as adv:
         res = train_upsampler(run, base, cfg, progress=adv, log=log)
     emit(res, as_json=as_json, title="genai train-upsampler")

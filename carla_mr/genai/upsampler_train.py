@@ -53,6 +53,13 @@ class UpsamplerTrainConfig:
     gradient_checkpointing: bool = False
     use_8bit_adam: bool = False
 
+    def __post_init__(self):
+        for name, share in (("speed_share", self.speed_share), ("value_swap", self.value_swap),
+                            ("value_drop", self.value_drop)):
+            if not 0.0 <= float(share) <= 1.0:
+                flag = "--" + name.replace("_", "-")
+                raise InputError(f"{flag} must be in [0, 1], got {share}", field=flag)
+
 
 def render_pairs(n: int, *, low_size: int = 32, factor: int = 4, seed: int = 0, speed_share: float = 0.3,
                  value_drop: float = 0.2, value_swap: float = 0.0, progress=None):

@@ -99,6 +99,10 @@ def live_world() -> Optional["EmbeddedWorld"]:
     return _LIVE
 
 
+#: Per-row factors of SUMO's (x, y, z, angle, speed) on the way to CARLA's frame (y flips).
+_ROW_SIGN = np.array([1.0, -1.0, 1.0, 1.0, 1.0])
+
+
 def _new_snapshot(frame, time, ids, role, x, y, z, yaw, speed, rsu) -> Snapshot:
     """A Snapshot without the frozen dataclass's per-field ``object.__setattr__`` (hot path)."""
     snap = Snapshot.__new__(Snapshot)
@@ -176,7 +180,6 @@ class EmbeddedWorld(World):
         net = build_net(xodr_path)
         super().__init__(scenario.tick_s, xodr_path=xodr_path, net_offset=net.net_offset)
         ox, oy = self.net_offset
-        self._row_sign = np.array([1.0, -1.0, 1.0, 1.0, 1.0])  # see _step
         self._row_shift = np.array([-float(ox), float(oy), 0.0, 90.0, 0.0])
         self.net_path = net.path
         self.map = map_from_text(Path(src).stem, new_text)
@@ -365,7 +368,7 @@ class EmbeddedWorld(World):
         # off, SUMO (right-handed) -> CARLA (left-handed), SUMO angle (cw from north) -> cw from +x;
         # the same values as subtracting and negating one column at a time (in fewer numpy calls)
         rows5 = rows.reshape(n, 5)
-        rows5 *= self._row_sign
+        rows5 *= _ROW_SIGN
         rows5 += self._row_shift
         cols = np.ascontiguousarray(rows5.T)
         x, y, yaw = cols[0], cols[1], cols[3]
