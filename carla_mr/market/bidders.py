@@ -112,7 +112,10 @@ class BidderClient:
         self.close()
 
     def connect(self) -> dict:
-        """Open the socket and say hello; returns the welcome body."""
+        """Open the socket and say hello; returns the welcome body.
+
+        On return ``announces`` also holds the announce of the open round the welcome names
+        (the server sends it right after the welcome), unless the handshake deadline ran out."""
         self.close()
         self._open()
         deadline = time.monotonic() + self.handshake_timeout_s
@@ -129,6 +132,11 @@ class BidderClient:
             self.close()
             raise RunError(f"{self.bidder_id}: hello refused: {rep.body.get('code')}: {rep.body.get('message')}")
         self.welcome = rep.body
+        # the server sends the announces of the rounds open for us right after the welcome;
+        # wait (within the handshake deadline) for the newest, so a caller can read it at once
+        open_round = int(rep.body.get("round_id") or 0)
+        if open_round:
+            self._wait(deadline, lambda: open_round in self.announces)
         return rep.body
 
     # ------------------------------------------------------------------ messaging

@@ -316,3 +316,40 @@ def test_lazy_pirate_survives_an_auctioneer_restart(harness, tmp_path):
     finally:
         timer.join()
         second.stop()
+
+
+def test_connect_returns_with_the_announce_that_follows_the_welcome():
+    """The server sends welcome, then the open round's announce; connect() must not return
+    between the two (a caller reads ``announces[welcome round]`` at once). A fake server
+    here holds the announce back 300 ms after the welcome."""
+    import threading
+
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    announce = {"round_id": 7, "mechanism": "mtepvisa", "scoring": "reported", "deadline_ms": 5000, "n_tasks": 1,
+                "av_ids": ["av-000"], "sim_ids": ["sim-000"], "public_digest": "0" * 64}
+
+    def serve():
+        if not router.poll(5000):
+            return
+        identity, header, _ = router.recv_multipart()
+        seq = msgpack.unpackb(header, raw=False)["seq"]
+        welcome = {"bidder_id": "av-000", "role": P.ROLE_AV, "round_id": 7, "server_time_ns": 0,
+                   "max_body_bytes": P.MAX_BODY_BYTES}
+        router.send_multipart([identity, *encode(P.WELCOME, welcome, round_id=7, seq=seq)])
+        time.sleep(0.3)
+        router.send_multipart([identity, *encode(P.ANNOUNCE, announce, round_id=7)])
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        client = AVBidder(f"tcp://127.0.0.1:{port}", "av-000", keypair=None, server_public=None, curve=False,
+                          handshake_timeout_s=3.0)
+        assert client.connect()["round_id"] == 7
+        assert client.announces[7]["public_digest"] == "0" * 64
+        client.close()
+    finally:
+        t.join(timeout=5)
+        router.close(0)
