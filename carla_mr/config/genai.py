@@ -107,5 +107,13 @@ class GenaiConfig(StrictModel):
     upsampler: str | None = Field(None, description="Upsampler directory (None: the committed one, which reads "
                                                     "prompts with the committed base model's text encoder).")
     upsample_steps: int = Field(10, ge=1, le=1000, description="DDIM steps of the super-resolution stage.")
+    value_candidates: int = Field(8, ge=1, le=64, description="Most samples drawn of a speed-limit prompt that names "
+                                                              "a value; the ranker keeps the one that reads as that "
+                                                              "value (1: plain sampling; carla_mr.genai.ranker).")
+    value_confidence: float = Field(0.9, ge=0.0, le=1.0, description="Stop drawing candidates (in rounds of 4) once "
+                                                                     "the ranker reads one as the value with this "
+                                                                     "probability (1.0: always value_candidates).")
+    ranker: str | None = Field(None, description="Ranker directory for value_candidates > 1 (None: the committed "
+                                                 "one, trained on the generator's own templates).")
     theta_value: float | None = Field(None, gt=0, le=1, description="A fixed theta fed to the market "
                                                                    "(None: measured, see measure_theta).")

@@ -179,6 +179,30 @@ def train_validator_cmd(out, seed, as_json, data, arch, width, epochs, per_class
     emit(res, as_json=as_json, title="genai train-validator")
 
 
+@genai_group.command("train-ranker")
+@common_options
+@click.option("--per-class", type=click.IntRange(1, 100_000), default=800, show_default=True,
+              help="Template images per class.")
+@click.option("--test-per-class", type=click.IntRange(1, 100_000), default=60, show_default=True,
+              help="Held-apart template images per class (another seed).")
+@click.option("--epochs", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--width", type=click.IntRange(4, 256), default=32, show_default=True, help="Base channels of the CNN.")
+@click.option("--threads", type=click.IntRange(1, 256), default=2, show_default=True)
+@guarded
+def train_ranker_cmd(out, seed, as_json, per_class, test_per_class, epochs, width, threads):
+    """Train the best-of-k ranker (reads speed values) on the generator's own templates."""
+    import torch
+
+    from carla_mr.genai.ranker import RANKER_CLASSES, train_ranker
+
+    run = make_run_dir(out, "genai-train-ranker")
+    torch.set_num_threads(threads)
+    with progress(epochs * -(-per_class * len(RANKER_CLASSES) // 64), "ranker") as advance:
+        res = train_ranker(run, per_class=per_class, test_per_class=test_per_class, epochs=epochs, width=width,
+                           seed=1 if seed is None else seed, progress=advance, log=log)
+    emit({**res, "out": str(run)}, as_json=as_json, title="genai train-ranker")
+
+
 @genai_group.command("dreambooth")
 @common_options
 @click.option("--base", "base", type=str, default=None, help="Base checkpoint directory (default: the committed model).")
@@ -324,10 +348,18 @@ def generate_cmd(out, seed, as_json, checkpoint, validator_path, no_validator, p
               help="Images per class x colour prompt (with --values: per speed value).")
 @click.option("--steps", type=int, default=20, show_default=True)
 @click.option("--guidance", type=float, default=7.5, show_default=True)
+@click.option("--value-candidates", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="With --values: samples per prompt, the ranker keeps one (the run also reads candidate 0 "
+                   "alone).")
+@click.option("--value-confidence", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Stop drawing a prompt's candidates once the ranker reads one as the value with this "
+                   "probability (default: always --value-candidates).")
+@click.option("--ranker", "ranker_path", type=str, default=None,
+              help="Ranker directory for --value-candidates > 1 (default: the committed one).")
 @click.option("--threads", type=int, default=2, show_default=True)
 @guarded
 def evaluate_cmd(out, seed, as_json, checkpoint, validator_path, upsampler, values, per_prompt, steps, guidance,
-                 threads):
+                 value_candidates, value_confidence, ranker_path, threads):
     """Score a generator with the independent validator: G with its interval per class and
     colour, theta, diversity; or (--values) whether prompted speed values are legible."""
     import json
@@ -343,12 +375,19 @@ def evaluate_cmd(out, seed, as_json, checkpoint, validator_path, upsampler, valu
     model = load_default_generator(checkpoint)
     validator = load_default_validator(validator_path)
     up = load_default_upsampler(None if upsampler == "default" else upsampler, text_model=model) if upsampler else None
+    ranker = None
+    if values and value_candidates > 1:
+        from carla_mr.genai.ranker import load_ranker
+
+        ranker = load_ranker(ranker_path)
     run = make_run_dir(out, "genai-evaluate")
     seed = 0 if seed is None else int(seed)
     log(f"evaluating {'speed values' if values else 'the class x colour grid'} ({steps} steps, guidance {guidance})")
     if values:
         res = speed_value_accuracy(model, validator, upsampler=up, per_value=per_prompt, steps=steps,
-                                   guidance=guidance, seed=seed)
+                                   guidance=guidance, seed=seed, value_candidates=value_candidates,
+                                   value_confidence=value_confidence, ranker=ranker,
+                                   grid_path=run / "values_grid.png")
     else:
         res = evaluate_generator(model, validator, per_prompt=per_prompt, steps=steps, guidance=guidance, seed=seed,
                                  upsampler=up)

@@ -74,39 +74,96 @@ def evaluate_generator(model, validator, *, per_prompt: int = 2, steps: int = 20
     return out
 
 
+def _read_values(validator, images: np.ndarray, values: Sequence[int]) -> tuple[list[str], list[bool]]:
+    from carla_mr.genai.scores import generative_score
+
+    read = generative_score(validator, images, ["speed_limit"] * len(values))["predicted"]
+    return read, [r == f"speed_limit_{v}" for r, v in zip(read, values)]
+
+
+def _share(ok: Sequence[bool]) -> dict:
+    from carla_mr.genai.scores import wilson_interval
+
+    lo, hi = wilson_interval(int(sum(ok)), len(ok))
+    return {"value_accuracy": float(np.mean(ok)), "value_accuracy_low": lo, "value_accuracy_high": hi}
+
+
 def speed_value_accuracy(model, validator, *, upsampler=None, per_value: int = 8, steps: int = 20,
                          guidance: float = 7.5, seed: int = 0, colours: Sequence[str] = tuple(COLOURS),
-                         upsample_steps: int = 10) -> dict:
+                         upsample_steps: int = 10, value_candidates: int = 1,
+                         value_confidence: float | None = None, ranker=None, grid_path=None) -> dict:
     """Is the prompted speed value legible? For every value of ``SPEED_VALUES``, ``per_value``
     prompts "a speed limit {value} sign on a {colour} background" (colours cycled); the images
     (after ``upsampler`` when given: the swap resolution) are read by the independent
-    validator. Returns {"n", "value_accuracy" (read class == speed_limit_{prompted value}) with
-    its 95% Wilson interval, "read_as_speed_limit", "chance" (1 / number of values),
-    "per_value": {value: {"n", "correct", "read": Counter of classes read}}, "px"}."""
+    validator. With ``value_candidates`` k > 1 each prompt is sampled up to k times (fewer
+    once the ranker reads one as the value with probability >= ``value_confidence``) and the
+    ranker (:mod:`carla_mr.genai.ranker`, trained on the generator's templates, not the
+    validator's data) keeps one; the same run also reads candidate 0 alone (plain sampling,
+    k = 1) and counts prompts where any drawn candidate reads right at the base size (the bound
+    a perfect ranker reaches with the same draws).
+
+    Returns {"n", "value_accuracy" (read class == speed_limit_{prompted value}) with its 95%
+    Wilson interval, "plain" (the same for candidate 0; equal to the above when k = 1),
+    "any_of_k", "mean_drawn" (candidates sampled per prompt), "picked_other_than_0",
+    "read_as_speed_limit", "chance" (1 / number of values),
+    "per_value": {value: {"n", "correct", "read": Counter of classes read}}, "px", ...}.
+    ``grid_path``: also write the images read (rows: values) as a PNG there."""
     from carla_mr.config.vocab import SPEED_VALUES
-    from carla_mr.genai.api import sign_images
-    from carla_mr.genai.scores import generative_score, wilson_interval
+    from carla_mr.genai.api import upsample
+    from carla_mr.genai.prompts import prompt_for
+    from carla_mr.genai.ranker import best_of_k
 
     if int(per_value) < 1:
         from carla_mr.errors import InputError
 
         raise InputError(f"per_value must be >= 1, got {per_value}", field="per_value")
+    k = int(value_candidates)
     values = [v for v in SPEED_VALUES for _ in range(int(per_value))]
-    images = sign_images(["speed_limit"] * len(values), seed, colours=[colours[i % len(colours)] for i in
-                                                                       range(len(values))],
-                         model=model, steps=steps, guidance=guidance, values=values, upsampler=upsampler,
-                         upsample_steps=upsample_steps)
-    read = generative_score(validator, images, ["speed_limit"] * len(values))["predicted"]
-    ok = [r == f"speed_limit_{v}" for r, v in zip(read, values)]
-    lo, hi = wilson_interval(int(sum(ok)), len(ok))
+    prompts = [prompt_for("speed_limit", colours[i % len(colours)], value=v) for i, v in enumerate(values)]
+    out = best_of_k(model, prompts, values, seed=seed, k=k, confidence=value_confidence, ranker=ranker, steps=steps,
+                    guidance=guidance)
+
+    def final(images):
+        if upsampler is None:
+            return images
+        return upsample(upsampler, images, prompts, seed=seed, steps=upsample_steps)
+
+    images = final(out.images)
+    read, ok = _read_values(validator, images, values)
+    plain_ok = ok if k == 1 else _read_values(validator, final(out.candidates[0]), values)[1]
+    any_ok = np.zeros(len(values), bool)
+    for c in range(k):
+        any_ok |= np.asarray(_read_values(validator, out.candidates[c], values)[1]) & (c < out.drawn)
     per = {int(v): {"n": int(per_value), "correct": int(sum(o for o, w in zip(ok, values) if w == v)),
                     "read": dict(Counter(r for r, w in zip(read, values) if w == v).most_common())}
            for v in SPEED_VALUES}
-    return {"n": len(values), "value_accuracy": float(np.mean(ok)), "value_accuracy_low": lo,
-            "value_accuracy_high": hi, "chance": 1.0 / len(SPEED_VALUES),
+    if grid_path is not None:
+        _write_grid(grid_path, images, int(per_value))
+    return {"n": len(values), **_share(ok), "value_candidates": k,
+            "value_confidence": value_confidence, "mean_drawn": float(np.mean(out.drawn)),
+            "plain": _share(plain_ok), "any_of_k": float(np.mean(any_ok)),
+            "picked_other_than_0": float(np.mean(out.picked != 0)),
+            "chance": 1.0 / len(SPEED_VALUES),
             "read_as_speed_limit": float(np.mean([r.startswith("speed_limit") for r in read])),
             "px": int(images.shape[1]), "steps": int(steps), "guidance": float(guidance),
             "upsampled": upsampler is not None, "per_value": per}
+
+
+def _write_grid(path, images: np.ndarray, per_row: int) -> None:
+    """Images as a PNG grid, ``per_row`` to a row (one row per speed value)."""
+    import cv2
+
+    from carla_mr.io import atomic_write_bytes
+
+    n, h, w, _ = images.shape
+    rows = -(-n // per_row)
+    grid = np.full((rows * h, per_row * w, 3), 255, np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, per_row)
+        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = img
+    ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    if ok:
+        atomic_write_bytes(path, png.tobytes())
 
 
 def degraded_copy(model, *, noise: float = 0.5, seed: int = 0):

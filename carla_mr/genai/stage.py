@@ -102,6 +102,11 @@ class GenaiStage(BaseStage):
             # committed base model's for the committed upsampler (loaded already when a simulator
             # uses the base; load_default_upsampler loads it otherwise)
             self.upsampler = load_default_upsampler(self.config.upsampler, text_model=self.models.get(None))
+        self.ranker = None
+        if self.config.value_candidates > 1:
+            from carla_mr.genai.ranker import load_ranker
+
+            self.ranker = load_ranker(self.config.ranker)
         self.seed = int(ctx.seed)
         self._ctx = ctx  # close() applies the worker's last jobs while the world is still open
         self.dir = Path(ctx.run_dir) / "genai"
@@ -167,8 +172,9 @@ class GenaiStage(BaseStage):
         job = dict(job)
         job["kinds"] = [str(signs.kind[p]) for p in picks]
         job["sign_ids"] = [str(signs.ids[p]) for p in picks]
-        job["prompts"] = [prompt_for(k, colour, token=self.config.token, value=_speed_value(k, signs.value[p]))
-                          for k, p in zip(job["kinds"], picks)]
+        job["values"] = [_speed_value(k, signs.value[p]) for k, p in zip(job["kinds"], picks)]
+        job["prompts"] = [prompt_for(k, colour, token=self.config.token, value=v)
+                          for k, v in zip(job["kinds"], job["values"])]
         k = int(job["sim_index"])
         st = self.sim_settings(k)
         job["settings"] = st
@@ -208,17 +214,24 @@ class GenaiStage(BaseStage):
         """Generate, score and measure theta for one job (worker thread; touches no world state)."""
         import torch
 
-        from carla_mr.genai.api import generate, score
+        from carla_mr.genai.api import score, upsample
+        from carla_mr.genai.ranker import best_of_k
 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # idle OpenMP threads would spin against the tick loop's own work
         try:
             st = job["settings"]
             t0 = time.perf_counter()
-            # with the upsampler, scored, measured and swapped at the swap resolution
-            images = generate(self.models[st["checkpoint"]], job["prompts"], seed=job["seed"], steps=st["steps"],
-                              guidance=st["guidance"], sampler=self.config.sampler, upsampler=self.upsampler,
-                              upsample_steps=self.config.upsample_steps)
+            # best of up to value_candidates samples per speed value (carla_mr.genai.ranker), then
+            # the upsampler: scored, measured and swapped at the swap resolution
+            drawn = best_of_k(self.models[st["checkpoint"]], job["prompts"], job["values"], seed=job["seed"],
+                              k=self.config.value_candidates, confidence=self.config.value_confidence,
+                              ranker=self.ranker, steps=st["steps"], guidance=st["guidance"],
+                              sampler=self.config.sampler)
+            images = drawn.images
+            if self.upsampler is not None:
+                images = upsample(self.upsampler, images, job["prompts"], seed=job["seed"],
+                                  steps=self.config.upsample_steps)
             verdict = score(self.validator, images, job["kinds"])
             wall = time.perf_counter() - t0
             theta, theta_wall = None, 0.0
@@ -233,7 +246,8 @@ class GenaiStage(BaseStage):
                 theta_wall = time.perf_counter() - t1
         finally:
             torch.set_num_threads(threads)
-        return {"images": images, "verdict": verdict, "wall": wall, "theta": theta, "theta_wall": theta_wall}
+        return {"images": images, "verdict": verdict, "wall": wall, "theta": theta, "theta_wall": theta_wall,
+                "drawn": drawn.drawn.tolist()}
 
     def _collect(self, ctx: RunContext, now: float, *, block: bool) -> None:
         """Apply finished worker jobs, in submission order (all of them when ``block``)."""
@@ -292,6 +306,7 @@ class GenaiStage(BaseStage):
                           "wall_s": res["wall"] / len(job["sign_ids"]), "sign_id": sid, "class": job["kinds"][b],
                           "prompt": job["prompts"][b], "seed": job["seed"] + b, "steps": job["settings"]["steps"],
                           "guidance": job["settings"]["guidance"],
+                          "candidates": int(res["drawn"][b]),
                           "model": str(job["settings"]["checkpoint"] or "carla_mr default base model"),
                           "upsampled": self.upsampler is not None, "px": int(images.shape[1]),
                           "predicted": verdict["predicted"][b], "label_class": label,

@@ -185,7 +185,7 @@ def test_swapped_textures_come_from_the_super_resolution_stage(tmp_path, tiny_mo
     world = FakeWorld(signs=sign_table(["s", "t"], ["speed_limit", "stop"], x=[5.0, 20.0], values=[30.0, np.nan]))
     cfg = GenaiConfig(enabled=True, checkpoint=str(tiny_model_dir), steps=2, signs_per_job=2, worker=False,
                       swap_only_recognised=False, measure_theta={"enabled": False}, upsample=True,
-                      upsample_steps=2, simulators=[])
+                      upsample_steps=2, simulators=[], value_candidates=1)
     ctx = RunContext(scenario=None, world=world, run_dir=tmp_path, seed=1)
     stage = GenaiStage(cfg, n_simulators=2)
     stage.start(ctx)
@@ -205,4 +205,34 @@ def test_swapped_textures_come_from_the_super_resolution_stage(tmp_path, tiny_mo
     assert tex.shape == (128, 128, 3)
     np.testing.assert_array_equal(tex, cv2.resize(high[0], (128, 128), interpolation=cv2.INTER_CUBIC))
     assert not np.array_equal(tex, cv2.resize(low[0], (128, 128), interpolation=cv2.INTER_CUBIC))
+    stage.close()
+
+
+@pytest.mark.timeout(300)
+def test_speed_limit_faces_are_the_rankers_pick_of_k(tmp_path, tiny_model_dir):
+    """genai.value_candidates = 3: a speed-limit sign's face is best_of_k's pick among 3 samples
+    of its value prompt (then upsampled); a sign without a value is sampled once."""
+    import cv2
+
+    from carla_mr.genai.api import upsample
+    from carla_mr.genai.ranker import best_of_k, load_ranker
+
+    world = FakeWorld(signs=sign_table(["s", "t"], ["speed_limit", "stop"], x=[5.0, 20.0], values=[30.0, np.nan]))
+    cfg = GenaiConfig(enabled=True, checkpoint=str(tiny_model_dir), steps=2, signs_per_job=2, worker=False,
+                      swap_only_recognised=False, measure_theta={"enabled": False}, upsample=True,
+                      upsample_steps=2, simulators=[], value_candidates=3, value_confidence=1.0)
+    ctx = RunContext(scenario=None, world=world, run_dir=tmp_path, seed=1)
+    stage = GenaiStage(cfg, n_simulators=2)
+    stage.start(ctx)
+    ctx.board.market_round = _round(1, [1])
+    stage.on_tick(_snap(0.0), ctx)
+    lines = [json.loads(x) for x in (tmp_path / "genai" / "manifest.jsonl").read_text().splitlines()]
+    assert [x["candidates"] for x in lines] == [3, 1]
+    prompts = [x["prompt"] for x in lines]
+    pick = best_of_k(stage.models[str(tiny_model_dir)], prompts, [30, None], seed=lines[0]["seed"], k=3,
+                     confidence=1.0, ranker=load_ranker(), steps=2)
+    assert pick.picked.tolist() == [2, 0]  # the pick is not candidate 0 here: plain sampling would differ
+    high = upsample(stage.upsampler, pick.images, prompts, seed=lines[0]["seed"], steps=2)
+    saved = cv2.cvtColor(cv2.imread(str(tmp_path / lines[0]["image"])), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(saved, high[0])
     stage.close()
