@@ -173,17 +173,17 @@ class _ValueReader(Fixed):
 
 @pytest.mark.parametrize("draws_the_prompt", [True, False])
 def test_speed_value_accuracy_counts_reads_of_the_prompted_value(monkeypatch, draws_the_prompt):
-    import carla_mr.genai.api as api
+    import carla_mr.genai.sample as sampling
     from carla_mr.genai.evaluate import speed_value_accuracy
     from carla_mr.genai.prompts import parse_prompt
 
-    def fake_generate(model, prompts, seed=0, **kw):
+    def fake_sample(model, prompts, seed=0, **kw):
         out = np.zeros((len(prompts), 8, 8, 3), np.uint8)
         for i, p in enumerate(prompts):  # right value, or always 60 km/h
             out[i, 0, 0, 0] = SPEED_VALUES.index(parse_prompt(p).value if draws_the_prompt else 60)
         return out
 
-    monkeypatch.setattr(api, "generate", fake_generate)
+    monkeypatch.setattr(sampling, "sample", fake_sample)
     r = speed_value_accuracy(None, _ValueReader(), per_value=3, colours=["red", "blue"])
     assert r["n"] == 3 * len(SPEED_VALUES) and r["read_as_speed_limit"] == 1.0
     want = 1.0 if draws_the_prompt else 1 / len(SPEED_VALUES)
