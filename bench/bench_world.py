@@ -6,8 +6,9 @@ For each population (50, 200, 1000 vehicles; quick: 50, 200) on the project's ar
   package) driving ``EmbeddedWorld.tick()`` (step, subscriptions -> numpy Snapshot in CARLA's
   frame, RSU association, route extension, constant population) with no stage but a clock, so
   the row includes everything the loop adds per tick (running statistics, per-stage timing);
-- ``bare``: the same SUMO net and vehicle count, ``libsumo.simulationStep()`` plus subscribing
-  departures, re-adding arrivals on a ready route, and ``getAllSubscriptionResults()``.
+- ``bare``: the same SUMO net, vehicle count and traffic (the embedded world's vehicle types
+  and traffic-light offsets, set up before timing), ``libsumo.simulationStep()`` plus
+  subscribing departures, re-adding arrivals on a ready route, and ``getAllSubscriptionResults()``.
 
 Both run after a warm-up so the network is filled; time is this process's CPU time (robust to
 other load on a shared machine), best of 3 (quick) or 5 (full) alternating repeats. The ratio is embedded time
@@ -119,13 +120,19 @@ def _embedded(n: int, warm: int, ticks: int):
 def _bare(n: int, warm: int, ticks: int, net_path, edges) -> tuple[float, int]:
     import numpy as np
 
-    from carla_mr.world.embedded import import_libsumo
+    from carla_mr.world.embedded import (background_type, define_vehicle_types, import_libsumo,
+                                         stagger_traffic_lights)
 
     ls = import_libsumo()
     ls.start(["sumo", "-n", str(net_path), "--step-length", "0.05", "--seed", "1", "--no-step-log", "true",
               "--no-warnings", "true", "--duration-log.disable", "true", "--time-to-teleport", "120",
               "--collision.action", "warn", "--collision.check-junctions", "false"])
     try:
+        # the same traffic as the embedded world (set-up calls only, before any timing): its
+        # vehicle types (lengths, widths, truck/bus speeds) and its traffic-light offsets
+        define_vehicle_types(ls)
+        stagger_traffic_lights(ls, 1)
+        n_avs = max(1, n // 10)
         tc = ls.constants
         vars_ = (tc.VAR_POSITION3D, tc.VAR_ANGLE, tc.VAR_SPEED)
         rng = np.random.default_rng(1)
@@ -141,7 +148,8 @@ def _bare(n: int, warm: int, ticks: int, net_path, edges) -> tuple[float, int]:
 
         def add():
             nonlocal nxt
-            ls.vehicle.add(str(nxt), routes[nxt % len(routes)], depart="now", departLane="best",
+            vtype = "DEFAULT_VEHTYPE" if nxt < n_avs else f"cmr_bg_{background_type(1, nxt)}"
+            ls.vehicle.add(str(nxt), routes[nxt % len(routes)], typeID=vtype, depart="now", departLane="best",
                            departPos="random_free", departSpeed="0")
             nxt += 1
 

@@ -107,7 +107,7 @@ class GenaiConfig(StrictModel):
     upsampler: str | None = Field(None, description="Upsampler directory (None: the committed one, which reads "
                                                     "prompts with the committed base model's text encoder).")
     upsample_steps: int = Field(10, ge=1, le=1000, description="DDIM steps of the super-resolution stage.")
-    value_candidates: int = Field(8, ge=1, le=64, description="Most samples drawn of a speed-limit prompt that names "
+    value_candidates: int = Field(4, ge=1, le=64, description="Most samples drawn of a speed-limit prompt that names "
                                                               "a value; the ranker keeps the one that reads as that "
                                                               "value (1: plain sampling; carla_mr.genai.ranker).")
     value_confidence: float = Field(0.9, ge=0.0, le=1.0, description="Stop drawing candidates (in rounds of 4) once "
