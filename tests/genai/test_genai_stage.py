@@ -174,6 +174,21 @@ def test_a_run_ahead_of_real_time_spends_its_lead_on_the_worker(tmp_path, tiny_m
         assert s["jobs"] == 1 and s["skipped_jobs"] == 2 and s["lead_wait_s"] == 0
 
 
+def _speed_and_stop_job(tmp_path, tiny_model_dir, **genai):
+    """One inline job on a 30 km/h speed-limit sign and a stop sign, upsampled; returns the
+    world, the started stage and the manifest lines."""
+    world = FakeWorld(signs=sign_table(["s", "t"], ["speed_limit", "stop"], x=[5.0, 20.0], values=[30.0, np.nan]))
+    cfg = GenaiConfig(enabled=True, checkpoint=str(tiny_model_dir), steps=2, signs_per_job=2, worker=False,
+                      swap_only_recognised=False, measure_theta={"enabled": False}, upsample=True,
+                      upsample_steps=2, simulators=[], **genai)
+    ctx = RunContext(scenario=None, world=world, run_dir=tmp_path, seed=1)
+    stage = GenaiStage(cfg, n_simulators=2)
+    stage.start(ctx)
+    ctx.board.market_round = _round(1, [1])
+    stage.on_tick(_snap(0.0), ctx)
+    return world, stage, [json.loads(x) for x in (tmp_path / "genai" / "manifest.jsonl").read_text().splitlines()]
+
+
 @pytest.mark.timeout(300)
 def test_swapped_textures_come_from_the_super_resolution_stage(tmp_path, tiny_model_dir):
     """With genai.upsample the stage lifts each image with the upsampler (prompted with the
@@ -182,16 +197,7 @@ def test_swapped_textures_come_from_the_super_resolution_stage(tmp_path, tiny_mo
 
     from carla_mr.genai.api import generate, upsample
 
-    world = FakeWorld(signs=sign_table(["s", "t"], ["speed_limit", "stop"], x=[5.0, 20.0], values=[30.0, np.nan]))
-    cfg = GenaiConfig(enabled=True, checkpoint=str(tiny_model_dir), steps=2, signs_per_job=2, worker=False,
-                      swap_only_recognised=False, measure_theta={"enabled": False}, upsample=True,
-                      upsample_steps=2, simulators=[], value_candidates=1)
-    ctx = RunContext(scenario=None, world=world, run_dir=tmp_path, seed=1)
-    stage = GenaiStage(cfg, n_simulators=2)
-    stage.start(ctx)
-    ctx.board.market_round = _round(1, [1])
-    stage.on_tick(_snap(0.0), ctx)
-    lines = [json.loads(x) for x in (tmp_path / "genai" / "manifest.jsonl").read_text().splitlines()]
+    world, stage, lines = _speed_and_stop_job(tmp_path, tiny_model_dir, value_candidates=1)
     assert [x["sign_id"] for x in lines] == ["s", "t"]
     assert lines[0]["prompt"].startswith("a speed limit 30 sign on a ")
     assert lines[1]["prompt"].startswith("a stop sign on a ")
@@ -217,16 +223,7 @@ def test_speed_limit_faces_are_the_rankers_pick_of_k(tmp_path, tiny_model_dir):
     from carla_mr.genai.api import upsample
     from carla_mr.genai.ranker import best_of_k, load_ranker
 
-    world = FakeWorld(signs=sign_table(["s", "t"], ["speed_limit", "stop"], x=[5.0, 20.0], values=[30.0, np.nan]))
-    cfg = GenaiConfig(enabled=True, checkpoint=str(tiny_model_dir), steps=2, signs_per_job=2, worker=False,
-                      swap_only_recognised=False, measure_theta={"enabled": False}, upsample=True,
-                      upsample_steps=2, simulators=[], value_candidates=3, value_confidence=1.0)
-    ctx = RunContext(scenario=None, world=world, run_dir=tmp_path, seed=1)
-    stage = GenaiStage(cfg, n_simulators=2)
-    stage.start(ctx)
-    ctx.board.market_round = _round(1, [1])
-    stage.on_tick(_snap(0.0), ctx)
-    lines = [json.loads(x) for x in (tmp_path / "genai" / "manifest.jsonl").read_text().splitlines()]
+    world, stage, lines = _speed_and_stop_job(tmp_path, tiny_model_dir, value_candidates=3, value_confidence=1.0)
     assert [x["candidates"] for x in lines] == [3, 1]
     prompts = [x["prompt"] for x in lines]
     pick = best_of_k(stage.models[str(tiny_model_dir)], prompts, [30, None], seed=lines[0]["seed"], k=3,
