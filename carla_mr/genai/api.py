@@ -70,27 +70,13 @@ def load_default_generator(path: str | os.PathLike | None = None, device: str = 
 
 
 def generate(model, prompts: Sequence[str], seed: int = 0, *, steps: int = 20, guidance: float = 7.5,
-             sampler: str = "dpm", upsampler=None, upsample_steps: int = 10,
-             values: Sequence[int | None] | None = None, value_candidates: int = 1,
-             value_confidence: float | None = None, ranker=None) -> np.ndarray:
+             sampler: str = "dpm", upsampler=None, upsample_steps: int = 10) -> np.ndarray:
     """(B, H, W, 3) uint8 RGB, one image per prompt; image i uses seed ``seed + i``. With
     ``upsampler`` (:func:`load_default_upsampler`) the images are lifted by the super-resolution
-    stage with the same prompts (``upsample_steps`` DDIM steps): (B, 128, 128, 3).
-
-    ``values``: the speed value (km/h) each prompt names, or None. With ``value_candidates`` k > 1
-    a prompt with a value is sampled up to k times (fewer once the ranker reads a candidate as
-    that value with probability >= ``value_confidence``) and the candidate the ranker
-    (:mod:`carla_mr.genai.ranker`; default the committed one) reads as that value is kept."""
+    stage with the same prompts (``upsample_steps`` DDIM steps): (B, 128, 128, 3)."""
     from carla_mr.genai.sample import sample
 
-    if int(value_candidates) > 1 and values is not None:
-        from carla_mr.genai.ranker import best_of_k
-
-        images = best_of_k(model, list(prompts), list(values), seed=seed, k=int(value_candidates),
-                           confidence=value_confidence, ranker=ranker, steps=steps, guidance=guidance,
-                           sampler=sampler).images
-    else:
-        images = sample(model, list(prompts), seed=seed, steps=steps, guidance=guidance, sampler=sampler)
+    images = sample(model, list(prompts), seed=seed, steps=steps, guidance=guidance, sampler=sampler)
     if upsampler is not None:
         images = upsample(upsampler, images, prompts, seed=seed, steps=upsample_steps)
     return images
@@ -113,13 +99,11 @@ def score(validator, images: np.ndarray, kinds: Sequence[str]) -> dict:
 
 def sign_images(kinds: Sequence[str], seed: int = 0, *, colours: Sequence[str] | None = None, model=None,
                 steps: int = 20, guidance: float = 7.5, values: Sequence[int | None] | None = None,
-                upsampler=None, upsample_steps: int = 10, value_candidates: int = 1,
-                value_confidence: float | None = None, ranker=None) -> np.ndarray:
+                upsampler=None, upsample_steps: int = 10) -> np.ndarray:
     """Generated images of the given sign kinds (background colour per item, default white),
     for swapping onto in-world signs: (B, H, W, 3) uint8. ``values``: the speed value (km/h)
     per item for ``speed_limit`` (None: the generic prompt). With ``upsampler`` (from
-    :func:`load_default_upsampler`) the 32 px images are lifted to 128 px with the same prompts.
-    ``value_candidates``/``value_confidence``/``ranker``: best-of-k speed values, see :func:`generate`."""
+    :func:`load_default_upsampler`) the 32 px images are lifted to 128 px with the same prompts."""
     from carla_mr.genai.prompts import prompt_for
 
     cols = list(colours) if colours is not None else ["white"] * len(kinds)
@@ -129,9 +113,7 @@ def sign_images(kinds: Sequence[str], seed: int = 0, *, colours: Sequence[str] |
     m = model or load_default_generator()
     prompts = [prompt_for(k, c, value=v if k == "speed_limit" else None) for k, c, v in zip(kinds, cols, vals)]
     return generate(m, prompts, seed, steps=steps, guidance=guidance, upsampler=upsampler,
-                    upsample_steps=upsample_steps, value_candidates=value_candidates,
-                    value_confidence=value_confidence, ranker=ranker,
-                    values=[v if k == "speed_limit" else None for k, v in zip(kinds, vals)])
+                    upsample_steps=upsample_steps)
 
 
 def run_from_config(cfg, out: str | os.PathLike, seed: int = 0, *, model=None, validator=None, progress=None,

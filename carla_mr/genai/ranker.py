@@ -198,23 +198,20 @@ def best_of_k(model, prompts: Sequence[str], values: Sequence[int | None], *, se
 
     cands[1:, rows] = 0
     best[rows] = score(first[rows], rows)
-    while True:
-        active = [i for i in rows if drawn[i] < k and (confidence is None or best[i] < float(confidence))]
+    active, d = list(rows), 1  # every prompt still drawing has d candidates so far
+    while d < k:
+        active = [i for i in active if confidence is None or best[i] < float(confidence)]
         if not active:
             break
-        m = min(int(round_size), k - int(min(drawn[i] for i in active)))
-        todo = [(i, c) for c in range(m) for i in active if drawn[i] + c < k]
-        p_list = [prompts[i] for i, _ in todo]
-        s_list = [int(seed) + i + (drawn[i] + c) * CANDIDATE_STRIDE for i, c in todo]
-        imgs = sample(model, p_list, seeds=s_list, steps=steps, guidance=guidance, sampler=sampler)
-        idx = [i for i, _ in todo]
-        sc = score(imgs, idx)
-        for (i, c), img, v in zip(todo, imgs, sc):
-            ci = int(drawn[i] + c)
-            cands[ci, i] = img
+        m = min(int(round_size), k - d)
+        todo = [(i, c) for c in range(d, d + m) for i in active]
+        imgs = sample(model, [prompts[i] for i, _ in todo], steps=steps, guidance=guidance, sampler=sampler,
+                      seeds=[int(seed) + i + c * CANDIDATE_STRIDE for i, c in todo])
+        for (i, c), img, v in zip(todo, imgs, score(imgs, [i for i, _ in todo])):
+            cands[c, i] = img
             if v > best[i]:  # ties keep the lower index
-                best[i], picked[i] = v, ci
-        for i in active:
-            drawn[i] = min(k, drawn[i] + m)
+                best[i], picked[i] = v, c
+        d += m
+        drawn[active] = d
     images = cands[picked, np.arange(n)]
     return BestOfK(images, picked, drawn, best, cands)
