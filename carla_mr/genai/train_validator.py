@@ -93,7 +93,7 @@ def template_arrays(per_class: int = 40, seed: int = 7, size: int = 32) -> tuple
 
 def reject_rates(v, n: int = 200, seed: int = 11, size: int = 32) -> dict:
     """Share of no-sign inputs the validator rejects: uniform grey, uniform noise, and
-    out-of-vocabulary signs (held-apart stream 3 of the independent painter)."""
+    out-of-vocabulary signs (the independent painter, from a generator seeded ``seed``)."""
     from carla_mr.genai.validator_art import REJECT, junk_image, sign_crop
 
     rng = np.random.default_rng(seed)
@@ -110,12 +110,14 @@ def train_art_validator(out: str | os.PathLike, *, per_class: int = 500, test_pe
                         log=None) -> dict:
     """Train the independent open-set validator on the independent painter's crops
     (:mod:`carla_mr.genai.validator_art`) and report: accuracy on its held-apart split (another
-    seed stream), accuracy on the generator's templates, reject rates on blank/noise/OOV."""
+    seed stream), on a held-out type family (every text in fonts training never drew; stream 3,
+    ``test_per_class`` crops per class), on the generator's templates, and reject rates on
+    blank/noise/OOV."""
     from carla_mr.errors import require
 
     torch = require("torch", extra="genai", feature="training the validator")
     from carla_mr.genai.validator import build_validator, fit
-    from carla_mr.genai.validator_art import make_set
+    from carla_mr.genai.validator_art import HELD_OUT_FONTS, make_set
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -129,17 +131,26 @@ def train_art_validator(out: str | os.PathLike, *, per_class: int = 500, test_pe
     pred = v.probs(xte).argmax(1)
     acc = float((pred == yte).mean())
     per_class_acc = {names[c]: float((pred[yte == c] == c).mean()) for c in range(len(names))}
+    xf, yf, _ = make_set(test_per_class, seed, 3, fonts="held_out")
+    pred_f = v.probs(xf).argmax(1)
+    speed = np.array([n.startswith("speed_limit_") for n in names])[yf]
+    held_out_fonts = {"accuracy": float((pred_f == yf).mean()),
+                      "value_accuracy": float((pred_f[speed] == yf[speed]).mean()),
+                      "per_class_accuracy": {names[c]: float((pred_f[yf == c] == c).mean()) for c in range(len(names))},
+                      "fonts": list(HELD_OUT_FONTS.ttf), "images": int(len(xf))}
     tx, tnames = template_arrays()
     tpred, _ = v.read(tx)
     kind = [n.split("_")[0] for n in tnames]
     summary = {"arch": "small", "width": width, "classes": names, "held_apart_accuracy": acc,
-               "per_class_accuracy": per_class_acc, "template_accuracy": float(np.mean(
+               "per_class_accuracy": per_class_acc, "held_out_fonts": held_out_fonts,
+               "template_accuracy": float(np.mean(
                    [p == t for p, t in zip(tpred, tnames)])),
                "template_kind_accuracy": float(np.mean([p.split("_")[0] == k for p, k in zip(tpred, kind)])),
                "reject_rate": reject_rates(v), "threshold": v.threshold, "train_images": len(xtr),
                "test_images": len(xte), "epochs": epochs, "seed": seed,
                "data": f"carla_mr.genai.validator_art.make_set(per_class={per_class}, seed={seed})",
                "train_s": round(time.time() - t0, 1), **res}
-    v.save(out, extra={k: summary[k] for k in ("held_apart_accuracy", "template_accuracy", "reject_rate", "data",
+    v.save(out, extra={k: summary[k] for k in ("held_apart_accuracy", "held_out_fonts", "template_accuracy",
+                                               "reject_rate", "data",
                                                "epochs", "seed", "threshold")})
     return summary

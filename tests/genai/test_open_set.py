@@ -35,6 +35,40 @@ def test_painter_is_not_the_template_painter_and_is_deterministic():
         assert np.abs(a[..., :3].astype(int) - t[..., :3].astype(int)).mean() > 5  # other artwork
 
 
+def test_fonts_training_never_draws_the_held_out_family_nor_the_template_font():
+    import cv2
+
+    from carla_mr.genai.validator_art import FONTS, HELD_OUT_FONTS, TRAIN_FONTS, TTF_HELD_OUT
+
+    assert not set(TRAIN_FONTS.ttf) & set(TTF_HELD_OUT) and HELD_OUT_FONTS.ttf_share == 1.0
+    assert 0.0 < TRAIN_FONTS.ttf_share < 1.0 and cv2.FONT_HERSHEY_SIMPLEX not in FONTS
+    # every text of the held-out set is drawn with a held-out face: the face differs from the
+    # training painter's for the same random stream, and both sets are deterministic
+    rng1, rng2 = np.random.default_rng(5), np.random.default_rng(5)
+    a = paint_face("speed_limit_50", rng1, HELD_OUT_FONTS)
+    b = paint_face("speed_limit_50", rng2, TRAIN_FONTS)
+    assert a.shape == b.shape == (128, 128, 4) and not np.array_equal(a, b)
+    x1, y1, _ = make_set(1, seed=2, stream=3, fonts="held_out")
+    x2, y2, _ = make_set(1, seed=2, stream=3, fonts="held_out")
+    assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
+    with pytest.raises(ValueError, match="held_out"):
+        make_set(1, seed=2, stream=3, fonts="stix")
+
+
+def test_truetype_text_lands_inside_the_face_in_the_asked_colour():
+    from carla_mr.genai.validator_art import FACE, _ttf_text
+
+    rng = np.random.default_rng(0)
+    for name in ("DejaVuSans-Bold.ttf", "STIXGeneral.ttf", "cmr10.ttf"):
+        img = np.full((FACE, FACE, 3), 255, np.uint8)
+        _ttf_text(img, "50", rng, name, 0.35, (0, 0, 0), (0.5, 0.5), 0.6)
+        dark = np.argwhere(img.max(-1) < 128)
+        assert len(dark) > 150, name  # the digits were drawn
+        (y0, x0), (y1, x1) = dark.min(0), dark.max(0)
+        assert 0.2 * FACE < (y1 - y0) < 0.45 * FACE and (x1 - x0) <= 0.62 * FACE, name  # height and width asked
+        assert abs((x0 + x1) / 2 - FACE / 2) < 8 and abs((y0 + y1) / 2 - FACE / 2) < 8, name  # centred
+
+
 class Fixed:
     """A validator stand-in with given probabilities (open set when it has a reject class)."""
 
