@@ -30,6 +30,7 @@ import numpy as np
 
 from carla_mr.config.genai import GenaiConfig
 from carla_mr.config.vocab import SPEED_VALUES
+from carla_mr.genai.scores import read_matches
 from carla_mr.reporting import md_table, plot_png, read_jsonl
 from carla_mr.stages import BaseStage, GenerationScores, ReportSection, RunContext
 from carla_mr.world.base import SignTexture, Snapshot
@@ -65,6 +66,9 @@ class GenaiStage(BaseStage):
         K = self.n_simulators
         self._images = np.zeros(K, np.int64)
         self._recognised = np.zeros(K, np.int64)
+        # speed-limit images whose prompt named a value, and those the validator read as that value
+        self._value_images = np.zeros(K, np.int64)
+        self._value_read = np.zeros(K, np.int64)
         self._window: dict[int, list] = {k: [] for k in range(K)}  # recent (image, kind) per simulator
         self._theta_detail: dict[int, dict] = {}
         self._swapped: set[str] = set()
@@ -292,6 +296,10 @@ class GenaiStage(BaseStage):
             recognised = bool(verdict["recognised"][b])
             self._images[k] += 1
             self._recognised[k] += recognised
+            value = job["values"][b]
+            if value is not None:
+                self._value_images[k] += 1
+                self._value_read[k] += read_matches(verdict["predicted"][b], f"speed_limit_{value}")
             self._window[k] = (self._window.get(k, []) + [(images[b], job["kinds"][b])])[-self.config.measure_theta.window:]
             swap = recognised or not self.config.swap_only_recognised
             label = self._label_class(job["kinds"][b], verdict["predicted"][b], recognised,
@@ -304,7 +312,8 @@ class GenaiStage(BaseStage):
             lines.append({"round_id": job["round_id"], "sim_id": job["sim_id"], "sim_index": k,
                           "vehicle_id": job["vehicle_id"], "task": job["task"], "slot_s": job["duration_s"],
                           "wall_s": res["wall"] / len(job["sign_ids"]), "sign_id": sid, "class": job["kinds"][b],
-                          "prompt": job["prompts"][b], "seed": job["seed"] + b, "steps": job["settings"]["steps"],
+                          "prompt": job["prompts"][b], "value": job["values"][b], "seed": job["seed"] + b,
+                          "steps": job["settings"]["steps"],
                           "guidance": job["settings"]["guidance"],
                           "candidates": int(res["drawn"][b]),
                           "model": str(job["settings"]["checkpoint"] or "carla_mr default base model"),
@@ -331,6 +340,8 @@ class GenaiStage(BaseStage):
         extra = n - self.n_simulators
         self._images = np.concatenate([self._images, np.zeros(extra, np.int64)])
         self._recognised = np.concatenate([self._recognised, np.zeros(extra, np.int64)])
+        self._value_images = np.concatenate([self._value_images, np.zeros(extra, np.int64)])
+        self._value_read = np.concatenate([self._value_read, np.zeros(extra, np.int64)])
         self.theta = np.concatenate([self.theta, np.full(extra, np.nan if self.config.theta_value is None
                                                           else float(self.config.theta_value))])
         self.n_simulators = n
@@ -392,8 +403,17 @@ class GenaiStage(BaseStage):
         swapped = sum(bool(x.get("swapped")) for x in lines)
         stats = {"images": len(lines), "G": float(rec.mean()), "swapped": swapped}
         text = (f"{len(lines)} images in {rounds.size} rounds, G = {rec.mean():.3f}, "
-                f"{swapped} swapped onto in-world signs.\n\n" + md_table(rows, ("class", "images", "G"))
-                + f"\n\n![G](report/{png})\n")
+                f"{swapped} swapped onto in-world signs.\n\n" + md_table(rows, ("class", "images", "G")))
+        valued = [x for x in lines if x.get("value") is not None]
+        if valued:
+            from carla_mr.genai.scores import wilson_interval
+
+            ok = sum(read_matches(x["predicted"], f"speed_limit_{x['value']}") for x in valued)
+            lo, hi = wilson_interval(ok, len(valued))
+            stats["speed_value_accuracy"] = ok / len(valued)
+            text += (f"\n\nSpeed values: {ok} of {len(valued)} speed-limit images whose prompt named a value "
+                     f"were read as that value ({ok / len(valued):.2f}, 95% CI {lo:.2f}-{hi:.2f}).")
+        text += f"\n\n![G](report/{png})\n"
         return ReportSection("Generated signs", text, stats)
 
     def summary(self) -> dict[str, Any]:
@@ -406,10 +426,18 @@ class GenaiStage(BaseStage):
             nk, rk = int(self._images[k]), int(self._recognised[k])
             lo, hi = wilson_interval(rk, nk)
             per_sim[str(k)] = {"images": nk, "G": rk / nk if nk else None, "G_low": lo if nk else None,
-                               "G_high": hi if nk else None, **self.sim_settings(k),
+                               "G_high": hi if nk else None, "value_images": int(self._value_images[k]),
+                               "value_read": int(self._value_read[k]), **self.sim_settings(k),
                                "theta": float(self.theta[k]) if np.isfinite(self.theta[k]) else None,
                                "theta_detail": self._theta_detail.get(k)}
-        return {"jobs": self._jobs, "images": n, "recognised": r, "G": G,
+        nv, rv = int(self._value_images.sum()), int(self._value_read.sum())
+        vlo, vhi = wilson_interval(rv, nv)
+        # the speed-value target of docs/genai.md: share of value-prompted speed-limit images the
+        # validator reads as the prompted value (G counts any value as a speed limit)
+        values = {"images": nv, "read_as_prompted": rv, "accuracy": rv / nv if nv else None,
+                  "accuracy_low": vlo if nv else None, "accuracy_high": vhi if nv else None,
+                  "value_candidates": int(self.config.value_candidates)}
+        return {"jobs": self._jobs, "images": n, "recognised": r, "G": G, "speed_values": values,
                 "signs_swapped": len(self._swapped), "pending_jobs": len(self._queue) + len(self._pending),
                 "skipped_jobs": self._skipped, "lead_wait_s": self._lead_wait,
                 "worker": bool(self.config.worker), "per_simulator": per_sim,

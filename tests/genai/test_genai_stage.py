@@ -233,3 +233,28 @@ def test_speed_limit_faces_are_the_rankers_pick_of_k(tmp_path, tiny_model_dir):
     saved = cv2.cvtColor(cv2.imread(str(tmp_path / lines[0]["image"])), cv2.COLOR_BGR2RGB)
     np.testing.assert_array_equal(saved, high[0])
     stage.close()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("read, expected", [("speed_limit_30", 1), ("speed_limit_50", 0)])
+def test_summary_reports_how_many_prompted_speed_values_were_read_back(tmp_path, tiny_model_dir, monkeypatch,
+                                                                        read, expected):
+    """summary()["speed_values"]: of the speed-limit images whose prompt named a value (the 30
+    km/h sign; the stop sign has none), those the validator read as that value; G counts any
+    value as a recognised speed limit. The manifest records the value and the report says it."""
+    import carla_mr.genai.api as api
+    from carla_mr.genai.stage import GenaiStage as Stage
+
+    monkeypatch.setattr(api, "score", lambda v, images, kinds: {
+        "G": 1.0, "recognised": [True, True], "predicted": [read, "stop"], "confidence": [0.95, 0.9]})
+    world, stage, lines = _speed_and_stop_job(tmp_path, tiny_model_dir, value_candidates=1)
+    assert [x["value"] for x in lines] == [30, None]
+    s = stage.summary()
+    assert s["G"] == 1.0
+    v = s["speed_values"]
+    assert (v["images"], v["read_as_prompted"], v["accuracy"]) == (1, expected, float(expected))
+    assert v["accuracy_low"] <= v["accuracy"] <= v["accuracy_high"]
+    assert s["per_simulator"]["1"]["value_images"] == 1 and s["per_simulator"]["1"]["value_read"] == expected
+    section = Stage.report_section(tmp_path, s, tmp_path / "figs")
+    assert f"Speed values: {expected} of 1 " in section.markdown
+    stage.close()
