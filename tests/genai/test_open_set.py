@@ -35,15 +35,35 @@ def test_painter_is_not_the_template_painter_and_is_deterministic():
         assert np.abs(a[..., :3].astype(int) - t[..., :3].astype(int)).mean() > 5  # other artwork
 
 
-def test_fonts_training_never_draws_the_held_out_family_nor_the_template_font():
+def test_fonts_training_never_draws_the_held_out_family_nor_the_template_font(monkeypatch):
     import cv2
 
-    from carla_mr.genai.validator_art import FONTS, HELD_OUT_FONTS, TRAIN_FONTS, TTF_HELD_OUT
+    import carla_mr.genai.validator_art as art
+    from carla_mr.genai.validator_art import FONTS, HELD_OUT_FONTS, TRAIN_FONTS, TTF_HELD_OUT, TTF_TRAIN
 
     assert not set(TRAIN_FONTS.ttf) & set(TTF_HELD_OUT) and HELD_OUT_FONTS.ttf_share == 1.0
     assert 0.0 < TRAIN_FONTS.ttf_share < 1.0 and cv2.FONT_HERSHEY_SIMPLEX not in FONTS
-    # every text of the held-out set is drawn with a held-out face: the face differs from the
-    # training painter's for the same random stream, and both sets are deterministic
+    # which faces each split draws its texts with (TrueType names; Hershey ids via cv2.putText)
+    used: list = []
+    ttf_text, put_text = art._ttf_text, art.cv2.putText
+
+    def spy_ttf(img, text, rng, name, *a):
+        used.append(name)
+        return ttf_text(img, text, rng, name, *a)
+
+    def spy_hershey(img, text, org, font, *a, **k):
+        used.append(font)
+        return put_text(img, text, org, font, *a, **k)
+
+    monkeypatch.setattr(art, "_ttf_text", spy_ttf)
+    monkeypatch.setattr(art.cv2, "putText", spy_hershey)
+    make_set(3, seed=2, stream=0)
+    train_used = set(used)
+    assert train_used & set(TTF_TRAIN) and train_used & set(FONTS) and train_used <= set(TTF_TRAIN) | set(FONTS)
+    used.clear()
+    make_set(3, seed=2, stream=3, fonts="held_out")
+    assert used and set(used) <= set(TTF_HELD_OUT)  # every text of the held-out split: STIX only
+    monkeypatch.undo()
     rng1, rng2 = np.random.default_rng(5), np.random.default_rng(5)
     a = paint_face("speed_limit_50", rng1, HELD_OUT_FONTS)
     b = paint_face("speed_limit_50", rng2, TRAIN_FONTS)
@@ -55,7 +75,7 @@ def test_fonts_training_never_draws_the_held_out_family_nor_the_template_font():
         make_set(1, seed=2, stream=3, fonts="stix")
 
 
-def test_truetype_text_lands_inside_the_face_in_the_asked_colour():
+def test_truetype_text_is_drawn_centred_at_the_asked_size():
     from carla_mr.genai.validator_art import FACE, _ttf_text
 
     rng = np.random.default_rng(0)
