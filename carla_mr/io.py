@@ -78,6 +78,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda fh: fh.write(text), binary=False)
 
 
+def atomic_write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
+    """An (H, W, 3) uint8 RGB image as a PNG file (OpenCV encodes it; written atomically)."""
+    import cv2
+
+    ok, png = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"could not encode a {np.shape(rgb)} image as PNG for {path}")
+    return atomic_write_bytes(path, png.tobytes())
+
+
 def to_jsonable(obj: Any) -> Any:
     """Convert numpy scalars/arrays, paths and dataclass-like objects into JSON types."""
     if isinstance(obj, dict):

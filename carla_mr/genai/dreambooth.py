@@ -168,10 +168,8 @@ def _background_colour(img: np.ndarray) -> str:
 
 def _class_images(m, cfg: DreamBoothConfig, class_prompts, out: Path, guidance: float, log=None) -> np.ndarray:
     """Sample the prior-preservation class images with the base model (and write them as PNG)."""
-    import cv2
-
     from carla_mr.genai.sample import sample
-    from carla_mr.io import atomic_write_bytes
+    from carla_mr.io import atomic_write_png
 
     if not cfg.num_class_images:
         return np.zeros((0, m.image_size, m.image_size, 3), np.uint8)
@@ -181,7 +179,7 @@ def _class_images(m, cfg: DreamBoothConfig, class_prompts, out: Path, guidance: 
     cdir = out / "class_images"
     cdir.mkdir(exist_ok=True)
     for i, im in enumerate(cls):
-        atomic_write_bytes(cdir / f"{i:04d}.png", cv2.imencode(".png", cv2.cvtColor(im, cv2.COLOR_RGB2BGR))[1].tobytes())
+        atomic_write_png(cdir / f"{i:04d}.png", im)
     return cls
 
 

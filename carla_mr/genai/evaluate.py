@@ -75,10 +75,10 @@ def evaluate_generator(model, validator, *, per_prompt: int = 2, steps: int = 20
 
 
 def _read_values(validator, images: np.ndarray, values: Sequence[int]) -> tuple[list[str], list[bool]]:
-    from carla_mr.genai.scores import generative_score
+    from carla_mr.genai.scores import generative_score, read_matches
 
     read = generative_score(validator, images, ["speed_limit"] * len(values))["predicted"]
-    return read, [r == f"speed_limit_{v}" for r, v in zip(read, values)]
+    return read, [read_matches(r, f"speed_limit_{v}") for r, v in zip(read, values)]
 
 
 def _share(ok: Sequence[bool]) -> dict:
@@ -151,9 +151,7 @@ def speed_value_accuracy(model, validator, *, upsampler=None, per_value: int = 8
 
 def _write_grid(path, images: np.ndarray, per_row: int) -> None:
     """Images as a PNG grid, ``per_row`` to a row (one row per speed value)."""
-    import cv2
-
-    from carla_mr.io import atomic_write_bytes
+    from carla_mr.io import atomic_write_png
 
     n, h, w, _ = images.shape
     rows = -(-n // per_row)
@@ -161,9 +159,7 @@ def _write_grid(path, images: np.ndarray, per_row: int) -> None:
     for i, img in enumerate(images):
         r, c = divmod(i, per_row)
         grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = img
-    ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    if ok:
-        atomic_write_bytes(path, png.tobytes())
+    atomic_write_png(path, grid)
 
 
 def degraded_copy(model, *, noise: float = 0.5, seed: int = 0):

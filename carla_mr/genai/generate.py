@@ -42,11 +42,9 @@ def generate_run(out: str | os.PathLike, specs: Sequence[PromptSpec], *, model, 
                  test_per_class: int = 50, progress=None, log=None) -> dict:
     """Generate ``per_prompt`` images per spec, validate them, write the run directory; returns
     the scores dict (also written to ``scores.json``)."""
-    import cv2
-
     from carla_mr.genai.sample import sample
     from carla_mr.genai.scores import colour_match, frechet_distance, generative_score
-    from carla_mr.io import atomic_write_bytes, atomic_write_json
+    from carla_mr.io import atomic_write_json, atomic_write_png
 
     if not specs:
         raise InputError("nothing to generate: no prompts", field="prompts")
@@ -67,7 +65,7 @@ def generate_run(out: str | os.PathLike, specs: Sequence[PromptSpec], *, model, 
     manifest_items = []
     for i, (s, im) in enumerate(zip(items, images)):
         name = f"images/{i:05d}.png"
-        atomic_write_bytes(out / name, cv2.imencode(".png", cv2.cvtColor(im, cv2.COLOR_RGB2BGR))[1].tobytes())
+        atomic_write_png(out / name, im)
         v = None
         if verdict is not None:
             v = {"predicted": verdict["predicted"][i], "confidence": round(float(verdict["confidence"][i]), 5),

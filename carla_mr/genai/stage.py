@@ -276,7 +276,7 @@ class GenaiStage(BaseStage):
         """Write images + manifest, swap recognised faces, publish G and theta (tick thread)."""
         import cv2
 
-        from carla_mr.io import atomic_write_bytes
+        from carla_mr.io import atomic_write_png
 
         images, verdict, k = res["images"], res["verdict"], int(job["sim_index"])
         self._grow(k + 1)
@@ -290,9 +290,7 @@ class GenaiStage(BaseStage):
         for b, sid in enumerate(job["sign_ids"]):
             name = f"job{self._jobs:05d}-{b}-sign-{sid}.png"
             ref = f"genai/{rdir.name}/{name}"
-            ok, png = cv2.imencode(".png", cv2.cvtColor(images[b], cv2.COLOR_RGB2BGR))
-            if ok:
-                atomic_write_bytes(rdir / name, png.tobytes())
+            atomic_write_png(rdir / name, images[b])
             recognised = bool(verdict["recognised"][b])
             self._images[k] += 1
             self._recognised[k] += recognised

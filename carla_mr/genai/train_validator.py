@@ -105,6 +105,15 @@ def reject_rates(v, n: int = 200, seed: int = 11, size: int = 32) -> dict:
             for name, x in (("blank", grey), ("noise", noise), ("out_of_vocabulary", oov), ("junk", junk))}
 
 
+def _split_accuracy(v, x: np.ndarray, y: np.ndarray, names: list[str]) -> tuple[float, dict, float]:
+    """Accuracy of validator ``v`` on a labelled split: overall, per class, and over the speed
+    value classes only."""
+    pred = v.probs(x).argmax(1)
+    speed = np.array([n.startswith("speed_limit_") for n in names])[y]
+    per_class = {names[c]: float((pred[y == c] == c).mean()) for c in range(len(names)) if (y == c).any()}
+    return float((pred == y).mean()), per_class, float((pred[speed] == y[speed]).mean())
+
+
 def train_art_validator(out: str | os.PathLike, *, per_class: int = 500, test_per_class: int = 100,
                         epochs: int = 10, width: int = 24, seed: int = 0, threads: int = 1, progress=None,
                         log=None) -> dict:
@@ -128,15 +137,10 @@ def train_art_validator(out: str | os.PathLike, *, per_class: int = 500, test_pe
         log(f"{len(xtr)} training and {len(xte)} held-apart crops of {len(names)} classes ({time.time() - t0:.0f} s)")
     v = build_validator("small", names, width=width, seed=seed)
     res = fit(v, xtr, ytr, epochs=epochs, seed=seed, progress=progress)
-    pred = v.probs(xte).argmax(1)
-    acc = float((pred == yte).mean())
-    per_class_acc = {names[c]: float((pred[yte == c] == c).mean()) for c in range(len(names))}
+    acc, per_class_acc, _ = _split_accuracy(v, xte, yte, names)
     xf, yf, _ = make_set(test_per_class, seed, 3, fonts="held_out")
-    pred_f = v.probs(xf).argmax(1)
-    speed = np.array([n.startswith("speed_limit_") for n in names])[yf]
-    held_out_fonts = {"accuracy": float((pred_f == yf).mean()),
-                      "value_accuracy": float((pred_f[speed] == yf[speed]).mean()),
-                      "per_class_accuracy": {names[c]: float((pred_f[yf == c] == c).mean()) for c in range(len(names))},
+    acc_f, per_class_f, value_acc_f = _split_accuracy(v, xf, yf, names)
+    held_out_fonts = {"accuracy": acc_f, "value_accuracy": value_acc_f, "per_class_accuracy": per_class_f,
                       "fonts": list(HELD_OUT_FONTS.ttf), "images": int(len(xf))}
     tx, tnames = template_arrays()
     tpred, _ = v.read(tx)

@@ -71,3 +71,22 @@ def test_load_errors(tmp_path):
         load_validator(tmp_path / "v")
     with pytest.raises(InputError):
         build_validator("resnet", ["a"])
+
+
+def test_train_art_validator_reports_the_held_out_type_family(tmp_path):
+    """A tiny run of the independent validator's training: the report (and validator.json)
+    carries the held-out-font split (STIX, every class), beside the held-apart split."""
+    import json
+
+    from carla_mr.genai.train_validator import train_art_validator
+    from carla_mr.genai.validator_art import TTF_HELD_OUT, validator_classes
+
+    torch.set_num_threads(1)
+    res = train_art_validator(tmp_path / "v", per_class=2, test_per_class=1, epochs=1, width=4, seed=3)
+    f = res["held_out_fonts"]
+    assert f["fonts"] == list(TTF_HELD_OUT) and f["images"] == len(validator_classes())
+    assert set(f["per_class_accuracy"]) == set(validator_classes())
+    assert 0.0 <= f["accuracy"] <= 1.0 and 0.0 <= f["value_accuracy"] <= 1.0
+    assert set(res["per_class_accuracy"]) == set(validator_classes())
+    saved = json.loads((tmp_path / "v" / "validator.json").read_text())
+    assert saved["held_out_fonts"] == f
