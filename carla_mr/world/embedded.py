@@ -48,6 +48,9 @@ SUMO_OPTIONS = ("--no-step-log", "true", "--no-warnings", "true", "--duration-lo
 INVALID_BELOW = -1.0e9
 #: How often (simulated seconds) routes about to end are extended.
 ROUTE_CHECK_S = 1.0
+#: An upper bound on any vehicle's speed as a multiple of its lane's limit: SUMO draws each
+#: vehicle's speed factor from a distribution truncated at 2 (``normc(1, 0.1, 0.2, 2)``).
+SPEED_FACTOR_MAX = 2.0
 
 
 def import_libsumo():
@@ -100,7 +103,7 @@ def live_world() -> Optional["EmbeddedWorld"]:
 
 
 #: Per-row factors of SUMO's (x, y, z, angle, speed) on the way to CARLA's frame (y flips).
-_ROW_SIGN = np.array([1.0, -1.0, 1.0, 1.0, 1.0])
+_COL_SIGN = np.array([1.0, -1.0, 1.0, 1.0, 1.0]).reshape(5, 1)
 
 
 def _new_snapshot(frame, time, ids, role, x, y, z, yaw, speed, rsu) -> Snapshot:
@@ -180,7 +183,7 @@ class EmbeddedWorld(World):
         net = build_net(xodr_path)
         super().__init__(scenario.tick_s, xodr_path=xodr_path, net_offset=net.net_offset)
         ox, oy = self.net_offset
-        self._row_shift = np.array([-float(ox), float(oy), 0.0, 90.0, 0.0])
+        self._col_shift = np.array([-float(ox), float(oy), 0.0, 90.0, 0.0]).reshape(5, 1)
         self.net_path = net.path
         self.map = map_from_text(Path(src).stem, new_text)
         from carla_mr.world.scene import signs_as_rendered
@@ -230,6 +233,9 @@ class EmbeddedWorld(World):
         self._next_route = 0
         self._role_by_id = np.zeros(max(16, 2 * (self.n_avs + self.n_background)), dtype=np.uint8)
         self._route_len: dict[str, int] = {}
+        # frame before which a vehicle cannot be near its route's end (see _poll_frame)
+        self._poll_at: dict[str, int] = {}
+        self._edge_len: dict[str, float] = {}
         self._last_keys: list[str] = []
         self._ids = np.zeros(0, np.int64)
         self._role = np.zeros(0, np.uint8)
@@ -245,6 +251,8 @@ class EmbeddedWorld(World):
             raise InputError("the SUMO net made from the map has no edge passenger cars may use", field="map",
                              source=str(self.xodr_path))
         self._edge_arr = np.array(self._edges, dtype=object)
+        # metres per second no vehicle can exceed anywhere on the net (bounds how soon a route can end)
+        self._v_bound = SPEED_FACTOR_MAX * max((ls.lane.getMaxSpeed(ln) for ln in ls.lane.getIDList()), default=50.0)
         self._respawn: list[int] = []  # roles still to add (no route found yet); retried every tick
         self._signal_links: Optional[dict[str, list[tuple[str, int]]]] = None
         for role, count in ((ROLE_AV, self.n_avs), (ROLE_BACKGROUND, self.n_background)):
@@ -304,7 +312,23 @@ class EmbeddedWorld(World):
         ls.vehicle.add(vid, rid, typeID="cmr_av" if role == ROLE_AV else (f"cmr_bg_{vtype}" if self.traffic_mix else "cmr_bg"), depart="now",
                        departLane="best", departPos="random_free", departSpeed="0")
         self._route_len[vid] = len(edges)
+        self._poll_at[vid] = self._poll_frame(edges, 0)
         return True
+
+    def _poll_frame(self, edges, idx: int) -> int:
+        """The first frame at which a vehicle now on ``edges[idx]`` could have reached
+        ``edges[-2]`` (when its route gets extended): it must first drive every edge in between,
+        at no more than ``_v_bound`` m/s. Until then :meth:`_extend_routes` need not ask SUMO
+        where it is; the extensions made are the same as polling every vehicle every check."""
+        length = self._edge_len
+        ahead = 0.0
+        for e in edges[idx + 1:len(edges) - 2]:
+            m = length.get(e)
+            if m is None:  # the shortest lane of the edge (lanes on a curve differ in length)
+                lane = self.sumo.lane
+                m = length[e] = min(float(lane.getLength(f"{e}_{i}")) for i in range(self.sumo.edge.getLaneNumber(e)))
+            ahead += m
+        return self._frame + int(ahead / (self._v_bound * self.tick_s))
 
     def reset(self) -> Snapshot:
         """(Re)start the simulation, spawn the vehicles, step once and return frame 0."""
@@ -333,7 +357,10 @@ class EmbeddedWorld(World):
             roles = self._respawn + [int(self._role_by_id[int(vid)]) for vid in arrived]
             for vid in arrived:
                 self._route_len.pop(vid, None)
+                self._poll_at.pop(vid, None)
             self._respawn = [r for r in roles if not self._spawn(r)]
+        for vid in ls.simulation.getEndingTeleportIDList():
+            self._poll_at[vid] = 0  # a teleport moves a vehicle ahead on its route: ask again
         if self._frame % self._check_every == 0:
             self._extend_routes()
         res = veh.getAllSubscriptionResults()
@@ -366,11 +393,10 @@ class EmbeddedWorld(World):
             self._role.flags.writeable = False
         # per row (x, y, z, angle, speed) -> (x - ox, oy - y, z, angle + 90, speed): the net offset
         # off, SUMO (right-handed) -> CARLA (left-handed), SUMO angle (cw from north) -> cw from +x;
-        # the same values as subtracting and negating one column at a time (in fewer numpy calls)
-        rows5 = rows.reshape(n, 5)
-        rows5 *= _ROW_SIGN
-        rows5 += self._row_shift
-        cols = np.ascontiguousarray(rows5.T)
+        # the same values as subtracting and negating one column at a time (in fewer numpy calls),
+        # written straight into (5, n) C-ordered columns
+        cols = np.multiply(rows.reshape(n, 5).T, _COL_SIGN, order="C")
+        cols += self._col_shift
         x, y, yaw = cols[0], cols[1], cols[3]
         np.remainder(yaw, 360.0, out=yaw)  # CARLA yaw in [-180, 180)
         yaw -= 180.0
@@ -380,10 +406,14 @@ class EmbeddedWorld(World):
         return snap
 
     def _extend_routes(self) -> None:
-        """Give every vehicle close to its route's end a continuation to a new random edge."""
+        """Give every vehicle close to its route's end (on its last two edges) a continuation to
+        a new random edge. Only vehicles whose :meth:`_poll_frame` has come are asked."""
         ls = self.sumo
         veh = ls.vehicle
+        frame, poll_at = self._frame, self._poll_at
         for vid in self._last_keys:
+            if poll_at.get(vid, 0) > frame:
+                continue
             total = self._route_len.get(vid)
             if total is None:
                 continue
@@ -392,6 +422,7 @@ class EmbeddedWorld(World):
             except ls.TraCIException:
                 continue
             if idx < total - 2:
+                poll_at[vid] = self._poll_frame(veh.getRoute(vid), idx)
                 continue
             route = veh.getRoute(vid)
             tail = list(route[max(idx, 0):])
@@ -403,7 +434,11 @@ class EmbeddedWorld(World):
                 veh.setRoute(vid, new)
             except ls.TraCIException:
                 continue
-            self._route_len[vid] = len(new)  # the index restarts at 0 on the new route
+            # SUMO keeps the edges already driven in front of the new ones (the route index
+            # stays where it was), so the route is now route[:idx] + new
+            full = list(route[:max(idx, 0)]) + new
+            self._route_len[vid] = len(full)
+            poll_at[vid] = self._poll_frame(full, idx)
 
     # -- metadata -------------------------------------------------------------------------------
     def landmark_summary(self) -> dict[str, Any]:
@@ -460,6 +495,7 @@ class EmbeddedWorld(World):
         veh.unsubscribe(vid)  # libsumo fails the next step for a removed vehicle still subscribed
         veh.remove(vid)
         self._route_len.pop(vid, None)
+        self._poll_at.pop(vid, None)
         self._respawn.append(int(self._role_by_id[int(vid)]))
 
     # -- per-vehicle and signal facts for co-simulation (not part of the hot path) ---------------

@@ -74,6 +74,37 @@ def test_population_constant_and_ids_stable():
         assert np.mean([s.speed.mean() for s in snaps]) > 1.0  # traffic moves
 
 
+def test_routes_are_extended_once_near_their_end_and_polled_lazily(monkeypatch):
+    """A vehicle gets a continuation only on the last two edges of its route (SUMO keeps the
+    driven edges in front of a new route, so an extended route is not extended again at the
+    next check), and the world asks SUMO for route positions only of vehicles that could be
+    near their end."""
+    with EmbeddedWorld(scenario(avs=3, background=7), seed=2) as w:
+        w.reset()
+        veh = w.sumo.vehicle
+        polls, extensions = [0], []
+        get_index, set_route = veh.getRouteIndex, veh.setRoute
+
+        def counted_index(vid):
+            polls[0] += 1
+            return get_index(vid)
+
+        def checked_set(vid, edges):
+            idx, route = get_index(vid), veh.getRoute(vid)
+            extensions.append((vid, idx, len(route)))
+            assert idx >= len(route) - 2, f"vehicle {vid} extended on edge {idx} of {len(route)}"
+            assert list(edges[:len(route) - idx]) == list(route[idx:])
+            return set_route(vid, edges)
+
+        monkeypatch.setattr(veh, "getRouteIndex", counted_index)
+        monkeypatch.setattr(veh, "setRoute", checked_set)
+        for _ in range(2400):  # 120 s
+            w.tick()
+        assert len(extensions) >= 10
+        checks = 2400 // w._check_every
+        assert polls[0] < 0.5 * 10 * checks  # polling all 10 vehicles every check: 1200
+
+
 def test_vehicles_stay_on_lanes(town01):
     import carla
 
