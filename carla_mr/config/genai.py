@@ -64,7 +64,7 @@ class ThetaConfig(StrictModel):
     enabled: bool = Field(True, description="Measure theta per simulator in the main job.")
     steps: int = Field(30, ge=1, le=1000, description="Fine-tuning steps of the tiny model per measurement.")
     window: int = Field(64, ge=4, le=4096, description="The simulator's most recent images the tiny model trains on.")
-    eval_per_class: int = Field(12, ge=2, le=500, description="Held-apart evaluation crops per class.")
+    eval_per_class: int = Field(40, ge=2, le=500, description="Held-apart evaluation crops per class.")
 
 
 class GenaiConfig(StrictModel):

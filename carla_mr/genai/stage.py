@@ -327,7 +327,7 @@ class GenaiStage(BaseStage):
                 fh.write(json.dumps(line) + "\n")
         if res["theta"] is not None and np.isfinite(res["theta"]["theta"]):
             self.theta[k] = res["theta"]["theta"]
-            self._theta_detail[k] = {x: res["theta"][x] for x in ("theta", "loss_before", "loss_after", "n")}
+            self._theta_detail[k] = {x: res["theta"][x] for x in ("theta", "err_before", "err_after", "loss_before", "loss_after", "n")}
         self._publish(ctx, int(job["round_id"]), job, verdict, res)
 
     def _grow(self, n: int) -> None:
