@@ -284,6 +284,9 @@ class GenaiStage(BaseStage):
         self._wall += res["wall"]
         self._theta_wall += res["theta_wall"]
         self._slot += float(job["duration_s"])
+        if res["theta"] is not None and np.isfinite(res["theta"]["theta"]):
+            self.theta[k] = res["theta"]["theta"]
+            self._theta_detail[k] = {x: res["theta"][x] for x in ("theta", "err_before", "err_after", "loss_before", "loss_after", "n")}
         textures = {}
         rdir = self.dir / f"round-{int(job['round_id']):06d}"
         lines = []
@@ -318,16 +321,14 @@ class GenaiStage(BaseStage):
                           "upsampled": self.upsampler is not None, "px": int(images.shape[1]),
                           "predicted": verdict["predicted"][b], "label_class": label,
                           "confidence": float(verdict["confidence"][b]), "recognised": recognised,
-                          "swapped": swap, "image": ref, "applied_at_s": now})
+                          "swapped": swap, "image": ref, "applied_at_s": now,
+                          "theta": float(self.theta[k]) if np.isfinite(self.theta[k]) else None})
         if textures:
             ctx.world.apply_sign_textures(textures)
             self._swapped.update(textures)
         with open(self.manifest, "a", encoding="utf-8") as fh:
             for line in lines:
                 fh.write(json.dumps(line) + "\n")
-        if res["theta"] is not None and np.isfinite(res["theta"]["theta"]):
-            self.theta[k] = res["theta"]["theta"]
-            self._theta_detail[k] = {x: res["theta"][x] for x in ("theta", "err_before", "err_after", "loss_before", "loss_after", "n")}
         self._publish(ctx, int(job["round_id"]), job, verdict, res)
 
     def _grow(self, n: int) -> None:
@@ -383,14 +384,22 @@ class GenaiStage(BaseStage):
         rounds = np.unique(rid)
         g = np.array([rec[rid == r].mean() for r in rounds])
 
+        # each generating simulator's measured theta after its job (manifests before 2026-12-07: none)
+        th = np.array([np.nan if x.get("theta") is None else float(x["theta"]) for x in lines])
+        th_round = np.array([np.nanmean(th[rid == r]) if np.isfinite(th[rid == r]).any() else np.nan for r in rounds])
+
         def draw(ax):
             ax.plot(rounds, g, marker="o", label="G per round")
             ax.plot(rounds, np.cumsum([rec[rid == r].sum() for r in rounds]) / np.cumsum(
                 [(rid == r).sum() for r in rounds]), label="running G")
+            if np.isfinite(th_round).any():
+                ok = np.isfinite(th_round)
+                ax.plot(rounds[ok], th_round[ok], marker="s", linestyle=":",
+                        label="theta of the generating simulator (lower is better)")
             ax.set_ylim(-0.05, 1.05)
             ax.set_xlabel("market round")
-            ax.set_ylabel("generative score G")
-            ax.set_title("Validator-recognised share of generated signs")
+            ax.set_ylabel("G, theta")
+            ax.set_title("Generated signs: validator-recognised share G, measured theta")
             ax.legend()
 
         png = plot_png(figs / "genai_G.png", draw)

@@ -120,6 +120,8 @@ def test_worker_thread_matches_inline_and_scores_per_simulator(tmp_path, tiny_mo
         sc = ctx.board.generation_scores
         assert np.isnan(sc.G[0]) and sc.images.tolist() == [0, 2, 2]
         assert all(0 < t <= 1 for t in sc.theta[1:]) and np.isnan(sc.theta[0])
+        # each manifest line carries its simulator's theta measured after the job (one job each)
+        assert [x["theta"] for x in lines] == pytest.approx([float(sc.theta[x["sim_index"]]) for x in lines])
         out[worker] = (lines, sc)
         stage.close()
     (a, sa), (b, sb) = out[False], out[True]
