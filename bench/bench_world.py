@@ -14,7 +14,8 @@ Both run after a warm-up so the network is filled; time is this process's CPU ti
 other load on a shared machine), best of 3 (quick) or 5 (full) alternating repeats. The ratio is embedded time
 per tick over bare time per tick (target <= 1.5). SUMO's own step is timed on both sides too,
 so the row also says how much of a difference is our work (``overhead_us``) and how much is
-SUMO stepping a different traffic state. Run: ``python bench/bench_world.py [--quick]``.
+SUMO stepping a different traffic state; ``pair_ratio_min/median/max`` give the spread of the
+back-to-back (embedded, bare) pairs, the machine's noise. Run: ``python bench/bench_world.py [--quick]``.
 """
 
 from __future__ import annotations
@@ -181,11 +182,14 @@ def run(quick: bool) -> list[dict]:
         warm = 100 if quick else 300
         ticks = 200 if quick else (400 if n < 1000 else 200)
         best_e = best_b = None
+        pair_ratios = []
         # alternate, keep the best of each: SUMO's own step time varies by tens of percent between
-        # identical repeats on this machine (CPU caches and clocks), so one pair is not a measurement
+        # identical repeats on this machine (CPU caches and clocks), so one pair is not a measurement;
+        # the spread of the back-to-back pairs' ratios is reported beside it
         for _ in range(REPEATS_QUICK if quick else REPEATS_FULL):
             te, se, n_emb, (net_path, edges) = _embedded(n, warm, ticks)
             tb, sb, n_bare = _bare(n, warm, ticks, net_path, edges)
+            pair_ratios.append(te / tb)
             best_e = min(best_e or (te, se), (te, se))
             best_b = min(best_b or (tb, sb), (tb, sb))
         (t_emb, s_emb), (t_bare, s_bare) = best_e, best_b
@@ -196,6 +200,8 @@ def run(quick: bool) -> list[dict]:
                      "ticks_per_s": 1.0 / t_emb, "bare_ticks_per_s": 1.0 / t_bare,
                      "sumo_step_us": s_emb * 1e6, "bare_sumo_step_us": s_bare * 1e6,
                      "overhead_us": overhead * 1e6, "ratio_at_equal_step": (t_bare + overhead) / t_bare,
+                     "pair_ratio_median": float(sorted(pair_ratios)[len(pair_ratios) // 2]),
+                     "pair_ratio_min": min(pair_ratios), "pair_ratio_max": max(pair_ratios),
                      "vehicles_embedded": n_emb, "vehicles_bare": n_bare})
     return rows
 
@@ -207,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{r['name']:26s} embedded {r['ticks_per_s']:8.1f} ticks/s  bare libsumo {r['bare_ticks_per_s']:8.1f} "
               f"ticks/s  time ratio {r['ratio']:.2f} (target {r['target']}); SUMO step {r['sumo_step_us']:.0f} vs "
               f"{r['bare_sumo_step_us']:.0f} us, our overhead {r['overhead_us']:.0f} us/tick -> ratio at equal step "
-              f"{r['ratio_at_equal_step']:.2f}; vehicles {r['vehicles_embedded']} vs {r['vehicles_bare']}")
+              f"{r['ratio_at_equal_step']:.2f}; back-to-back pairs {r['pair_ratio_min']:.2f}-{r['pair_ratio_max']:.2f} "
+              f"(median {r['pair_ratio_median']:.2f}); vehicles {r['vehicles_embedded']} vs {r['vehicles_bare']}")
 
 
 if __name__ == "__main__":
