@@ -52,7 +52,7 @@ def loss_ratio_theta(images, kinds, *, steps: int = 30, seed: int = 0, eval_per_
     import torch
 
     from carla_mr.config.vocab import SIGN_CLASSES
-    from carla_mr.genai.theta import THETA_MIN, _kind_ids, _tensor, eval_set, tiny_net
+    from carla_mr.genai.theta import THETA_MIN, _kind_ids, _tensor, eval_set, fit_tiny, tiny_net
 
     y = _kind_ids(kinds)
     present = np.unique(y)
@@ -63,22 +63,10 @@ def loss_ratio_theta(images, kinds, *, steps: int = 30, seed: int = 0, eval_per_
     ex_t, ey_t = _tensor(ex[keep]), torch.from_numpy(ey[keep])
     x_t, y_t = _tensor(images), torch.from_numpy(y)
     net = tiny_net(len(SIGN_CLASSES), seed)
-    gen = torch.Generator().manual_seed(seed)
     ce = torch.nn.functional.cross_entropy
     prior = np.bincount(y, minlength=len(SIGN_CLASSES)) / len(y)
     before = float(-np.mean(np.log(prior[ey[keep]])))
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    net.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(x_t), (min(32, len(x_t)),), generator=gen)
-        xb = x_t[idx]
-        if torch.rand((), generator=gen) < 0.5:
-            xb = torch.roll(xb, shifts=(1, -1), dims=(2, 3))
-        loss = ce(net(xb), y_t[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    net.eval()
+    fit_tiny(net, x_t, y_t, steps=steps, seed=seed, balanced=False)
     with torch.no_grad():
         after = float(ce(net(ex_t), ey_t))
     return float(np.clip(after / before, THETA_MIN, 1.0))

@@ -97,6 +97,32 @@ def _kind_ids(kinds: Sequence[str]) -> np.ndarray:
     return np.array(out, np.int64)
 
 
+def fit_tiny(net, x_t, y_t, *, steps: int, lr: float = 3e-3, batch: int = 32, seed: int = 0,
+             balanced: bool = True) -> None:
+    """``steps`` Adam steps of cross-entropy on (x_t, y_t) tensors, batches of ``batch`` drawn
+    with a generator seeded ``seed``: class-balanced with replacement (``balanced``) or uniform;
+    half of the batches shifted by one pixel. Leaves ``net`` in eval mode."""
+    torch = require("torch", extra="genai", feature="theta")
+    gen = torch.Generator().manual_seed(int(seed))
+    ce = torch.nn.functional.cross_entropy
+    labels = y_t.numpy()
+    weights = torch.from_numpy(1.0 / np.bincount(labels)[labels])  # class-balanced draws
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    net.train()
+    for _ in range(int(steps)):
+        n = min(batch, len(x_t))
+        idx = torch.multinomial(weights, n, replacement=True, generator=gen) if balanced else \
+            torch.randint(0, len(x_t), (n,), generator=gen)
+        xb = x_t[idx]
+        if torch.rand((), generator=gen) < 0.5:  # mirror-free jitter: a one-pixel shift
+            xb = torch.roll(xb, shifts=(1, -1), dims=(2, 3))
+        loss = ce(net(xb), y_t[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    net.eval()
+
+
 def theta_of(images: np.ndarray, kinds: Sequence[str], *, steps: int = 30, lr: float = 3e-3, batch: int = 32,
              seed: int = 0, eval_per_class: int = 40) -> dict:
     """theta of one generated set (module docstring): {"theta", "err_before", "err_after",
@@ -122,21 +148,8 @@ def theta_of(images: np.ndarray, kinds: Sequence[str], *, steps: int = 30, lr: f
     ex_t, ey_t = _tensor(ex[keep]), torch.from_numpy(np.searchsorted(present, ey[keep]))
     x_t, y_t = _tensor(images), torch.from_numpy(np.searchsorted(present, y))
     net = tiny_net(n_kinds, seed)
-    gen = torch.Generator().manual_seed(int(seed))
     ce = torch.nn.functional.cross_entropy
-    weights = torch.from_numpy(1.0 / np.bincount(y_t.numpy())[y_t.numpy()])  # class-balanced draws
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    net.train()
-    for _ in range(int(steps)):
-        idx = torch.multinomial(weights, min(batch, len(x_t)), replacement=True, generator=gen)
-        xb = x_t[idx]
-        if torch.rand((), generator=gen) < 0.5:  # mirror-free jitter: a one-pixel shift
-            xb = torch.roll(xb, shifts=(1, -1), dims=(2, 3))
-        loss = ce(net(xb), y_t[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    net.eval()
+    fit_tiny(net, x_t, y_t, steps=steps, lr=lr, batch=batch, seed=seed, balanced=True)
     with torch.no_grad():
         logits = net(ex_t)
         loss_after = float(ce(logits, ey_t))
