@@ -57,9 +57,9 @@ def _default_simulators() -> list[SimulatorGenConfig]:
 
 
 class ThetaConfig(StrictModel):
-    """theta measured in the main job (docs/genai.md, "theta"): a tiny classifier's loss on a
-    held-apart validator-art set after ``steps`` fine-tuning steps on a simulator's generated
-    images, divided by its loss before."""
+    """theta measured in the main job (docs/genai.md, "theta"): a tiny classifier's error on a
+    held-apart validator-art set after ``steps`` class-balanced training steps on a simulator's
+    generated images, divided by chance (its error before)."""
 
     enabled: bool = Field(True, description="Measure theta per simulator in the main job.")
     steps: int = Field(30, ge=1, le=1000, description="Fine-tuning steps of the tiny model per measurement.")

@@ -116,7 +116,7 @@ def generate_run(out: str | os.PathLike, specs: Sequence[PromptSpec], *, model, 
 
 def _theta_sets(validator, images, kinds, items, subsets, theta_mode, theta_epochs, test_per_class, seed, log):
     """theta of the whole set and of each subset. An open-set validator (value classes +
-    ``reject``): the paper's loss ratio (:func:`carla_mr.genai.theta.theta_of`, held-apart
+    ``reject``): the error ratio of :func:`carla_mr.genai.theta.theta_of` (held-apart
     crops of the independent painter); a closed-set one: the older accuracy ratios."""
     from carla_mr.genai.scores import relative_accuracy, relative_accuracy_scratch
 
