@@ -101,6 +101,8 @@ def test_routes_are_extended_once_near_their_end_and_polled_lazily(monkeypatch):
         for _ in range(2400):  # 120 s
             w.tick()
         assert len(extensions) >= 10
+        # no extension was missed: no vehicle reached its route's end and was replaced (ids 0-9)
+        assert sorted(int(i) for i in w.last.ids) == list(range(10))
         checks = 2400 // w._check_every
         assert polls[0] < 0.5 * 10 * checks  # polling all 10 vehicles every check: 1200
 
