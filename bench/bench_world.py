@@ -5,7 +5,10 @@ For each population (50, 200, 1000 vehicles; quick: 50, 200) on the project's ar
 - ``embedded``: the :class:`~carla_mr.runner.Runner`'s loop (the only tick loop of the
   package) driving ``EmbeddedWorld.tick()`` (step, subscriptions -> numpy Snapshot in CARLA's
   frame, RSU association, route extension, constant population) with no stage but a clock, so
-  the row includes everything the loop adds per tick (running statistics, per-stage timing);
+  the row includes everything the loop adds per tick (running statistics, per-stage timing).
+  The world converts SUMO's results with its compiled pass when that is built
+  (:mod:`carla_mr.world.sumo_columns`); the same world on the numpy pass is timed too
+  (``ratio_numpy_pass``);
 - ``bare``: the same SUMO net, vehicle count and traffic (the embedded world's vehicle types
   and traffic-light offsets, set up before timing), ``libsumo.simulationStep()`` plus
   subscribing departures, re-adding arrivals on a ready route, and ``getAllSubscriptionResults()``.
@@ -106,12 +109,13 @@ class _LoopClock:
         return {}
 
 
-def _embedded(n: int, warm: int, ticks: int):
+def _embedded(n: int, warm: int, ticks: int, c_pass: bool = True):
     from carla_mr.runner import Runner
     from carla_mr.world.embedded import EmbeddedWorld
 
     sc = _scenario(n)
     w = EmbeddedWorld(sc, seed=1)
+    w.c_pass = c_pass
     with _StepClock() as steps:
         clock = _LoopClock(warm, steps)
         Runner(sc, REPO, [clock], 1, progress=False, world=w, ticks=warm + ticks + 1, run_files=False).run()
@@ -176,12 +180,15 @@ def _bare(n: int, warm: int, ticks: int, net_path, edges) -> tuple[float, int]:
 def run(quick: bool) -> list[dict]:
     """Rows {name, value, unit, baseline, ratio, target}: CPU microseconds per tick of the
     embedded world (value) and of bare libsumo (baseline); ratio = value / baseline."""
+    from carla_mr.world.sumo_columns import c_pass_available
+
     sizes = (50, 200) if quick else (50, 200, 1000)
+    c_pass = c_pass_available()
     rows = []
     for n in sizes:
         warm = 100 if quick else 300
         ticks = 200 if quick else (400 if n < 1000 else 200)
-        best_e = best_b = None
+        best_e = best_b = best_np = None
         pair_ratios = []
         # alternate, keep the best of each: SUMO's own step time varies by tens of percent between
         # identical repeats on this machine (CPU caches and clocks), so one pair is not a measurement;
@@ -189,6 +196,9 @@ def run(quick: bool) -> list[dict]:
         for _ in range(REPEATS_QUICK if quick else REPEATS_FULL):
             te, se, n_emb, (net_path, edges) = _embedded(n, warm, ticks)
             tb, sb, n_bare = _bare(n, warm, ticks, net_path, edges)
+            if c_pass:  # the same world with the numpy pass, for the comparison in this run
+                tn = _embedded(n, warm, ticks, c_pass=False)[0]
+                best_np = tn if best_np is None else min(best_np, tn)
             pair_ratios.append(te / tb)
             best_e = min(best_e or (te, se), (te, se))
             best_b = min(best_b or (tb, sb), (tb, sb))
@@ -202,7 +212,9 @@ def run(quick: bool) -> list[dict]:
                      "overhead_us": overhead * 1e6, "ratio_at_equal_step": (t_bare + overhead) / t_bare,
                      "pair_ratio_median": float(sorted(pair_ratios)[len(pair_ratios) // 2]),
                      "pair_ratio_min": min(pair_ratios), "pair_ratio_max": max(pair_ratios),
-                     "vehicles_embedded": n_emb, "vehicles_bare": n_bare})
+                     "vehicles_embedded": n_emb, "vehicles_bare": n_bare, "c_pass": c_pass,
+                     # the embedded world converting with the numpy pass (None: no C pass built)
+                     "ratio_numpy_pass": None if best_np is None else best_np / t_bare})
     return rows
 
 
@@ -214,7 +226,9 @@ def main(argv: list[str] | None = None) -> None:
               f"ticks/s  time ratio {r['ratio']:.2f} (target {r['target']}); SUMO step {r['sumo_step_us']:.0f} vs "
               f"{r['bare_sumo_step_us']:.0f} us, our overhead {r['overhead_us']:.0f} us/tick -> ratio at equal step "
               f"{r['ratio_at_equal_step']:.2f}; back-to-back pairs {r['pair_ratio_min']:.2f}-{r['pair_ratio_max']:.2f} "
-              f"(median {r['pair_ratio_median']:.2f}); vehicles {r['vehicles_embedded']} vs {r['vehicles_bare']}")
+              f"(median {r['pair_ratio_median']:.2f}); vehicles {r['vehicles_embedded']} vs {r['vehicles_bare']}; "
+              + (f"numpy pass instead of C: ratio {r['ratio_numpy_pass']:.2f}" if r["c_pass"]
+                 else "C pass not built: the numpy pass ran"))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ landmarks -> :attr:`signs`), signs from the scenario are injected first, netconv
 - Traffic lights are the net's (netconvert imports the map's signals) and run in SUMO.
 - Each vehicle's serving RSU is the nearest one whose range covers it (vectorised).
 - Snapshots come from libsumo subscriptions (position 3D, angle, speed), converted to
-  CARLA's frame with the net offset; no per-vehicle objects beyond libsumo's result dicts.
+  CARLA's frame with the net offset, RSU association included, in one pass
+  (:class:`~carla_mr.world.sumo_columns.SumoColumns`: C where built, else numpy; same bits);
+  no per-vehicle objects beyond libsumo's result dicts.
 - Deterministic for a seed (SUMO's ``--seed`` and a numpy Generator for routes).
 
 libsumo runs one simulation per process: a second live EmbeddedWorld raises RunError.
@@ -32,6 +34,7 @@ from carla_mr.errors import CarlaMrError, InputError, RunError
 from carla_mr.world.base import ROLE_AV, ROLE_BACKGROUND, Snapshot, World
 from carla_mr.world.maps import landmark_counts, landmarks_to_signs, map_from_text, signs_for_scenario
 from carla_mr.world.rsu import RsuAssociator, make_rsus
+from carla_mr.world.sumo_columns import SumoColumns
 from carla_mr.world.sumo_net import build_net, cache_dir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,8 +47,6 @@ _LIBSUMO = None
 SUMO_OPTIONS = ("--no-step-log", "true", "--no-warnings", "true", "--duration-log.disable", "true",
                 "--time-to-teleport", "120", "--ignore-route-errors", "true", "--collision.action", "warn",
                 "--collision.check-junctions", "false")
-#: libsumo reports INVALID_DOUBLE_VALUE (-2**30) for vehicles off the network (teleporting).
-INVALID_BELOW = -1.0e9
 #: How often (simulated seconds) routes about to end are extended.
 ROUTE_CHECK_S = 1.0
 #: An upper bound on any vehicle's speed as a multiple of its lane's limit: SUMO draws each
@@ -102,10 +103,6 @@ def live_world() -> Optional["EmbeddedWorld"]:
     return _LIVE
 
 
-#: Per-row factors of SUMO's (x, y, z, angle, speed) on the way to CARLA's frame (y flips).
-_COL_SIGN = np.array([1.0, -1.0, 1.0, 1.0, 1.0]).reshape(5, 1)
-
-
 def _new_snapshot(frame, time, ids, role, x, y, z, yaw, speed, rsu) -> Snapshot:
     """A Snapshot without the frozen dataclass's per-field ``object.__setattr__`` (hot path)."""
     snap = Snapshot.__new__(Snapshot)
@@ -154,6 +151,9 @@ class EmbeddedWorld(World):
     #: Start every traffic-light program at a seeded offset into its cycle, so that not all
     #: junctions switch together (issue 17); False: SUMO's default (all in phase at t = 0).
     stagger_signals: bool = True
+    #: Convert SUMO's results with the compiled pass when it is built (False: the numpy pass,
+    #: the same values bit for bit; see :mod:`carla_mr.world.sumo_columns`).
+    c_pass: bool = True
 
     def __init__(self, scenario: "Scenario", *, seed: Optional[int] = None, traffic_mix: bool = True):
         if _LIVE is not None:
@@ -182,8 +182,6 @@ class EmbeddedWorld(World):
                 atomic_write_text(xodr_path, new_text)
         net = build_net(xodr_path)
         super().__init__(scenario.tick_s, xodr_path=xodr_path, net_offset=net.net_offset)
-        ox, oy = self.net_offset
-        self._col_shift = np.array([-float(ox), float(oy), 0.0, 90.0, 0.0]).reshape(5, 1)
         self.net_path = net.path
         self.map = map_from_text(Path(src).stem, new_text)
         from carla_mr.world.scene import signs_as_rendered
@@ -228,6 +226,7 @@ class EmbeddedWorld(World):
         self._closed = False
         tc = ls.constants
         self._vars = (tc.VAR_POSITION3D, tc.VAR_ANGLE, tc.VAR_SPEED)
+        self._columns = SumoColumns(self._vars, self.net_offset, self._assoc, use_c=self.c_pass)
         self._rng = np.random.default_rng(self.seed)
         self._next_id = 0
         self._next_route = 0
@@ -363,45 +362,15 @@ class EmbeddedWorld(World):
             self._poll_at[vid] = 0  # a teleport moves a vehicle ahead on its route: ask again
         if self._frame % self._check_every == 0:
             self._extend_routes()
-        res = veh.getAllSubscriptionResults()
-        p_var, a_var, s_var = self._vars
-        keys = list(res)
-        n = len(keys)
-        # one pass over libsumo's result dicts -> a flat list x, y, z, angle, speed per vehicle
-        # (a flat list converts to numpy faster than a list of tuples)
-        flat: list = []
-        put, put1 = flat.extend, flat.append
-        for v in res.values():
-            put(v[p_var])
-            put1(v[a_var])
-            put1(v[s_var])
-        # a teleporting vehicle reports a 2-D INVALID position (a short list) or an INVALID speed
-        ok = len(flat) == 5 * n and (n == 0 or min(flat[4::5]) > INVALID_BELOW)
-        if ok:
-            rows = np.array(flat, dtype=np.float64)
-        else:  # leave vehicles that are off the network (teleporting) out of this tick
-            good = [(k, v) for k, v in res.items()
-                    if len(v[p_var]) == 3 and v[p_var][0] > INVALID_BELOW and v[s_var] > INVALID_BELOW]
-            keys = [k for k, _ in good]
-            n = len(keys)
-            rows = np.array([v[p_var] + (v[a_var], v[s_var]) for _, v in good], dtype=np.float64)
+        keys, cols, rsu = self._columns(veh.getAllSubscriptionResults())
         if keys != self._last_keys:
             self._last_keys = keys
             self._ids = np.array(keys, dtype=np.int64) if keys else np.zeros(0, np.int64)
             self._role = self._role_by_id[self._ids]
             self._ids.flags.writeable = False  # shared by every Snapshot until the set changes
             self._role.flags.writeable = False
-        # per row (x, y, z, angle, speed) -> (x - ox, oy - y, z, angle + 90, speed): the net offset
-        # off, SUMO (right-handed) -> CARLA (left-handed), SUMO angle (cw from north) -> cw from +x;
-        # the same values as subtracting and negating one column at a time (in fewer numpy calls),
-        # written straight into (5, n) C-ordered columns
-        cols = np.multiply(rows.reshape(n, 5).T, _COL_SIGN, order="C")
-        cols += self._col_shift
-        x, y, yaw = cols[0], cols[1], cols[3]
-        np.remainder(yaw, 360.0, out=yaw)  # CARLA yaw in [-180, 180)
-        yaw -= 180.0
-        snap = _new_snapshot(self._frame, round((self._frame + 1) * self.tick_s, 9), self._ids, self._role, x, y,
-                             cols[2], yaw, cols[4], self._assoc.assign(x, y))
+        snap = _new_snapshot(self._frame, round((self._frame + 1) * self.tick_s, 9), self._ids, self._role, cols[0],
+                             cols[1], cols[2], cols[3], cols[4], rsu)
         self.last = snap
         return snap
 

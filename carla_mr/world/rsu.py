@@ -86,9 +86,9 @@ class RsuAssociator:
     """
 
     def __init__(self, rsus: RsuTable, chunk: int = 4096):
-        self.rx = np.asarray(rsus.x, dtype=np.float64)
-        self.ry = np.asarray(rsus.y, dtype=np.float64)
-        self.r2 = np.asarray(rsus.range_m, dtype=np.float64) ** 2
+        self.rx = np.ascontiguousarray(rsus.x, dtype=np.float64)
+        self.ry = np.ascontiguousarray(rsus.y, dtype=np.float64)
+        self.r2 = np.ascontiguousarray(rsus.range_m, dtype=np.float64) ** 2
         self.chunk = chunk
         # with one common range, the nearest RSU covers the vehicle iff any RSU does
         self.uniform = bool(len(self.r2) == 0 or np.all(self.r2 == self.r2[0]))

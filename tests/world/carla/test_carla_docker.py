@@ -104,3 +104,15 @@ def test_the_texture_check_runs_its_pattern_and_saves_the_frame(make_server, tow
     assert set(rep) >= {"top", "bottom", "left", "right", "other_meshes"} and rep["other_meshes"]
     names = srv.texture_calls[-1][0]
     assert names == [rep["other_meshes"][0].rsplit("_SM_", 1)[0]]  # the sign's actor got the pattern
+
+
+def test_the_image_copies_every_file_its_install_builds_from():
+    """Each COPY source of the Dockerfile is let through by its .dockerignore (setup.py builds the
+    embedded world's C pass), and host-built extension modules are kept out of the context."""
+    text = (DOCKER / "Dockerfile").read_text()
+    ignore = (DOCKER / "Dockerfile.dockerignore").read_text().split()
+    sources = [src for line in re.findall(r"^COPY (.+)$", text, flags=re.M) for src in line.split()[:-1]]
+    assert "setup.py" in sources
+    for src in sources:
+        assert f"!{src}" in ignore or f"!{src}/**" in ignore, f"{src} is copied but .dockerignore drops it"
+    assert "**/*.so" in ignore
