@@ -195,5 +195,11 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__sumo_columns(void)
 {
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    /* bumped whenever fill()'s arguments or meaning change: sumo_columns.py ignores a stale build */
+    if (m && PyModule_AddIntConstant(m, "ABI", 1) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -196,6 +196,7 @@ class EmbeddedWorld(World):
         self.sumo = None
         self.last: Optional[Snapshot] = None
         self._camera_rig = None
+        self._columns: Optional[SumoColumns] = None
         self._closed = False
         self._started = False
 
@@ -415,10 +416,17 @@ class EmbeddedWorld(World):
         return dict(self._landmarks)
 
     def summary(self) -> dict[str, Any]:
-        """Backend facts for a run summary: once a camera is attached, ``scene``: the OpenGL
-        town's prop counts (the map's own objects under ``map_objects``)."""
+        """Backend facts for a run summary: ``snapshot_pass`` ("c" or "numpy": which
+        :class:`~carla_mr.world.sumo_columns.SumoColumns` pass converted SUMO's results; the
+        values are the same, the C one is faster) and, once a camera is attached, ``scene``: the
+        OpenGL town's prop counts (the map's own objects under ``map_objects``)."""
+        out: dict[str, Any] = {}
+        if self._columns is not None:  # set at reset()
+            out["snapshot_pass"] = "c" if self._columns.uses_c else "numpy"
         rig = self._camera_rig
-        return {"scene": dict(rig.scene_counts)} if rig is not None and rig.scene_counts else {}
+        if rig is not None and rig.scene_counts:
+            out["scene"] = dict(rig.scene_counts)
+        return out
 
     # -- cameras (rendered by carla_mr.world.render; the rig is built on first attach) ------------
     def attach_camera(self, name: str, spec: Any, vehicle_id: int) -> None:

@@ -25,9 +25,19 @@ import numpy as np
 
 from carla_mr.world.rsu import RsuAssociator
 
+#: The ``fill`` signature this module calls (the extension's ``ABI``).
+C_ABI = 1
+
 try:  # optional: setup.py builds it where a C compiler is found
     from carla_mr.world import _sumo_columns as _c
 except ImportError:  # pragma: no cover - depends on the install
+    _c = None
+if _c is not None and getattr(_c, "ABI", None) != C_ABI:  # pragma: no cover - a build older than the source
+    import warnings
+
+    warnings.warn("carla_mr.world._sumo_columns was built from an older source (ABI "
+                  f"{getattr(_c, 'ABI', None)}, want {C_ABI}); using the numpy pass. Rebuild: pip install -e .",
+                  RuntimeWarning, stacklevel=2)
     _c = None
 
 #: libsumo reports INVALID_DOUBLE_VALUE (-2**30) for vehicles off the network (teleporting).

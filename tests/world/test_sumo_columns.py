@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -176,9 +177,24 @@ def test_the_c_pass_rejects_malformed_input_by_name():
         c.fill(good)
 
 
+def test_a_stale_build_is_ignored_with_a_warning():
+    """An extension built from an older source (another ABI) must not be called: numpy instead."""
+    code = ("import sys, types, warnings; warnings.simplefilter('always')\n"
+            "m = types.ModuleType('carla_mr.world._sumo_columns'); m.ABI = 0; m.fill = None\n"
+            "sys.modules['carla_mr.world._sumo_columns'] = m\n"
+            "import carla_mr.world.sumo_columns as s; print(s.c_pass_available())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False" and "built from an older source" in out.stderr
+
+
 @pytest.mark.skipif(sys.platform == "win32" or not (shutil.which("cc") or shutil.which("gcc")),
                     reason="no C compiler here: the install falls back to the numpy pass")
 def test_the_c_pass_is_built_where_a_compiler_is():
     # setup.py builds it optionally: a failed build would silently cost the embedded world ~25%
     # per tick at 50 vehicles (bench/bench_world.py), so an install with a compiler must have it
     assert c_pass_available(), "carla_mr.world._sumo_columns is missing: run `pip install -e .` again and read its log"
+    from carla_mr.world import _sumo_columns
+    from carla_mr.world.sumo_columns import C_ABI
+
+    assert _sumo_columns.ABI == C_ABI
