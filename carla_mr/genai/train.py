@@ -25,6 +25,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -145,28 +146,34 @@ def token_rows_trainable(model, tokens: str):
     return weight
 
 
-def train_base(out: str | os.PathLike, cfg: BaseTrainConfig | None = None, *, resume: bool = False,
-               progress=None, log=None, model=None) -> dict:
-    """Train (or resume) the base model into the run directory ``out``; returns a summary."""
-    torch = require("torch", extra="genai", feature="training the base model")
-    diffusers = require("diffusers", extra="genai", feature="training the base model")
-    from carla_mr.genai.accel import backward_step, make_accel, make_optimizer, prepare_unet
-    from carla_mr.genai.model import build_tiny, load_model, save_model, widen_cross_attention
-    from carla_mr.io import atomic_write, atomic_write_json, atomic_write_text
-
-    cfg = cfg or BaseTrainConfig()
+def _check_base_config(cfg: BaseTrainConfig) -> None:
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise InputError("steps and batch_size must be >= 1", field="steps")
     if cfg.train_tokens.strip() and cfg.train_text_encoder:
         raise InputError("train_tokens trains single embedding rows of a frozen text encoder; add "
                          "--freeze-text-encoder, or drop --train-tokens (the whole encoder trains)",
                          field="train_tokens")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    ckpt_path = out / "checkpoint.pt"
-    accel = make_accel(cfg.device, cfg.dtype, cfg.gradient_checkpointing, cfg.use_8bit_adam)
+
+
+@dataclass
+class _BaseRun:
+    """What one base-model training run updates: the model, its trained tensors (the UNet,
+    the text encoder when it trains, single token rows when only those train), the optimiser
+    and the EMA of the trained tensors."""
+
+    model: Any
+    params: list
+    opt: Any
+    ema: Ema
+
+
+def _base_trainables(cfg: BaseTrainConfig, accel, model) -> _BaseRun:
+    """Build or load the model, put it on ``accel``'s device and make its optimiser and EMA."""
+    import torch
+
+    from carla_mr.genai.accel import make_optimizer, prepare_unet
+    from carla_mr.genai.model import build_tiny, load_model, widen_cross_attention
+
     if model is None:
         model = load_model(cfg.init) if cfg.init else build_tiny(image_size=cfg.image_size, seed=cfg.seed)
     if cfg.cross_attention_levels:
@@ -182,78 +189,117 @@ def train_base(out: str | os.PathLike, cfg: BaseTrainConfig | None = None, *, re
         # no decay: it would shrink the frozen rows; the schedule scales this group's own peak lr
         groups.append({"params": [emb], "weight_decay": 0.0, "lr_scale": cfg.token_lr / cfg.lr})
     opt = make_optimizer(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, accel=accel)
-    scaler = accel.scaler()
-    ema = Ema(params, cfg.ema_decay)
-    start = 0
+    return _BaseRun(model, params, opt, Ema(params, cfg.ema_decay))
+
+
+def _resume_base(out: Path, run: _BaseRun, log) -> tuple[int, list[str]]:
+    """Load ``out``'s checkpoint into ``run``: (the step it reached, its log rows up to it)."""
+    import torch
+
+    ckpt_path = out / "checkpoint.pt"
+    if not ckpt_path.is_file():
+        raise InputError(f"--resume given but {ckpt_path} does not exist; drop --resume or point --out at the "
+                         "run to resume", field="--resume")
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    run.model.unet.load_state_dict(state["unet"])
+    run.model.text_encoder.load_state_dict(state["text_encoder"])
+    run.opt.load_state_dict(state["opt"])
+    for s, v in zip(run.ema.shadow, state["ema"]):
+        s.copy_(v)
+    run.ema.n = int(state["ema_n"])
+    start = int(state["step"])
     log_rows: list[str] = []
-    if resume:
-        if not ckpt_path.is_file():
-            raise InputError(f"--resume given but {ckpt_path} does not exist; drop --resume or point --out at the "
-                             "run to resume", field="--resume")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model.unet.load_state_dict(state["unet"])
-        model.text_encoder.load_state_dict(state["text_encoder"])
-        opt.load_state_dict(state["opt"])
-        for s, v in zip(ema.shadow, state["ema"]):
-            s.copy_(v)
-        ema.n = int(state["ema_n"])
-        start = int(state["step"])
-        if (out / "train_log.csv").is_file():
-            log_rows = (out / "train_log.csv").read_text().splitlines()[1:]
-            log_rows = [r for r in log_rows if int(r.split(",")[0]) <= start]
-        if log:
-            log(f"resumed from step {start}")
-    sched = diffusers.DDPMScheduler.from_config(model.scheduler_config)
-    T = int(sched.config.num_train_timesteps)
-    kinds, colours = SIGN_CLASSES, tuple(COLOURS)
-    model.unet.train(), model.text_encoder.train()
+    if (out / "train_log.csv").is_file():
+        log_rows = (out / "train_log.csv").read_text().splitlines()[1:]
+        log_rows = [r for r in log_rows if int(r.split(",")[0]) <= start]
+    if log:
+        log(f"resumed from step {start}")
+    return start, log_rows
+
+
+def _save_base(out: Path, step: int, cfg: BaseTrainConfig, run: _BaseRun, log_rows: list[str]) -> None:
+    """EMA weights into ``out/model`` (written beside, then swapped in); raw weights, optimiser
+    and EMA into ``out/checkpoint.pt``; the log into ``out/train_log.csv``."""
+    import torch
+
+    from carla_mr.genai.model import save_model
+    from carla_mr.io import atomic_write, atomic_write_text
+
+    model, params, ema = run.model, run.params, run.ema
+    raw = [p.detach().clone() for p in params]
+    ema.copy_to(params)
+    extra = {"trained_steps": step, "kind": "carla_mr-base", "classes": list(SIGN_CLASSES),
+             "colours": list(COLOURS), "prompt": "a {sign} sign on a {colour} background",
+             "config": asdict(cfg)}
+    if cfg.value_prompts:
+        from carla_mr.config.vocab import SPEED_VALUES
+
+        extra.update(speed_values=list(SPEED_VALUES), value_prompt="a speed limit {value} sign on a {colour} background")
+    if cfg.init:
+        extra["init"] = str(cfg.init)
+    save_model(model, out / "model.partial", half=cfg.half_save, extra=extra)
+    with torch.no_grad():
+        for p, r in zip(params, raw):
+            p.copy_(r)
+    if (out / "model").exists():
+        shutil.rmtree(out / "model")
+    os.replace(out / "model.partial", out / "model")
+    state = {"unet": model.unet.state_dict(), "text_encoder": model.text_encoder.state_dict(),
+             "opt": run.opt.state_dict(), "ema": ema.shadow, "ema_n": ema.n, "step": step}
+    atomic_write(out / "checkpoint.pt", lambda fh: torch.save(state, fh))
+    atomic_write_text(out / "train_log.csv", "step,loss,loss_ema,lr,elapsed_s\n" + "".join(r + "\n" for r in log_rows))
+
+
+def _base_step(step: int, cfg: BaseTrainConfig, run: _BaseRun, sched, accel, scaler) -> float:
+    """One denoising step on a batch drawn from (seed, step); returns the loss."""
+    import torch
+
+    from carla_mr.genai.accel import backward_step
+
+    model, opt = run.model, run.opt
+    rng = np.random.default_rng([int(cfg.seed), step])
+    imgs, prompts = _batch(rng, cfg, SIGN_CLASSES, tuple(COLOURS))
+    g = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + step)
+    x0 = model.encode(images_to_tensor(imgs)).to(accel.device)
+    noise = torch.randn(x0.shape, generator=g).to(accel.device)
+    t = torch.randint(0, int(sched.config.num_train_timesteps), (x0.shape[0],), generator=g).to(accel.device)
+    xt = sched.add_noise(x0, noise, t)
+    for group in opt.param_groups:
+        group["lr"] = _lr_at(step, cfg) * group.get("lr_scale", 1.0)
+    with accel.autocast():
+        hs = model.encode_prompts(prompts)
+        pred = model.unet(xt, t, encoder_hidden_states=hs).sample
+    loss = torch.nn.functional.mse_loss(pred.float(), noise)
+    backward_step(loss, opt, run.params, accel, scaler)
+    run.ema.update(run.params)
+    return float(loss.detach())
+
+
+def train_base(out: str | os.PathLike, cfg: BaseTrainConfig | None = None, *, resume: bool = False,
+               progress=None, log=None, model=None) -> dict:
+    """Train (or resume) the base model into the run directory ``out``; returns a summary."""
+    torch = require("torch", extra="genai", feature="training the base model")
+    diffusers = require("diffusers", extra="genai", feature="training the base model")
+    from carla_mr.genai.accel import make_accel
+    from carla_mr.io import atomic_write_json
+
+    cfg = cfg or BaseTrainConfig()
+    _check_base_config(cfg)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    accel = make_accel(cfg.device, cfg.dtype, cfg.gradient_checkpointing, cfg.use_8bit_adam)
+    run = _base_trainables(cfg, accel, model)
+    scaler = accel.scaler()
+    start, log_rows = _resume_base(out, run, log) if resume else (0, [])
+    sched = diffusers.DDPMScheduler.from_config(run.model.scheduler_config)
+    run.model.unet.train(), run.model.text_encoder.train()
     t0 = time.time()
     elapsed0 = float(log_rows[-1].split(",")[4]) if log_rows else 0.0
     loss_ema = float(log_rows[-1].split(",")[2]) if log_rows else None
-
-    def save(step):
-        # EMA weights into the model dir; raw weights + optimiser into checkpoint.pt
-        raw = [p.detach().clone() for p in params]
-        ema.copy_to(params)
-        extra = {"trained_steps": step, "kind": "carla_mr-base", "classes": list(kinds),
-                 "colours": list(colours), "prompt": "a {sign} sign on a {colour} background",
-                 "config": asdict(cfg)}
-        if cfg.value_prompts:
-            from carla_mr.config.vocab import SPEED_VALUES
-
-            extra.update(speed_values=list(SPEED_VALUES), value_prompt="a speed limit {value} sign on a {colour} background")
-        if cfg.init:
-            extra["init"] = str(cfg.init)
-        save_model(model, out / "model.partial", half=cfg.half_save, extra=extra)
-        with torch.no_grad():
-            for p, r in zip(params, raw):
-                p.copy_(r)
-        if (out / "model").exists():
-            shutil.rmtree(out / "model")
-        os.replace(out / "model.partial", out / "model")
-        state = {"unet": model.unet.state_dict(), "text_encoder": model.text_encoder.state_dict(),
-                 "opt": opt.state_dict(), "ema": ema.shadow, "ema_n": ema.n, "step": step}
-        atomic_write(ckpt_path, lambda fh: torch.save(state, fh))
-        atomic_write_text(out / "train_log.csv", "step,loss,loss_ema,lr,elapsed_s\n" + "".join(r + "\n" for r in log_rows))
-
-    step = start
     for step in range(start, cfg.steps):
-        rng = np.random.default_rng([int(cfg.seed), step])
-        imgs, prompts = _batch(rng, cfg, kinds, colours)
-        g = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + step)
-        x0 = model.encode(images_to_tensor(imgs)).to(accel.device)
-        noise = torch.randn(x0.shape, generator=g).to(accel.device)
-        t = torch.randint(0, T, (x0.shape[0],), generator=g).to(accel.device)
-        xt = sched.add_noise(x0, noise, t)
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg) * group.get("lr_scale", 1.0)
-        with accel.autocast():
-            hs = model.encode_prompts(prompts)
-            pred = model.unet(xt, t, encoder_hidden_states=hs).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), noise)
-        backward_step(loss, opt, params, accel, scaler)
-        ema.update(params)
-        lv = float(loss.detach())
+        lv = _base_step(step, cfg, run, sched, accel, scaler)
         loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             log_rows.append(f"{step + 1},{lv:.5f},{loss_ema:.5f},{_lr_at(step, cfg):.6g},"
@@ -261,13 +307,13 @@ def train_base(out: str | os.PathLike, cfg: BaseTrainConfig | None = None, *, re
         if progress:
             progress(1)
         if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-            save(step + 1)
+            _save_base(out, step + 1, cfg, run, log_rows)
     final = max(cfg.steps, start)
-    save(final)
+    _save_base(out, final, cfg, run, log_rows)
     elapsed = elapsed0 + time.time() - t0
     summary = {"model": str(out / "model"), "steps": final, "resumed_from": start if resume else None,
                "loss_ema": loss_ema, "elapsed_s": round(elapsed, 1),
                "steps_per_s": round((final - start) / max(time.time() - t0, 1e-9), 4),
-               "params": model.n_params(), "config": asdict(cfg)}
+               "params": run.model.n_params(), "config": asdict(cfg)}
     atomic_write_json(out / "train.json", summary)
     return summary

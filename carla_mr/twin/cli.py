@@ -165,6 +165,25 @@ def _test_sets(sources, past: int, future: int, *, hz, load: dict, max_windows: 
     return tests, overlap
 
 
+def _init_weights(init_model, past: int, future: int, map_inputs: bool) -> dict:
+    """--init: the {params, norm} of a trained map-free residual model, for a map-aware one."""
+    from carla_mr.twin.predictors import load_predictor
+    from carla_mr.twin.residual import ResidualPredictor
+
+    im = load_predictor(init_model, past=past, future=future)
+    if im.kind != ResidualPredictor.kind or getattr(im, "map_inputs", False) or im.params is None:
+        raise InputError("--init needs a trained map-free residual model", field="--init", source=str(init_model))
+    if not map_inputs:
+        raise InputError("--init is for a map-aware model: give --map too", field="--init")
+    return {"params": im.params, "norm": im.norm}
+
+
+def _overlap(reference, tests) -> int:
+    """How many held-apart vehicles the --compare model saw in training (its ``train_keys``)."""
+    rk = set(getattr(reference, "train_keys", []) or [])
+    return int(len({k for t in tests for k in t.keys.tolist()} & rk))
+
+
 @click.group(name="twin")
 def twin_group():
     """Digital-twin trajectory predictors: train, eval."""
@@ -226,16 +245,7 @@ def train_cmd(data_paths, past, future, rates, epochs, batch_size, lr, hidden, l
                             patience=patience, max_seconds=max_seconds, noise_m=noise_m)
     maps, test_maps = _maps(kw, len(data_paths), len(kw["test_data"]))
     map_inputs = any(m is not None for m in maps)
-    init = None
-    if init_model:
-        from carla_mr.twin.predictors import load_predictor
-
-        im = load_predictor(init_model, past=past, future=future)
-        if im.kind != ResidualPredictor.kind or getattr(im, "map_inputs", False) or im.params is None:
-            raise InputError("--init needs a trained map-free residual model", field="--init", source=str(init_model))
-        if not map_inputs:
-            raise InputError("--init is for a map-aware model: give --map too", field="--init")
-        init = {"params": im.params, "norm": im.norm}
+    init = _init_weights(init_model, past, future, map_inputs) if init_model else None
     reference = None
     if compare:
         from carla_mr.twin.predictors import load_predictor
@@ -254,13 +264,11 @@ def train_cmd(data_paths, past, future, rates, epochs, batch_size, lr, hidden, l
     unit = "(weighted)" if rate_balance else "m"
     params, norm, facts = fit(arrays, groups, recipe, seed=seed, init=init, on_epoch=lambda e, tl, vl: log(
         f"epoch {e}: train ADE {tl:.4f} {unit}, validation ADE {vl:.4f} {unit}"))
-    facts["rates_hz"] = hzs
-    facts["rate_balance"] = rate_balance
+    facts.update(rates_hz=hzs, rate_balance=rate_balance)
     if init_model:
         facts["init"] = str(init_model)
     if map_inputs:
-        facts["map_dropout"] = map_dropout
-        facts["maps"] = [None if m is None else m.name for m in maps]
+        facts.update(map_dropout=map_dropout, maps=[None if m is None else m.name for m in maps])
     model = ResidualPredictor(past, future, hzs[0], params=params, norm=norm, info=facts, train_keys=train_keys,
                               map_inputs=map_inputs, fallback=init)
     model_dir = model.save(run_dir / "model")
@@ -268,8 +276,7 @@ def train_cmd(data_paths, past, future, rates, epochs, batch_size, lr, hidden, l
         log(f"scoring held-apart vehicles at {hz:g} Hz")
     ref_overlap = None
     if reference is not None:
-        rk = set(getattr(reference, "train_keys", []) or [])
-        ref_overlap = int(len({k for t in tests for k in t.keys.tolist()} & rk))
+        ref_overlap = _overlap(reference, tests)
         log(f"--compare {compare}: {ref_overlap} held-apart vehicles were in its training data")
     results = _score_all(model, tests, past, future, seed, reference)
     extra = []

@@ -421,44 +421,12 @@ def resample(ids: np.ndarray, t: np.ndarray, x: np.ndarray, y: np.ndarray, *, sa
     y = np.asarray(y, np.float64)
     report = {"rows_in": int(ids.shape[0]), "nan_rows": 0, "duplicate_time_rows": 0, "unsorted_tracks": 0,
               "single_sample_tracks": 0, "gap_splits": 0, "jump_splits": 0, "short_segments": 0}
-    ok = np.isfinite(t) & np.isfinite(x) & np.isfinite(y)
-    report["nan_rows"] = int((~ok).sum())
-    ids, t, x, y = ids[ok], t[ok], x[ok], y[ok]
-    if ids.size == 0:
-        raise InputError("no rows with finite time and position", field="DATA")
-    _check_order(ids, t, sort_time, time_col, names, report)
-    order = np.lexsort((t, ids))
-    ids, t, x, y = ids[order], t[order], x[order], y[order]
-    dup = np.concatenate([[False], (ids[1:] == ids[:-1]) & (t[1:] == t[:-1])])
-    report["duplicate_time_rows"] = int(dup.sum())
-    ids, t, x, y = ids[~dup], t[~dup], x[~dup], y[~dup]
-    _, counts = np.unique(ids, return_counts=True)
-    report["single_sample_tracks"] = int((counts == 1).sum())
+    ids, t, x, y = _clean_rows(ids, t, x, y, sort_time, time_col, names, report)
     native = native_rate(ids, t)
-    hz = native if sample_hz is None else float(sample_hz)
-    if not (math.isfinite(hz) and rate_range[0] - 1e-9 <= hz <= rate_range[1] + 1e-9):
-        what = "the data's own rate" if sample_hz is None else "the requested rate"
-        raise InputError(f"{what} {hz:g} Hz is outside {rate_range[0]:g}-{rate_range[1]:g} Hz; "
-                         f"give --sample-hz within that range (at most the data's {native:g} Hz)", field="sample_hz")
-    upsampled = hz > native * 1.01
-    if upsampled and not allow_upsample:
-        raise InputError(f"{hz:g} Hz is above the data's own rate ({native:g} Hz): upsampling invents samples; "
-                         f"give --sample-hz <= {native:g} or pass --allow-upsample", field="sample_hz")
-    report["native_hz"] = native
-    report["sample_hz"] = hz
-    report["upsampled"] = bool(upsampled)
+    hz = _sample_rate(native, sample_hz, allow_upsample, rate_range, report)
     dt = 1.0 / hz
     max_gap = float(max_gap_s) if max_gap_s is not None else max(1.0, 2.5 * dt, 2.5 / native)
-    new_veh = np.concatenate([[True], ids[1:] != ids[:-1]])
-    same = ~new_veh[1:]
-    dt_raw = np.diff(t)
-    gap = np.concatenate([[False], same & (dt_raw > max_gap)])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        speed = np.hypot(np.diff(x), np.diff(y)) / dt_raw
-    jump = np.concatenate([[False], same & ~gap[1:] & (speed > max_speed_mps)])
-    report["gap_splits"] = int(gap.sum())
-    report["jump_splits"] = int(jump.sum())
-    starts = np.flatnonzero(new_veh | gap | jump)
+    starts = _segment_starts(ids, t, x, y, max_gap, max_speed_mps, report)
     ends = np.concatenate([starts[1:], [ids.size]])
     xy = np.stack([x, y], axis=1)
     veh_out, xy_out, t_out, lens = [], [], [], []
@@ -483,6 +451,58 @@ def resample(ids: np.ndarray, t: np.ndarray, x: np.ndarray, y: np.ndarray, *, sa
     _, veh_dense = np.unique(raw, return_inverse=True)
     return Tracks(dt, veh_dense.astype(np.int64).reshape(-1), offs, np.concatenate(xy_out), np.concatenate(t_out),
                   report, raw_vehicle=raw)
+
+
+def _clean_rows(ids, t, x, y, sort_time: bool, time_col: str, names, report: dict):
+    """Rows without a finite time or position dropped, sorted by (vehicle, time), repeated
+    (vehicle, time) rows dropped; counts into ``report``."""
+    ok = np.isfinite(t) & np.isfinite(x) & np.isfinite(y)
+    report["nan_rows"] = int((~ok).sum())
+    ids, t, x, y = ids[ok], t[ok], x[ok], y[ok]
+    if ids.size == 0:
+        raise InputError("no rows with finite time and position", field="DATA")
+    _check_order(ids, t, sort_time, time_col, names, report)
+    order = np.lexsort((t, ids))
+    ids, t, x, y = ids[order], t[order], x[order], y[order]
+    dup = np.concatenate([[False], (ids[1:] == ids[:-1]) & (t[1:] == t[:-1])])
+    report["duplicate_time_rows"] = int(dup.sum())
+    ids, t, x, y = ids[~dup], t[~dup], x[~dup], y[~dup]
+    _, counts = np.unique(ids, return_counts=True)
+    report["single_sample_tracks"] = int((counts == 1).sum())
+    return ids, t, x, y
+
+
+def _sample_rate(native: float, sample_hz, allow_upsample: bool, rate_range: tuple[float, float], report: dict) -> float:
+    """The rate to resample at (Hz): ``sample_hz`` or the data's own, checked against
+    ``rate_range`` and, unless ``allow_upsample``, against the data's own rate."""
+    hz = native if sample_hz is None else float(sample_hz)
+    if not (math.isfinite(hz) and rate_range[0] - 1e-9 <= hz <= rate_range[1] + 1e-9):
+        what = "the data's own rate" if sample_hz is None else "the requested rate"
+        raise InputError(f"{what} {hz:g} Hz is outside {rate_range[0]:g}-{rate_range[1]:g} Hz; "
+                         f"give --sample-hz within that range (at most the data's {native:g} Hz)", field="sample_hz")
+    upsampled = hz > native * 1.01
+    if upsampled and not allow_upsample:
+        raise InputError(f"{hz:g} Hz is above the data's own rate ({native:g} Hz): upsampling invents samples; "
+                         f"give --sample-hz <= {native:g} or pass --allow-upsample", field="sample_hz")
+    report["native_hz"] = native
+    report["sample_hz"] = hz
+    report["upsampled"] = bool(upsampled)
+    return hz
+
+
+def _segment_starts(ids, t, x, y, max_gap: float, max_speed_mps: float, report: dict) -> np.ndarray:
+    """Row indices where a segment starts (rows sorted by vehicle and time): a new vehicle, a
+    time gap over ``max_gap`` seconds, or a step implying more than ``max_speed_mps``."""
+    new_veh = np.concatenate([[True], ids[1:] != ids[:-1]])
+    same = ~new_veh[1:]
+    dt_raw = np.diff(t)
+    gap = np.concatenate([[False], same & (dt_raw > max_gap)])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        speed = np.hypot(np.diff(x), np.diff(y)) / dt_raw
+    jump = np.concatenate([[False], same & ~gap[1:] & (speed > max_speed_mps)])
+    report["gap_splits"] = int(gap.sum())
+    report["jump_splits"] = int(jump.sum())
+    return np.flatnonzero(new_veh | gap | jump)
 
 
 def load_tracks(path: str | os.PathLike, *, sample_hz: float | None = None, min_samples: int = 2,

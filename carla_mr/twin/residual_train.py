@@ -108,6 +108,34 @@ def _init_net(torch, net, init: dict, n_in: int) -> None:
             mod.bias.copy_(torch.from_numpy(np.ascontiguousarray(init[f"b{i}"], np.float32)))
 
 
+def _validation_rows(groups: np.ndarray, val_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """(M,) bool: the windows of a ``val_fraction`` share of the vehicles (at least one vehicle,
+    never all; none when there is a single vehicle), drawn with ``rng``."""
+    ug = np.unique(groups)
+    n_val = min(ug.size - 1, max(1, int(round(val_fraction * ug.size)))) if ug.size >= 2 else 0
+    return np.isin(groups, rng.permutation(ug)[:n_val]) if n_val else np.zeros(groups.shape[0], bool)
+
+
+def _normaliser(train_feat: np.ndarray, init: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column (mean, std) of the training windows; constant columns get std 1; with
+    ``init``, its own normalisers for the columns it had."""
+    mean, std = train_feat.mean(0), train_feat.std(0) + 1e-6
+    std[std < 1e-3] = 1.0  # constant columns (e.g. an always-present lag flag) pass through
+    if init is not None:
+        k0 = init["norm"]["mean"].shape[0]
+        mean[:k0], std[:k0] = init["norm"]["mean"], init["norm"]["std"]
+    return mean, std
+
+
+def _export(torch, net) -> dict[str, np.ndarray]:
+    """The MLP's weights as float32 numpy arrays {W0 (in, out), b0, W1, ...}."""
+    params = {}
+    for i, mod in enumerate(m for m in net if isinstance(m, torch.nn.Linear)):
+        params[f"W{i}"] = mod.weight.detach().numpy().T.astype(np.float32).copy()
+        params[f"b{i}"] = mod.bias.detach().numpy().astype(np.float32).copy()
+    return params
+
+
 def fit(arrays: dict[str, np.ndarray], groups: np.ndarray, recipe: ResidualRecipe, *, seed: int = 0,
         on_epoch: Callable[[int, float, float], None] | None = None, init: dict | None = None,
         ) -> tuple[dict, dict, dict[str, Any]]:
@@ -124,15 +152,9 @@ def fit(arrays: dict[str, np.ndarray], groups: np.ndarray, recipe: ResidualRecip
     m = arrays["feat"].shape[0]
     if m < 10:
         raise InputError(f"need at least 10 training windows, got {m}", field="DATA")
-    ug = np.unique(groups)
-    n_val = min(ug.size - 1, max(1, int(round(recipe.val_fraction * ug.size)))) if ug.size >= 2 else 0
-    is_val = np.isin(groups, rng.permutation(ug)[:n_val]) if n_val else np.zeros(m, bool)
+    is_val = _validation_rows(groups, recipe.val_fraction, rng)
     feat = arrays["feat"]
-    mean, std = feat[~is_val].mean(0), feat[~is_val].std(0) + 1e-6
-    std[std < 1e-3] = 1.0  # constant columns (e.g. an always-present lag flag) pass through
-    if init is not None:
-        k0 = init["norm"]["mean"].shape[0]
-        mean[:k0], std[:k0] = init["norm"]["mean"], init["norm"]["std"]
+    mean, std = _normaliser(feat[~is_val], init)
     w = arrays.get("w")
     T = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in
          {"X": (feat - mean) / std, "CV": arrays["cv"], "Y": arrays["y"], "B": arrays["bound"],
@@ -179,11 +201,7 @@ def fit(arrays: dict[str, np.ndarray], groups: np.ndarray, recipe: ResidualRecip
             break
     if best_state is not None:
         net.load_state_dict(best_state)
-    lin = [mod for mod in net if isinstance(mod, torch.nn.Linear)]
-    params = {}
-    for i, mod in enumerate(lin):
-        params[f"W{i}"] = mod.weight.detach().numpy().T.astype(np.float32).copy()
-        params[f"b{i}"] = mod.bias.detach().numpy().astype(np.float32).copy()
+    params = _export(torch, net)
     facts = {"recipe": asdict(recipe), "epochs_run": epoch, "stopped_by": stop,
              "train_seconds": round(time.perf_counter() - t0, 1), "train_windows": int(tr_idx.size),
              "val_windows": int(va_idx.size), "best_val_ade_m": best,

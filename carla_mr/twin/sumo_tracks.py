@@ -39,11 +39,7 @@ def simulate(net_path: str | os.PathLike, out_path: str | os.PathLike, *, vehicl
     ``net_path`` may be a ``.net.xml`` or an OpenDRIVE ``.xodr`` (converted by netconvert, cached).
     """
     import libsumo as ts
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     import sumolib
-
-    from carla_mr.world.coords import sumo_to_carla
 
     net_path = Path(net_path)
     if not net_path.is_file():
@@ -63,55 +59,85 @@ def simulate(net_path: str | os.PathLike, out_path: str | os.PathLike, *, vehicl
               "--collision.action", "remove", "--ignore-route-errors", "true",
               "--lanechange.duration", str(lane_change_s)])
     try:
-        next_id = 0
-        roles: dict[str, int] = {}
-        cols: dict[str, list] = {k: [] for k in ("frame", "time", "id", "role", "x", "y", "yaw", "speed")}
-        dropped_teleports = 0
-        ticks = int(round(duration_s / tick_s))
-        warm = int(round(warmup_s / tick_s))
-        for frame in range(ticks + warm):
-            live = ts.simulation.getMinExpectedNumber()  # inserted + waiting
-            tries = 0
-            while live < vehicles and tries < 4 * vehicles:
-                tries += 1
-                a, b = rng.choice(len(edges), 2, replace=False)
-                route = ts.simulation.findRoute(edges[a], edges[b])
-                if not route.edges:
-                    continue
-                vid = f"v{next_id}"
-                rid = f"r{next_id}"
-                next_id += 1
-                ts.route.add(rid, list(route.edges))
-                ts.vehicle.add(vid, rid, departLane="best", departSpeed="max")
-                ts.vehicle.setSpeedFactor(vid, float(rng.uniform(*speed_factor)))
-                roles[vid] = 1 if rng.random() < av_share else 0
-                live += 1
-            ts.simulationStep()
-            for vid in ts.simulation.getDepartedIDList():
-                ts.vehicle.subscribe(vid, [_VAR_POSITION, _VAR_ANGLE, _VAR_SPEED])
-            for vid in ts.simulation.getStartingTeleportIDList():
-                dropped_teleports += 1
-                roles[vid] = -1  # its track ends here: never record it again
-            if frame < warm or (frame - warm) % record_every:
-                continue
-            res = ts.vehicle.getAllSubscriptionResults()
-            t = (frame + 1) * tick_s
-            for vid, r in res.items():
-                role = roles.get(vid, 0)
-                if role < 0 or _VAR_POSITION not in r:
-                    continue
-                x, y = r[_VAR_POSITION]
-                cols["frame"].append(frame + 1)
-                cols["time"].append(t)
-                cols["id"].append(int(vid[1:]))
-                cols["role"].append(role)
-                cols["x"].append(x)
-                cols["y"].append(y)
-                cols["yaw"].append(r[_VAR_ANGLE])
-                cols["speed"].append(r[_VAR_SPEED])
+        cols, dropped_teleports = _drive(ts, rng, edges, vehicles=vehicles, ticks=int(round(duration_s / tick_s)),
+                                         warm=int(round(warmup_s / tick_s)), tick_s=tick_s,
+                                         record_every=record_every, av_share=av_share, speed_factor=speed_factor)
     finally:
         ts.close()
-    x, y, yaw = sumo_to_carla(np.asarray(cols["x"]), np.asarray(cols["y"]), np.asarray(cols["yaw"]), off)
+    out_path = Path(out_path)
+    n = _write_tracks(cols, off, out_path)
+    return {"rows": n, "vehicles": int(len(np.unique(cols["id"]))) if n else 0,
+            "dropped_teleports": dropped_teleports, "out": str(out_path)}
+
+
+def _top_up(ts, rng, edges: list[str], vehicles: int, roles: dict[str, int], next_id: int,
+            av_share: float, speed_factor: tuple[float, float]) -> int:
+    """Add cars on random routes until ``vehicles`` are inserted or waiting (at most 4 tries
+    per car); returns the next free id number."""
+    live = ts.simulation.getMinExpectedNumber()  # inserted + waiting
+    tries = 0
+    while live < vehicles and tries < 4 * vehicles:
+        tries += 1
+        a, b = rng.choice(len(edges), 2, replace=False)
+        route = ts.simulation.findRoute(edges[a], edges[b])
+        if not route.edges:
+            continue
+        vid = f"v{next_id}"
+        rid = f"r{next_id}"
+        next_id += 1
+        ts.route.add(rid, list(route.edges))
+        ts.vehicle.add(vid, rid, departLane="best", departSpeed="max")
+        ts.vehicle.setSpeedFactor(vid, float(rng.uniform(*speed_factor)))
+        roles[vid] = 1 if rng.random() < av_share else 0
+        live += 1
+    return next_id
+
+
+def _drive(ts, rng, edges: list[str], *, vehicles: int, ticks: int, warm: int, tick_s: float, record_every: int,
+           av_share: float, speed_factor: tuple[float, float]) -> tuple[dict[str, list], int]:
+    """Step the started simulation ``warm + ticks`` times, keeping ``vehicles`` alive; returns
+    the recorded columns (SUMO's frame: x, y metres, yaw = SUMO angle in degrees) and how many
+    tracks ended at a teleport."""
+    next_id = 0
+    roles: dict[str, int] = {}
+    cols: dict[str, list] = {k: [] for k in ("frame", "time", "id", "role", "x", "y", "yaw", "speed")}
+    dropped_teleports = 0
+    for frame in range(ticks + warm):
+        next_id = _top_up(ts, rng, edges, vehicles, roles, next_id, av_share, speed_factor)
+        ts.simulationStep()
+        for vid in ts.simulation.getDepartedIDList():
+            ts.vehicle.subscribe(vid, [_VAR_POSITION, _VAR_ANGLE, _VAR_SPEED])
+        for vid in ts.simulation.getStartingTeleportIDList():
+            dropped_teleports += 1
+            roles[vid] = -1  # its track ends here: never record it again
+        if frame < warm or (frame - warm) % record_every:
+            continue
+        t = (frame + 1) * tick_s
+        for vid, r in ts.vehicle.getAllSubscriptionResults().items():
+            role = roles.get(vid, 0)
+            if role < 0 or _VAR_POSITION not in r:
+                continue
+            x, y = r[_VAR_POSITION]
+            cols["frame"].append(frame + 1)
+            cols["time"].append(t)
+            cols["id"].append(int(vid[1:]))
+            cols["role"].append(role)
+            cols["x"].append(x)
+            cols["y"].append(y)
+            cols["yaw"].append(r[_VAR_ANGLE])
+            cols["speed"].append(r[_VAR_SPEED])
+    return cols, dropped_teleports
+
+
+def _write_tracks(cols: dict[str, list], net_offset, out_path: Path) -> int:
+    """The recorded columns in CARLA's frame as the trajectory parquet schema; returns the row count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from carla_mr.io import atomic_write
+    from carla_mr.world.coords import sumo_to_carla
+
+    x, y, yaw = sumo_to_carla(np.asarray(cols["x"]), np.asarray(cols["y"]), np.asarray(cols["yaw"]), net_offset)
     n = len(cols["id"])
     table = pa.table({
         "frame": pa.array(np.asarray(cols["frame"], np.int64)),
@@ -122,12 +148,8 @@ def simulate(net_path: str | os.PathLike, out_path: str | os.PathLike, *, vehicl
         "yaw": pa.array(yaw), "speed": pa.array(np.asarray(cols["speed"], np.float64)),
         "rsu": pa.array(np.full(n, -1, np.int32)),
     })
-    out_path = Path(out_path)
-    from carla_mr.io import atomic_write
-
     atomic_write(out_path, lambda fh: pq.write_table(table, fh))
-    return {"rows": n, "vehicles": int(len(np.unique(cols["id"]))) if n else 0,
-            "dropped_teleports": dropped_teleports, "out": str(out_path)}
+    return n
 
 
 def main(argv: list[str] | None = None) -> None:  # pragma: no cover - thin wrapper

@@ -145,9 +145,11 @@ def _painter_order(objects, pos, geom: SignGeometry, vbox, vnorm, fc, facing):
     - the box entirely behind the sign's plane (seen from the camera): box first;
     - entirely in front of it: sign first;
     - straddling it: sign first iff the sign lies behind a camera-facing face plane of the box.
-    """
-    import heapq
 
+    ``objects`` are (distance, kind 1 sign / 0 vehicle, index, ...) tuples; ``vbox`` (K, 8, 3)
+    the vehicles' box corners, ``vnorm``/``fc`` (K, 6, 3) their face normals and centres,
+    ``facing`` (K, 6) which faces the camera sees.
+    """
     n = len(objects)
     if n == 0:
         return objects
@@ -155,58 +157,77 @@ def _painter_order(objects, pos, geom: SignGeometry, vbox, vnorm, fc, facing):
     cars = [j for j, o in enumerate(objects) if o[1] == 0]
     after: list[list[int]] = [[] for _ in range(n)]  # after[a] = objects drawn after a
     indeg = [0] * n
+
+    def draw_before(a: int, b: int) -> None:
+        after[a].append(b)
+        indeg[b] += 1
+
     if signs and cars:
-        ci = np.array([objects[j][2] for j in cars])
-        ccent = vbox[ci].mean(axis=1)  # (C, 3)
-        for js in signs:
-            i = objects[js][2]
-            near = np.nonzero(((ccent - geom.center[i]) ** 2).sum(axis=1) <= PAIR_RADIUS_M ** 2)[0]
-            if len(near) == 0:
-                continue
-            nrm, c = geom.normal[i], geom.center[i]
-            cam_side = 1.0 if float(np.dot(nrm, pos - c)) >= 0 else -1.0
-            side = ((vbox[ci[near]] - c) @ nrm) * cam_side  # (M, 8): > 0 on the camera's side
-            corners = geom.corners[i]
-            for q, (m, k) in enumerate(zip(near, ci[near])):
-                if (side[q] <= 1e-9).all():
-                    sign_first = False  # box behind the sign's plane
-                elif (side[q] >= -1e-9).all():
-                    sign_first = True  # box between the camera and the sign's plane
-                else:
-                    sign_first = False
-                    for f in np.nonzero(facing[k])[0]:
-                        if (((corners - fc[k, f]) @ vnorm[k, f]) <= 1e-9).all():
-                            sign_first = True  # the sign is behind a visible face of the box
-                            break
-                a, b = (js, cars[m]) if sign_first else (cars[m], js)
-                after[a].append(b)
-                indeg[b] += 1
-    # Vehicle pairs: a box entirely on the camera's side of one of the other's visible face
-    # planes cannot be hidden by it, so it is drawn after it.
+        _order_sign_car_pairs(objects, signs, cars, pos, geom, vbox, vnorm, fc, facing, draw_before)
     if len(cars) > 1:
-        ci = np.array([objects[j][2] for j in cars])
-        cc = vbox[ci].mean(axis=1)
-        d2 = ((cc[:, None, :] - cc[None, :, :]) ** 2).sum(axis=2)
-        pa, pb = np.nonzero(np.triu(d2 <= CAR_PAIR_RADIUS_M ** 2, k=1))
-        if len(pa):
-            ka, kb = ci[pa], ci[pb]
+        _order_car_pairs(objects, cars, vbox, vnorm, fc, facing, draw_before)
+    return _far_first_topological(objects, after, indeg)
 
-            def in_front(kp, kq):
-                """(P,) whether box kq lies entirely in front of a camera-facing face of kp."""
-                off = np.einsum("pfk,pfk->pf", vnorm[kp], fc[kp])
-                val = np.einsum("pfk,pck->pfc", vnorm[kp], vbox[kq]) - off[:, :, None]
-                return ((val >= -1e-9).all(axis=2) & facing[kp]).any(axis=1)
 
-            b_front, a_front = in_front(ka, kb), in_front(kb, ka)
-            for x_, y_, bf, af in zip(pa, pb, b_front, a_front):
-                if bf:
-                    a, b = cars[x_], cars[y_]  # b in front of a: a first
-                elif af:
-                    a, b = cars[y_], cars[x_]
-                else:
-                    continue
-                after[a].append(b)
-                indeg[b] += 1
+def _order_sign_car_pairs(objects, signs, cars, pos, geom: SignGeometry, vbox, vnorm, fc, facing, draw_before) -> None:
+    """``draw_before(a, b)`` for every sign and vehicle within PAIR_RADIUS_M (the rules of
+    :func:`_painter_order`)."""
+    ci = np.array([objects[j][2] for j in cars])
+    ccent = vbox[ci].mean(axis=1)  # (C, 3)
+    for js in signs:
+        i = objects[js][2]
+        near = np.nonzero(((ccent - geom.center[i]) ** 2).sum(axis=1) <= PAIR_RADIUS_M ** 2)[0]
+        if len(near) == 0:
+            continue
+        nrm, c = geom.normal[i], geom.center[i]
+        cam_side = 1.0 if float(np.dot(nrm, pos - c)) >= 0 else -1.0
+        side = ((vbox[ci[near]] - c) @ nrm) * cam_side  # (M, 8): > 0 on the camera's side
+        corners = geom.corners[i]
+        for q, (m, k) in enumerate(zip(near, ci[near])):
+            if (side[q] <= 1e-9).all():
+                sign_first = False  # box behind the sign's plane
+            elif (side[q] >= -1e-9).all():
+                sign_first = True  # box between the camera and the sign's plane
+            else:
+                sign_first = False
+                for f in np.nonzero(facing[k])[0]:
+                    if (((corners - fc[k, f]) @ vnorm[k, f]) <= 1e-9).all():
+                        sign_first = True  # the sign is behind a visible face of the box
+                        break
+            draw_before(*((js, cars[m]) if sign_first else (cars[m], js)))
+
+
+def _order_car_pairs(objects, cars, vbox, vnorm, fc, facing, draw_before) -> None:
+    """Vehicle pairs within CAR_PAIR_RADIUS_M: a box entirely on the camera's side of one of the
+    other's visible face planes cannot be hidden by it, so it is drawn after it."""
+    ci = np.array([objects[j][2] for j in cars])
+    cc = vbox[ci].mean(axis=1)
+    d2 = ((cc[:, None, :] - cc[None, :, :]) ** 2).sum(axis=2)
+    pa, pb = np.nonzero(np.triu(d2 <= CAR_PAIR_RADIUS_M ** 2, k=1))
+    if not len(pa):
+        return
+    ka, kb = ci[pa], ci[pb]
+
+    def in_front(kp, kq):
+        """(P,) whether box kq lies entirely in front of a camera-facing face of kp."""
+        off = np.einsum("pfk,pfk->pf", vnorm[kp], fc[kp])
+        val = np.einsum("pfk,pck->pfc", vnorm[kp], vbox[kq]) - off[:, :, None]
+        return ((val >= -1e-9).all(axis=2) & facing[kp]).any(axis=1)
+
+    b_front, a_front = in_front(ka, kb), in_front(kb, ka)
+    for x_, y_, bf, af in zip(pa, pb, b_front, a_front):
+        if bf:
+            draw_before(cars[x_], cars[y_])  # y in front of x: x first
+        elif af:
+            draw_before(cars[y_], cars[x_])
+
+
+def _far_first_topological(objects, after: list[list[int]], indeg: list[int]) -> list:
+    """``objects`` in an order that keeps every ``after`` constraint, farthest first among the
+    objects free to go next (a cycle, not expected, is broken at its farthest object)."""
+    import heapq
+
+    n = len(objects)
     heap = [(-objects[j][0], j) for j in range(n) if indeg[j] == 0]
     heapq.heapify(heap)
     out, done = [], [False] * n
