@@ -6,8 +6,10 @@ under ``TYPE_CHECKING`` alike -- and checked against the layers of docs/architec
     base < world < twin, stages < market, genai < dataset < top (runner wiring, report, viewer, CLIs)
 
 A module may import its own layer or any lower one. Separately, the graph of imports
-between files must have no cycle (of any length), and product code never imports the test
-doubles in ``carla_mr.testing``. Failures name the file and line.
+between files must have no cycle (of any length), product code never imports the test
+doubles in ``carla_mr.testing``, and no module imports another module's private name
+(``from carla_mr.x import _y``; a private *module*, such as the C extension
+``world._sumo_columns`` its wrapper imports, is not a name). Failures name the file and line.
 """
 
 from __future__ import annotations
@@ -208,6 +210,31 @@ def test_product_code_never_imports_test_doubles(graph):
     assert not bad, "\n".join(bad)
 
 
+def private_name_imports(package: Path = PACKAGE) -> list[str]:
+    """``from carla_mr.<module> import _name`` in another file, where ``_name`` is not itself a
+    module or extension of the package (``import ... as _alias`` of a public name is fine)."""
+    bad = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if not isinstance(node, ast.ImportFrom) or node.level or not (node.module or "").startswith("carla_mr"):
+                continue
+            folder = package.parent / Path(*node.module.split("."))
+            for alias in node.names:
+                name = alias.name
+                if not name.startswith("_") or name.startswith("__"):
+                    continue
+                if (folder / f"{name}.py").is_file() or (folder / name).is_dir() or any(folder.glob(f"{name}.c")):
+                    continue  # a private module of that package
+                bad.append(f"{path.relative_to(package.parent)}:{node.lineno}: imports the private name "
+                           f"'{name}' from {node.module}; make it public there or keep it in one module")
+    return bad
+
+
+def test_no_module_imports_another_modules_private_name():
+    bad = private_name_imports()
+    assert not bad, "\n".join(bad)
+
+
 # -- the checker itself is tested on a small package written here ---------------------------
 
 def _package(tmp_path: Path, files: dict[str, str]) -> Path:
@@ -241,3 +268,11 @@ def test_checker_accepts_downward_and_cli_imports(tmp_path):
                               "world/maps_cli.py": "from carla_mr.dataset import recorder\n"})
     g = import_graph(pkg)
     assert upward_imports(g) == [] and cycles(g) == []
+
+
+def test_checker_finds_a_private_name_import_but_not_a_private_module(tmp_path):
+    pkg = _package(tmp_path, {"world/__init__.py": "", "world/a.py": "def _helper():\n    pass\n",
+                              "world/_fast.c": "", "world/b.py": "def f():\n    from carla_mr.world.a import _helper\n",
+                              "world/c.py": "from carla_mr.world import _fast\nfrom carla_mr.world.a import _helper as h\n"})
+    bad = private_name_imports(pkg)
+    assert len(bad) == 2 and "world/b.py:2" in bad[0] and "'_helper'" in bad[0] and "world/c.py:2" in bad[1], bad

@@ -180,13 +180,13 @@ def wrap_detector(obj, name: str, class_names=None, *, min_score: float = 0.0):
 def load_detector(spec: str, checkpoint: Optional[str] = None, *, min_score: float = 0.0):
     """A detector from ``module:attr`` (a class is instantiated without arguments); a torch
     module gets ``checkpoint`` as its state dict (missing / unexpected keys: InputError)."""
-    from carla_mr.dataset.models import _load_state, _resolve
+    from carla_mr.dataset.models import load_state, resolve_model
 
-    obj = _resolve(spec)
+    obj = resolve_model(spec)
     if isinstance(obj, type):
         obj = obj()
     if checkpoint:
         if not hasattr(obj, "load_state_dict"):
             raise InputError(f"{spec} takes no checkpoint (not a torch module)", field="perception.detector_checkpoint")
-        _load_state(obj, checkpoint)
+        load_state(obj, checkpoint)
     return wrap_detector(obj, spec, min_score=min_score)

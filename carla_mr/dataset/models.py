@@ -137,7 +137,9 @@ class _TorchModel:
         return [self.classes[i] for i in logits.argmax(1).tolist()]
 
 
-def _load_state(module, checkpoint: str) -> None:
+def load_state(module, checkpoint: str) -> None:
+    """Load a ``.safetensors`` or torch state dict into ``module``; InputError (field
+    ``perception.checkpoint``) for an unreadable file, missing/extra keys or wrong shapes."""
     p = Path(checkpoint)
     try:
         if p.suffix == ".safetensors":
@@ -159,7 +161,9 @@ def _load_state(module, checkpoint: str) -> None:
                          field="perception.checkpoint") from exc
 
 
-def _resolve(spec: str) -> Any:
+def resolve_model(spec: str) -> Any:
+    """The object a ``module:attr`` (or ``module.attr``) spec names; the working directory is
+    searched too. InputError (field ``perception.model``) when it does not resolve."""
     mod, sep, attr = spec.partition(":")
     if not sep:
         mod, _, attr = spec.rpartition(".")
@@ -231,7 +235,7 @@ def load_model(spec: str | None = "default", checkpoint: str | None = None, *, c
         return TemplateMatcher(classes or DEFAULT_CLASSES)
     if spec in ("default", "crop_net", "validator"):
         return _builtin(spec, checkpoint, classes)
-    obj = _resolve(spec)
+    obj = resolve_model(spec)
     if isinstance(obj, type):
         obj = obj()
     cls_names = getattr(obj, "class_names", None) or getattr(obj, "classes", None)
@@ -243,7 +247,7 @@ def load_model(spec: str | None = "default", checkpoint: str | None = None, *, c
         is_module = False
     if is_module:
         if checkpoint:
-            _load_state(obj, checkpoint)
+            load_state(obj, checkpoint)
         if not cls_names:
             raise InputError(f"torch module {spec} needs a class_names attribute (list of class names)",
                              field="perception.model")

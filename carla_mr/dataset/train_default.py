@@ -59,7 +59,7 @@ def collect_crops(root: Path, *, min_box_px: int = 8, min_visible: float = 0.5, 
     import cv2
 
     from carla_mr.dataset.formats import iter_meta
-    from carla_mr.dataset.models import _resize
+    from carla_mr.dataset.model_io import resize as _resize
     from carla_mr.dataset.perception import crop
 
     imgs, cls, kind, src, px = [], [], [], [], []

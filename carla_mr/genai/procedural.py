@@ -236,7 +236,7 @@ def _draw_variants(rng, n, kinds, colours, speed_share):
     return ks, cs, vs
 
 
-def _split_stream(kind: str, cid: int, n: int, seed: int, stream: int, size: int):
+def split_stream(kind: str, cid: int, n: int, seed: int, stream: int, size: int):
     """The images of one class of one split: yields (image, roi, side) in order (deterministic)."""
     rng = np.random.default_rng([int(seed), int(stream), int(cid)])
     for _ in range(int(n)):
@@ -254,7 +254,7 @@ def split_arrays(split: str = "test", *, per_class: int = 100, seed: int = 0, si
         raise InputError(f"split must be 'train' or 'test', got {split!r}", field="split")
     imgs, labels = [], []
     for cid, kind in enumerate(kinds):
-        for img, roi, _ in _split_stream(kind, cid, per_class, seed, stream, size):
+        for img, roi, _ in split_stream(kind, cid, per_class, seed, stream, size):
             imgs.append(crop_roi(img, roi, out_size, margin))
             labels.append(cid)
     return np.stack(imgs), np.array(labels, np.int64)
@@ -282,7 +282,7 @@ def write_dataset(root: str | os.PathLike, *, per_class: int = 300, test_per_cla
             d = root / split / f"{cid:05d}"
             d.mkdir(parents=True, exist_ok=True)
             rows = []
-            for i, (img, roi, s) in enumerate(_split_stream(kind, cid, n, seed, stream, size)):
+            for i, (img, roi, s) in enumerate(split_stream(kind, cid, n, seed, stream, size)):
                 name = f"{cid:05d}_{i:05d}.ppm"
                 ok, buf = cv2.imencode(".ppm", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
                 atomic_write_bytes(d / name, buf.tobytes())

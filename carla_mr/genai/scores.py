@@ -181,7 +181,7 @@ def relative_accuracy_scratch(class_names: Sequence[str], synth_images: np.ndarr
     Both classifiers get the same optimisation budget: ``epochs`` epochs, raised so that small
     sets still get at least ``min_steps`` optimiser steps (batch 32)."""
     from carla_mr.genai.datasets import crop_roi
-    from carla_mr.genai.procedural import _split_stream
+    from carla_mr.genai.procedural import split_stream
     from carla_mr.genai.validator import build_validator, fit
 
     names = list(class_names)
@@ -197,7 +197,7 @@ def relative_accuracy_scratch(class_names: Sequence[str], synth_images: np.ndarr
     real_x, real_y = [], []
     for c in sorted(set(y_syn.tolist())):
         n_c = int((y_syn == c).sum())
-        for img, roi, _ in _split_stream(names[c], c, n_c, data_seed, 0, 48):
+        for img, roi, _ in split_stream(names[c], c, n_c, data_seed, 0, 48):
             real_x.append(crop_roi(img, roi, size))
             real_y.append(c)
     real_x, real_y = np.stack(real_x), np.array(real_y, np.int64)
