@@ -5,7 +5,8 @@
   Wilson interval and the mean validator confidence in the prompted class.
 - **diversity**: mean pairwise distance of the validator's normalised embeddings within a
   prompted class (0 = collapse), reported beside G.
-- **theta**: the paper's way (loss after / loss before) lives in :mod:`carla_mr.genai.theta`;
+- **theta**: the paper's way (a tiny model's error after training on the images over chance,
+  its error before) lives in :mod:`carla_mr.genai.theta`;
   the two accuracy-ratio variants below are kept for the ``generate --theta-mode`` options.
 - **theta** (relative accuracy), operationally: copy the validator, fine-tune it on the
   generated images only (labels = prompted classes; ``epochs`` epochs, learning rate ``lr``,

@@ -152,7 +152,7 @@ class EmbeddedWorld(World):
     #: junctions switch together (issue 17); False: SUMO's default (all in phase at t = 0).
     stagger_signals: bool = True
     #: Convert SUMO's results with the compiled pass when it is built (False: the numpy pass,
-    #: the same values bit for bit; see :mod:`carla_mr.world.sumo_columns`).
+    #: the same values bit for bit; see :mod:`carla_mr.world.sumo_columns`). Read at reset().
     c_pass: bool = True
 
     def __init__(self, scenario: "Scenario", *, seed: Optional[int] = None, traffic_mix: bool = True):
